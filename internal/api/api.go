@@ -1,0 +1,196 @@
+// Package api holds the types that the embedded node (package grid) and the
+// client SDK (package client) share: the byte-level Map interface, options
+// and errors. It imports nothing of ours but the wire codes, so the client can
+// use it without pulling serf or raft. Both grid and client re-export these
+// names as aliases.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+)
+
+// Code is a stable error code carried over the wire. Values never change.
+type Code uint16
+
+// Wire error codes. Append only.
+const (
+	CodeOK             Code = 0
+	CodeNotOwner       Code = 1  // the node is not the partition's primary at the request's table version
+	CodeStaleEpoch     Code = 2  // replication or handoff from a superseded primary
+	CodeGap            Code = 3  // a backup saw an LSN gap and needs a snapshot
+	CodeTimeout        Code = 4  // the deadline passed; the outcome of a mutation is unknown
+	CodeUnavailable    Code = 5  // no table yet, or the partition cannot serve right now
+	CodeBadRequest     Code = 6  // malformed or invalid request
+	CodeInternal       Code = 7  // a bug: reported, never a panic
+	CodeStaleSequence  Code = 8  // a retry of a request whose result the client had already acknowledged
+	CodeClosed         Code = 9  // the node is shutting down
+	CodeReplication    Code = 10 // a synchronous backup did not acknowledge; the outcome is unknown
+	CodeUnknownMessage Code = 11 // the peer does not know the message type
+)
+
+// Sentinel errors. Match with errors.Is; remote errors carrying the same code
+// match the same sentinel.
+var (
+	ErrNotFound       = errors.New("grid: key not found")
+	ErrNotOwner       = errors.New("grid: not the partition owner")
+	ErrStaleEpoch     = errors.New("grid: stale partition epoch")
+	ErrGap            = errors.New("grid: replication gap")
+	ErrTimeout        = errors.New("grid: timed out; outcome unknown")
+	ErrUnavailable    = errors.New("grid: unavailable")
+	ErrBadRequest     = errors.New("grid: bad request")
+	ErrInternal       = errors.New("grid: internal error")
+	ErrStaleSequence  = errors.New("grid: request sequence already acknowledged")
+	ErrClosed         = errors.New("grid: closed")
+	ErrReplication    = errors.New("grid: backup did not acknowledge; outcome unknown")
+	ErrUnknownMessage = errors.New("grid: unknown message type")
+)
+
+var codeErr = map[Code]error{
+	CodeNotOwner:       ErrNotOwner,
+	CodeStaleEpoch:     ErrStaleEpoch,
+	CodeGap:            ErrGap,
+	CodeTimeout:        ErrTimeout,
+	CodeUnavailable:    ErrUnavailable,
+	CodeBadRequest:     ErrBadRequest,
+	CodeInternal:       ErrInternal,
+	CodeStaleSequence:  ErrStaleSequence,
+	CodeClosed:         ErrClosed,
+	CodeReplication:    ErrReplication,
+	CodeUnknownMessage: ErrUnknownMessage,
+}
+
+// Sentinel returns the sentinel error of code c, or nil for CodeOK and
+// unknown codes.
+func Sentinel(c Code) error { return codeErr[c] }
+
+// CodeOf returns the wire code of err: the code of the first sentinel it
+// matches, CodeTimeout for context deadlines, CodeInternal otherwise.
+func CodeOf(err error) Code {
+	if err == nil {
+		return CodeOK
+	}
+	var ne *NotOwnerError
+	if errors.As(err, &ne) {
+		return CodeNotOwner
+	}
+	var re *Error
+	if errors.As(err, &re) {
+		return re.Code
+	}
+	for c, s := range codeErr {
+		if errors.Is(err, s) {
+			return c
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return CodeTimeout
+	}
+	return CodeInternal
+}
+
+// Error is an error received from a peer: a stable code and its message.
+type Error struct {
+	Code Code
+	Msg  string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s (code %d)", e.Msg, e.Code) }
+
+// Is matches the sentinel of e's code.
+func (e *Error) Is(target error) bool {
+	s := codeErr[e.Code]
+	return s != nil && s == target
+}
+
+// NotOwnerError says that the node is not the primary of Partition in its
+// table of version Version; Owner is the primary it knows ("" if none).
+type NotOwnerError struct {
+	Partition int
+	Version   uint64
+	Owner     string
+}
+
+func (e *NotOwnerError) Error() string {
+	return fmt.Sprintf("grid: not owner of partition %d at table version %d (owner %q)", e.Partition, e.Version, e.Owner)
+}
+
+// Is matches ErrNotOwner.
+func (e *NotOwnerError) Is(target error) bool { return target == ErrNotOwner }
+
+// Retryable reports whether a request that failed with err may be sent again
+// (after a table refresh) without the caller's help. Mutations are only
+// retried with their original (clientID, seq), which makes the retry apply
+// once.
+func Retryable(err error) bool {
+	return errors.Is(err, ErrNotOwner) || errors.Is(err, ErrUnavailable) ||
+		errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrReplication) || errors.Is(err, ErrClosed)
+}
+
+// Options modify a single mutation.
+type Options struct {
+	// TTL, if positive, makes the entry expire TTL after the write.
+	TTL time.Duration
+}
+
+// Option sets an Options field.
+type Option func(*Options)
+
+// WithTTL makes the entry expire ttl after the write. Zero or negative means
+// no expiry.
+func WithTTL(ttl time.Duration) Option { return func(o *Options) { o.TTL = ttl } }
+
+// Apply folds opts into an Options value.
+func Apply(opts []Option) Options {
+	var o Options
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// Entry is a value with its version (the partition LSN of its last write).
+type Entry struct {
+	Value   []byte
+	Version uint64
+}
+
+// Map is a named, partitioned map of string keys to byte values. The
+// embedded node and the client SDK implement it alike. Every method may
+// cross the network; ctx bounds it. Missing keys give ErrNotFound.
+type Map interface {
+	Name() string
+	Get(ctx context.Context, key string) ([]byte, error)
+	// GetEntry returns the value and its version, for CompareAndSwapVersion.
+	GetEntry(ctx context.Context, key string) (Entry, error)
+	Put(ctx context.Context, key string, value []byte, opts ...Option) error
+	// PutIfAbsent stores value if key is absent. It returns the existing
+	// value and false if key was present, or nil and true if it stored.
+	PutIfAbsent(ctx context.Context, key string, value []byte, opts ...Option) ([]byte, bool, error)
+	// Replace stores value only if key is present; it reports whether it did.
+	Replace(ctx context.Context, key string, value []byte, opts ...Option) (bool, error)
+	// CompareAndSwap stores value if the current value equals expected
+	// (byte-wise); it reports whether it did. A missing key never matches.
+	CompareAndSwap(ctx context.Context, key string, expected, value []byte, opts ...Option) (bool, error)
+	// CompareAndSwapVersion stores value if the entry's version is version.
+	CompareAndSwapVersion(ctx context.Context, key string, version uint64, value []byte, opts ...Option) (bool, error)
+	// Delete removes key; it reports whether the key was present.
+	Delete(ctx context.Context, key string) (bool, error)
+	// GetAll returns the present keys among keys. One round trip per node.
+	GetAll(ctx context.Context, keys []string) (map[string][]byte, error)
+	// PutAll stores every entry; the entries of one partition are applied
+	// atomically. One round trip per node.
+	PutAll(ctx context.Context, entries map[string][]byte, opts ...Option) error
+	// Size counts the map's entries across the cluster.
+	Size(ctx context.Context) (int, error)
+	// Scan yields every entry, partition by partition, fetching a page at a
+	// time; it stops fetching when the consumer stops. A failure ends the
+	// scan and is stored in *errp (errp must not be nil). Entries written
+	// during the scan may or may not be seen; none is yielded twice.
+	Scan(ctx context.Context, errp *error) iter.Seq2[string, []byte]
+	// Clear removes every entry.
+	Clear(ctx context.Context) error
+}

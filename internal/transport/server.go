@@ -1,0 +1,291 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+)
+
+// Server accepts grid connections and raft streams on one TCP listener.
+type Server struct {
+	ln       net.Listener
+	h        Handler
+	log      *slog.Logger
+	maxFrame int
+
+	raftCh chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[*Conn]struct{}
+}
+
+// Listen binds addr ("host:0" picks a port) and starts accepting.
+func Listen(addr string, h Handler, maxFrame int, log *slog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		ln: ln, h: h, log: log, maxFrame: maxFrame,
+		raftCh: make(chan net.Conn),
+		done:   make(chan struct{}),
+		conns:  make(map[*Conn]struct{}),
+	}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept failed", "err", err)
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-s.done:
+				return
+			}
+			continue
+		}
+		s.wg.Add(1)
+		go s.route(nc)
+	}
+}
+
+// route reads the preamble and hands the connection to the grid or to raft.
+func (s *Server) route(nc net.Conn) {
+	defer s.wg.Done()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var pre [1]byte
+	if _, err := io.ReadFull(nc, pre[:]); err != nil {
+		_ = nc.Close()
+		return
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+	switch pre[0] {
+	case PreambleGrid:
+		c := NewConn(nc, s.h, s.maxFrame, s.log)
+		s.mu.Lock()
+		select {
+		case <-s.done:
+			s.mu.Unlock()
+			_ = c.Close()
+			return
+		default:
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		<-c.Done()
+		_ = c.Close()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	case PreambleRaft:
+		select {
+		case s.raftCh <- nc:
+		case <-s.done:
+			_ = nc.Close()
+		}
+	default:
+		s.log.Warn("closing connection with unknown preamble", "remote", nc.RemoteAddr(), "preamble", pre[0])
+		_ = nc.Close()
+	}
+}
+
+// Close stops accepting, closes every accepted connection and waits for the
+// server's goroutines.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.mu.Lock()
+		close(s.done)
+		conns := make([]*Conn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		_ = s.ln.Close()
+		for _, c := range conns {
+			c.fail(api.ErrClosed)
+		}
+	})
+	s.wg.Wait()
+	return nil
+}
+
+// RaftLayer is the raft StreamLayer over the server's listener.
+type RaftLayer struct {
+	s         *Server
+	advertise net.Addr
+}
+
+// RaftLayer returns the stream layer raft uses on this server. advertise is
+// the address peers dial (the listener's address if nil).
+func (s *Server) RaftLayer(advertise net.Addr) *RaftLayer {
+	if advertise == nil {
+		advertise = s.ln.Addr()
+	}
+	return &RaftLayer{s: s, advertise: advertise}
+}
+
+// Accept returns the next raft stream.
+func (l *RaftLayer) Accept() (net.Conn, error) {
+	select {
+	case nc := <-l.s.raftCh:
+		return nc, nil
+	case <-l.s.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close is a no-op: the server owns the listener.
+func (l *RaftLayer) Close() error { return nil }
+
+// Addr is the advertised address.
+func (l *RaftLayer) Addr() net.Addr { return l.advertise }
+
+// Dial opens a raft stream to address.
+func (l *RaftLayer) Dial(address string, timeout time.Duration) (net.Conn, error) {
+	nc, err := net.DialTimeout("tcp", address, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := nc.Write([]byte{PreambleRaft}); err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	return nc, nil
+}
+
+// Pool keeps one multiplexed connection per peer address.
+type Pool struct {
+	log      *slog.Logger
+	maxFrame int
+
+	mu     sync.Mutex
+	conns  map[string]*poolEntry
+	closed bool
+}
+
+type poolEntry struct {
+	ready chan struct{}
+	c     *Conn
+	err   error
+}
+
+// NewPool returns an empty pool.
+func NewPool(maxFrame int, log *slog.Logger) *Pool {
+	return &Pool{log: log, maxFrame: maxFrame, conns: make(map[string]*poolEntry)}
+}
+
+// Get returns the open connection to addr, dialing it if needed. Concurrent
+// callers share one dial.
+func (p *Pool) Get(ctx context.Context, addr string) (*Conn, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, api.ErrClosed
+		}
+		e, ok := p.conns[addr]
+		if !ok {
+			e = &poolEntry{ready: make(chan struct{})}
+			p.conns[addr] = e
+			p.mu.Unlock()
+			e.c, e.err = p.dial(ctx, addr)
+			close(e.ready)
+			p.mu.Lock()
+			if e.err != nil || p.closed {
+				delete(p.conns, addr)
+			}
+			closed := p.closed
+			p.mu.Unlock()
+			if closed && e.c != nil {
+				_ = e.c.Close()
+				return nil, api.ErrClosed
+			}
+			return e.c, e.err
+		}
+		p.mu.Unlock()
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: dial %s: %v", api.ErrTimeout, addr, ctx.Err())
+		}
+		if e.err != nil {
+			return nil, e.err
+		}
+		select {
+		case <-e.c.Done():
+			// Dead: drop it (once) and dial again.
+			p.mu.Lock()
+			if p.conns[addr] == e {
+				delete(p.conns, addr)
+			}
+			p.mu.Unlock()
+			_ = e.c.Close()
+			continue
+		default:
+			return e.c, nil
+		}
+	}
+}
+
+func (p *Pool) dial(ctx context.Context, addr string) (*Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial %s: %v", api.ErrUnavailable, addr, err)
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	if _, err := nc.Write([]byte{PreambleGrid}); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("%w: dial %s: %v", api.ErrUnavailable, addr, err)
+	}
+	return NewConn(nc, nil, p.maxFrame, p.log), nil
+}
+
+// Close closes every pooled connection.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	entries := p.conns
+	p.conns = map[string]*poolEntry{}
+	p.mu.Unlock()
+	for _, e := range entries {
+		<-e.ready
+		if e.c != nil {
+			_ = e.c.Close()
+		}
+	}
+}

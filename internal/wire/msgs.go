@@ -1,0 +1,326 @@
+package wire
+
+import (
+	"github.com/collocate/grid/internal/api"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Message types. Append only: a value never changes meaning.
+const (
+	MsgMap       uint8 = 1  // MapRequest -> MapResponse
+	MsgGetAll    uint8 = 2  // GetAllRequest -> GetAllResponse
+	MsgPutAll    uint8 = 3  // PutAllRequest -> PartsResponse
+	MsgScan      uint8 = 4  // ScanRequest -> ScanResponse
+	MsgSize      uint8 = 5  // SizeRequest -> SizeResponse
+	MsgClear     uint8 = 6  // ClearRequest -> PartsResponse
+	MsgReplicate uint8 = 7  // ReplicateRequest -> Ack
+	MsgSnapshot  uint8 = 8  // SnapshotChunk -> Ack
+	MsgSynced    uint8 = 9  // SyncedReport -> Ack (to the table authority's leader)
+	MsgTable     uint8 = 10 // TableRequest -> TableResponse
+	MsgPing      uint8 = 11 // Ack -> Ack
+)
+
+// Map operations carried by MapRequest.Op.
+const (
+	OpGet         uint8 = 1
+	OpGetEntry    uint8 = 2
+	OpPut         uint8 = 3
+	OpPutIfAbsent uint8 = 4
+	OpReplace     uint8 = 5
+	OpCAS         uint8 = 6
+	OpCASVersion  uint8 = 7
+	OpDelete      uint8 = 8
+	opMax         uint8 = 8
+)
+
+// ValidOp reports whether op is a known map operation.
+func ValidOp(op uint8) bool { return op >= OpGet && op <= opMax }
+
+// IsMutation reports whether op changes the map.
+func IsMutation(op uint8) bool { return op >= OpPut && op <= opMax }
+
+// Session identifies a client's mutation for at-most-once application.
+// Client 0 means no deduplication. Low is the client's lowest sequence
+// number still awaiting an answer: results below it may be forgotten.
+type Session struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Client   uint64
+	Seq      uint64
+	Low      uint64
+}
+
+// MapRequest is a single-key operation. Version is the sender's table
+// version; Partition is the key's partition as the sender computed it.
+type MapRequest struct {
+	_msgpack        struct{} `msgpack:",as_array"`
+	Version         uint64
+	Partition       int32
+	Op              uint8
+	Map             string
+	Key             string
+	Value           []byte
+	Expected        []byte
+	ExpectedVersion uint64
+	TTL             int64 // nanoseconds; <= 0 means none
+	Session         Session
+}
+
+// MapResponse answers a MapRequest. Found: the key was present (Get,
+// GetEntry, Delete) ; Done: the conditional write happened (PutIfAbsent,
+// Replace, CAS); Value: the value read, or the existing value of a failed
+// PutIfAbsent; Version: the entry's version.
+type MapResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Found    bool
+	Done     bool
+	Value    []byte
+	Version  uint64
+}
+
+// ErrorBody is the body of a frame with FlagError.
+type ErrorBody struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Code      uint16
+	Msg       string
+	Partition int32
+	Version   uint64
+	Owner     string
+}
+
+// Err converts e to an error matching the sentinel of its code, or nil.
+func (e *ErrorBody) Err() error {
+	if e == nil || api.Code(e.Code) == api.CodeOK {
+		return nil
+	}
+	if api.Code(e.Code) == api.CodeNotOwner {
+		return &api.NotOwnerError{Partition: int(e.Partition), Version: e.Version, Owner: e.Owner}
+	}
+	return &api.Error{Code: api.Code(e.Code), Msg: e.Msg}
+}
+
+// ErrBody converts err to its wire form. nil gives the zero (OK) body.
+func ErrBody(err error) ErrorBody {
+	if err == nil {
+		return ErrorBody{}
+	}
+	if ne, ok := err.(*api.NotOwnerError); ok {
+		return ErrorBody{Code: uint16(api.CodeNotOwner), Msg: ne.Error(), Partition: int32(ne.Partition), Version: ne.Version, Owner: ne.Owner}
+	}
+	return ErrorBody{Code: uint16(api.CodeOf(err)), Msg: err.Error()}
+}
+
+// GetAllRequest reads many keys grouped by partition: Keys[i] belong to
+// Partitions[i].
+type GetAllRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Map        string
+	Partitions []int32
+	Keys       [][]string
+}
+
+// GetAllPart is the answer for one partition of a GetAllRequest.
+type GetAllPart struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Err      ErrorBody
+	Found    []bool
+	Values   [][]byte
+}
+
+// GetAllResponse answers a GetAllRequest, one part per requested partition.
+type GetAllResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Parts    []GetAllPart
+}
+
+// PutAllRequest writes many entries; the entries of one partition form one
+// atomic replicated record.
+type PutAllRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Map        string
+	Partitions []int32
+	Keys       [][]string
+	Values     [][][]byte
+	TTL        int64
+	Session    Session
+}
+
+// PartsResponse carries one error body per requested partition (Code 0: done).
+type PartsResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Errs     []ErrorBody
+}
+
+// ScanRequest asks a partition's primary for up to Limit entries with keys
+// greater than After, in key order.
+type ScanRequest struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Version   uint64
+	Map       string
+	Partition int32
+	After     string
+	Limit     int32
+}
+
+// ScanResponse is one page of a scan. More reports whether keys remain.
+type ScanResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Keys     []string
+	Values   [][]byte
+	More     bool
+}
+
+// SizeRequest counts a map's entries in the listed partitions.
+type SizeRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Map        string
+	Partitions []int32
+}
+
+// SizeResponse answers a SizeRequest, one count and error per partition.
+type SizeResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Counts   []int64
+	Errs     []ErrorBody
+}
+
+// ClearRequest empties a map in the listed partitions.
+type ClearRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Map        string
+	Partitions []int32
+	Session    Session
+}
+
+// Mutation kinds.
+const (
+	MutSet    uint8 = 1
+	MutDelete uint8 = 2
+	MutClear  uint8 = 3 // clears Map
+)
+
+// Mutation is one change inside a replicated record.
+type Mutation struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Kind     uint8
+	Map      string
+	Key      string
+	Value    []byte
+	ExpireAt int64 // unix nanoseconds; 0 means none
+}
+
+// Record is one atomic, replicated change of a partition at position LSN:
+// its mutations, and the session result that makes a retry apply once.
+type Record struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	LSN      uint64
+	Muts     []Mutation
+	Session  Session
+	Result   MapResponse
+}
+
+// ReplicateRequest ships one record from a partition's primary to a backup.
+type ReplicateRequest struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Partition int32
+	Epoch     uint64
+	Record    Record
+}
+
+// Ack acknowledges replication up to LSN.
+type Ack struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	LSN      uint64
+}
+
+// SnapEntry is one entry of a snapshot.
+type SnapEntry struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Map      string
+	Key      string
+	Value    []byte
+	Version  uint64
+	ExpireAt int64
+}
+
+// SnapSession is one client's remembered results in a snapshot.
+type SnapSession struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Client   uint64
+	Low      uint64
+	Seqs     []uint64
+	Results  []MapResponse
+	Seen     int64
+}
+
+// SnapshotChunk carries part of a partition's state at LSN. First resets
+// the receiver's copy; Last makes it complete at LSN.
+type SnapshotChunk struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Partition int32
+	Epoch     uint64
+	LSN       uint64
+	First     bool
+	Last      bool
+	Entries   []SnapEntry
+	Sessions  []SnapSession
+}
+
+// SyncedReport tells the authority's leader that Node holds a complete copy
+// of Partition, fed by its primary at Epoch, under table Version.
+type SyncedReport struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Partition int32
+	Epoch     uint64
+	Node      string
+	Version   uint64
+}
+
+// TableRequest asks for the sender's committed partition table.
+type TableRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Have     uint64
+}
+
+// TableResponse carries a partition table.
+type TableResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Table    Table
+}
+
+// Member is a cluster member as the partition table names it.
+type Member struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Name     string
+	RPC      string
+}
+
+// Part is one partition's replica set. Epoch counts primaries: it grows
+// whenever the primary changes and fences every older primary. Backups are
+// in-sync and synchronous; Pending members are being filled and do not
+// count for acknowledgement.
+type Part struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Primary  string
+	Backups  []string
+	Pending  []string
+	Epoch    uint64
+}
+
+// Table is a committed partition table. Version grows with every commit.
+type Table struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Backups    int
+	Members    []Member
+	Partitions []Part
+}
+
+// Marshal encodes v as msgpack.
+func Marshal(v any) ([]byte, error) { return msgpack.Marshal(v) }
+
+// Unmarshal decodes msgpack data into v.
+func Unmarshal(data []byte, v any) error { return msgpack.Unmarshal(data, v) }

@@ -1,0 +1,535 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// MaxVoters is the size of the raft group that agrees on the table.
+const MaxVoters = 3
+
+// Config configures a member's cluster layer.
+type Config struct {
+	// Name is the member name, unique in the cluster. Required.
+	Name string
+	// GossipAddr is the serf host:port (UDP and TCP); port 0 picks one.
+	// Default "127.0.0.1:0".
+	GossipAddr string
+	// RPCAddr is the advertised grid RPC address; raft shares it. Required.
+	RPCAddr string
+	// HTTPAddr is gossiped in the member's tags. Optional.
+	HTTPAddr string
+	// Seeds are gossip addresses to join. Empty: bootstrap a new cluster
+	// with this member as its only voter.
+	Seeds []string
+	// Partitions is the partition count. Default affinity.DefaultPartitionCount.
+	Partitions int
+	// Backups is the synchronous backup count per partition. Default 1.
+	Backups int
+	// Profile sets failure detection and raft timing. Default ProfileLAN.
+	Profile Profile
+	// MaxMigrations bounds the pending replicas in the table at once. Default 64.
+	MaxMigrations int
+	// Logger receives the layer's logs; nil discards them.
+	Logger *slog.Logger
+	// RaftLayer carries raft streams (the grid RPC listener's). Required.
+	RaftLayer *transport.RaftLayer
+	// Pool reaches other members' RPC addresses. Required.
+	Pool *transport.Pool
+	// OnTable is called with every newly committed table, in version order,
+	// on raft's apply goroutine. It must not block and must not modify t.
+	OnTable func(t *wire.Table)
+	// Membership overrides serf (tests use FakeNetwork). Optional.
+	Membership Membership
+}
+
+// DefaultConfig returns a config with every default filled in except the
+// required fields.
+func DefaultConfig() Config {
+	return Config{
+		GossipAddr:    "127.0.0.1:0",
+		Partitions:    affinity.DefaultPartitionCount,
+		Backups:       1,
+		Profile:       ProfileLAN,
+		MaxMigrations: 64,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("cluster: Name is required")
+	case c.RPCAddr == "":
+		return errors.New("cluster: RPCAddr is required")
+	case c.Partitions < 1 || c.Partitions > 65536:
+		return fmt.Errorf("cluster: Partitions %d out of range [1, 65536]", c.Partitions)
+	case c.Backups < 0 || c.Backups > 6:
+		return fmt.Errorf("cluster: Backups %d out of range [0, 6]", c.Backups)
+	case c.Profile != ProfileLAN && c.Profile != ProfileTest:
+		return fmt.Errorf("cluster: unknown Profile %q", c.Profile)
+	case c.MaxMigrations < 1:
+		return fmt.Errorf("cluster: MaxMigrations %d must be positive", c.MaxMigrations)
+	case c.RaftLayer == nil || c.Pool == nil:
+		return errors.New("cluster: RaftLayer and Pool are required")
+	}
+	return nil
+}
+
+// Cluster is one member's view of the cluster and its share of the table
+// authority.
+type Cluster struct {
+	cfg        Config
+	log        *slog.Logger
+	ms         Membership
+	gossipAddr string
+	raftID     string
+	raft       *raft.Raft
+	trans      *raft.NetworkTransport
+	fsm        *fsm
+
+	reports chan wire.SyncedReport
+	done    chan struct{}
+	wg      sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// Start joins (or bootstraps) the cluster. It returns once this member is
+// part of membership; the first table may arrive later (see WaitTable).
+func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+	c := &Cluster{
+		cfg:     cfg,
+		log:     lg,
+		raftID:  cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
+		reports: make(chan wire.SyncedReport, 1024),
+		done:    make(chan struct{}),
+	}
+	c.fsm = &fsm{onTable: cfg.OnTable}
+
+	ms := cfg.Membership
+	c.gossipAddr = cfg.GossipAddr
+	if ms == nil {
+		var err error
+		ms, c.gossipAddr, err = NewSerf(SerfConfig{
+			Name: cfg.Name, BindAddr: cfg.GossipAddr, Profile: cfg.Profile, Logger: lg,
+			Meta: MemberInfo{RPC: cfg.RPCAddr, HTTP: cfg.HTTPAddr, RaftID: c.raftID, Start: start},
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	c.ms = ms
+
+	if err := c.startRaft(len(cfg.Seeds) == 0); err != nil {
+		_ = ms.Shutdown()
+		return nil, err
+	}
+	if len(cfg.Seeds) > 0 {
+		if err := c.join(ctx); err != nil {
+			c.shutdown()
+			return nil, err
+		}
+	}
+	c.wg.Add(1)
+	go c.run()
+	return c, nil
+}
+
+func (c *Cluster) join(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	var last error
+	for attempt := 1; ; attempt++ {
+		n, err := c.ms.Join(ctx, c.cfg.Seeds)
+		if err == nil && n > 0 {
+			c.log.Info("joined cluster", "seeds", c.cfg.Seeds, "reached", n)
+			return nil
+		}
+		last = err
+		if attempt >= 5 {
+			return fmt.Errorf("cluster: no seed of %v reachable after %d attempts: %v", c.cfg.Seeds, attempt, last)
+		}
+		select {
+		case <-time.After(backoff):
+			backoff *= 2
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: join %v: %w (last error: %v)", c.cfg.Seeds, ctx.Err(), last)
+		}
+	}
+}
+
+type raftStream struct{ *transport.RaftLayer }
+
+func (s raftStream) Dial(a raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return s.RaftLayer.Dial(string(a), timeout)
+}
+
+func (c *Cluster) startRaft(bootstrap bool) error {
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log.With("from", "raft")}})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.raftID)
+	rc.Logger = hl
+	rc.SnapshotThreshold = 64
+	rc.TrailingLogs = 128
+	rc.SnapshotInterval = 10 * time.Second
+	if c.cfg.Profile == ProfileTest {
+		rc.HeartbeatTimeout = 400 * time.Millisecond
+		rc.ElectionTimeout = 400 * time.Millisecond
+		rc.LeaderLeaseTimeout = 200 * time.Millisecond
+		rc.CommitTimeout = 5 * time.Millisecond
+	}
+	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: raftStream{c.cfg.RaftLayer}, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
+	})
+	logs := raft.NewInmemStore()
+	snaps := raft.NewInmemSnapshotStore()
+	if bootstrap {
+		conf := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(c.cfg.RPCAddr),
+		}}}
+		if err := raft.BootstrapCluster(rc, logs, logs, snaps, c.trans, conf); err != nil {
+			_ = c.trans.Close()
+			return fmt.Errorf("cluster: bootstrap raft: %w", err)
+		}
+	}
+	r, err := raft.NewRaft(rc, c.fsm, logs, logs, snaps, c.trans)
+	if err != nil {
+		_ = c.trans.Close()
+		return fmt.Errorf("cluster: start raft: %w", err)
+	}
+	c.raft = r
+	return nil
+}
+
+// GossipAddr is the bound gossip address (useful with port 0).
+func (c *Cluster) GossipAddr() string { return c.gossipAddr }
+
+// Name is this member's name.
+func (c *Cluster) Name() string { return c.cfg.Name }
+
+// RaftID is this incarnation's raft server id.
+func (c *Cluster) RaftID() string { return c.raftID }
+
+// Table returns the latest committed table known here, or nil.
+func (c *Cluster) Table() *wire.Table { return c.fsm.table.Load() }
+
+// Members returns membership's view.
+func (c *Cluster) Members() []MemberInfo { return c.ms.Members() }
+
+// IsLeader reports whether this member leads the authority.
+func (c *Cluster) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// Leader returns the leader's RPC address, or "".
+func (c *Cluster) Leader() string {
+	addr, _ := c.raft.LeaderWithID()
+	return string(addr)
+}
+
+// Voters returns the raft server ids of the current voters.
+func (c *Cluster) Voters() []string {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	var out []string
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			out = append(out, string(s.ID))
+		}
+	}
+	return out
+}
+
+// Report sends a synced report to the authority's leader.
+func (c *Cluster) Report(ctx context.Context, r wire.SyncedReport) error {
+	addr, id := c.raft.LeaderWithID()
+	if id == "" {
+		return fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
+	}
+	if string(id) == c.raftID {
+		return c.HandleSynced(r)
+	}
+	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	if err != nil {
+		return err
+	}
+	return conn.Call(ctx, wire.MsgSynced, &r, nil)
+}
+
+// HandleSynced queues a synced report if this member leads the authority.
+func (c *Cluster) HandleSynced(r wire.SyncedReport) error {
+	if !c.IsLeader() {
+		return fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
+	}
+	select {
+	case c.reports <- r:
+		return nil
+	default:
+		return fmt.Errorf("%w: authority busy", api.ErrUnavailable)
+	}
+}
+
+// run is the authority loop: on the leader it keeps the voters and the
+// table in step with membership and synced reports.
+func (c *Cluster) run() {
+	defer c.wg.Done()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var reports []wire.SyncedReport
+	leading := false
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.ms.Notify():
+		case <-tick.C:
+		case r := <-c.reports:
+			reports = append(reports, r)
+			// Coalesce a burst of reports into one commit.
+			coalesce := time.After(20 * time.Millisecond)
+		collect:
+			for {
+				select {
+				case r := <-c.reports:
+					reports = append(reports, r)
+				case <-coalesce:
+					break collect
+				case <-c.done:
+					return
+				}
+			}
+		}
+		if c.raft.State() != raft.Leader {
+			leading = false
+			reports = reports[:0]
+			continue
+		}
+		if !leading {
+			// Apply everything earlier leaders committed before deciding.
+			if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
+				c.log.Warn("authority barrier failed", "err", err)
+				continue
+			}
+			leading = true
+			c.log.Info("leading the table authority", "raft_id", c.raftID)
+		}
+		c.reconcileVoters()
+		c.reconcileTable(reports)
+		reports = reports[:0]
+	}
+}
+
+func (c *Cluster) liveMembers() []MemberInfo {
+	var live []MemberInfo
+	for _, m := range c.ms.Members() {
+		if m.Status == StatusAlive && m.RPC != "" && m.RaftID != "" {
+			live = append(live, m)
+		}
+	}
+	return live
+}
+
+func (c *Cluster) reconcileVoters() {
+	f := c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return
+	}
+	live := c.liveMembers()
+	byID := make(map[string]MemberInfo, len(live))
+	for _, m := range live {
+		byID[m.RaftID] = m
+	}
+	servers := f.Configuration().Servers
+	voters := 0
+	known := map[string]raft.ServerSuffrage{}
+	for _, s := range servers {
+		id := string(s.ID)
+		if _, ok := byID[id]; !ok && id != c.raftID {
+			if err := c.raft.RemoveServer(s.ID, 0, 5*time.Second).Error(); err != nil {
+				c.log.Warn("remove raft server", "id", id, "err", err)
+				return
+			}
+			c.log.Info("removed raft server", "id", id, "voter", s.Suffrage == raft.Voter)
+			continue
+		}
+		known[id] = s.Suffrage
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	for _, m := range live {
+		suff, ok := known[m.RaftID]
+		switch {
+		case ok && suff == raft.Voter:
+		case voters < MaxVoters:
+			if err := c.raft.AddVoter(raft.ServerID(m.RaftID), raft.ServerAddress(m.RPC), 0, 5*time.Second).Error(); err != nil {
+				c.log.Warn("add raft voter", "member", m.Name, "err", err)
+				return
+			}
+			voters++
+			c.log.Info("added raft voter", "member", m.Name, "id", m.RaftID)
+		case !ok:
+			if err := c.raft.AddNonvoter(raft.ServerID(m.RaftID), raft.ServerAddress(m.RPC), 0, 5*time.Second).Error(); err != nil {
+				c.log.Warn("add raft nonvoter", "member", m.Name, "err", err)
+				return
+			}
+			c.log.Info("added raft nonvoter", "member", m.Name, "id", m.RaftID)
+		}
+	}
+}
+
+func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
+	live := c.liveMembers()
+	wm := make([]wire.Member, 0, len(live))
+	for _, m := range live {
+		wm = append(wm, wire.Member{Name: m.Name, RPC: m.RPC})
+	}
+	cur := c.fsm.table.Load()
+	next, res := Step(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations)
+	if next == cur {
+		return
+	}
+	data, err := wire.Marshal(next)
+	if err != nil {
+		c.log.Error("encode table", "err", err)
+		return
+	}
+	if err := c.raft.Apply(data, 5*time.Second).Error(); err != nil {
+		c.log.Warn("commit table", "version", next.Version, "err", err)
+		return
+	}
+	lvl := slog.LevelDebug
+	if res.Promoted+res.Lost+res.Switched+res.Added > 0 || res.Converged {
+		lvl = slog.LevelInfo
+	}
+	if res.Lost > 0 {
+		lvl = slog.LevelError
+	}
+	c.log.Log(context.Background(), lvl, "committed partition table", "version", next.Version,
+		"members", len(wm), "promoted", res.Promoted, "lost", res.Lost, "migrations_started", res.Added,
+		"primaries_moved", res.Switched, "replicas_dropped", res.Dropped, "migrations_in_flight", res.InFlight,
+		"converged", res.Converged)
+}
+
+// Leave leaves gracefully: leadership moves away, membership announces the
+// departure, and the authority promotes this member's backups.
+func (c *Cluster) Leave(ctx context.Context) error {
+	if c.IsLeader() && len(c.Voters()) > 1 {
+		if err := c.raft.LeadershipTransfer().Error(); err != nil {
+			c.log.Warn("leadership transfer", "err", err)
+		}
+	}
+	err := c.ms.Leave(ctx)
+	c.shutdown()
+	return err
+}
+
+// Close stops this member without a graceful leave (others detect it as
+// failed). Idempotent.
+func (c *Cluster) Close() error {
+	c.shutdown()
+	return nil
+}
+
+func (c *Cluster) shutdown() {
+	c.closeMu.Lock()
+	if c.closed {
+		c.closeMu.Unlock()
+		return
+	}
+	c.closed = true
+	close(c.done)
+	c.closeMu.Unlock()
+	c.wg.Wait()
+	if err := c.raft.Shutdown().Error(); err != nil {
+		c.log.Warn("raft shutdown", "err", err)
+	}
+	_ = c.trans.Close()
+	_ = c.ms.Shutdown()
+}
+
+// fsm is the authority's state machine: the latest committed table.
+type fsm struct {
+	table   atomic.Pointer[wire.Table]
+	onTable func(*wire.Table)
+	mu      sync.Mutex
+}
+
+func (f *fsm) set(t *wire.Table) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cur := f.table.Load(); cur != nil && cur.Version >= t.Version {
+		return
+	}
+	f.table.Store(t)
+	if f.onTable != nil {
+		f.onTable(t)
+	}
+}
+
+func (f *fsm) Apply(l *raft.Log) any {
+	var t wire.Table
+	if err := wire.Decode(l.Data, &t); err != nil {
+		return err
+	}
+	f.set(&t)
+	return nil
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	t := f.table.Load()
+	if t == nil {
+		return fsmSnapshot(nil), nil
+	}
+	data, err := wire.Marshal(t)
+	return fsmSnapshot(data), err
+}
+
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil || len(data) == 0 {
+		return err
+	}
+	var t wire.Table
+	if err := wire.Decode(data, &t); err != nil {
+		return err
+	}
+	f.set(&t)
+	return nil
+}
+
+type fsmSnapshot []byte
+
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s fsmSnapshot) Release() {}

@@ -1,0 +1,148 @@
+package cluster
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/collocate/grid/internal/wire"
+)
+
+func members(names ...string) []wire.Member {
+	out := make([]wire.Member, len(names))
+	for i, n := range names {
+		out[i] = wire.Member{Name: n, RPC: n + ":1"}
+	}
+	return out
+}
+
+// converge steps the table, reporting every pending replica as synced, until
+// it stops changing.
+func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups int) *wire.Table {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		var reps []wire.SyncedReport
+		if cur != nil {
+			for p, part := range cur.Partitions {
+				for _, n := range part.Pending {
+					reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+				}
+			}
+		}
+		next, res := Step(cur, live, parts, backups, reps, 64)
+		if !res.Changed {
+			return cur
+		}
+		if res.Lost > 0 {
+			t.Fatalf("step %d lost %d partitions", i, res.Lost)
+		}
+		if cur != nil && next.Version != cur.Version+1 {
+			t.Fatalf("version %d after %d", next.Version, cur.Version)
+		}
+		cur = next
+	}
+	t.Fatal("table did not converge in 100 steps")
+	return nil
+}
+
+func names(ms []wire.Member) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Name)
+	}
+	return out
+}
+
+func TestStepConverges(t *testing.T) {
+	live := members("a", "b", "c")
+	tab := converge(t, nil, live, 271, 1)
+	if !Converged(tab, names(live), 1) {
+		t.Fatal("not converged")
+	}
+	primaries := map[string]int{}
+	backups := map[string]int{}
+	for p, part := range tab.Partitions {
+		if len(part.Backups) != 1 || part.Backups[0] == part.Primary {
+			t.Fatalf("partition %d: %+v", p, part)
+		}
+		primaries[part.Primary]++
+		backups[part.Backups[0]]++
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if primaries[n] < 60 || primaries[n] > 115 || backups[n] < 60 || backups[n] > 115 {
+			t.Fatalf("unbalanced: primaries %v backups %v", primaries, backups)
+		}
+	}
+}
+
+func TestBackupsSpreadAcrossNodes(t *testing.T) {
+	live := members("a", "b", "c", "d", "e")
+	tab := converge(t, nil, live, 271, 1)
+	// The backups of a's partitions must not all sit on one node.
+	holders := map[string]int{}
+	for _, part := range tab.Partitions {
+		if part.Primary == "a" {
+			holders[part.Backups[0]]++
+		}
+	}
+	if len(holders) < 3 {
+		t.Fatalf("backups of a's partitions are on %v: one node would take all of a's load", holders)
+	}
+}
+
+func TestStepPromotesBackupOnFailure(t *testing.T) {
+	live := members("a", "b", "c")
+	tab := converge(t, nil, live, 271, 1)
+	next, res := Step(tab, members("a", "c"), 271, 1, nil, 64)
+	if res.Lost != 0 || res.Promoted == 0 {
+		t.Fatalf("result %+v", res)
+	}
+	for p, part := range next.Partitions {
+		old := tab.Partitions[p]
+		if part.Primary == "b" || slices.Contains(part.Backups, "b") {
+			t.Fatalf("partition %d still uses dead b: %+v", p, part)
+		}
+		if old.Primary == "b" {
+			if part.Primary != old.Backups[0] {
+				t.Fatalf("partition %d: primary %s, want promoted backup %s", p, part.Primary, old.Backups[0])
+			}
+			if part.Epoch != old.Epoch+1 {
+				t.Fatalf("partition %d: epoch %d, want %d", p, part.Epoch, old.Epoch+1)
+			}
+		}
+	}
+	final := converge(t, next, members("a", "c"), 271, 1)
+	if !Converged(final, []string{"a", "c"}, 1) {
+		t.Fatal("did not restore backups after failure")
+	}
+}
+
+func TestJoinMovesAboutOneNth(t *testing.T) {
+	for _, n := range []int{3, 4} {
+		var ns []string
+		for i := range n {
+			ns = append(ns, fmt.Sprintf("node-%d", i))
+		}
+		before := converge(t, nil, members(ns...), 271, 1)
+		after := converge(t, before, members(append(ns, "new")...), 271, 1)
+		moved := 0
+		for p := range before.Partitions {
+			if before.Partitions[p].Primary != after.Partitions[p].Primary {
+				moved++
+			}
+		}
+		ideal := 271.0 / float64(n+1)
+		t.Logf("%d->%d members: %d primaries moved (ideal %.0f)", n, n+1, moved, ideal)
+		if float64(moved) > ideal*1.6 {
+			t.Fatalf("%d->%d: %d primaries moved, ideal %.0f", n, n+1, moved, ideal)
+		}
+	}
+}
+
+func TestStepBadReportsIgnored(t *testing.T) {
+	tab := converge(t, nil, members("a", "b"), 16, 1)
+	next, res := Step(tab, members("a", "b"), 16, 1, []wire.SyncedReport{{Partition: -1}, {Partition: 99}, {Partition: 0, Epoch: 999, Node: "zz"}}, 64)
+	if res.Changed || next != tab {
+		t.Fatalf("bad reports changed the table: %+v", res)
+	}
+}

@@ -63,7 +63,7 @@ type fakeMember struct {
 	notify chan struct{}
 }
 
-func (f *fakeMember) LocalName() string        { return f.name }
+func (f *fakeMember) LocalName() string       { return f.name }
 func (f *fakeMember) Notify() <-chan struct{} { return f.notify }
 
 func (f *fakeMember) Members() []MemberInfo {

@@ -1,0 +1,483 @@
+package grid
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// This file serves requests at a partition's primary. A write runs in two
+// phases: prepare (under the partition lock: decide, apply, give it the
+// next LSN, queue it to every replica) and finish (outside the lock: collect
+// the replicas' acks and wait for the commit point to pass the write).
+
+const maxTableWait = 2 * time.Second
+
+// partitionFor checks a request's partition id and, when the sender knows a
+// newer table than ours, waits briefly for it so that a stale node never
+// answers for a partition it may have lost.
+func (n *Node) partitionFor(ctx context.Context, id int32, version uint64) (*partition, error) {
+	if id < 0 || int(id) >= len(n.parts) {
+		return nil, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, id, len(n.parts))
+	}
+	if t := n.table.Load(); t == nil || t.Version < version {
+		wctx, cancel := context.WithTimeout(ctx, maxTableWait)
+		err := n.waitVersion(wctx, version)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return n.parts[id], nil
+}
+
+// notOwner builds the NotOwner answer. Caller holds p.mu.
+func (p *partition) notOwner() error {
+	if p.version == 0 {
+		return fmt.Errorf("%w: no partition table yet", api.ErrUnavailable)
+	}
+	return &api.NotOwnerError{Partition: p.id, Version: p.version, Owner: p.primary}
+}
+
+func checkKey(req *wire.MapRequest, partitions int) error {
+	if want := affinity.Partition(req.Key, partitions); want != int(req.Partition) {
+		return fmt.Errorf("%w: key %q belongs to partition %d, not %d", api.ErrBadRequest, req.Key, want, req.Partition)
+	}
+	return nil
+}
+
+// pendingWrite is a prepared write whose replication is in flight.
+type pendingWrite struct {
+	p     *partition
+	lsn   uint64
+	epoch uint64
+	futs  []shipped
+}
+
+type shipped struct {
+	s   *stream
+	fut *transport.Future
+}
+
+// ship queues rec to every replica whose stream is healthy. Caller holds p.mu.
+func (p *partition) ship(rec *wire.Record) []shipped {
+	if len(p.streams) == 0 {
+		return nil
+	}
+	req := wire.ReplicateRequest{Partition: int32(p.id), Epoch: p.epoch, Record: *rec}
+	out := make([]shipped, 0, len(p.streams))
+	for _, s := range p.streams {
+		if s.broken || s.conn == nil {
+			continue
+		}
+		fut, err := s.conn.Start(wire.MsgReplicate, &req)
+		if err != nil {
+			s.broken, s.conn = true, nil
+			continue
+		}
+		out = append(out, shipped{s, fut})
+	}
+	return out
+}
+
+// commitRecord applies rec as the next write of p, queues it to the
+// replicas and returns the pending write. Caller holds p.mu and has checked
+// that p is primary.
+func (p *partition) commitRecord(rec *wire.Record, now int64) pendingWrite {
+	rec.LSN = p.lsn + 1
+	p.applyRecord(rec, now)
+	p.markPending(rec)
+	pw := pendingWrite{p: p, lsn: rec.LSN, epoch: p.epoch, futs: p.ship(rec)}
+	p.recomputeCommit()
+	return pw
+}
+
+// finish collects acks and waits until the write is committed.
+func (n *Node) finish(ctx context.Context, pw pendingWrite) error {
+	p := pw.p
+	broken := false
+	for _, sh := range pw.futs {
+		var ack wire.Ack
+		err := sh.fut.Wait(ctx, &ack)
+		p.mu.Lock()
+		if p.streams[sh.s.node] == sh.s {
+			if err == nil {
+				if ack.LSN > sh.s.acked {
+					sh.s.acked = ack.LSN
+				}
+			} else if !sh.s.broken {
+				n.log.Debug("replication failed; resyncing", "partition", p.id, "replica", sh.s.node, "err", err)
+				sh.s.broken, sh.s.conn = true, nil
+				broken = true
+			}
+			p.recomputeCommit()
+		}
+		p.mu.Unlock()
+	}
+	if broken {
+		n.kickSyncs()
+	}
+	return p.waitCommit(ctx, pw.lsn, pw.epoch)
+}
+
+// finishAsync collects acks on a goroutine the node owns (for writes nobody
+// waits on, such as expiry).
+func (n *Node) finishAsync(pw pendingWrite) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
+		defer cancel()
+		_ = n.finish(ctx, pw)
+	}()
+}
+
+// execMap serves a single-key request at the primary.
+func (n *Node) execMap(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
+	if !wire.ValidOp(req.Op) {
+		return wire.MapResponse{}, fmt.Errorf("%w: unknown op %d", api.ErrBadRequest, req.Op)
+	}
+	if err := checkKey(req, len(n.parts)); err != nil {
+		return wire.MapResponse{}, err
+	}
+	p, err := n.partitionFor(ctx, req.Partition, req.Version)
+	if err != nil {
+		return wire.MapResponse{}, err
+	}
+	if !wire.IsMutation(req.Op) {
+		return n.read(ctx, p, req)
+	}
+	for {
+		p.mu.Lock()
+		if p.role != rolePrimary {
+			err := p.notOwner()
+			p.mu.Unlock()
+			return wire.MapResponse{}, err
+		}
+		now := nowNano()
+		if c := req.Session.Client; c != 0 {
+			if s := p.sessions[c]; s != nil {
+				if req.Session.Seq < s.low {
+					p.mu.Unlock()
+					return wire.MapResponse{}, fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, req.Session.Seq, s.low)
+				}
+				if r, ok := s.results[req.Session.Seq]; ok {
+					epoch := p.epoch
+					p.mu.Unlock()
+					// A retry: answer the first result once it is committed.
+					if err := p.waitCommit(ctx, r.lsn, epoch); err != nil {
+						return wire.MapResponse{}, err
+					}
+					return r.resp, nil
+				}
+			}
+		}
+		resp, muts := decide(p, req, now)
+		if len(muts) == 0 && req.Session.Client == 0 {
+			// Nothing to write: the answer rests on state that must be
+			// committed before we reveal it.
+			floor, epoch := p.readFloor(req.Map, req.Key), p.epoch
+			if p.commit >= floor {
+				p.mu.Unlock()
+				return resp, nil
+			}
+			p.mu.Unlock()
+			if err := p.waitCommit(ctx, floor, epoch); err != nil {
+				return wire.MapResponse{}, err
+			}
+			continue
+		}
+		rec := wire.Record{Muts: muts, Session: req.Session}
+		if resp.Done || req.Op == wire.OpPut {
+			resp.Version = p.lsn + 1
+		}
+		rec.Result = resp
+		pw := p.commitRecord(&rec, now)
+		p.mu.Unlock()
+		return resp, n.finish(ctx, pw)
+	}
+}
+
+// decide computes a mutation's answer and effects from the current state.
+// Caller holds p.mu.
+func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []wire.Mutation) {
+	var exp int64
+	if req.TTL > 0 {
+		exp = now + req.TTL
+	}
+	set := []wire.Mutation{{Kind: wire.MutSet, Map: req.Map, Key: req.Key, Value: req.Value, ExpireAt: exp}}
+	e := p.get(req.Map, req.Key, now)
+	switch req.Op {
+	case wire.OpPut:
+		return wire.MapResponse{Done: true, Found: e != nil}, set
+	case wire.OpPutIfAbsent:
+		if e != nil {
+			return wire.MapResponse{Found: true, Value: e.value, Version: e.version}, nil
+		}
+		return wire.MapResponse{Done: true}, set
+	case wire.OpReplace:
+		if e == nil {
+			return wire.MapResponse{}, nil
+		}
+		return wire.MapResponse{Found: true, Done: true}, set
+	case wire.OpCAS:
+		if e == nil || !bytes.Equal(e.value, req.Expected) {
+			return wire.MapResponse{Found: e != nil}, nil
+		}
+		return wire.MapResponse{Found: true, Done: true}, set
+	case wire.OpCASVersion:
+		if e == nil || e.version != req.ExpectedVersion {
+			return wire.MapResponse{Found: e != nil}, nil
+		}
+		return wire.MapResponse{Found: true, Done: true}, set
+	case wire.OpDelete:
+		if e == nil {
+			return wire.MapResponse{}, nil
+		}
+		return wire.MapResponse{Found: true, Done: true}, []wire.Mutation{{Kind: wire.MutDelete, Map: req.Map, Key: req.Key}}
+	}
+	return wire.MapResponse{}, nil
+}
+
+// read serves Get and GetEntry: only committed values are returned.
+func (n *Node) read(ctx context.Context, p *partition, req *wire.MapRequest) (wire.MapResponse, error) {
+	for {
+		p.mu.Lock()
+		if p.role != rolePrimary {
+			err := p.notOwner()
+			p.mu.Unlock()
+			return wire.MapResponse{}, err
+		}
+		floor := p.readFloor(req.Map, req.Key)
+		if p.commit >= floor {
+			var resp wire.MapResponse
+			if e := p.get(req.Map, req.Key, nowNano()); e != nil {
+				resp = wire.MapResponse{Found: true, Value: e.value, Version: e.version}
+			}
+			p.mu.Unlock()
+			return resp, nil
+		}
+		epoch := p.epoch
+		p.mu.Unlock()
+		if err := p.waitCommit(ctx, floor, epoch); err != nil {
+			return wire.MapResponse{}, err
+		}
+	}
+}
+
+// partFloor is the commit a whole-partition read must wait for. Caller holds p.mu.
+func (p *partition) partFloor() uint64 {
+	if len(p.pending) > 0 {
+		return p.lsn
+	}
+	return p.ready
+}
+
+// primaryLocked locks p if it is primary and committed up to its floor,
+// waiting as needed. On success the caller holds p.mu.
+func (n *Node) primaryLocked(ctx context.Context, p *partition, floor func() uint64) error {
+	for {
+		p.mu.Lock()
+		if p.role != rolePrimary {
+			err := p.notOwner()
+			p.mu.Unlock()
+			return err
+		}
+		f := floor()
+		if p.commit >= f {
+			return nil
+		}
+		epoch := p.epoch
+		p.mu.Unlock()
+		if err := p.waitCommit(ctx, f, epoch); err != nil {
+			return err
+		}
+	}
+}
+
+func (n *Node) execGetAll(ctx context.Context, req *wire.GetAllRequest) (*wire.GetAllResponse, error) {
+	if len(req.Partitions) != len(req.Keys) {
+		return nil, fmt.Errorf("%w: %d partitions, %d key lists", api.ErrBadRequest, len(req.Partitions), len(req.Keys))
+	}
+	resp := &wire.GetAllResponse{Parts: make([]wire.GetAllPart, len(req.Partitions))}
+	for i, pid := range req.Partitions {
+		out := &resp.Parts[i]
+		p, err := n.partitionFor(ctx, pid, req.Version)
+		if err == nil {
+			err = n.primaryLocked(ctx, p, func() uint64 {
+				f := p.ready
+				for _, k := range req.Keys[i] {
+					f = max(f, p.readFloor(req.Map, k))
+				}
+				return f
+			})
+		}
+		if err != nil {
+			out.Err = wire.ErrBody(err)
+			continue
+		}
+		now := nowNano()
+		out.Found = make([]bool, len(req.Keys[i]))
+		out.Values = make([][]byte, len(req.Keys[i]))
+		for j, k := range req.Keys[i] {
+			if affinity.Partition(k, len(n.parts)) != int(pid) {
+				continue
+			}
+			if e := p.get(req.Map, k, now); e != nil {
+				out.Found[j], out.Values[j] = true, e.value
+			}
+		}
+		p.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// execPartsWrite prepares one record per partition, then waits for all of
+// them: one replication round trip for the whole batch.
+func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32, sess wire.Session, muts func(i int, p *partition, now int64) ([]wire.Mutation, error)) *wire.PartsResponse {
+	resp := &wire.PartsResponse{Errs: make([]wire.ErrorBody, len(parts))}
+	type prepared struct {
+		i  int
+		pw pendingWrite
+		r  *sessResult
+	}
+	var pws []prepared
+	for i, pid := range parts {
+		p, err := n.partitionFor(ctx, pid, version)
+		if err != nil {
+			resp.Errs[i] = wire.ErrBody(err)
+			continue
+		}
+		p.mu.Lock()
+		if p.role != rolePrimary {
+			resp.Errs[i] = wire.ErrBody(p.notOwner())
+			p.mu.Unlock()
+			continue
+		}
+		now := nowNano()
+		if sess.Client != 0 {
+			if s := p.sessions[sess.Client]; s != nil {
+				if sess.Seq < s.low {
+					p.mu.Unlock()
+					resp.Errs[i] = wire.ErrBody(fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, sess.Seq, s.low))
+					continue
+				}
+				if r, ok := s.results[sess.Seq]; ok {
+					pws = append(pws, prepared{i: i, pw: pendingWrite{p: p, lsn: r.lsn, epoch: p.epoch}, r: &r})
+					p.mu.Unlock()
+					continue
+				}
+			}
+		}
+		ms, err := muts(i, p, now)
+		if err != nil {
+			p.mu.Unlock()
+			resp.Errs[i] = wire.ErrBody(err)
+			continue
+		}
+		rec := wire.Record{Muts: ms, Session: sess, Result: wire.MapResponse{Done: true}}
+		pws = append(pws, prepared{i: i, pw: p.commitRecord(&rec, now)})
+		p.mu.Unlock()
+	}
+	for _, pr := range pws {
+		if err := n.finish(ctx, pr.pw); err != nil {
+			resp.Errs[pr.i] = wire.ErrBody(err)
+		}
+	}
+	return resp
+}
+
+func (n *Node) execPutAll(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
+	if len(req.Partitions) != len(req.Keys) || len(req.Keys) != len(req.Values) {
+		return nil, fmt.Errorf("%w: mismatched batch lengths", api.ErrBadRequest)
+	}
+	for i := range req.Keys {
+		if len(req.Keys[i]) != len(req.Values[i]) {
+			return nil, fmt.Errorf("%w: %d keys, %d values", api.ErrBadRequest, len(req.Keys[i]), len(req.Values[i]))
+		}
+	}
+	return n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, error) {
+		var exp int64
+		if req.TTL > 0 {
+			exp = now + req.TTL
+		}
+		ms := make([]wire.Mutation, len(req.Keys[i]))
+		for j, k := range req.Keys[i] {
+			if affinity.Partition(k, len(n.parts)) != p.id {
+				return nil, fmt.Errorf("%w: key %q is not in partition %d", api.ErrBadRequest, k, p.id)
+			}
+			ms[j] = wire.Mutation{Kind: wire.MutSet, Map: req.Map, Key: k, Value: req.Values[i][j], ExpireAt: exp}
+		}
+		return ms, nil
+	}), nil
+}
+
+func (n *Node) execClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
+	return n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, error) {
+		return []wire.Mutation{{Kind: wire.MutClear, Map: req.Map}}, nil
+	}), nil
+}
+
+func (n *Node) execScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
+	limit := int(req.Limit)
+	if limit <= 0 || limit > 10000 {
+		limit = 1000
+	}
+	p, err := n.partitionFor(ctx, req.Partition, req.Version)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.primaryLocked(ctx, p, p.partFloor); err != nil {
+		return nil, err
+	}
+	now := nowNano()
+	kv := p.maps[req.Map]
+	keys := make([]string, 0, min(len(kv), limit*2))
+	for k, e := range kv {
+		if k > req.After && e.live(now) {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, strings.Compare)
+	resp := &wire.ScanResponse{More: len(keys) > limit}
+	keys = keys[:min(len(keys), limit)]
+	resp.Keys = keys
+	resp.Values = make([][]byte, len(keys))
+	for i, k := range keys {
+		resp.Values[i] = kv[k].value
+	}
+	p.mu.Unlock()
+	return resp, nil
+}
+
+func (n *Node) execSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {
+	resp := &wire.SizeResponse{Counts: make([]int64, len(req.Partitions)), Errs: make([]wire.ErrorBody, len(req.Partitions))}
+	for i, pid := range req.Partitions {
+		p, err := n.partitionFor(ctx, pid, req.Version)
+		if err == nil {
+			err = n.primaryLocked(ctx, p, p.partFloor)
+		}
+		if err != nil {
+			resp.Errs[i] = wire.ErrBody(err)
+			continue
+		}
+		now := nowNano()
+		var c int64
+		for _, e := range p.maps[req.Map] {
+			if e.live(now) {
+				c++
+			}
+		}
+		p.mu.Unlock()
+		resp.Counts[i] = c
+	}
+	return resp, nil
+}

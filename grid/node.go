@@ -1,0 +1,565 @@
+// Package grid is the data grid node: partition stores, synchronous
+// replication to backups, migration by snapshot, the byte-level and typed map
+// APIs, and the embedded entry point (Start).
+//
+// Invariants: a partition's mutations are applied by its primary only, in LSN
+// order, and acknowledged only after every in-sync backup applied them; a
+// read never returns a value that is not on every in-sync backup; replication
+// from an epoch lower than the partition's is refused. grid never imports
+// compute, txn, client or cmd.
+package grid
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/cluster"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// Config configures a node.
+type Config struct {
+	// Name is the member name, unique in the cluster. Default: "node-" and a
+	// random suffix.
+	Name string
+	// GossipAddr is the serf host:port; port 0 picks one. Default "127.0.0.1:0".
+	GossipAddr string
+	// RPCAddr is the host:port for clients, peers and raft; port 0 picks one.
+	// Default "127.0.0.1:0".
+	RPCAddr string
+	// HTTPAddr is advertised to other members. Optional.
+	HTTPAddr string
+	// Seeds are gossip addresses of members to join. Empty: start a new
+	// cluster.
+	Seeds []string
+	// Partitions is the cluster's partition count; every member must agree.
+	// Default 271.
+	Partitions int
+	// Backups is the synchronous backup count per partition. Default 1.
+	Backups int
+	// Profile is the failure detection and raft timing preset. Default
+	// cluster.ProfileLAN.
+	Profile cluster.Profile
+	// RequestTimeout bounds a request whose ctx has no deadline, and every
+	// request served for a peer or client. Default 10s.
+	RequestTimeout time.Duration
+	// MaxFrame is the largest wire frame accepted. Default 64 MiB.
+	MaxFrame int
+	// MaxMigrations bounds the partitions being filled at once. Default 64.
+	MaxMigrations int
+	// ExpiryInterval is the period of TTL sampling. Default 100ms.
+	ExpiryInterval time.Duration
+	// SessionIdle is how long a client's dedup results are kept after its
+	// last mutation. Default 10m.
+	SessionIdle time.Duration
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+	// Membership overrides serf (tests). Optional.
+	Membership cluster.Membership
+}
+
+// DefaultConfig returns a config for a single node on loopback.
+func DefaultConfig() Config {
+	return Config{
+		GossipAddr:     "127.0.0.1:0",
+		RPCAddr:        "127.0.0.1:0",
+		Partitions:     affinity.DefaultPartitionCount,
+		Backups:        1,
+		Profile:        cluster.ProfileLAN,
+		RequestTimeout: 10 * time.Second,
+		MaxFrame:       wire.DefaultMaxFrame,
+		MaxMigrations:  64,
+		ExpiryInterval: 100 * time.Millisecond,
+		SessionIdle:    10 * time.Minute,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	switch {
+	case c.Partitions < 1 || c.Partitions > 65536:
+		return fmt.Errorf("grid: Partitions %d out of range [1, 65536]", c.Partitions)
+	case c.Backups < 0 || c.Backups > 6:
+		return fmt.Errorf("grid: Backups %d out of range [0, 6]", c.Backups)
+	case c.RequestTimeout <= 0:
+		return errors.New("grid: RequestTimeout must be positive")
+	case c.MaxFrame < 1<<16:
+		return errors.New("grid: MaxFrame must be at least 64 KiB")
+	case c.MaxMigrations < 1:
+		return errors.New("grid: MaxMigrations must be positive")
+	case c.ExpiryInterval <= 0 || c.SessionIdle <= 0:
+		return errors.New("grid: ExpiryInterval and SessionIdle must be positive")
+	case c.RPCAddr == "" || c.GossipAddr == "":
+		return errors.New("grid: RPCAddr and GossipAddr are required")
+	}
+	if _, _, err := net.SplitHostPort(c.RPCAddr); err != nil {
+		return fmt.Errorf("grid: RPCAddr %q: %w", c.RPCAddr, err)
+	}
+	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+		return fmt.Errorf("grid: GossipAddr %q: %w", c.GossipAddr, err)
+	}
+	return nil
+}
+
+// Node is a grid member.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	name string
+
+	srv     *transport.Server
+	pool    *transport.Pool
+	cluster *cluster.Cluster
+	parts   []*partition
+
+	table     atomic.Pointer[wire.Table] // installed table
+	latest    atomic.Pointer[wire.Table] // newest committed, maybe not installed yet
+	tableWake chan struct{}
+	tableMu   sync.Mutex
+	tableCh   chan struct{} // closed and replaced on each install
+
+	clientID uint64
+	seqs     seqTracker
+
+	ctx     context.Context // cancelled when the node stops
+	cancel  context.CancelFunc
+	done    chan struct{}
+	wg      sync.WaitGroup
+	closing sync.Once
+	closed  atomic.Bool
+}
+
+// Start starts a node and joins (or bootstraps) its cluster. It returns once
+// the node serves RPC and is a member; use WaitReady for the first table.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	def := DefaultConfig()
+	if cfg.GossipAddr == "" {
+		cfg.GossipAddr = def.GossipAddr
+	}
+	if cfg.RPCAddr == "" {
+		cfg.RPCAddr = def.RPCAddr
+	}
+	if cfg.Partitions == 0 {
+		cfg.Partitions = def.Partitions
+	}
+	if cfg.Profile == "" {
+		cfg.Profile = def.Profile
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = def.RequestTimeout
+	}
+	if cfg.MaxFrame == 0 {
+		cfg.MaxFrame = def.MaxFrame
+	}
+	if cfg.MaxMigrations == 0 {
+		cfg.MaxMigrations = def.MaxMigrations
+	}
+	if cfg.ExpiryInterval == 0 {
+		cfg.ExpiryInterval = def.ExpiryInterval
+	}
+	if cfg.SessionIdle == 0 {
+		cfg.SessionIdle = def.SessionIdle
+	}
+	if cfg.Name == "" {
+		cfg.Name = fmt.Sprintf("node-%08x", rand.Uint32())
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       lg.With("node", cfg.Name),
+		name:      cfg.Name,
+		parts:     make([]*partition, cfg.Partitions),
+		tableWake: make(chan struct{}, 1),
+		tableCh:   make(chan struct{}),
+		clientID:  rand.Uint64() | 1,
+		done:      make(chan struct{}),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.seqs.init()
+	for i := range n.parts {
+		n.parts[i] = newPartition(i)
+	}
+	srv, err := transport.Listen(cfg.RPCAddr, n, cfg.MaxFrame, n.log)
+	if err != nil {
+		return nil, fmt.Errorf("grid: listen on %s: %w", cfg.RPCAddr, err)
+	}
+	n.srv = srv
+	n.pool = transport.NewPool(cfg.MaxFrame, n.log)
+	rpcAddr := srv.Addr().String()
+
+	n.wg.Add(2)
+	go n.tableLoop()
+	go n.maintenance()
+
+	ccfg := cluster.DefaultConfig()
+	ccfg.Name = cfg.Name
+	ccfg.GossipAddr = cfg.GossipAddr
+	ccfg.RPCAddr = rpcAddr
+	ccfg.HTTPAddr = cfg.HTTPAddr
+	ccfg.Seeds = cfg.Seeds
+	ccfg.Partitions = cfg.Partitions
+	ccfg.Backups = cfg.Backups
+	ccfg.Profile = cfg.Profile
+	ccfg.MaxMigrations = cfg.MaxMigrations
+	ccfg.Logger = n.log
+	ccfg.RaftLayer = srv.RaftLayer(nil)
+	ccfg.Pool = n.pool
+	ccfg.Membership = cfg.Membership
+	ccfg.OnTable = n.onTable
+	c, err := cluster.Start(ctx, ccfg)
+	if err != nil {
+		n.stop()
+		return nil, err
+	}
+	n.cluster = c
+	n.log.Info("node started", "rpc", rpcAddr, "gossip", c.GossipAddr(), "seeds", cfg.Seeds)
+	return n, nil
+}
+
+// Name is the node's member name.
+func (n *Node) Name() string { return n.name }
+
+// RPCAddr is the bound RPC address.
+func (n *Node) RPCAddr() string { return n.srv.Addr().String() }
+
+// GossipAddr is the bound gossip address.
+func (n *Node) GossipAddr() string { return n.cluster.GossipAddr() }
+
+// Cluster exposes the node's cluster layer (table, members, authority).
+func (n *Node) Cluster() *cluster.Cluster { return n.cluster }
+
+// Table returns the installed partition table, or nil before the first.
+func (n *Node) Table() *wire.Table { return n.table.Load() }
+
+// Partitions is the partition count.
+func (n *Node) Partitions() int { return n.cfg.Partitions }
+
+// WaitReady waits until the node has installed a table.
+func (n *Node) WaitReady(ctx context.Context) error {
+	return n.waitVersion(ctx, 1)
+}
+
+// waitVersion waits until the installed table has at least version v.
+func (n *Node) waitVersion(ctx context.Context, v uint64) error {
+	for {
+		n.tableMu.Lock()
+		t, ch := n.table.Load(), n.tableCh
+		n.tableMu.Unlock()
+		if t != nil && t.Version >= v {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-n.done:
+			return api.ErrClosed
+		case <-ctx.Done():
+			return fmt.Errorf("%w: waiting for table version %d: %v", api.ErrUnavailable, v, ctx.Err())
+		}
+	}
+}
+
+// Close leaves the cluster gracefully: the authority promotes this node's
+// backups, then the node stops. ctx bounds the leave.
+func (n *Node) Close(ctx context.Context) error {
+	var err error
+	n.closing.Do(func() {
+		if n.cluster != nil {
+			err = n.cluster.Leave(ctx)
+		}
+		n.stop()
+	})
+	return err
+}
+
+// Kill stops the node at once, as a crash would: no leave, connections cut.
+// Other members detect it as failed. For tests.
+func (n *Node) Kill() {
+	n.closing.Do(func() {
+		if n.cluster != nil {
+			_ = n.cluster.Close()
+		}
+		n.stop()
+	})
+}
+
+func (n *Node) stop() {
+	n.closed.Store(true)
+	close(n.done)
+	n.cancel()
+	if n.cluster != nil {
+		_ = n.cluster.Close()
+	}
+	_ = n.srv.Close()
+	n.pool.Close()
+	n.wg.Wait()
+}
+
+// onTable is called by the authority's FSM: it must not block.
+func (n *Node) onTable(t *wire.Table) {
+	for {
+		cur := n.latest.Load()
+		if cur != nil && cur.Version >= t.Version {
+			return
+		}
+		if n.latest.CompareAndSwap(cur, t) {
+			break
+		}
+	}
+	select {
+	case n.tableWake <- struct{}{}:
+	default:
+	}
+}
+
+// offerTable installs a table learned from a peer if it is newer.
+func (n *Node) offerTable(t *wire.Table) {
+	if t == nil || len(t.Partitions) != n.cfg.Partitions {
+		return
+	}
+	n.onTable(t)
+}
+
+func (n *Node) tableLoop() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.tableWake:
+		case <-n.done:
+			return
+		}
+		t := n.latest.Load()
+		if cur := n.table.Load(); t == nil || (cur != nil && cur.Version >= t.Version) {
+			continue
+		}
+		if len(t.Partitions) != n.cfg.Partitions {
+			n.log.Error("ignoring table with a different partition count", "version", t.Version, "partitions", len(t.Partitions))
+			continue
+		}
+		n.install(t)
+	}
+}
+
+// install applies a committed table to every partition.
+func (n *Node) install(t *wire.Table) {
+	addrs := make(map[string]string, len(t.Members))
+	for _, m := range t.Members {
+		addrs[m.Name] = m.RPC
+	}
+	var primaries, backups int
+	for i, part := range t.Partitions {
+		p := n.parts[i]
+		p.mu.Lock()
+		p.primary = part.Primary
+		p.version = t.Version
+		wasPrimary := p.role == rolePrimary
+		switch {
+		case part.Primary == n.name:
+			primaries++
+			if !wasPrimary || p.epoch < part.Epoch {
+				n.becomePrimary(p, part.Epoch)
+			}
+			n.updateStreams(p, part, addrs)
+		case contains(part.Backups, n.name) || contains(part.Pending, n.name):
+			backups++
+			if wasPrimary {
+				n.log.Info("demoted", "partition", i, "epoch", part.Epoch, "primary", part.Primary)
+			}
+			p.role = roleBackup
+			p.streams = map[string]*stream{}
+			if part.Epoch > p.epoch {
+				p.epoch = part.Epoch
+			}
+		default:
+			if p.role != roleNone {
+				p.reset()
+				p.streams = map[string]*stream{}
+				p.syncedEpoch = 0
+			}
+			p.role = roleNone
+			if part.Epoch > p.epoch {
+				p.epoch = part.Epoch
+			}
+		}
+		if p.role != rolePrimary {
+			// Wake writers and readers waiting for commit: they fail fast.
+			close(p.commitCh)
+			p.commitCh = make(chan struct{})
+		}
+		p.mu.Unlock()
+	}
+	n.tableMu.Lock()
+	n.table.Store(t)
+	close(n.tableCh)
+	n.tableCh = make(chan struct{})
+	n.tableMu.Unlock()
+	n.log.Debug("installed table", "version", t.Version, "primaries", primaries, "backups", backups)
+	n.kickSyncs()
+}
+
+// becomePrimary starts a new primary term at epoch. Every replica gets a
+// snapshot first: backups may hold records the old primary never committed.
+// Caller holds p.mu.
+func (n *Node) becomePrimary(p *partition, epoch uint64) {
+	if epoch > p.epoch {
+		p.epoch = epoch
+	}
+	if p.role != rolePrimary {
+		n.log.Debug("became primary", "partition", p.id, "epoch", epoch, "lsn", p.lsn)
+	}
+	p.role = rolePrimary
+	p.streams = map[string]*stream{}
+	// Everything held now is committed once the replicas acknowledge it.
+	p.pending = map[mapKey]uint64{}
+	p.pendq = nil
+	p.commit = 0
+	p.ready = p.lsn
+}
+
+// updateStreams makes p's streams match the table's replicas. Caller holds p.mu.
+func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]string) {
+	want := map[string]bool{}
+	for _, b := range part.Backups {
+		want[b] = true
+	}
+	for _, b := range part.Pending {
+		if _, ok := want[b]; !ok {
+			want[b] = false
+		}
+	}
+	for name := range p.streams {
+		if _, ok := want[name]; !ok {
+			delete(p.streams, name)
+		}
+	}
+	for name, inSync := range want {
+		if name == n.name {
+			continue
+		}
+		s := p.streams[name]
+		if s == nil {
+			s = &stream{node: name, broken: true}
+			p.streams[name] = s
+		}
+		s.addr = addrs[name]
+		s.inSync = inSync
+	}
+	p.recomputeCommit()
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// HandleFrame implements transport.Handler. Replication frames are applied
+// inline so that a connection's records apply in the order they were sent;
+// everything else runs on its own goroutine.
+func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
+	switch f.Type {
+	case wire.MsgReplicate:
+		n.handleReplicate(c, f)
+		return
+	case wire.MsgSnapshot:
+		n.handleSnapshot(c, f)
+		return
+	case wire.MsgPing:
+		c.Reply(f.Type, f.ID, &wire.Ack{})
+		return
+	}
+	if n.closed.Load() {
+		c.ReplyError(f.Type, f.ID, api.ErrClosed)
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
+		defer cancel()
+		resp, err := n.serve(ctx, f)
+		if err != nil {
+			c.ReplyError(f.Type, f.ID, err)
+			return
+		}
+		c.Reply(f.Type, f.ID, resp)
+	}()
+}
+
+func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
+	bad := func(err error) error { return fmt.Errorf("%w: %v", api.ErrBadRequest, err) }
+	switch f.Type {
+	case wire.MsgMap:
+		var req wire.MapRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		resp, err := n.execMap(ctx, &req)
+		return &resp, err
+	case wire.MsgGetAll:
+		var req wire.GetAllRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execGetAll(ctx, &req)
+	case wire.MsgPutAll:
+		var req wire.PutAllRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execPutAll(ctx, &req)
+	case wire.MsgScan:
+		var req wire.ScanRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execScan(ctx, &req)
+	case wire.MsgSize:
+		var req wire.SizeRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execSize(ctx, &req)
+	case wire.MsgClear:
+		var req wire.ClearRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execClear(ctx, &req)
+	case wire.MsgSynced:
+		var req wire.SyncedReport
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return &wire.Ack{}, n.cluster.HandleSynced(req)
+	case wire.MsgTable:
+		var req wire.TableRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		t := n.table.Load()
+		if t == nil {
+			return nil, fmt.Errorf("%w: no table yet", api.ErrUnavailable)
+		}
+		return &wire.TableResponse{Table: *t}, nil
+	}
+	return nil, fmt.Errorf("%w: type %d", api.ErrUnknownMessage, f.Type)
+}

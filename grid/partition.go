@@ -1,0 +1,313 @@
+package grid
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+)
+
+type role uint8
+
+const (
+	roleNone role = iota
+	rolePrimary
+	roleBackup
+)
+
+func (r role) String() string {
+	switch r {
+	case rolePrimary:
+		return "primary"
+	case roleBackup:
+		return "backup"
+	}
+	return "none"
+}
+
+// entry is a stored value. Values are never modified in place, so an entry's
+// value may be shared with snapshots and replies.
+type entry struct {
+	value    []byte
+	version  uint64
+	expireAt int64 // unix nanoseconds; 0: none
+}
+
+func (e *entry) live(now int64) bool { return e.expireAt == 0 || now < e.expireAt }
+
+type mapKey struct{ m, k string }
+
+type sessResult struct {
+	resp wire.MapResponse
+	lsn  uint64
+}
+
+// session is one client's remembered mutation results in a partition.
+type session struct {
+	low     uint64
+	results map[uint64]sessResult
+	seen    int64
+}
+
+// stream is the primary's replication link to one replica of a partition.
+type stream struct {
+	node   string
+	addr   string
+	inSync bool            // counted for acknowledgement (a backup, not pending)
+	conn   *transport.Conn // nil or dead: the stream needs a snapshot
+	broken bool            // records are not being sent: a snapshot must come first
+	// syncing: a snapshot goroutine owns this stream's resync.
+	syncing bool
+	// acked is the highest LSN the replica acknowledged (records or snapshot).
+	acked uint64
+	// filled: the replica acknowledged a complete snapshot at the current epoch.
+	filled bool
+}
+
+// partition is one partition's replica on this node. All fields are guarded
+// by mu, which is never held across network I/O (frames are only queued).
+type partition struct {
+	id int
+	mu sync.Mutex
+
+	maps     map[string]map[string]*entry
+	ttlKeys  map[mapKey]struct{}
+	sessions map[uint64]*session
+	lsn      uint64
+
+	// From the installed table.
+	role    role
+	epoch   uint64 // highest primary epoch seen; replication below it is refused
+	primary string
+	version uint64
+
+	// Backup side: the epoch whose primary gave us a complete snapshot; records
+	// of any other epoch mean a gap.
+	syncedEpoch uint64
+
+	// Primary side.
+	commit   uint64            // every in-sync replica holds all records <= commit
+	ready    uint64            // reads wait for commit >= ready (set on promotion)
+	pending  map[mapKey]uint64 // keys whose latest write is not yet committed
+	pendq    []pendingKey
+	commitCh chan struct{} // closed and replaced when commit grows
+	streams  map[string]*stream
+}
+
+type pendingKey struct {
+	k   mapKey
+	lsn uint64
+}
+
+func newPartition(id int) *partition {
+	return &partition{
+		id:       id,
+		maps:     map[string]map[string]*entry{},
+		ttlKeys:  map[mapKey]struct{}{},
+		sessions: map[uint64]*session{},
+		pending:  map[mapKey]uint64{},
+		commitCh: make(chan struct{}),
+		streams:  map[string]*stream{},
+	}
+}
+
+// reset drops all data (the partition moved away or a snapshot replaces it).
+func (p *partition) reset() {
+	p.maps = map[string]map[string]*entry{}
+	p.ttlKeys = map[mapKey]struct{}{}
+	p.sessions = map[uint64]*session{}
+	p.pending = map[mapKey]uint64{}
+	p.pendq = nil
+	p.lsn = 0
+	p.commit = 0
+	p.ready = 0
+}
+
+func (p *partition) get(m, k string, now int64) *entry {
+	e := p.maps[m][k]
+	if e == nil || !e.live(now) {
+		return nil
+	}
+	return e
+}
+
+// applyMut applies one mutation at version lsn. The caller holds mu.
+func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
+	switch mu.Kind {
+	case wire.MutSet:
+		kv := p.maps[mu.Map]
+		if kv == nil {
+			kv = map[string]*entry{}
+			p.maps[mu.Map] = kv
+		}
+		kv[mu.Key] = &entry{value: mu.Value, version: lsn, expireAt: mu.ExpireAt}
+		mk := mapKey{mu.Map, mu.Key}
+		if mu.ExpireAt != 0 {
+			p.ttlKeys[mk] = struct{}{}
+		} else {
+			delete(p.ttlKeys, mk)
+		}
+	case wire.MutDelete:
+		if kv := p.maps[mu.Map]; kv != nil {
+			delete(kv, mu.Key)
+			if len(kv) == 0 {
+				delete(p.maps, mu.Map)
+			}
+		}
+		delete(p.ttlKeys, mapKey{mu.Map, mu.Key})
+	case wire.MutClear:
+		for k := range p.maps[mu.Map] {
+			delete(p.ttlKeys, mapKey{mu.Map, k})
+		}
+		delete(p.maps, mu.Map)
+	}
+}
+
+// applyRecord applies a whole record: its mutations and its session result.
+// The caller holds mu.
+func (p *partition) applyRecord(rec *wire.Record, now int64) {
+	for i := range rec.Muts {
+		p.applyMut(&rec.Muts[i], rec.LSN)
+	}
+	if rec.Session.Client != 0 {
+		s := p.session(rec.Session.Client, now)
+		s.forget(rec.Session.Low)
+		s.results[rec.Session.Seq] = sessResult{resp: rec.Result, lsn: rec.LSN}
+	}
+	p.lsn = rec.LSN
+}
+
+func (p *partition) session(client uint64, now int64) *session {
+	s := p.sessions[client]
+	if s == nil {
+		s = &session{results: map[uint64]sessResult{}}
+		p.sessions[client] = s
+	}
+	s.seen = now
+	return s
+}
+
+// forget drops results the client no longer waits for.
+func (s *session) forget(low uint64) {
+	if low <= s.low {
+		return
+	}
+	s.low = low
+	for seq := range s.results {
+		if seq < low {
+			delete(s.results, seq)
+		}
+	}
+}
+
+// markPending records an uncommitted write of keys at lsn. Caller holds mu.
+func (p *partition) markPending(rec *wire.Record) {
+	for i := range rec.Muts {
+		mu := &rec.Muts[i]
+		if mu.Kind == wire.MutClear {
+			// A clear is pending for every key of the map: readers wait on
+			// the partition's whole log instead (see readFloor).
+			k := mapKey{mu.Map, ""}
+			p.pending[k] = rec.LSN
+			p.pendq = append(p.pendq, pendingKey{k, rec.LSN})
+			continue
+		}
+		k := mapKey{mu.Map, mu.Key}
+		p.pending[k] = rec.LSN
+		p.pendq = append(p.pendq, pendingKey{k, rec.LSN})
+	}
+}
+
+// readFloor is the commit a read of (m, k) must wait for so it never sees a
+// value that is not on every in-sync backup. Caller holds mu.
+func (p *partition) readFloor(m, k string) uint64 {
+	floor := p.ready
+	if l, ok := p.pending[mapKey{m, k}]; ok && l > floor {
+		floor = l
+	}
+	if l, ok := p.pending[mapKey{m, ""}]; ok && l > floor {
+		floor = l
+	}
+	return floor
+}
+
+// setCommit raises the commit point and wakes its waiters. Caller holds mu.
+func (p *partition) setCommit(c uint64) {
+	if c <= p.commit {
+		return
+	}
+	p.commit = c
+	i := 0
+	for ; i < len(p.pendq) && p.pendq[i].lsn <= c; i++ {
+		pk := p.pendq[i]
+		if p.pending[pk.k] == pk.lsn {
+			delete(p.pending, pk.k)
+		}
+	}
+	p.pendq = p.pendq[i:]
+	close(p.commitCh)
+	p.commitCh = make(chan struct{})
+}
+
+// recomputeCommit derives the commit point from the in-sync streams' acks.
+// Caller holds mu.
+func (p *partition) recomputeCommit() {
+	if p.role != rolePrimary {
+		return
+	}
+	c := p.lsn
+	for _, s := range p.streams {
+		if s.inSync && s.acked < c {
+			c = s.acked
+		}
+	}
+	p.setCommit(c)
+}
+
+// waitCommit waits until commit >= lsn while this node stays primary at epoch.
+func (p *partition) waitCommit(ctx context.Context, lsn, epoch uint64) error {
+	for {
+		p.mu.Lock()
+		if p.role != rolePrimary || p.epoch != epoch {
+			owner, v := p.primary, p.version
+			p.mu.Unlock()
+			return fmt.Errorf("%w: lost primacy of partition %d while waiting for backups (owner %q, table %d)", api.ErrReplication, p.id, owner, v)
+		}
+		if p.commit >= lsn {
+			p.mu.Unlock()
+			return nil
+		}
+		ch := p.commitCh
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: partition %d waiting for backups to acknowledge lsn %d: %v", api.ErrReplication, p.id, lsn, ctx.Err())
+		}
+	}
+}
+
+// digest summarises the partition's live entries for convergence checks.
+func (p *partition) digest() (entries int, sum uint64) {
+	for m, kv := range p.maps {
+		for k, e := range kv {
+			h := xxhash.New()
+			_, _ = h.WriteString(m)
+			_, _ = h.Write([]byte{0})
+			_, _ = h.WriteString(k)
+			_, _ = h.Write([]byte{0})
+			_, _ = h.Write(e.value)
+			sum ^= h.Sum64() ^ e.version*0x9e3779b97f4a7c15
+			entries++
+		}
+	}
+	return entries, sum
+}
+
+func nowNano() int64 { return time.Now().UnixNano() }

@@ -563,3 +563,26 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 	}
 	return nil, fmt.Errorf("%w: type %d", api.ErrUnknownMessage, f.Type)
 }
+
+// PartitionInfo is one replica's state, for checks and status pages.
+type PartitionInfo struct {
+	ID      int
+	Role    string
+	Epoch   uint64
+	LSN     uint64
+	Commit  uint64
+	Entries int
+	Digest  uint64 // order-independent hash of entries and versions
+}
+
+// Inspect returns the state of this node's replica of partition id.
+func (n *Node) Inspect(id int) PartitionInfo {
+	p := n.parts[id]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	entries, digest := p.digest()
+	return PartitionInfo{ID: id, Role: p.role.String(), Epoch: p.epoch, LSN: p.lsn, Commit: p.commit, Entries: entries, Digest: digest}
+}
+
+// Config returns the node's effective config.
+func (n *Node) Config() Config { return n.cfg }

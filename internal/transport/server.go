@@ -25,8 +25,9 @@ type Server struct {
 	once   sync.Once
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	conns map[*Conn]struct{}
+	mu        sync.Mutex
+	conns     map[*Conn]struct{}
+	raftConns map[*trackedConn]struct{} // handed to raft; closed on Close
 }
 
 // Listen binds addr ("host:0" picks a port) and starts accepting.
@@ -40,9 +41,10 @@ func Listen(addr string, h Handler, maxFrame int, log *slog.Logger) (*Server, er
 	}
 	s := &Server{
 		ln: ln, h: h, log: log, maxFrame: maxFrame,
-		raftCh: make(chan net.Conn),
-		done:   make(chan struct{}),
-		conns:  make(map[*Conn]struct{}),
+		raftCh:    make(chan net.Conn),
+		done:      make(chan struct{}),
+		conns:     make(map[*Conn]struct{}),
+		raftConns: make(map[*trackedConn]struct{}),
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -110,8 +112,19 @@ func (s *Server) route(nc net.Conn) {
 		delete(s.conns, c)
 		s.mu.Unlock()
 	case PreambleRaft:
+		s.mu.Lock()
 		select {
-		case s.raftCh <- nc:
+		case <-s.done:
+			s.mu.Unlock()
+			_ = nc.Close()
+			return
+		default:
+		}
+		tc := &trackedConn{Conn: nc, s: s}
+		s.raftConns[tc] = struct{}{}
+		s.mu.Unlock()
+		select {
+		case s.raftCh <- tc:
 		case <-s.done:
 			_ = nc.Close()
 		}
@@ -119,6 +132,20 @@ func (s *Server) route(nc net.Conn) {
 		s.log.Warn("closing connection with unknown preamble", "remote", nc.RemoteAddr(), "preamble", pre[0])
 		_ = nc.Close()
 	}
+}
+
+// trackedConn is a raft stream the server closes on shutdown; closing it
+// forgets it.
+type trackedConn struct {
+	net.Conn
+	s *Server
+}
+
+func (c *trackedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.raftConns, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // Close stops accepting, closes every accepted connection and waits for the
@@ -131,6 +158,10 @@ func (s *Server) Close() error {
 		for c := range s.conns {
 			conns = append(conns, c)
 		}
+		for nc := range s.raftConns {
+			_ = nc.Conn.Close()
+		}
+		s.raftConns = nil
 		s.mu.Unlock()
 		_ = s.ln.Close()
 		for _, c := range conns {

@@ -1,0 +1,235 @@
+package cluster
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+type member struct {
+	c    *Cluster
+	srv  *transport.Server
+	pool *transport.Pool
+	mu   sync.Mutex
+	seen []uint64
+}
+
+func (m *member) stop() {
+	_ = m.c.Close()
+	_ = m.srv.Close()
+	m.pool.Close()
+}
+
+// synced answers MsgSynced so the authority can move pending replicas.
+type handler struct{ m *member }
+
+func (h handler) HandleFrame(c *transport.Conn, f wire.Frame) {
+	var r wire.SyncedReport
+	if err := wire.Decode(f.Body, &r); err != nil {
+		c.ReplyError(f.Type, f.ID, err)
+		return
+	}
+	if err := h.m.c.HandleSynced(r); err != nil {
+		c.ReplyError(f.Type, f.ID, err)
+		return
+	}
+	c.Reply(f.Type, f.ID, &wire.Ack{})
+}
+
+func startMember(t *testing.T, net *FakeNetwork, name string, bootstrap bool) *member {
+	t.Helper()
+	m := &member{}
+	srv, err := transport.Listen("127.0.0.1:0", handler{m}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.srv, m.pool = srv, transport.NewPool(0, nil)
+	cfg := DefaultConfig()
+	cfg.Name = name
+	cfg.RPCAddr = srv.Addr().String()
+	cfg.Profile = ProfileTest
+	cfg.Partitions = 31
+	cfg.RaftLayer = srv.RaftLayer(nil)
+	cfg.Pool = m.pool
+	cfg.OnTable = func(t *wire.Table) {
+		m.mu.Lock()
+		m.seen = append(m.seen, t.Version)
+		m.mu.Unlock()
+	}
+	// The fake network needs the raft id before Start picks it; so the
+	// member is registered through a Membership that reports it lazily.
+	lm := &lazyMember{net: net, name: name, rpc: cfg.RPCAddr}
+	cfg.Membership = lm
+	if !bootstrap {
+		cfg.Seeds = []string{"fake"}
+	}
+	c, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.c = c
+	lm.register(c.RaftID())
+	return m
+}
+
+// lazyMember joins the fake network once the raft id is known.
+type lazyMember struct {
+	net  *FakeNetwork
+	name string
+	rpc  string
+	Membership
+	notify chan struct{}
+}
+
+func (l *lazyMember) register(raftID string) {
+	l.Membership = l.net.Add(MemberInfo{Name: l.name, RPC: l.rpc, RaftID: raftID, Start: time.Now()})
+}
+
+func (l *lazyMember) Notify() <-chan struct{} {
+	if l.Membership == nil {
+		if l.notify == nil {
+			l.notify = make(chan struct{})
+		}
+		return l.notify
+	}
+	return l.Membership.Notify()
+}
+
+func (l *lazyMember) Members() []MemberInfo {
+	if l.Membership == nil {
+		return nil
+	}
+	return l.Membership.Members()
+}
+
+func (l *lazyMember) Join(ctx context.Context, seeds []string) (int, error) { return len(seeds), nil }
+func (l *lazyMember) Leave(ctx context.Context) error {
+	if l.Membership == nil {
+		return nil
+	}
+	return l.Membership.Leave(ctx)
+}
+func (l *lazyMember) Shutdown() error {
+	if l.Membership == nil {
+		return nil
+	}
+	return l.Membership.Shutdown()
+}
+func (l *lazyMember) LocalName() string { return l.name }
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestAuthorityVotersAndLeaderFailure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	net := NewFakeNetwork()
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range []string{"b", "c", "d"} {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			if m != nil {
+				m.stop()
+			}
+		}
+	}()
+	names := []string{"a", "b", "c", "d"}
+	// Every member learns the table; with nothing to fill, pending replicas
+	// are reported by nobody, so we report them as a primary would.
+	waitFor(t, 20*time.Second, "all members to hold a table naming 4 members", func() bool {
+		for _, m := range ms {
+			tab := m.c.Table()
+			if tab == nil || len(tab.Members) != 4 {
+				return false
+			}
+		}
+		return true
+	})
+	leader := func() *member {
+		for _, m := range ms {
+			if m != nil && m.c.IsLeader() {
+				return m
+			}
+		}
+		return nil
+	}
+	fill := func() {
+		l := leader()
+		if l == nil {
+			return
+		}
+		tab := l.c.Table()
+		for p, part := range tab.Partitions {
+			for _, n := range part.Pending {
+				_ = l.c.HandleSynced(wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+			}
+		}
+	}
+	waitFor(t, 20*time.Second, "converged table", func() bool {
+		fill()
+		l := leader()
+		return l != nil && Converged(l.c.Table(), names, 1)
+	})
+	l := leader()
+	if v := l.c.Voters(); len(v) != MaxVoters {
+		t.Fatalf("voters %v, want %d", v, MaxVoters)
+	}
+	// Versions arrive in order on every member.
+	for _, m := range ms {
+		m.mu.Lock()
+		if !slices.IsSorted(m.seen) {
+			t.Fatalf("versions out of order: %v", m.seen)
+		}
+		m.mu.Unlock()
+	}
+	// Kill the leader: a new leader removes it and keeps 3 voters.
+	var dead string
+	for i, m := range ms {
+		if m == l {
+			dead = m.c.Name()
+			net.Fail(dead)
+			m.stop()
+			ms[i] = nil
+		}
+	}
+	alive := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == dead })
+	waitFor(t, 20*time.Second, "a new leader with a table without "+dead, func() bool {
+		fill()
+		nl := leader()
+		if nl == nil {
+			return false
+		}
+		tab := nl.c.Table()
+		return Converged(tab, alive, 1) && len(nl.c.Voters()) == MaxVoters && !slices.ContainsFunc(nl.c.Voters(), func(id string) bool {
+			return len(id) > len(dead) && id[:len(dead)+1] == dead+"-"
+		})
+	})
+	tab := leader().c.Table()
+	for p, part := range tab.Partitions {
+		if part.Primary == dead || slices.Contains(part.Backups, dead) {
+			t.Fatalf("partition %d still on dead member: %+v", p, part)
+		}
+	}
+	t.Logf("final table version %d, voters %v", tab.Version, leader().c.Voters())
+}

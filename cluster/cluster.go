@@ -54,8 +54,9 @@ type Config struct {
 	// OnTable is called with every newly committed table, in version order,
 	// on raft's apply goroutine. It must not block and must not modify t.
 	OnTable func(t *wire.Table)
-	// Membership overrides serf (tests use FakeNetwork). Optional.
-	Membership Membership
+	// NewMembership, if set, replaces serf: it is called once with this
+	// member's metadata (tests pass FakeNetwork.Add). Optional.
+	NewMembership func(meta MemberInfo) (Membership, error)
 }
 
 // DefaultConfig returns a config with every default filled in except the
@@ -130,17 +131,19 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	c.fsm = &fsm{onTable: cfg.OnTable}
 
-	ms := cfg.Membership
+	meta := MemberInfo{Name: cfg.Name, RPC: cfg.RPCAddr, HTTP: cfg.HTTPAddr, RaftID: c.raftID, Start: start}
+	var ms Membership
+	var err error
 	c.gossipAddr = cfg.GossipAddr
-	if ms == nil {
-		var err error
+	if cfg.NewMembership != nil {
+		ms, err = cfg.NewMembership(meta)
+	} else {
 		ms, c.gossipAddr, err = NewSerf(SerfConfig{
-			Name: cfg.Name, BindAddr: cfg.GossipAddr, Profile: cfg.Profile, Logger: lg,
-			Meta: MemberInfo{RPC: cfg.RPCAddr, HTTP: cfg.HTTPAddr, RaftID: c.raftID, Start: start},
+			Name: cfg.Name, BindAddr: cfg.GossipAddr, Profile: cfg.Profile, Logger: lg, Meta: meta,
 		})
-		if err != nil {
-			return nil, err
-		}
+	}
+	if err != nil {
+		return nil, err
 	}
 	c.ms = ms
 

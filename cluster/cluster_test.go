@@ -66,10 +66,7 @@ func startMember(t *testing.T, net *FakeNetwork, name string, bootstrap bool) *m
 		m.seen = append(m.seen, t.Version)
 		m.mu.Unlock()
 	}
-	// The fake network needs the raft id before Start picks it; so the
-	// member is registered through a Membership that reports it lazily.
-	lm := &lazyMember{net: net, name: name, rpc: cfg.RPCAddr}
-	cfg.Membership = lm
+	cfg.NewMembership = func(meta MemberInfo) (Membership, error) { return net.Add(meta), nil }
 	if !bootstrap {
 		cfg.Seeds = []string{"fake"}
 	}
@@ -78,54 +75,9 @@ func startMember(t *testing.T, net *FakeNetwork, name string, bootstrap bool) *m
 		t.Fatal(err)
 	}
 	m.c = c
-	lm.register(c.RaftID())
 	return m
 }
 
-// lazyMember joins the fake network once the raft id is known.
-type lazyMember struct {
-	net  *FakeNetwork
-	name string
-	rpc  string
-	Membership
-	notify chan struct{}
-}
-
-func (l *lazyMember) register(raftID string) {
-	l.Membership = l.net.Add(MemberInfo{Name: l.name, RPC: l.rpc, RaftID: raftID, Start: time.Now()})
-}
-
-func (l *lazyMember) Notify() <-chan struct{} {
-	if l.Membership == nil {
-		if l.notify == nil {
-			l.notify = make(chan struct{})
-		}
-		return l.notify
-	}
-	return l.Membership.Notify()
-}
-
-func (l *lazyMember) Members() []MemberInfo {
-	if l.Membership == nil {
-		return nil
-	}
-	return l.Membership.Members()
-}
-
-func (l *lazyMember) Join(ctx context.Context, seeds []string) (int, error) { return len(seeds), nil }
-func (l *lazyMember) Leave(ctx context.Context) error {
-	if l.Membership == nil {
-		return nil
-	}
-	return l.Membership.Leave(ctx)
-}
-func (l *lazyMember) Shutdown() error {
-	if l.Membership == nil {
-		return nil
-	}
-	return l.Membership.Shutdown()
-}
-func (l *lazyMember) LocalName() string { return l.name }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()

@@ -64,8 +64,9 @@ type Config struct {
 	SessionIdle time.Duration
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
-	// Membership overrides serf (tests). Optional.
-	Membership cluster.Membership
+	// NewMembership, if set, replaces serf (tests pass
+	// cluster.FakeNetwork.Add). Optional.
+	NewMembership func(meta cluster.MemberInfo) (cluster.Membership, error)
 }
 
 // DefaultConfig returns a config for a single node on loopback.
@@ -220,7 +221,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	ccfg.Logger = n.log
 	ccfg.RaftLayer = srv.RaftLayer(nil)
 	ccfg.Pool = n.pool
-	ccfg.Membership = cfg.Membership
+	ccfg.NewMembership = cfg.NewMembership
 	ccfg.OnTable = n.onTable
 	c, err := cluster.Start(ctx, ccfg)
 	if err != nil {
@@ -369,12 +370,19 @@ func (n *Node) install(t *wire.Table) {
 		p.version = t.Version
 		wasPrimary := p.role == rolePrimary
 		switch {
-		case part.Primary == n.name:
+		case part.Primary == n.name && (part.Epoch > p.epoch || (part.Epoch == p.epoch && wasPrimary)):
 			primaries++
 			if !wasPrimary || p.epoch < part.Epoch {
 				n.becomePrimary(p, part.Epoch)
 			}
 			n.updateStreams(p, part, addrs)
+		case part.Primary == n.name:
+			// The table is older than an epoch this replica has already seen
+			// (a newer primary fenced it): stay a backup until a table
+			// catches up. Never take primacy at an epoch the authority did
+			// not give us.
+			p.role = roleBackup
+			p.streams = map[string]*stream{}
 		case contains(part.Backups, n.name) || contains(part.Pending, n.name):
 			backups++
 			if wasPrimary {
@@ -386,15 +394,17 @@ func (n *Node) install(t *wire.Table) {
 				p.epoch = part.Epoch
 			}
 		default:
-			if p.role != roleNone {
-				p.reset()
-				p.streams = map[string]*stream{}
-				p.syncedEpoch = 0
+			if p.role != roleNone || p.orphanSince == 0 {
+				p.orphanSince = nowNano()
 			}
+			p.streams = map[string]*stream{}
 			p.role = roleNone
 			if part.Epoch > p.epoch {
 				p.epoch = part.Epoch
 			}
+		}
+		if p.role != roleNone {
+			p.orphanSince = 0
 		}
 		if p.role != rolePrimary {
 			// Wake writers and readers waiting for commit: they fail fast.

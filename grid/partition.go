@@ -68,6 +68,12 @@ type stream struct {
 	acked uint64
 	// filled: the replica acknowledged a complete snapshot at the current epoch.
 	filled bool
+	// counted: a snapshot was queued to this replica, so every later write
+	// waits for its ack even while the table still lists it as pending. The
+	// authority may make a reported replica a backup, and then the primary,
+	// before this node installs that table: a write acknowledged without it
+	// in between would be lost.
+	counted bool
 }
 
 // partition is one partition's replica on this node. All fields are guarded
@@ -90,6 +96,11 @@ type partition struct {
 	// Backup side: the epoch whose primary gave us a complete snapshot; records
 	// of any other epoch mean a gap.
 	syncedEpoch uint64
+	// orphanSince is when the installed table stopped naming this node as a
+	// replica (0: it is one). The data is kept for orphanGrace: a primary that
+	// has not installed that table yet may still stream to us and report us
+	// filled, and a wiped copy must never be reported as complete.
+	orphanSince int64
 
 	// Primary side.
 	commit   uint64            // every in-sync replica holds all records <= commit
@@ -263,7 +274,7 @@ func (p *partition) recomputeCommit() {
 	}
 	c := p.lsn
 	for _, s := range p.streams {
-		if s.inSync && s.acked < c {
+		if (s.inSync || s.counted) && s.acked < c {
 			c = s.acked
 		}
 	}

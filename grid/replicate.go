@@ -167,7 +167,7 @@ func (n *Node) kickSyncs() {
 				if s.broken && !s.syncing && s.addr != "" {
 					s.syncing = true
 					n.wg.Add(1)
-					go n.syncStream(p, s)
+					go n.syncStream(p, s, s.addr)
 				}
 			}
 		}
@@ -177,11 +177,11 @@ func (n *Node) kickSyncs() {
 
 // syncStream sends a snapshot to one replica; records written after it
 // follow on the same connection, so the replica is complete once it acks.
-func (n *Node) syncStream(p *partition, s *stream) {
+func (n *Node) syncStream(p *partition, s *stream, addr string) {
 	defer n.wg.Done()
 	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 	defer cancel()
-	conn, err := n.pool.Get(ctx, s.addr)
+	conn, err := n.pool.Get(ctx, addr)
 	p.mu.Lock()
 	if err != nil || p.streams[s.node] != s || p.role != rolePrimary {
 		s.syncing = false
@@ -200,7 +200,7 @@ func (n *Node) syncStream(p *partition, s *stream) {
 		}
 		futs = append(futs, fut)
 	}
-	s.conn, s.broken = conn, false
+	s.conn, s.broken, s.counted = conn, false, true
 	p.mu.Unlock()
 
 	var werr error
@@ -276,9 +276,10 @@ func (n *Node) maintenance() {
 			n.kickSyncs()
 			n.reportFilled()
 		}
-		if time.Since(lastSessions) >= time.Minute {
+		if time.Since(lastSessions) >= time.Second {
 			lastSessions = time.Now()
 			n.expireSessions()
+			n.dropOrphans()
 		}
 	}
 }
@@ -323,6 +324,25 @@ func (n *Node) expire() {
 				break
 			}
 		}
+	}
+}
+
+// orphanGrace is how long a partition's data outlives the table that stopped
+// naming this node as a replica.
+const orphanGrace = 30 * time.Second
+
+// dropOrphans frees the data of partitions this node has not been a replica
+// of for orphanGrace.
+func (n *Node) dropOrphans() {
+	cutoff := nowNano() - orphanGrace.Nanoseconds()
+	for _, p := range n.parts {
+		p.mu.Lock()
+		if p.role == roleNone && p.orphanSince != 0 && p.orphanSince < cutoff {
+			p.reset()
+			p.syncedEpoch = 0
+			p.orphanSince = 0
+		}
+		p.mu.Unlock()
 	}
 }
 

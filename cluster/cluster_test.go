@@ -78,7 +78,6 @@ func startMember(t *testing.T, net *FakeNetwork, name string, bootstrap bool) *m
 	return m
 }
 
-
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)

@@ -163,22 +163,17 @@ func (n *Node) execMap(ctx context.Context, req *wire.MapRequest) (wire.MapRespo
 			return wire.MapResponse{}, err
 		}
 		now := nowNano()
-		if c := req.Session.Client; c != 0 {
-			if s := p.sessions[c]; s != nil {
-				if req.Session.Seq < s.low {
-					p.mu.Unlock()
-					return wire.MapResponse{}, fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, req.Session.Seq, s.low)
-				}
-				if r, ok := s.results[req.Session.Seq]; ok {
-					epoch := p.epoch
-					p.mu.Unlock()
-					// A retry: answer the first result once it is committed.
-					if err := p.waitCommit(ctx, r.lsn, epoch); err != nil {
-						return wire.MapResponse{}, err
-					}
-					return r.resp, nil
-				}
+		if r, err := p.seen(req.Session); err != nil || r != nil {
+			epoch := p.epoch
+			p.mu.Unlock()
+			if err != nil {
+				return wire.MapResponse{}, err
 			}
+			// A retry: answer the first result once it is committed.
+			if err := p.waitCommit(ctx, r.lsn, epoch); err != nil {
+				return wire.MapResponse{}, err
+			}
+			return r.resp, nil
 		}
 		resp, muts := decide(p, req, now)
 		if len(muts) == 0 && req.Session.Client == 0 {
@@ -347,7 +342,6 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 	type prepared struct {
 		i  int
 		pw pendingWrite
-		r  *sessResult
 	}
 	var pws []prepared
 	for i, pid := range parts {
@@ -363,19 +357,15 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 			continue
 		}
 		now := nowNano()
-		if sess.Client != 0 {
-			if s := p.sessions[sess.Client]; s != nil {
-				if sess.Seq < s.low {
-					p.mu.Unlock()
-					resp.Errs[i] = wire.ErrBody(fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, sess.Seq, s.low))
-					continue
-				}
-				if r, ok := s.results[sess.Seq]; ok {
-					pws = append(pws, prepared{i: i, pw: pendingWrite{p: p, lsn: r.lsn, epoch: p.epoch}, r: &r})
-					p.mu.Unlock()
-					continue
-				}
+		if r, err := p.seen(sess); err != nil || r != nil {
+			if err != nil {
+				resp.Errs[i] = wire.ErrBody(err)
+			} else {
+				// A retry: wait for the first attempt's record to commit.
+				pws = append(pws, prepared{i: i, pw: pendingWrite{p: p, lsn: r.lsn, epoch: p.epoch}})
 			}
+			p.mu.Unlock()
+			continue
 		}
 		ms, err := muts(i, p, now)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -164,7 +165,7 @@ func (m *nodeMap) req(op uint8, key string) *wire.MapRequest {
 	return &wire.MapRequest{Op: op, Map: m.name, Key: key}
 }
 
-func (m *nodeMap) write(ctx context.Context, op uint8, key string, value []byte, opts []Option) (*wire.MapRequest, error) {
+func (m *nodeMap) write(op uint8, key string, value []byte, opts []Option) *wire.MapRequest {
 	o := api.Apply(opts)
 	r := m.req(op, key)
 	// The caller may reuse its slice: the store keeps its own copy.
@@ -173,7 +174,7 @@ func (m *nodeMap) write(ctx context.Context, op uint8, key string, value []byte,
 		r.Value = []byte{}
 	}
 	r.TTL = int64(o.TTL)
-	return r, nil
+	return r
 }
 
 func (m *nodeMap) Get(ctx context.Context, key string) ([]byte, error) {
@@ -193,13 +194,13 @@ func (m *nodeMap) GetEntry(ctx context.Context, key string) (Entry, error) {
 }
 
 func (m *nodeMap) Put(ctx context.Context, key string, value []byte, opts ...Option) error {
-	r, _ := m.write(ctx, wire.OpPut, key, value, opts)
+	r := m.write(wire.OpPut, key, value, opts)
 	_, err := m.n.doMap(ctx, r)
 	return err
 }
 
 func (m *nodeMap) PutIfAbsent(ctx context.Context, key string, value []byte, opts ...Option) ([]byte, bool, error) {
-	r, _ := m.write(ctx, wire.OpPutIfAbsent, key, value, opts)
+	r := m.write(wire.OpPutIfAbsent, key, value, opts)
 	resp, err := m.n.doMap(ctx, r)
 	if err != nil {
 		return nil, false, err
@@ -211,20 +212,20 @@ func (m *nodeMap) PutIfAbsent(ctx context.Context, key string, value []byte, opt
 }
 
 func (m *nodeMap) Replace(ctx context.Context, key string, value []byte, opts ...Option) (bool, error) {
-	r, _ := m.write(ctx, wire.OpReplace, key, value, opts)
+	r := m.write(wire.OpReplace, key, value, opts)
 	resp, err := m.n.doMap(ctx, r)
 	return resp.Done, err
 }
 
 func (m *nodeMap) CompareAndSwap(ctx context.Context, key string, expected, value []byte, opts ...Option) (bool, error) {
-	r, _ := m.write(ctx, wire.OpCAS, key, value, opts)
+	r := m.write(wire.OpCAS, key, value, opts)
 	r.Expected = expected
 	resp, err := m.n.doMap(ctx, r)
 	return resp.Done, err
 }
 
 func (m *nodeMap) CompareAndSwapVersion(ctx context.Context, key string, version uint64, value []byte, opts ...Option) (bool, error) {
-	r, _ := m.write(ctx, wire.OpCASVersion, key, value, opts)
+	r := m.write(wire.OpCASVersion, key, value, opts)
 	r.ExpectedVersion = version
 	resp, err := m.n.doMap(ctx, r)
 	return resp.Done, err
@@ -235,84 +236,138 @@ func (m *nodeMap) Delete(ctx context.Context, key string) (bool, error) {
 	return resp.Found, err
 }
 
-// groups splits keys per owner node, and per partition inside a node.
+// partKeys is one partition of a batch, with its keys (nil for
+// whole-partition operations).
+type partKeys struct {
+	part int32
+	keys []string
+}
+
+// nodeGroup is the share of a batch that one node owns.
 type nodeGroup struct {
 	name, addr string
 	parts      []int32
-	idx        map[int32]int
 	keys       [][]string
 }
 
-func (n *Node) group(ctx context.Context, keys []string) (*wire.Table, map[string]*nodeGroup, error) {
-	t := n.table.Load()
-	if t == nil {
-		if err := n.WaitReady(ctx); err != nil {
-			return nil, nil, err
-		}
-		t = n.table.Load()
-	}
-	addrs := map[string]string{}
-	for _, m := range t.Members {
-		addrs[m.Name] = m.RPC
-	}
-	groups := map[string]*nodeGroup{}
+// splitKeys groups keys by partition.
+func (n *Node) splitKeys(keys []string) []partKeys {
+	idx := map[int32]int{}
+	var out []partKeys
 	for _, k := range keys {
 		p := int32(affinity.Partition(k, len(n.parts)))
-		owner := t.Partitions[p].Primary
-		g := groups[owner]
-		if g == nil {
-			g = &nodeGroup{name: owner, addr: addrs[owner], idx: map[int32]int{}}
-			groups[owner] = g
-		}
-		i, ok := g.idx[p]
+		i, ok := idx[p]
 		if !ok {
-			i = len(g.parts)
-			g.idx[p] = i
-			g.parts = append(g.parts, p)
-			g.keys = append(g.keys, nil)
+			i = len(out)
+			idx[p] = i
+			out = append(out, partKeys{part: p})
 		}
-		g.keys[i] = append(g.keys[i], k)
+		out[i].keys = append(out[i].keys, k)
 	}
-	return t, groups, nil
+	return out
 }
 
-// fanout runs fn once per group concurrently and waits for all.
-func fanout(groups map[string]*nodeGroup, fn func(g *nodeGroup)) {
-	var wg sync.WaitGroup
-	for _, g := range groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(g)
-		}()
+// allParts lists every partition without keys.
+func (n *Node) allParts() []partKeys {
+	out := make([]partKeys, len(n.parts))
+	for i := range out {
+		out[i].part = int32(i)
 	}
-	wg.Wait()
+	return out
 }
 
-func (n *Node) call(ctx context.Context, g *nodeGroup, typ uint8, req, resp any, local func() (any, error)) error {
+// fanoutParts sends a batch as one request per owner node, concurrently.
+// call sends (or runs locally) one node's request and returns one error per
+// partition, or a single error for all of them; it records successes itself
+// (it may run concurrently with other calls). Failed partitions are grouped
+// again under the newest table and retried while the error is retryable.
+func (n *Node) fanoutParts(ctx context.Context, parts []partKeys, call func(t *wire.Table, g *nodeGroup) ([]error, error)) error {
+	for a := 0; len(parts) > 0; a++ {
+		t := n.table.Load()
+		if t == nil {
+			if err := n.WaitReady(ctx); err != nil {
+				return err
+			}
+			t = n.table.Load()
+		}
+		addrs := make(map[string]string, len(t.Members))
+		for _, m := range t.Members {
+			addrs[m.Name] = m.RPC
+		}
+		groups := map[string]*nodeGroup{}
+		for _, pk := range parts {
+			owner := t.Partitions[pk.part].Primary
+			g := groups[owner]
+			if g == nil {
+				g = &nodeGroup{name: owner, addr: addrs[owner]}
+				groups[owner] = g
+			}
+			g.parts = append(g.parts, pk.part)
+			g.keys = append(g.keys, pk.keys)
+		}
+		var mu sync.Mutex
+		var retry []partKeys
+		var firstErr error
+		var wg sync.WaitGroup
+		for _, g := range groups {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs, err := call(t, g)
+				if err == nil && len(errs) != len(g.parts) {
+					err = fmt.Errorf("%w: %d answers for %d partitions", api.ErrInternal, len(errs), len(g.parts))
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for i := range g.parts {
+					perr := err
+					if perr == nil {
+						perr = errs[i]
+					}
+					if perr == nil {
+						continue
+					}
+					if firstErr == nil || !api.Retryable(perr) {
+						firstErr = perr
+					}
+					retry = append(retry, partKeys{g.parts[i], g.keys[i]})
+				}
+			}()
+		}
+		wg.Wait()
+		if len(retry) == 0 {
+			return nil
+		}
+		if !api.Retryable(firstErr) || !n.afterError(ctx, firstErr) || !n.backoff(ctx, a) {
+			return firstErr
+		}
+		parts = retry
+	}
+	return nil
+}
+
+// callGroup runs a group's request locally or sends it to its node.
+func callGroup[Resp any](ctx context.Context, n *Node, g *nodeGroup, typ uint8, req any, local func() (*Resp, error)) (*Resp, error) {
 	if g.name == n.name {
-		r, err := local()
-		if err != nil {
-			return err
-		}
-		switch dst := resp.(type) {
-		case *wire.GetAllResponse:
-			*dst = *r.(*wire.GetAllResponse)
-		case *wire.PartsResponse:
-			*dst = *r.(*wire.PartsResponse)
-		case *wire.SizeResponse:
-			*dst = *r.(*wire.SizeResponse)
-		}
-		return nil
+		return local()
 	}
 	if g.addr == "" {
-		return fmt.Errorf("%w: no address for %q", api.ErrUnavailable, g.name)
+		return nil, fmt.Errorf("%w: no address for %q", api.ErrUnavailable, g.name)
 	}
 	conn, err := n.pool.Get(ctx, g.addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return conn.Call(ctx, typ, req, resp)
+	resp := new(Resp)
+	return resp, conn.Call(ctx, typ, req, resp)
+}
+
+func bodyErrs(bodies []wire.ErrorBody) []error {
+	errs := make([]error, len(bodies))
+	for i := range bodies {
+		errs[i] = bodies[i].Err()
+	}
+	return errs
 }
 
 func (m *nodeMap) GetAll(ctx context.Context, keys []string) (map[string][]byte, error) {
@@ -320,50 +375,30 @@ func (m *nodeMap) GetAll(ctx context.Context, keys []string) (map[string][]byte,
 	ctx, cancel := n.withTimeout(ctx)
 	defer cancel()
 	out := make(map[string][]byte, len(keys))
-	todo := keys
-	for a := 0; len(todo) > 0; a++ {
-		t, groups, err := n.group(ctx, todo)
+	var mu sync.Mutex
+	err := n.fanoutParts(ctx, n.splitKeys(keys), func(t *wire.Table, g *nodeGroup) ([]error, error) {
+		req := &wire.GetAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys}
+		resp, err := callGroup(ctx, n, g, wire.MsgGetAll, req, func() (*wire.GetAllResponse, error) { return n.execGetAll(ctx, req) })
 		if err != nil {
 			return nil, err
 		}
-		var mu sync.Mutex
-		var retry []string
-		var firstErr error
-		fanout(groups, func(g *nodeGroup) {
-			req := &wire.GetAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys}
-			var resp wire.GetAllResponse
-			err := n.call(ctx, g, wire.MsgGetAll, req, &resp, func() (any, error) { return n.execGetAll(ctx, req) })
-			mu.Lock()
-			defer mu.Unlock()
-			for i := range g.parts {
-				perr := err
-				if perr == nil && i < len(resp.Parts) {
-					perr = resp.Parts[i].Err.Err()
-				} else if perr == nil {
-					perr = fmt.Errorf("%w: short GetAll response", api.ErrInternal)
-				}
-				if perr != nil {
-					if firstErr == nil || !api.Retryable(perr) {
-						firstErr = perr
-					}
-					retry = append(retry, g.keys[i]...)
-					continue
-				}
-				part := resp.Parts[i]
-				for j, k := range g.keys[i] {
-					if j < len(part.Found) && part.Found[j] {
-						out[k] = bytes.Clone(part.Values[j])
-					}
+		errs := make([]error, len(resp.Parts))
+		mu.Lock()
+		defer mu.Unlock()
+		for i, part := range resp.Parts {
+			if errs[i] = part.Err.Err(); errs[i] != nil || i >= len(g.keys) {
+				continue
+			}
+			for j, k := range g.keys[i] {
+				if j < len(part.Found) && j < len(part.Values) && part.Found[j] {
+					out[k] = bytes.Clone(part.Values[j])
 				}
 			}
-		})
-		if len(retry) == 0 {
-			break
 		}
-		if !api.Retryable(firstErr) || !n.afterError(ctx, firstErr) || !n.backoff(ctx, a) {
-			return nil, firstErr
-		}
-		todo = retry
+		return errs, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -380,134 +415,47 @@ func (m *nodeMap) PutAll(ctx context.Context, entries map[string][]byte, opts ..
 	for k := range entries {
 		keys = append(keys, k)
 	}
-	for a := 0; len(keys) > 0; a++ {
-		t, groups, err := n.group(ctx, keys)
+	return n.fanoutParts(ctx, n.splitKeys(keys), func(t *wire.Table, g *nodeGroup) ([]error, error) {
+		req := &wire.PutAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys, TTL: int64(o.TTL), Session: sess}
+		req.Values = make([][][]byte, len(g.keys))
+		for i, ks := range g.keys {
+			req.Values[i] = make([][]byte, len(ks))
+			for j, k := range ks {
+				// The caller may reuse its slices: the store keeps copies.
+				req.Values[i][j] = append([]byte{}, entries[k]...)
+			}
+		}
+		resp, err := callGroup(ctx, n, g, wire.MsgPutAll, req, func() (*wire.PartsResponse, error) { return n.execPutAll(ctx, req) })
 		if err != nil {
-			return err
+			return nil, err
 		}
-		var mu sync.Mutex
-		var retry []string
-		var firstErr error
-		fanout(groups, func(g *nodeGroup) {
-			req := &wire.PutAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys, TTL: int64(o.TTL), Session: sess}
-			req.Values = make([][][]byte, len(g.keys))
-			for i, ks := range g.keys {
-				req.Values[i] = make([][]byte, len(ks))
-				for j, k := range ks {
-					req.Values[i][j] = bytes.Clone(entries[k])
-					if req.Values[i][j] == nil {
-						req.Values[i][j] = []byte{}
-					}
-				}
-			}
-			var resp wire.PartsResponse
-			err := n.call(ctx, g, wire.MsgPutAll, req, &resp, func() (any, error) { return n.execPutAll(ctx, req) })
-			mu.Lock()
-			defer mu.Unlock()
-			for i := range g.parts {
-				perr := err
-				if perr == nil && i < len(resp.Errs) {
-					perr = resp.Errs[i].Err()
-				}
-				if perr != nil {
-					if firstErr == nil || !api.Retryable(perr) {
-						firstErr = perr
-					}
-					retry = append(retry, g.keys[i]...)
-				}
-			}
-		})
-		if len(retry) == 0 {
-			return nil
-		}
-		if !api.Retryable(firstErr) || !n.afterError(ctx, firstErr) || !n.backoff(ctx, a) {
-			return firstErr
-		}
-		keys = retry
-	}
-	return nil
-}
-
-// allPartitions groups every partition by its primary.
-func (n *Node) allPartitions(ctx context.Context, parts []int32) (*wire.Table, map[string]*nodeGroup, error) {
-	t := n.table.Load()
-	if t == nil {
-		if err := n.WaitReady(ctx); err != nil {
-			return nil, nil, err
-		}
-		t = n.table.Load()
-	}
-	addrs := map[string]string{}
-	for _, m := range t.Members {
-		addrs[m.Name] = m.RPC
-	}
-	groups := map[string]*nodeGroup{}
-	for _, p := range parts {
-		owner := t.Partitions[p].Primary
-		g := groups[owner]
-		if g == nil {
-			g = &nodeGroup{name: owner, addr: addrs[owner]}
-			groups[owner] = g
-		}
-		g.parts = append(g.parts, p)
-	}
-	return t, groups, nil
-}
-
-func (n *Node) partitionIDs() []int32 {
-	ids := make([]int32, len(n.parts))
-	for i := range ids {
-		ids[i] = int32(i)
-	}
-	return ids
+		return bodyErrs(resp.Errs), nil
+	})
 }
 
 func (m *nodeMap) Size(ctx context.Context) (int, error) {
 	n := m.n
 	ctx, cancel := n.withTimeout(ctx)
 	defer cancel()
-	total := 0
-	todo := n.partitionIDs()
-	for a := 0; len(todo) > 0; a++ {
-		t, groups, err := n.allPartitions(ctx, todo)
+	var total atomic.Int64
+	err := n.fanoutParts(ctx, n.allParts(), func(t *wire.Table, g *nodeGroup) ([]error, error) {
+		req := &wire.SizeRequest{Version: t.Version, Map: m.name, Partitions: g.parts}
+		resp, err := callGroup(ctx, n, g, wire.MsgSize, req, func() (*wire.SizeResponse, error) { return n.execSize(ctx, req) })
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		var mu sync.Mutex
-		var retry []int32
-		var firstErr error
-		fanout(groups, func(g *nodeGroup) {
-			req := &wire.SizeRequest{Version: t.Version, Map: m.name, Partitions: g.parts}
-			var resp wire.SizeResponse
-			err := n.call(ctx, g, wire.MsgSize, req, &resp, func() (any, error) { return n.execSize(ctx, req) })
-			mu.Lock()
-			defer mu.Unlock()
-			for i, p := range g.parts {
-				perr := err
-				if perr == nil && (i >= len(resp.Errs) || i >= len(resp.Counts)) {
-					perr = fmt.Errorf("%w: short Size response", api.ErrInternal)
-				} else if perr == nil {
-					perr = resp.Errs[i].Err()
-				}
-				if perr != nil {
-					if firstErr == nil || !api.Retryable(perr) {
-						firstErr = perr
-					}
-					retry = append(retry, p)
-					continue
-				}
-				total += int(resp.Counts[i])
+		if len(resp.Counts) != len(resp.Errs) {
+			return nil, fmt.Errorf("%w: malformed Size response", api.ErrInternal)
+		}
+		errs := bodyErrs(resp.Errs)
+		for i, c := range resp.Counts {
+			if errs[i] == nil {
+				total.Add(c)
 			}
-		})
-		if len(retry) == 0 {
-			break
 		}
-		if !api.Retryable(firstErr) || !n.afterError(ctx, firstErr) || !n.backoff(ctx, a) {
-			return 0, firstErr
-		}
-		todo = retry
-	}
-	return total, nil
+		return errs, nil
+	})
+	return int(total.Load()), err
 }
 
 func (m *nodeMap) Clear(ctx context.Context) error {
@@ -517,43 +465,14 @@ func (m *nodeMap) Clear(ctx context.Context) error {
 	seq, low := n.seqs.begin()
 	defer n.seqs.end(seq)
 	sess := wire.Session{Client: n.clientID, Seq: seq, Low: low}
-	todo := n.partitionIDs()
-	for a := 0; len(todo) > 0; a++ {
-		t, groups, err := n.allPartitions(ctx, todo)
+	return n.fanoutParts(ctx, n.allParts(), func(t *wire.Table, g *nodeGroup) ([]error, error) {
+		req := &wire.ClearRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Session: sess}
+		resp, err := callGroup(ctx, n, g, wire.MsgClear, req, func() (*wire.PartsResponse, error) { return n.execClear(ctx, req) })
 		if err != nil {
-			return err
+			return nil, err
 		}
-		var mu sync.Mutex
-		var retry []int32
-		var firstErr error
-		fanout(groups, func(g *nodeGroup) {
-			req := &wire.ClearRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Session: sess}
-			var resp wire.PartsResponse
-			err := n.call(ctx, g, wire.MsgClear, req, &resp, func() (any, error) { return n.execClear(ctx, req) })
-			mu.Lock()
-			defer mu.Unlock()
-			for i, p := range g.parts {
-				perr := err
-				if perr == nil && i < len(resp.Errs) {
-					perr = resp.Errs[i].Err()
-				}
-				if perr != nil {
-					if firstErr == nil || !api.Retryable(perr) {
-						firstErr = perr
-					}
-					retry = append(retry, p)
-				}
-			}
-		})
-		if len(retry) == 0 {
-			return nil
-		}
-		if !api.Retryable(firstErr) || !n.afterError(ctx, firstErr) || !n.backoff(ctx, a) {
-			return firstErr
-		}
-		todo = retry
-	}
-	return nil
+		return bodyErrs(resp.Errs), nil
+	})
 }
 
 const scanPage = 512
@@ -596,8 +515,7 @@ func (n *Node) scanPage(ctx context.Context, name string, part int32, after stri
 			if owner == n.name {
 				resp, err = n.execScan(ctx, req)
 			} else {
-				var conn = n.pool
-				c, cerr := conn.Get(ctx, addr)
+				c, cerr := n.pool.Get(ctx, addr)
 				if err = cerr; err == nil {
 					resp = &wire.ScanResponse{}
 					err = c.Call(ctx, wire.MsgScan, req, resp)

@@ -204,6 +204,26 @@ func (p *partition) session(client uint64, now int64) *session {
 	return s
 }
 
+// seen looks up a mutation's session: a result if this (client, seq) was
+// applied before, ErrStaleSequence if the client already acknowledged it,
+// neither if it is new. Caller holds mu.
+func (p *partition) seen(sess wire.Session) (*sessResult, error) {
+	if sess.Client == 0 {
+		return nil, nil
+	}
+	s := p.sessions[sess.Client]
+	if s == nil {
+		return nil, nil
+	}
+	if sess.Seq < s.low {
+		return nil, fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, sess.Seq, s.low)
+	}
+	if r, ok := s.results[sess.Seq]; ok {
+		return &r, nil
+	}
+	return nil, nil
+}
+
 // forget drops results the client no longer waits for.
 func (s *session) forget(low uint64) {
 	if low <= s.low {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
 
@@ -125,13 +126,19 @@ func (n *Node) owner(ctx context.Context, part int) (*wire.Table, string, string
 }
 
 // doMap sends a single-key request to its primary, locally or over TCP,
-// retrying retryable failures with the same session until ctx ends.
+// retrying retryable failures with the same session until ctx ends. A ctx
+// without deadline gets RequestTimeout, created only when the request
+// leaves the process or is retried: a local read allocates no timer.
 func (n *Node) doMap(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
 	if n.closed.Load() {
 		return wire.MapResponse{}, api.ErrClosed
 	}
-	ctx, cancel := n.withTimeout(ctx)
-	defer cancel()
+	var cancel context.CancelFunc // set once ctx is bounded
+	defer func() {
+		if cancel != nil {
+			cancel()
+		}
+	}()
 	req.Partition = int32(affinity.Partition(req.Key, len(n.parts)))
 	if wire.IsMutation(req.Op) {
 		seq, low := n.seqs.begin()
@@ -139,21 +146,29 @@ func (n *Node) doMap(ctx context.Context, req *wire.MapRequest) (wire.MapRespons
 		req.Session = wire.Session{Client: n.clientID, Seq: seq, Low: low}
 	}
 	for a := 0; ; a++ {
-		var resp wire.MapResponse
 		t, name, addr, err := n.owner(ctx, int(req.Partition))
 		if err == nil {
 			req.Version = t.Version
 			if name == n.name {
-				resp, err = n.execMap(ctx, req)
+				var resp wire.MapResponse
+				if resp, err = n.execMap(ctx, req); err == nil {
+					return resp, nil
+				}
 			} else {
-				conn, cerr := n.pool.Get(ctx, addr)
-				if err = cerr; err == nil {
-					err = conn.Call(ctx, wire.MsgMap, req, &resp)
+				if cancel == nil {
+					ctx, cancel = n.withTimeout(ctx)
+				}
+				var conn *transport.Conn
+				if conn, err = n.pool.Get(ctx, addr); err == nil {
+					resp := new(wire.MapResponse)
+					if err = conn.Call(ctx, wire.MsgMap, req, resp); err == nil {
+						return *resp, nil
+					}
 				}
 			}
 		}
-		if err == nil {
-			return resp, nil
+		if cancel == nil {
+			ctx, cancel = n.withTimeout(ctx)
 		}
 		if ctx.Err() != nil || !n.afterError(ctx, err) || !n.backoff(ctx, a) {
 			return wire.MapResponse{}, err

@@ -194,7 +194,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.seqs.init()
 	for i := range n.parts {
-		n.parts[i] = newPartition(i)
+		n.parts[i] = newPartition(i, cfg.RequestTimeout)
 	}
 	srv, err := transport.Listen(cfg.RPCAddr, n, cfg.MaxFrame, n.log)
 	if err != nil {

@@ -80,7 +80,9 @@ type stream struct {
 // by mu, which is never held across network I/O (frames are only queued).
 type partition struct {
 	id int
-	mu sync.Mutex
+	// maxWait bounds commit waits of callers whose ctx has no deadline.
+	maxWait time.Duration
+	mu      sync.Mutex
 
 	maps     map[string]map[string]*entry
 	ttlKeys  map[mapKey]struct{}
@@ -116,9 +118,10 @@ type pendingKey struct {
 	lsn uint64
 }
 
-func newPartition(id int) *partition {
+func newPartition(id int, maxWait time.Duration) *partition {
 	return &partition{
 		id:       id,
+		maxWait:  maxWait,
 		maps:     map[string]map[string]*entry{},
 		ttlKeys:  map[mapKey]struct{}{},
 		sessions: map[uint64]*session{},
@@ -302,7 +305,13 @@ func (p *partition) recomputeCommit() {
 }
 
 // waitCommit waits until commit >= lsn while this node stays primary at epoch.
+// A ctx without deadline waits at most maxWait.
 func (p *partition) waitCommit(ctx context.Context, lsn, epoch uint64) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.maxWait)
+		defer cancel()
+	}
 	for {
 		p.mu.Lock()
 		if p.role != rolePrimary || p.epoch != epoch {

@@ -23,6 +23,7 @@ import (
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/cluster"
 	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/router"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
@@ -129,8 +130,7 @@ type Node struct {
 	tableMu   sync.Mutex
 	tableCh   chan struct{} // closed and replaced on each install
 
-	clientID uint64
-	seqs     seqTracker
+	router *router.Router
 
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
@@ -188,11 +188,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		parts:     make([]*partition, cfg.Partitions),
 		tableWake: make(chan struct{}, 1),
 		tableCh:   make(chan struct{}),
-		clientID:  rand.Uint64() | 1,
 		done:      make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.seqs.init()
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
 	}
@@ -202,6 +200,18 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.srv = srv
 	n.pool = transport.NewPool(cfg.MaxFrame, n.log)
+	n.router = router.New(router.Config{
+		Partitions:     cfg.Partitions,
+		Pool:           n.pool,
+		Table:          n.table.Load,
+		WaitTable:      n.WaitReady,
+		Refresh:        n.pullTable,
+		LocalName:      cfg.Name,
+		Local:          exec{n},
+		DefaultTimeout: cfg.RequestTimeout,
+		ClientID:       rand.Uint64() | 1,
+		Done:           n.done,
+	})
 	rpcAddr := srv.Addr().String()
 
 	n.wg.Add(2)

@@ -64,6 +64,9 @@ func (e exec) ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.Part
 // pullTable asks the authority's leader for its table when ours is older
 // than version, then waits briefly for it to be installed.
 func (n *Node) pullTable(ctx context.Context, version uint64) {
+	if version == 0 {
+		return // tables reach members through raft; nothing to force
+	}
 	if leader := n.cluster.Leader(); leader != "" && leader != n.RPCAddr() {
 		if conn, err := n.pool.Get(ctx, leader); err == nil {
 			var resp wire.TableResponse

@@ -99,9 +99,10 @@ var _ api.Map = (*nodeMap)(nil)
 
 func (m *nodeMap) Name() string { return m.name }
 
-// withTimeout applies the node's RequestTimeout to a ctx without deadline.
+// withTimeout applies DefaultTimeout to a ctx without deadline (none if
+// DefaultTimeout is zero).
 func (r *Router) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
+	if _, ok := ctx.Deadline(); ok || r.cfg.DefaultTimeout <= 0 {
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, r.cfg.DefaultTimeout)
@@ -109,7 +110,7 @@ func (r *Router) withTimeout(ctx context.Context) (context.Context, context.Canc
 
 // backoff sleeps before retry attempt a; false if ctx ended or node closed.
 func (r *Router) backoff(ctx context.Context, a int) bool {
-	d := time.Duration(min(5<<a, 200)) * time.Millisecond
+	d := time.Duration(min(5<<min(a, 6), 200)) * time.Millisecond
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -122,14 +123,17 @@ func (r *Router) backoff(ctx context.Context, a int) bool {
 	}
 }
 
-// afterError reacts to a failed attempt: a NotOwner from a node with a newer
-// table makes us fetch that table. It reports whether to retry.
+// afterError reacts to a failed attempt and reports whether to retry. A
+// NotOwner from a newer table asks for that table; an unreachable node asks
+// for a fresh table without waiting (Refresh(ctx, 0)).
 func (r *Router) afterError(ctx context.Context, err error) bool {
 	var ne *api.NotOwnerError
 	if errors.As(err, &ne) {
 		if t := r.cfg.Table(); t != nil && ne.Version > t.Version {
 			r.cfg.Refresh(ctx, ne.Version)
 		}
+	} else if errors.Is(err, api.ErrUnavailable) || errors.Is(err, api.ErrClosed) {
+		r.cfg.Refresh(ctx, 0)
 	}
 	return api.Retryable(err)
 }

@@ -1,0 +1,293 @@
+// Package client is the Go client SDK of the grid. It learns the partition
+// table from any node, sends each request to its partition's primary over
+// one multiplexed connection per node, follows NotOwner answers at once
+// with one coalesced table reload (and refreshes periodically), groups
+// batches per node, and gives every mutation a (clientID, seq) so that a
+// retry after a node failure applies once.
+//
+// The maps it returns implement the same interface as the embedded node's
+// (grid.Map): switching between embedded and client/server changes one
+// constructor. It never imports grid, cluster, serf or raft.
+//
+//	c, err := client.Dial(ctx, client.Config{Addrs: []string{"127.0.0.1:7070"}})
+//	defer c.Close()
+//	users := c.Map("users")
+//	err = users.Put(ctx, "user:{42}", []byte("ann"))
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/router"
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// Shared API types (the same as package grid's).
+type (
+	// Map is the byte-level map interface.
+	Map = api.Map
+	// Option modifies a mutation.
+	Option = api.Option
+	// Entry is a value with its version.
+	Entry = api.Entry
+	// NotOwnerError says which node owns a partition.
+	NotOwnerError = api.NotOwnerError
+	// Typed is a typed view of a Map.
+	Typed[K comparable, V any] = api.Typed[K, V]
+	// Codec turns values into bytes and back.
+	Codec[T any] = api.Codec[T]
+)
+
+// Errors; match with errors.Is.
+var (
+	ErrNotFound      = api.ErrNotFound
+	ErrNotOwner      = api.ErrNotOwner
+	ErrTimeout       = api.ErrTimeout
+	ErrUnavailable   = api.ErrUnavailable
+	ErrBadRequest    = api.ErrBadRequest
+	ErrReplication   = api.ErrReplication
+	ErrStaleSequence = api.ErrStaleSequence
+	ErrClosed        = api.ErrClosed
+)
+
+// WithTTL makes an entry expire ttl after the write.
+func WithTTL(ttl time.Duration) Option { return api.WithTTL(ttl) }
+
+// NewTyped returns a typed view of m whose values are msgpack-encoded.
+func NewTyped[K comparable, V any](m Map) *Typed[K, V] { return api.NewTyped[K, V](m) }
+
+// Config configures a client.
+type Config struct {
+	// Addrs are RPC addresses of any cluster members. At least one.
+	Addrs []string
+	// RefreshInterval is the period of table refreshes. Default 5s.
+	RefreshInterval time.Duration
+	// MaxFrame is the largest frame accepted. Default 64 MiB.
+	MaxFrame int
+	// Logger receives the client's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a config for a node on the default loopback port.
+func DefaultConfig() Config {
+	return Config{Addrs: []string{"127.0.0.1:7070"}, RefreshInterval: 5 * time.Second, MaxFrame: wire.DefaultMaxFrame}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	if len(c.Addrs) == 0 {
+		return errors.New("client: Addrs is empty")
+	}
+	if c.RefreshInterval < 0 || c.MaxFrame < 0 {
+		return errors.New("client: RefreshInterval and MaxFrame must not be negative")
+	}
+	return nil
+}
+
+// Client talks to a cluster. Its methods are safe for concurrent use.
+type Client struct {
+	cfg    Config
+	log    *slog.Logger
+	pool   *transport.Pool
+	router *router.Router
+	table  atomic.Pointer[wire.Table]
+
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	refreshCh chan struct{}
+	tableMu   sync.Mutex
+	tableCh   chan struct{} // closed and replaced when the table changes
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// Dial connects to the cluster: it fetches the partition table from the
+// first reachable address and returns. Timeouts come only from ctx.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	def := DefaultConfig()
+	if cfg.RefreshInterval == 0 {
+		cfg.RefreshInterval = def.RefreshInterval
+	}
+	if cfg.MaxFrame == 0 {
+		cfg.MaxFrame = def.MaxFrame
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{
+		cfg:       cfg,
+		log:       lg,
+		pool:      transport.NewPool(cfg.MaxFrame, lg),
+		refreshCh: make(chan struct{}, 1),
+		tableCh:   make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if err := c.fetch(ctx); err != nil {
+		c.cancel()
+		c.pool.Close()
+		return nil, fmt.Errorf("client: no table from %v: %w", cfg.Addrs, err)
+	}
+	t := c.table.Load()
+	c.router = router.New(router.Config{
+		Partitions: len(t.Partitions),
+		Pool:       c.pool,
+		Table:      c.table.Load,
+		WaitTable:  func(context.Context) error { return nil },
+		Refresh:    c.refresh,
+		ClientID:   rand.Uint64() | 1,
+		Done:       c.done,
+	})
+	c.wg.Add(1)
+	go c.refresher()
+	return c, nil
+}
+
+// Map returns the map named name.
+func (c *Client) Map(name string) Map { return c.router.Map(name) }
+
+// TableVersion is the version of the client's partition table.
+func (c *Client) TableVersion() uint64 { return c.table.Load().Version }
+
+// Members lists the members of the client's table by name.
+func (c *Client) Members() []string {
+	t := c.table.Load()
+	out := make([]string, len(t.Members))
+	for i, m := range t.Members {
+		out[i] = m.Name
+	}
+	return out
+}
+
+// Close closes every connection. Calls in flight fail with ErrClosed or
+// ErrUnavailable. Safe to call twice.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.cancel()
+		c.wg.Wait()
+		c.pool.Close()
+	})
+	return nil
+}
+
+// refresh asks the refresher for a new table; with version > 0 it waits
+// (briefly) until the table has at least that version.
+func (c *Client) refresh(ctx context.Context, version uint64) {
+	select {
+	case c.refreshCh <- struct{}{}:
+	default: // a refresh is already pending: coalesced
+	}
+	if version == 0 {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	for {
+		c.tableMu.Lock()
+		t, ch := c.table.Load(), c.tableCh
+		c.tableMu.Unlock()
+		if t.Version >= version {
+			return
+		}
+		select {
+		case <-ch:
+		case <-wctx.Done():
+			return
+		case <-c.done:
+			return
+		}
+	}
+}
+
+func (c *Client) refresher() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.cfg.RefreshInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-tick.C:
+		case <-c.refreshCh:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
+		if err := c.fetch(ctx); err != nil {
+			c.log.Warn("table refresh failed", "err", err)
+		}
+		cancel()
+	}
+}
+
+// fetch asks the known members (table members first, then the configured
+// addresses) for their table and keeps the newest it sees; it stops at the
+// first answer newer than the current table.
+func (c *Client) fetch(ctx context.Context) error {
+	var addrs []string
+	cur := c.table.Load()
+	if cur != nil {
+		for _, m := range cur.Members {
+			addrs = append(addrs, m.RPC)
+		}
+		rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	}
+	addrs = append(addrs, c.cfg.Addrs...)
+	var lastErr error
+	for _, addr := range addrs {
+		conn, err := c.pool.Get(ctx, addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		var resp wire.TableResponse
+		if err := conn.Call(ctx, wire.MsgTable, &wire.TableRequest{}, &resp); err != nil {
+			lastErr = err
+			continue
+		}
+		t := &resp.Table
+		if len(t.Partitions) == 0 || (cur != nil && len(t.Partitions) != len(cur.Partitions)) {
+			lastErr = fmt.Errorf("%w: table from %s has %d partitions", api.ErrBadRequest, addr, len(t.Partitions))
+			continue
+		}
+		if cur == nil || t.Version > cur.Version {
+			c.install(t)
+			return nil
+		}
+		if cur != nil {
+			lastErr = nil
+		}
+	}
+	if c.table.Load() != nil && lastErr == nil {
+		return nil
+	}
+	if lastErr == nil {
+		lastErr = api.ErrUnavailable
+	}
+	return lastErr
+}
+
+func (c *Client) install(t *wire.Table) {
+	c.tableMu.Lock()
+	defer c.tableMu.Unlock()
+	if cur := c.table.Load(); cur != nil && cur.Version >= t.Version {
+		return
+	}
+	c.table.Store(t)
+	close(c.tableCh)
+	c.tableCh = make(chan struct{})
+	c.log.Debug("installed table", "version", t.Version, "members", len(t.Members))
+}

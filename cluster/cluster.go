@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -105,7 +106,11 @@ type Cluster struct {
 	fsm        *fsm
 
 	reports chan wire.SyncedReport
-	done    chan struct{}
+	// draining: members that asked to leave gracefully (leader's memory;
+	// a leaving member repeats its request, so a new leader learns it).
+	drainMu  sync.Mutex
+	draining map[string]bool
+	done     chan struct{}
 	wg      sync.WaitGroup
 	closeMu sync.Mutex
 	closed  bool
@@ -126,8 +131,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		cfg:     cfg,
 		log:     lg,
 		raftID:  cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
-		reports: make(chan wire.SyncedReport, 1024),
-		done:    make(chan struct{}),
+		reports:  make(chan wire.SyncedReport, 1024),
+		draining: map[string]bool{},
+		done:     make(chan struct{}),
 	}
 	c.fsm = &fsm{onTable: cfg.OnTable}
 
@@ -295,6 +301,86 @@ func (c *Cluster) HandleSynced(r wire.SyncedReport) error {
 	}
 }
 
+// HandleDrain records that node wants to leave gracefully, if this member
+// leads the authority.
+func (c *Cluster) HandleDrain(node string) error {
+	if !c.IsLeader() {
+		return fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
+	}
+	c.drainMu.Lock()
+	added := !c.draining[node]
+	c.draining[node] = true
+	c.drainMu.Unlock()
+	if added {
+		c.log.Info("draining member before it leaves", "member", node)
+		select {
+		case c.reports <- wire.SyncedReport{Partition: -1}: // wake the loop
+		default:
+		}
+	}
+	return nil
+}
+
+// requestDrain sends a drain request for this member to the leader.
+func (c *Cluster) requestDrain(ctx context.Context) error {
+	addr, id := c.raft.LeaderWithID()
+	if id == "" {
+		return fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
+	}
+	if string(id) == c.raftID {
+		return c.HandleDrain(c.cfg.Name)
+	}
+	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	if err != nil {
+		return err
+	}
+	return conn.Call(ctx, wire.MsgDrain, &wire.DrainRequest{Node: c.cfg.Name}, nil)
+}
+
+// holds reports whether the table still places anything on member name.
+func holds(t *wire.Table, name string) bool {
+	if t == nil {
+		return false
+	}
+	for _, p := range t.Partitions {
+		if p.Primary == name || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// Drain asks the authority to hand everything this member holds to others
+// and waits until the committed table places nothing here, or ctx ends (then
+// the member leaves anyway, and its backups are promoted as on a failure).
+func (c *Cluster) Drain(ctx context.Context) error {
+	others := 0
+	for _, m := range c.liveMembers() {
+		if m.Name != c.cfg.Name {
+			others++
+		}
+	}
+	if others == 0 {
+		return nil // nobody to hand over to
+	}
+	for {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.requestDrain(rctx)
+		cancel()
+		if err != nil {
+			c.log.Debug("drain request", "err", err)
+		}
+		if !holds(c.Table(), c.cfg.Name) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: drain of %s incomplete: %w", c.cfg.Name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // run is the authority loop: on the leader it keeps the voters and the
 // table in step with membership and synced reports.
 func (c *Cluster) run() {
@@ -407,11 +493,23 @@ func (c *Cluster) reconcileVoters() {
 func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	live := c.liveMembers()
 	wm := make([]wire.Member, 0, len(live))
+	c.drainMu.Lock()
+	draining := make(map[string]bool, len(c.draining))
+	liveNames := map[string]bool{}
 	for _, m := range live {
 		wm = append(wm, wire.Member{Name: m.Name, RPC: m.RPC})
+		liveNames[m.Name] = true
 	}
+	for n := range c.draining {
+		if liveNames[n] {
+			draining[n] = true
+		} else {
+			delete(c.draining, n) // gone: forget it
+		}
+	}
+	c.drainMu.Unlock()
 	cur := c.fsm.table.Load()
-	next, res := Step(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations)
+	next, res := Step(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations, draining)
 	if next == cur {
 		return
 	}
@@ -437,15 +535,20 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 		"converged", res.Converged)
 }
 
-// Leave leaves gracefully: leadership moves away, membership announces the
-// departure, and the authority promotes this member's backups.
+// Leave leaves gracefully: the member drains (see Drain, bounded by ctx),
+// leadership moves away, and membership announces the departure.
 func (c *Cluster) Leave(ctx context.Context) error {
+	if err := c.Drain(ctx); err != nil {
+		c.log.Warn("leaving before the handoff completed", "err", err)
+	}
 	if c.IsLeader() && len(c.Voters()) > 1 {
 		if err := c.raft.LeadershipTransfer().Error(); err != nil {
 			c.log.Warn("leadership transfer", "err", err)
 		}
 	}
-	err := c.ms.Leave(ctx)
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := c.ms.Leave(lctx)
 	c.shutdown()
 	return err
 }

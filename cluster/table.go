@@ -146,13 +146,25 @@ type StepResult struct {
 //     maxInFlight pending at once across the table.
 //  6. In-sync backups beyond the wanted count that the target does not want
 //     are dropped, as are pending replicas it no longer wants.
-func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int) (*wire.Table, StepResult) {
+//
+// Draining members stay in the table and keep serving, but the target leaves
+// them out: their primaries move to in-sync backups (rule 4) and their
+// replicas are copied elsewhere and then dropped (rules 5 and 6), so that a
+// graceful leave hands everything over before the member goes.
+func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining map[string]bool) (*wire.Table, StepResult) {
 	var res StepResult
 	names := make([]string, 0, len(live))
 	alive := make(map[string]bool, len(live))
 	for _, m := range live {
-		names = append(names, m.Name)
 		alive[m.Name] = true
+		if !draining[m.Name] {
+			names = append(names, m.Name)
+		}
+	}
+	if len(names) == 0 {
+		for _, m := range live {
+			names = append(names, m.Name)
+		}
 	}
 	slices.Sort(names)
 	var t *wire.Table
@@ -167,7 +179,7 @@ func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports 
 		t.Members = members
 		res.Changed = true
 	}
-	if len(names) == 0 {
+	if len(live) == 0 {
 		return finish(cur, t, res)
 	}
 	want := min(backups, len(names)-1)

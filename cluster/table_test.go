@@ -29,7 +29,7 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 				}
 			}
 		}
-		next, res := Step(cur, live, parts, backups, reps, 64)
+		next, res := Step(cur, live, parts, backups, reps, 64, nil)
 		if !res.Changed {
 			return cur
 		}
@@ -93,7 +93,7 @@ func TestBackupsSpreadAcrossNodes(t *testing.T) {
 func TestStepPromotesBackupOnFailure(t *testing.T) {
 	live := members("a", "b", "c")
 	tab := converge(t, nil, live, 271, 1)
-	next, res := Step(tab, members("a", "c"), 271, 1, nil, 64)
+	next, res := Step(tab, members("a", "c"), 271, 1, nil, 64, nil)
 	if res.Lost != 0 || res.Promoted == 0 {
 		t.Fatalf("result %+v", res)
 	}
@@ -141,8 +141,38 @@ func TestJoinMovesAboutOneNth(t *testing.T) {
 
 func TestStepBadReportsIgnored(t *testing.T) {
 	tab := converge(t, nil, members("a", "b"), 16, 1)
-	next, res := Step(tab, members("a", "b"), 16, 1, []wire.SyncedReport{{Partition: -1}, {Partition: 99}, {Partition: 0, Epoch: 999, Node: "zz"}}, 64)
+	next, res := Step(tab, members("a", "b"), 16, 1, []wire.SyncedReport{{Partition: -1}, {Partition: 99}, {Partition: 0, Epoch: 999, Node: "zz"}}, 64, nil)
 	if res.Changed || next != tab {
 		t.Fatalf("bad reports changed the table: %+v", res)
+	}
+}
+
+func TestDrainingMemberHandsEverythingOver(t *testing.T) {
+	live := members("a", "b", "c")
+	tab := converge(t, nil, live, 271, 1)
+	drain := map[string]bool{"b": true}
+	for i := 0; i < 50; i++ {
+		var reps []wire.SyncedReport
+		for p, part := range tab.Partitions {
+			for _, n := range part.Pending {
+				reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+			}
+		}
+		next, res := Step(tab, live, 271, 1, reps, 64, drain)
+		if res.Lost > 0 || res.Promoted > 0 {
+			t.Fatalf("drain lost or failed over: %+v", res)
+		}
+		if !res.Changed {
+			break
+		}
+		tab = next
+	}
+	for p, part := range tab.Partitions {
+		if part.Primary == "b" || slices.Contains(part.Backups, "b") || len(part.Backups) != 1 {
+			t.Fatalf("partition %d after drain: %+v", p, part)
+		}
+	}
+	if !Converged(tab, []string{"a", "c"}, 1) {
+		t.Fatal("not converged without b")
 	}
 }

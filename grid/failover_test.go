@@ -143,25 +143,32 @@ func TestKillAuthorityLeader(t *testing.T) {
 	}
 }
 
-func TestGracefulLeave(t *testing.T) {
+func TestGracefulLeaveHandsOverWithoutErrors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")
 	}
 	c := gridtest.New(t, 3, nil)
 	c.WaitStable(30 * time.Second)
-	ctx := ctxT(t, 30*time.Second)
-	for i := range 300 {
-		if err := c.Nodes[0].Map("m").Put(ctx, fmt.Sprint(i), []byte("v")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stop := make(chan struct{})
+	var w setWorkload
+	w.run(c, []*grid.Node{c.Nodes[0], c.Nodes[2]}, 8, stop)
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
 	c.Leave(1)
-	c.WaitStable(30 * time.Second)
-	n, err := c.Nodes[2].Map("m").Size(ctx)
-	if err != nil || n != 300 {
-		t.Fatalf("size after leave %d %v", n, err)
+	t.Logf("graceful leave took %v", time.Since(start))
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	w.wg.Wait()
+	if f := w.fails.Load(); f != 0 {
+		t.Fatalf("%d writes failed during a graceful leave", f)
 	}
-	if _, err := c.Nodes[0].Map("m").Get(ctx, "missing"); !errors.Is(err, grid.ErrNotFound) {
+	c.WaitStable(30 * time.Second)
+	w.verify(t, c.Nodes[2])
+	if err := c.CheckReplicas(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 10*time.Second)
+	if _, err := c.Nodes[0].Map("set").Get(ctx, "missing"); !errors.Is(err, grid.ErrNotFound) {
 		t.Fatal(err)
 	}
 }

@@ -570,6 +570,12 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 			return nil, bad(err)
 		}
 		return &wire.Ack{}, n.cluster.HandleSynced(req)
+	case wire.MsgDrain:
+		var req wire.DrainRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return &wire.Ack{}, n.cluster.HandleDrain(req.Node)
 	case wire.MsgTable:
 		var req wire.TableRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

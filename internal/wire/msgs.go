@@ -18,6 +18,7 @@ const (
 	MsgSynced    uint8 = 9  // SyncedReport -> Ack (to the table authority's leader)
 	MsgTable     uint8 = 10 // TableRequest -> TableResponse
 	MsgPing      uint8 = 11 // Ack -> Ack
+	MsgDrain     uint8 = 12 // DrainRequest -> Ack (to the table authority's leader)
 )
 
 // Map operations carried by MapRequest.Op.
@@ -277,6 +278,13 @@ type SyncedReport struct {
 	Epoch     uint64
 	Node      string
 	Version   uint64
+}
+
+// DrainRequest asks the authority to move every replica off Node before it
+// leaves.
+type DrainRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Node     string
 }
 
 // TableRequest asks for the sender's committed partition table.

@@ -142,6 +142,13 @@ func (n *Node) finishAsync(pw pendingWrite) {
 
 // execMap serves a single-key request at the primary.
 func (n *Node) execMap(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
+	start := time.Now()
+	resp, err := n.execMap1(ctx, req)
+	n.metrics.observe(opIndex(req.Op), start, resp.Found || resp.Done || req.Op == wire.OpPut, err)
+	return resp, err
+}
+
+func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
 	if !wire.ValidOp(req.Op) {
 		return wire.MapResponse{}, fmt.Errorf("%w: unknown op %d", api.ErrBadRequest, req.Op)
 	}
@@ -299,6 +306,13 @@ func (n *Node) primaryLocked(ctx context.Context, p *partition, floor func() uin
 }
 
 func (n *Node) execGetAll(ctx context.Context, req *wire.GetAllRequest) (*wire.GetAllResponse, error) {
+	start := time.Now()
+	resp, err := n.execGetAll1(ctx, req)
+	n.metrics.observe(opGetAll, start, true, err)
+	return resp, err
+}
+
+func (n *Node) execGetAll1(ctx context.Context, req *wire.GetAllRequest) (*wire.GetAllResponse, error) {
 	if len(req.Partitions) != len(req.Keys) {
 		return nil, fmt.Errorf("%w: %d partitions, %d key lists", api.ErrBadRequest, len(req.Partitions), len(req.Keys))
 	}
@@ -386,6 +400,13 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 }
 
 func (n *Node) execPutAll(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
+	start := time.Now()
+	resp, err := n.execPutAll1(ctx, req)
+	n.metrics.observe(opPutAll, start, true, err)
+	return resp, err
+}
+
+func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
 	if len(req.Partitions) != len(req.Keys) || len(req.Keys) != len(req.Values) {
 		return nil, fmt.Errorf("%w: mismatched batch lengths", api.ErrBadRequest)
 	}
@@ -411,12 +432,26 @@ func (n *Node) execPutAll(ctx context.Context, req *wire.PutAllRequest) (*wire.P
 }
 
 func (n *Node) execClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
+	start := time.Now()
+	resp, err := n.execClear1(ctx, req)
+	n.metrics.observe(opClear, start, true, err)
+	return resp, err
+}
+
+func (n *Node) execClear1(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
 	return n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, error) {
 		return []wire.Mutation{{Kind: wire.MutClear, Map: req.Map}}, nil
 	}), nil
 }
 
 func (n *Node) execScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
+	start := time.Now()
+	resp, err := n.execScan1(ctx, req)
+	n.metrics.observe(opScan, start, true, err)
+	return resp, err
+}
+
+func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
 	limit := int(req.Limit)
 	if limit <= 0 || limit > 10000 {
 		limit = 1000
@@ -449,6 +484,13 @@ func (n *Node) execScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanR
 }
 
 func (n *Node) execSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {
+	start := time.Now()
+	resp, err := n.execSize1(ctx, req)
+	n.metrics.observe(opSize, start, true, err)
+	return resp, err
+}
+
+func (n *Node) execSize1(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {
 	resp := &wire.SizeResponse{Counts: make([]int64, len(req.Partitions)), Errs: make([]wire.ErrorBody, len(req.Partitions))}
 	for i, pid := range req.Partitions {
 		p, err := n.partitionFor(ctx, pid, req.Version)

@@ -26,6 +26,7 @@ import (
 	"github.com/collocate/grid/internal/router"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a node.
@@ -65,6 +66,10 @@ type Config struct {
 	SessionIdle time.Duration
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
+	// Registerer receives the node's Prometheus metrics; nil registers
+	// none. Never the global registry unless you pass it: N nodes in one
+	// process each need their own.
+	Registerer prometheus.Registerer
 	// NewMembership, if set, replaces serf (tests pass
 	// cluster.FakeNetwork.Add). Optional.
 	NewMembership func(meta cluster.MemberInfo) (cluster.Membership, error)
@@ -130,7 +135,8 @@ type Node struct {
 	tableMu   sync.Mutex
 	tableCh   chan struct{} // closed and replaced on each install
 
-	router *router.Router
+	router  *router.Router
+	metrics *metrics
 
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
@@ -191,6 +197,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		done:      make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.metrics = newMetrics(n, cfg.Registerer)
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
 	}

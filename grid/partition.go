@@ -43,6 +43,21 @@ func (e *entry) live(now int64) bool { return e.expireAt == 0 || now < e.expireA
 
 type mapKey struct{ m, k string }
 
+type mapStat struct{ entries, bytes int64 }
+
+func (p *partition) account(m string, entries, bytes int64) {
+	st := p.stats[m]
+	if st == nil {
+		st = &mapStat{}
+		p.stats[m] = st
+	}
+	st.entries += entries
+	st.bytes += bytes
+	if st.entries == 0 {
+		delete(p.stats, m)
+	}
+}
+
 type sessResult struct {
 	resp wire.MapResponse
 	lsn  uint64
@@ -85,6 +100,7 @@ type partition struct {
 	mu      sync.Mutex
 
 	maps     map[string]map[string]*entry
+	stats    map[string]*mapStat // per map entry count and bytes, kept on apply
 	ttlKeys  map[mapKey]struct{}
 	sessions map[uint64]*session
 	lsn      uint64
@@ -123,6 +139,7 @@ func newPartition(id int, maxWait time.Duration) *partition {
 		id:       id,
 		maxWait:  maxWait,
 		maps:     map[string]map[string]*entry{},
+		stats:    map[string]*mapStat{},
 		ttlKeys:  map[mapKey]struct{}{},
 		sessions: map[uint64]*session{},
 		pending:  map[mapKey]uint64{},
@@ -134,6 +151,7 @@ func newPartition(id int, maxWait time.Duration) *partition {
 // reset drops all data (the partition moved away or a snapshot replaces it).
 func (p *partition) reset() {
 	p.maps = map[string]map[string]*entry{}
+	p.stats = map[string]*mapStat{}
 	p.ttlKeys = map[mapKey]struct{}{}
 	p.sessions = map[uint64]*session{}
 	p.pending = map[mapKey]uint64{}
@@ -160,7 +178,11 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 			kv = map[string]*entry{}
 			p.maps[mu.Map] = kv
 		}
+		if old := kv[mu.Key]; old != nil {
+			p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
+		}
 		kv[mu.Key] = &entry{value: mu.Value, version: lsn, expireAt: mu.ExpireAt}
+		p.account(mu.Map, 1, int64(len(mu.Key)+len(mu.Value)))
 		mk := mapKey{mu.Map, mu.Key}
 		if mu.ExpireAt != 0 {
 			p.ttlKeys[mk] = struct{}{}
@@ -169,6 +191,9 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		}
 	case wire.MutDelete:
 		if kv := p.maps[mu.Map]; kv != nil {
+			if old := kv[mu.Key]; old != nil {
+				p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
+			}
 			delete(kv, mu.Key)
 			if len(kv) == 0 {
 				delete(p.maps, mu.Map)
@@ -180,6 +205,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 			delete(p.ttlKeys, mapKey{mu.Map, k})
 		}
 		delete(p.maps, mu.Map)
+		delete(p.stats, mu.Map)
 	}
 }
 

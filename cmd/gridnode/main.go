@@ -4,9 +4,14 @@
 //
 //	go run ./cmd/gridnode
 //
-// Every flag can also be set as GRID_<FLAG> (for example GRID_JOIN);
-// a flag given on the command line wins over the environment.
-// SIGINT/SIGTERM leave the cluster gracefully; a second signal exits at once.
+// Every flag can also be set as GRID_<FLAG> (for example GRID_JOIN) and as
+// a key of the YAML file given by -config; precedence is flag > env > file >
+// default. SIGINT/SIGTERM leave the cluster gracefully (primaries and
+// replicas are handed over first, bounded by -leave-timeout); a second
+// signal exits at once.
+//
+// HTTP (-http): GET /healthz, GET /v1/cluster (JSON), GET /metrics
+// (Prometheus), and /debug/pprof/ with -pprof.
 package main
 
 import (
@@ -16,6 +21,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -24,6 +31,9 @@ import (
 
 	"github.com/collocate/grid/cluster"
 	"github.com/collocate/grid/grid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.yaml.in/yaml/v3"
 )
 
 func main() {
@@ -31,7 +41,7 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
-	cfg, level, err := parse(args, os.Getenv, stderr)
+	opts, err := parse(args, os.Getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -39,8 +49,20 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gridnode:", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg := opts.cfg
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: opts.level}))
 	cfg.Logger = log
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Registerer = reg
+	var httpLn net.Listener
+	if opts.http != "" {
+		if httpLn, err = net.Listen("tcp", opts.http); err != nil {
+			fmt.Fprintln(stderr, "gridnode: -http:", err)
+			return 1
+		}
+		cfg.HTTPAddr = httpLn.Addr().String()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -59,55 +81,98 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gridnode: no partition table:", err)
 		return 1
 	}
+	var srv *http.Server
+	if httpLn != nil {
+		srv = &http.Server{Handler: newHTTPHandler(node, reg, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server", "err", err)
+			}
+		}()
+	}
 	log.Info("serving", "name", node.Name(), "rpc", node.RPCAddr(), "gossip", node.GossipAddr(),
-		"partitions", cfg.Partitions, "backups", cfg.Backups)
+		"http", cfg.HTTPAddr, "partitions", cfg.Partitions, "backups", cfg.Backups)
 
 	<-ctx.Done()
 	stop() // a second signal now kills the process
-	log.Info("leaving the cluster")
-	leaveCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	log.Info("leaving the cluster", "timeout", opts.leaveTimeout)
+	leaveCtx, cancel := context.WithTimeout(context.Background(), opts.leaveTimeout)
 	defer cancel()
 	if err := node.Close(leaveCtx); err != nil {
 		log.Warn("leave", "err", err)
 	}
+	if srv != nil {
+		_ = srv.Close()
+	}
+	log.Info("left")
 	return 0
 }
 
-// parse merges flags over GRID_* environment variables over defaults.
-func parse(args []string, getenv func(string) string, out io.Writer) (grid.Config, slog.Level, error) {
+type options struct {
+	cfg          grid.Config
+	level        slog.Level
+	http         string
+	pprof        bool
+	leaveTimeout time.Duration
+}
+
+// parse merges flags over GRID_* environment variables over the -config
+// YAML file over defaults.
+func parse(args []string, getenv func(string) string, out io.Writer) (options, error) {
 	cfg := grid.DefaultConfig()
+	var o options
 	fs := flag.NewFlagSet("gridnode", flag.ContinueOnError)
 	fs.SetOutput(out)
+	fs.String("config", "", "YAML file whose keys are these flag names (flag > env > file > default)")
 	name := fs.String("name", "", "member name, unique in the cluster (default: node-<random>)")
 	gossip := fs.String("gossip", "127.0.0.1:7946", "gossip (serf) host:port, UDP and TCP")
 	rpc := fs.String("rpc", "127.0.0.1:7070", "RPC host:port for clients, peers and raft")
+	httpAddr := fs.String("http", "127.0.0.1:7080", "HTTP host:port for /healthz, /v1/cluster, /metrics; empty disables")
 	join := fs.String("join", "", "comma-separated gossip addresses of members to join; empty starts a new cluster")
 	partitions := fs.Int("partitions", cfg.Partitions, "partition count (every member must agree)")
 	backups := fs.Int("backups", cfg.Backups, "synchronous backups per partition")
 	profile := fs.String("profile", string(cluster.ProfileLAN), "failure detection profile: lan or test")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	// Environment first, so that flags given on the command line win.
+	pprofOn := fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP address")
+	leave := fs.Duration("leave-timeout", 20*time.Second, "how long a graceful leave may take to hand data over")
+
+	envKey := func(name string) string { return "GRID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
+	// The config file's path may come from a flag or the environment.
+	path := getenv(envKey("config"))
+	for i, a := range args {
+		for _, p := range []string{"-config", "--config"} {
+			if a == p && i+1 < len(args) {
+				path = args[i+1]
+			} else if v, ok := strings.CutPrefix(a, p+"="); ok {
+				path = v
+			}
+		}
+	}
+	if path != "" {
+		if err := applyFile(fs, path); err != nil {
+			return o, err
+		}
+	}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		key := "GRID_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(key); v != "" {
+		key := envKey(f.Name)
+		if v := getenv(key); v != "" && f.Name != "config" {
 			if err := f.Value.Set(v); err != nil && envErr == nil {
 				envErr = fmt.Errorf("%s=%q: %v", key, v, err)
 			}
 		}
 	})
 	if envErr != nil {
-		return cfg, 0, envErr
+		return o, envErr
 	}
 	if err := fs.Parse(args); err != nil {
-		return cfg, 0, err
+		return o, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, 0, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return cfg, 0, fmt.Errorf("-log-level %q: %v", *logLevel, err)
+	if err := o.level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return o, fmt.Errorf("-log-level %q: %v", *logLevel, err)
 	}
 	cfg.Name = *name
 	cfg.GossipAddr = *gossip
@@ -123,10 +188,55 @@ func parse(args []string, getenv func(string) string, out io.Writer) (grid.Confi
 	cfg.Backups = *backups
 	cfg.Profile = cluster.Profile(*profile)
 	if cfg.Profile != cluster.ProfileLAN && cfg.Profile != cluster.ProfileTest {
-		return cfg, 0, fmt.Errorf("-profile %q: want lan or test", *profile)
+		return o, fmt.Errorf("-profile %q: want lan or test", *profile)
+	}
+	if *httpAddr != "" {
+		if _, _, err := net.SplitHostPort(*httpAddr); err != nil {
+			return o, fmt.Errorf("-http %q: %v", *httpAddr, err)
+		}
+	}
+	if *leave <= 0 {
+		return o, fmt.Errorf("-leave-timeout %v: must be positive", *leave)
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, 0, err
+		return o, err
 	}
-	return cfg, level, nil
+	o.cfg, o.http, o.pprof, o.leaveTimeout = cfg, *httpAddr, *pprofOn, *leave
+	return o, nil
+}
+
+// applyFile sets flags from a YAML file of flag-name keys. Lists (join) may
+// be YAML sequences or comma-separated strings.
+func applyFile(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("-config: %w", err)
+	}
+	var kv map[string]any
+	if err := yaml.Unmarshal(data, &kv); err != nil {
+		return fmt.Errorf("-config %s: %w", path, err)
+	}
+	for k, v := range kv {
+		f := fs.Lookup(k)
+		if f == nil || k == "config" {
+			return fmt.Errorf("-config %s: unknown key %q", path, k)
+		}
+		var val string
+		switch x := v.(type) {
+		case []any:
+			parts := make([]string, len(x))
+			for i, e := range x {
+				parts[i] = fmt.Sprint(e)
+			}
+			val = strings.Join(parts, ",")
+		case nil:
+			val = ""
+		default:
+			val = fmt.Sprint(x)
+		}
+		if err := f.Value.Set(val); err != nil {
+			return fmt.Errorf("-config %s: %s: %v", path, k, err)
+		}
+	}
+	return nil
 }

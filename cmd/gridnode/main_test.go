@@ -2,15 +2,17 @@ package main
 
 import (
 	"io"
+	"os"
 	"testing"
 )
 
 func TestParsePrecedence(t *testing.T) {
 	env := map[string]string{"GRID_JOIN": "10.0.0.1:7946", "GRID_BACKUPS": "2", "GRID_NAME": "from-env"}
-	cfg, _, err := parse([]string{"-name", "from-flag"}, func(k string) string { return env[k] }, io.Discard)
+	o, err := parse([]string{"-name", "from-flag"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg := o.cfg
 	if cfg.Name != "from-flag" || cfg.Backups != 2 || len(cfg.Seeds) != 1 || cfg.Seeds[0] != "10.0.0.1:7946" {
 		t.Fatalf("cfg %+v", cfg)
 	}
@@ -27,11 +29,11 @@ func TestParseRejectsBadInput(t *testing.T) {
 		{"stray"},
 		{"-log-level", "loud"},
 	} {
-		if _, _, err := parse(args, none, io.Discard); err == nil {
+		if _, err := parse(args, none, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
 	}
-	if _, _, err := parse(nil, func(k string) string {
+	if _, err := parse(nil, func(k string) string {
 		if k == "GRID_PARTITIONS" {
 			return "many"
 		}
@@ -44,5 +46,31 @@ func TestParseRejectsBadInput(t *testing.T) {
 func TestRunExitsNonZeroOnBadFlags(t *testing.T) {
 	if code := run([]string{"-backups", "x"}, io.Discard); code == 0 {
 		t.Fatal("bad flag exited 0")
+	}
+}
+
+func TestConfigFilePrecedence(t *testing.T) {
+	path := t.TempDir() + "/grid.yaml"
+	data := "name: from-file\nbackups: 2\njoin: [\"10.0.0.1:7946\", \"10.0.0.2:7946\"]\npartitions: 64\nprofile: test\n"
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"GRID_BACKUPS": "3"}
+	o, err := parse([]string{"-config", path, "-partitions", "32"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := o.cfg
+	if c.Name != "from-file" || c.Backups != 3 || c.Partitions != 32 || len(c.Seeds) != 2 || c.Profile != "test" {
+		t.Fatalf("file < env < flag not honoured: %+v", c)
+	}
+	if err := os.WriteFile(path, []byte("nosuchkey: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parse([]string{"-config", path}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Fatal("unknown key accepted")
+	}
+	if _, err := parse([]string{"-config", path + ".missing"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Fatal("missing file accepted")
 	}
 }

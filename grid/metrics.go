@@ -1,0 +1,159 @@
+package grid
+
+import (
+	"errors"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Request operations as metric labels.
+const (
+	opGet = iota
+	opPut
+	opPutIfAbsent
+	opReplace
+	opCAS
+	opDelete
+	opGetAll
+	opPutAll
+	opScan
+	opSize
+	opClear
+	numOps
+)
+
+var opNames = [numOps]string{"get", "put", "put_if_absent", "replace", "cas", "delete", "get_all", "put_all", "scan", "size", "clear"}
+
+// Results as metric labels.
+const (
+	resOK = iota
+	resNotFound
+	resNotOwner
+	resError
+	numResults
+)
+
+var resultNames = [numResults]string{"ok", "not_found", "not_owner", "error"}
+
+// metrics are the node's Prometheus series. Counters are resolved once, so
+// counting a request is two atomic adds and a histogram observation.
+type metrics struct {
+	requests [numOps][numResults]prometheus.Counter
+	latency  [numOps]prometheus.Observer
+}
+
+func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
+	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "grid", Name: "requests_total",
+		Help: "Requests served by partition primaries on this node, by operation and result.",
+	}, []string{"op", "result"})
+	lat := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "grid", Name: "request_seconds",
+		Help:    "Time to serve a request at the primary, replication included.",
+		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"op"})
+	m := &metrics{}
+	for o := range numOps {
+		for r := range numResults {
+			m.requests[o][r] = reqs.WithLabelValues(opNames[o], resultNames[r])
+		}
+		m.latency[o] = lat.WithLabelValues(opNames[o])
+	}
+	if reg != nil {
+		reg.MustRegister(reqs, lat, &collector{n: n})
+	}
+	return m
+}
+
+func (m *metrics) observe(op int, start time.Time, found bool, err error) {
+	res := resOK
+	switch {
+	case errors.Is(err, api.ErrNotOwner):
+		res = resNotOwner
+	case err != nil:
+		res = resError
+	case !found:
+		res = resNotFound
+	}
+	m.requests[op][res].Inc()
+	m.latency[op].Observe(time.Since(start).Seconds())
+}
+
+func opIndex(op uint8) int {
+	switch op {
+	case 1, 2:
+		return opGet
+	case 3:
+		return opPut
+	case 4:
+		return opPutIfAbsent
+	case 5:
+		return opReplace
+	case 6, 7:
+		return opCAS
+	case 8:
+		return opDelete
+	}
+	return opGet
+}
+
+var (
+	descPartitions = prometheus.NewDesc("grid_partitions", "Partitions this node holds, by role.", []string{"role"}, nil)
+	descEntries    = prometheus.NewDesc("grid_map_entries", "Entries of each map in the partitions this node leads.", []string{"map"}, nil)
+	descBytes      = prometheus.NewDesc("grid_map_bytes", "Key and value bytes of each map in the partitions this node leads.", []string{"map"}, nil)
+	descMigrations = prometheus.NewDesc("grid_migrations_in_flight", "Replicas this node is filling (snapshot sent, not yet in sync).", nil, nil)
+	descLag        = prometheus.NewDesc("grid_replication_lag_records", "Records written by this node's primaries not yet acknowledged by their replicas.", nil, nil)
+	descTable      = prometheus.NewDesc("grid_table_version", "Version of the installed partition table.", nil, nil)
+)
+
+// collector computes the gauges at scrape time from per-partition counters.
+type collector struct{ n *Node }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPartitions, descEntries, descBytes, descMigrations, descLag, descTable} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	var primaries, backups, migrations, lag float64
+	entries := map[string]float64{}
+	bytes := map[string]float64{}
+	for _, p := range c.n.parts {
+		p.mu.Lock()
+		switch p.role {
+		case rolePrimary:
+			primaries++
+			for m, st := range p.stats {
+				entries[m] += float64(st.entries)
+				bytes[m] += float64(st.bytes)
+			}
+			for _, s := range p.streams {
+				if !s.inSync && !s.filled {
+					migrations++
+				}
+				if s.acked < p.lsn {
+					lag += float64(p.lsn - s.acked)
+				}
+			}
+		case roleBackup:
+			backups++
+		}
+		p.mu.Unlock()
+	}
+	ch <- prometheus.MustNewConstMetric(descPartitions, prometheus.GaugeValue, primaries, "primary")
+	ch <- prometheus.MustNewConstMetric(descPartitions, prometheus.GaugeValue, backups, "backup")
+	for m, v := range entries {
+		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, v, m)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, bytes[m], m)
+	}
+	ch <- prometheus.MustNewConstMetric(descMigrations, prometheus.GaugeValue, migrations)
+	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, lag)
+	var version float64
+	if t := c.n.table.Load(); t != nil {
+		version = float64(t.Version)
+	}
+	ch <- prometheus.MustNewConstMetric(descTable, prometheus.GaugeValue, version)
+}

@@ -111,9 +111,9 @@ type Cluster struct {
 	drainMu  sync.Mutex
 	draining map[string]bool
 	done     chan struct{}
-	wg      sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
+	wg       sync.WaitGroup
+	closeMu  sync.Mutex
+	closed   bool
 }
 
 // Start joins (or bootstraps) the cluster. It returns once this member is
@@ -128,9 +128,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	start := time.Now()
 	c := &Cluster{
-		cfg:     cfg,
-		log:     lg,
-		raftID:  cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
+		cfg:      cfg,
+		log:      lg,
+		raftID:   cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
 		reports:  make(chan wire.SyncedReport, 1024),
 		draining: map[string]bool{},
 		done:     make(chan struct{}),

@@ -104,6 +104,7 @@ type Client struct {
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
 	refreshCh chan struct{}
+	near      nearCaches
 	tableMu   sync.Mutex
 	tableCh   chan struct{} // closed and replaced when the table changes
 	done      chan struct{}
@@ -137,6 +138,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		done:      make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.near.byMap = map[string]*nearCache{}
+	c.near.subscribed = map[*transport.Conn]bool{}
+	c.pool.SetHandler(c)
 	if err := c.fetch(ctx); err != nil {
 		c.cancel()
 		c.pool.Close()
@@ -157,8 +161,27 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Map returns the map named name.
-func (c *Client) Map(name string) Map { return c.router.Map(name) }
+// Map returns the map named name. With WithNearCache, Get is served from a
+// client-side cache kept coherent by the members' invalidations; creating
+// the first near-cached handle of a map subscribes on every member (bounded
+// by a 5 s timeout; until all confirm, reads bypass the cache).
+func (c *Client) Map(name string, opts ...MapOption) Map {
+	var o mapOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.near == nil {
+		return c.router.Map(name)
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+	defer cancel()
+	m, err := c.nearMapFor(ctx, name, *o.near)
+	if err != nil {
+		c.log.Warn("near cache unavailable; map works without it", "map", name, "err", err)
+		return c.router.Map(name)
+	}
+	return m
+}
 
 // TableVersion is the version of the client's partition table.
 func (c *Client) TableVersion() uint64 { return c.table.Load().Version }
@@ -181,6 +204,11 @@ func (c *Client) Close() error {
 		c.cancel()
 		c.wg.Wait()
 		c.pool.Close()
+		c.near.mu.Lock()
+		for _, nc := range c.near.byMap {
+			nc.cache.Close()
+		}
+		c.near.mu.Unlock()
 	})
 	return nil
 }
@@ -229,6 +257,7 @@ func (c *Client) refresher() {
 		if err := c.fetch(ctx); err != nil {
 			c.log.Warn("table refresh failed", "err", err)
 		}
+		c.ensureSubscriptions(ctx)
 		cancel()
 	}
 }

@@ -204,6 +204,7 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 		rec.Result = resp
 		pw := p.commitRecord(&rec, now)
 		p.mu.Unlock()
+		n.publish(&rec)
 		return resp, n.finish(ctx, pw)
 	}
 }
@@ -390,6 +391,7 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 		rec := wire.Record{Muts: ms, Session: sess, Result: wire.MapResponse{Done: true}}
 		pws = append(pws, prepared{i: i, pw: p.commitRecord(&rec, now)})
 		p.mu.Unlock()
+		n.publish(&rec)
 	}
 	for _, pr := range pws {
 		if err := n.finish(ctx, pr.pw); err != nil {

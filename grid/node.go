@@ -135,8 +135,10 @@ type Node struct {
 	tableMu   sync.Mutex
 	tableCh   chan struct{} // closed and replaced on each install
 
-	router  *router.Router
-	metrics *metrics
+	router   *router.Router
+	metrics  *metrics
+	subs     subscriptions
+	subCount atomic.Int64
 
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
@@ -510,6 +512,15 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 		n.handleSnapshot(c, f)
 		return
 	case wire.MsgPing:
+		c.Reply(f.Type, f.ID, &wire.Ack{})
+		return
+	case wire.MsgSubscribe:
+		var req wire.SubscribeRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: %v", api.ErrBadRequest, err))
+			return
+		}
+		n.subscribe(c, req.Map)
 		c.Reply(f.Type, f.ID, &wire.Ack{})
 		return
 	}

@@ -318,6 +318,7 @@ func (n *Node) expire() {
 			rec := wire.Record{Muts: muts}
 			pw := p.commitRecord(&rec, now)
 			p.mu.Unlock()
+			n.publish(&rec)
 			n.finishAsync(pw)
 			if len(muts)*4 <= min(seen, expireSample) {
 				break

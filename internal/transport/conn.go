@@ -178,6 +178,12 @@ func (c *Conn) send(typ, flags uint8, id uint64, v any) error {
 	return err
 }
 
+// Notify sends a one-way frame (id 0) that expects no answer, such as an
+// invalidation pushed to a client. It does not wait for the write.
+func (c *Conn) Notify(typ uint8, v any) error {
+	return c.send(typ, 0, 0, v)
+}
+
 // Reply answers request id with v.
 func (c *Conn) Reply(typ uint8, id uint64, v any) {
 	if err := c.send(typ, wire.FlagResponse, id, v); err != nil && !errors.Is(err, api.ErrUnavailable) {
@@ -296,7 +302,9 @@ func (c *Conn) readLoop() {
 			continue
 		}
 		if c.h == nil {
-			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: this connection takes no requests", api.ErrUnknownMessage))
+			if f.ID != 0 {
+				c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: this connection takes no requests", api.ErrUnknownMessage))
+			}
 			continue
 		}
 		c.h.HandleFrame(c, f)

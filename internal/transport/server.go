@@ -220,6 +220,7 @@ func (l *RaftLayer) Dial(address string, timeout time.Duration) (net.Conn, error
 type Pool struct {
 	log      *slog.Logger
 	maxFrame int
+	h        Handler // serves frames the peers push on dialed connections
 
 	mu     sync.Mutex
 	conns  map[string]*poolEntry
@@ -235,6 +236,14 @@ type poolEntry struct {
 // NewPool returns an empty pool.
 func NewPool(maxFrame int, log *slog.Logger) *Pool {
 	return &Pool{log: log, maxFrame: maxFrame, conns: make(map[string]*poolEntry)}
+}
+
+// SetHandler sets the handler of frames that peers send on connections this
+// pool dials (one-way notifications). Call it before the first Get.
+func (p *Pool) SetHandler(h Handler) {
+	p.mu.Lock()
+	p.h = h
+	p.mu.Unlock()
 }
 
 // Get returns the open connection to addr, dialing it if needed. Concurrent
@@ -303,7 +312,10 @@ func (p *Pool) dial(ctx context.Context, addr string) (*Conn, error) {
 		_ = nc.Close()
 		return nil, fmt.Errorf("%w: dial %s: %v", api.ErrUnavailable, addr, err)
 	}
-	return NewConn(nc, nil, p.maxFrame, p.log), nil
+	p.mu.Lock()
+	h := p.h
+	p.mu.Unlock()
+	return NewConn(nc, h, p.maxFrame, p.log), nil
 }
 
 // Close closes every pooled connection.

@@ -7,18 +7,20 @@ import (
 
 // Message types. Append only: a value never changes meaning.
 const (
-	MsgMap       uint8 = 1  // MapRequest -> MapResponse
-	MsgGetAll    uint8 = 2  // GetAllRequest -> GetAllResponse
-	MsgPutAll    uint8 = 3  // PutAllRequest -> PartsResponse
-	MsgScan      uint8 = 4  // ScanRequest -> ScanResponse
-	MsgSize      uint8 = 5  // SizeRequest -> SizeResponse
-	MsgClear     uint8 = 6  // ClearRequest -> PartsResponse
-	MsgReplicate uint8 = 7  // ReplicateRequest -> Ack
-	MsgSnapshot  uint8 = 8  // SnapshotChunk -> Ack
-	MsgSynced    uint8 = 9  // SyncedReport -> Ack (to the table authority's leader)
-	MsgTable     uint8 = 10 // TableRequest -> TableResponse
-	MsgPing      uint8 = 11 // Ack -> Ack
-	MsgDrain     uint8 = 12 // DrainRequest -> Ack (to the table authority's leader)
+	MsgMap        uint8 = 1  // MapRequest -> MapResponse
+	MsgGetAll     uint8 = 2  // GetAllRequest -> GetAllResponse
+	MsgPutAll     uint8 = 3  // PutAllRequest -> PartsResponse
+	MsgScan       uint8 = 4  // ScanRequest -> ScanResponse
+	MsgSize       uint8 = 5  // SizeRequest -> SizeResponse
+	MsgClear      uint8 = 6  // ClearRequest -> PartsResponse
+	MsgReplicate  uint8 = 7  // ReplicateRequest -> Ack
+	MsgSnapshot   uint8 = 8  // SnapshotChunk -> Ack
+	MsgSynced     uint8 = 9  // SyncedReport -> Ack (to the table authority's leader)
+	MsgTable      uint8 = 10 // TableRequest -> TableResponse
+	MsgPing       uint8 = 11 // Ack -> Ack
+	MsgDrain      uint8 = 12 // DrainRequest -> Ack (to the table authority's leader)
+	MsgSubscribe  uint8 = 13 // SubscribeRequest -> Ack: push invalidations of a map on this connection
+	MsgInvalidate uint8 = 14 // Invalidation, one-way from a node to a subscribed client (id 0, no answer)
 )
 
 // Map operations carried by MapRequest.Op.
@@ -285,6 +287,22 @@ type SyncedReport struct {
 type DrainRequest struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Node     string
+}
+
+// SubscribeRequest asks a node to push invalidations of Map's keys, for
+// every write its primaries apply, on the requesting connection.
+type SubscribeRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Map      string
+}
+
+// Invalidation names keys of Map that a primary has just written; All means
+// every key (a clear).
+type Invalidation struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Map      string
+	Keys     []string
+	All      bool
 }
 
 // TableRequest asks for the sender's committed partition table.

@@ -1,0 +1,96 @@
+package client_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/client"
+	"github.com/collocate/grid/grid/gridtest"
+)
+
+func TestNearCacheInvalidation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, nil)
+	c.WaitStable(30 * time.Second)
+	ctx := ctxT(t, 60*time.Second)
+	reader, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[0].RPCAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	writer, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[1].RPCAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	near := reader.Map("nc", client.WithNearCache(client.NearCacheConfig{}))
+	other := writer.Map("nc")
+
+	// Reads are served from the cache once filled (ristretto admits
+	// asynchronously, so poll for the first hit).
+	if err := other.Put(ctx, "k", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v, err := near.Get(ctx, "k")
+		if err != nil || string(v) != "v1" {
+			t.Fatalf("get: %q %v", v, err)
+		}
+		if hits, _ := reader.NearCacheStats("nc"); hits > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("near cache never served a hit")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// A client always reads its own writes.
+	for i := range 50 {
+		want := fmt.Sprint("own-", i)
+		if err := near.Put(ctx, "k", []byte(want)); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := near.Get(ctx, "k"); err != nil || string(v) != want {
+			t.Fatalf("own write %d: read %q %v", i, v, err)
+		}
+	}
+
+	// Another client's write becomes visible once its invalidation arrives.
+	var delays []time.Duration
+	for i := range 100 {
+		key := fmt.Sprint("d-", i%10)
+		// Warm the cache with the current value.
+		for range 3 {
+			if _, err := near.Get(ctx, key); err != nil && i >= 10 {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		want := fmt.Sprint("w-", i)
+		start := time.Now()
+		if err := other.Put(ctx, key, []byte(want)); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			v, err := near.Get(ctx, key)
+			if err == nil && string(v) == want {
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("write %d not visible through the near cache after 5s (reads %q)", i, v)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		delays = append(delays, time.Since(start))
+	}
+	slices.Sort(delays)
+	hits, misses := reader.NearCacheStats("nc")
+	t.Logf("visibility of another client's write (from its Put call): p50 %v p99 %v max %v; hits %d misses %d",
+		delays[50], delays[98], delays[99], hits, misses)
+}

@@ -310,7 +310,18 @@ func (c *Cluster) HandleDrain(node string) error {
 	c.drainMu.Lock()
 	added := !c.draining[node]
 	c.draining[node] = true
+	staying := 0
+	for _, m := range c.liveMembers() {
+		if !c.draining[m.Name] {
+			staying++
+		}
+	}
 	c.drainMu.Unlock()
+	if staying == 0 {
+		// Every member is leaving (a whole cluster shut down): nothing can
+		// be handed over, so nobody should wait for it.
+		return fmt.Errorf("%w: every live member is leaving", api.ErrNoTarget)
+	}
 	if added {
 		c.log.Info("draining member before it leaves", "member", node)
 		select {
@@ -367,6 +378,9 @@ func (c *Cluster) Drain(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := c.requestDrain(rctx)
 		cancel()
+		if errors.Is(err, api.ErrNoTarget) {
+			return err
+		}
 		if err != nil {
 			c.log.Debug("drain request", "err", err)
 		}

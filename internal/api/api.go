@@ -30,6 +30,7 @@ const (
 	CodeClosed         Code = 9  // the node is shutting down
 	CodeReplication    Code = 10 // a synchronous backup did not acknowledge; the outcome is unknown
 	CodeUnknownMessage Code = 11 // the peer does not know the message type
+	CodeNoTarget       Code = 12 // a drain has no member left to hand data to
 )
 
 // Sentinel errors. Match with errors.Is; remote errors carrying the same code
@@ -47,6 +48,7 @@ var (
 	ErrClosed         = errors.New("grid: closed")
 	ErrReplication    = errors.New("grid: backup did not acknowledge; outcome unknown")
 	ErrUnknownMessage = errors.New("grid: unknown message type")
+	ErrNoTarget       = errors.New("grid: no member left to hand data to")
 )
 
 var codeErr = map[Code]error{
@@ -61,6 +63,7 @@ var codeErr = map[Code]error{
 	CodeClosed:         ErrClosed,
 	CodeReplication:    ErrReplication,
 	CodeUnknownMessage: ErrUnknownMessage,
+	CodeNoTarget:       ErrNoTarget,
 }
 
 // Sentinel returns the sentinel error of code c, or nil for CodeOK and

@@ -46,6 +46,10 @@ type Config struct {
 	Profile Profile
 	// MaxMigrations bounds the pending replicas in the table at once. Default 64.
 	MaxMigrations int
+	// LeaseDuration is how long a member may serve reads after a lease
+	// renewal; the leader promotes a failed primary's backup only once the
+	// primary's lease must have lapsed. Default: 5s (LAN), 1.5s (test).
+	LeaseDuration time.Duration
 	// Logger receives the layer's logs; nil discards them.
 	Logger *slog.Logger
 	// RaftLayer carries raft streams (the grid RPC listener's). Required.
@@ -87,6 +91,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("cluster: unknown Profile %q", c.Profile)
 	case c.MaxMigrations < 1:
 		return fmt.Errorf("cluster: MaxMigrations %d must be positive", c.MaxMigrations)
+	case c.LeaseDuration < 0:
+		return fmt.Errorf("cluster: LeaseDuration %v must not be negative", c.LeaseDuration)
 	case c.RaftLayer == nil || c.Pool == nil:
 		return errors.New("cluster: RaftLayer and Pool are required")
 	}
@@ -110,10 +116,15 @@ type Cluster struct {
 	// a leaving member repeats its request, so a new leader learns it).
 	drainMu  sync.Mutex
 	draining map[string]bool
-	done     chan struct{}
-	wg       sync.WaitGroup
-	closeMu  sync.Mutex
-	closed   bool
+	// leases: leader's monotonic time of each member's last renewal, and
+	// when this member became leader (it knows no renewals from before).
+	leaseMu      sync.Mutex
+	leases       map[string]time.Time
+	leadingSince time.Time
+	done         chan struct{}
+	wg           sync.WaitGroup
+	closeMu      sync.Mutex
+	closed       bool
 }
 
 // Start joins (or bootstraps) the cluster. It returns once this member is
@@ -121,6 +132,12 @@ type Cluster struct {
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.LeaseDuration == 0 {
+		cfg.LeaseDuration = 5 * time.Second
+		if cfg.Profile == ProfileTest {
+			cfg.LeaseDuration = 1500 * time.Millisecond
+		}
 	}
 	lg := cfg.Logger
 	if lg == nil {
@@ -133,6 +150,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		raftID:   cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
 		reports:  make(chan wire.SyncedReport, 1024),
 		draining: map[string]bool{},
+		leases:   map[string]time.Time{},
 		done:     make(chan struct{}),
 	}
 	c.fsm = &fsm{onTable: cfg.OnTable}
@@ -301,6 +319,81 @@ func (c *Cluster) HandleSynced(r wire.SyncedReport) error {
 	}
 }
 
+// LeaseDuration is the read lease length.
+func (c *Cluster) LeaseDuration() time.Duration { return c.cfg.LeaseDuration }
+
+// HandleLease renews node's lease if this member leads the authority and
+// membership sees node alive. It returns the table version the lease is
+// bound to: the holder may serve only once it installed that version.
+func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
+	if !c.IsLeader() {
+		return 0, 0, fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
+	}
+	alive := false
+	for _, m := range c.liveMembers() {
+		if m.Name == node {
+			alive = true
+		}
+	}
+	if !alive {
+		return 0, 0, fmt.Errorf("%w: %s is not a live member", api.ErrUnavailable, node)
+	}
+	c.leaseMu.Lock()
+	c.leases[node] = time.Now()
+	c.leaseMu.Unlock()
+	var version uint64
+	if t := c.Table(); t != nil {
+		version = t.Version
+	}
+	return version, c.cfg.LeaseDuration, nil
+}
+
+// RenewLease renews this member's lease with the leader.
+func (c *Cluster) RenewLease(ctx context.Context) (uint64, time.Duration, error) {
+	addr, id := c.raft.LeaderWithID()
+	if id == "" {
+		return 0, 0, fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
+	}
+	if string(id) == c.raftID {
+		return c.HandleLease(c.cfg.Name)
+	}
+	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	if err != nil {
+		return 0, 0, err
+	}
+	var resp wire.LeaseResponse
+	if err := conn.Call(ctx, wire.MsgLease, &wire.LeaseRequest{Node: c.cfg.Name}, &resp); err != nil {
+		return 0, 0, err
+	}
+	return resp.Version, time.Duration(resp.Duration), nil
+}
+
+// leased returns the members whose lease may still be valid: the leader
+// must not promote their backups yet.
+func (c *Cluster) leased(now time.Time) map[string]bool {
+	c.leaseMu.Lock()
+	defer c.leaseMu.Unlock()
+	out := map[string]bool{}
+	young := now.Sub(c.leadingSince) < c.cfg.LeaseDuration
+	for name, at := range c.leases {
+		if now.Sub(at) < c.cfg.LeaseDuration {
+			out[name] = true
+		} else if !young {
+			delete(c.leases, name)
+		}
+	}
+	if young {
+		// A new leader has not seen the renewals granted by its
+		// predecessor: every member may hold a lease.
+		if t := c.Table(); t != nil {
+			for _, p := range t.Partitions {
+				out[p.Primary] = true
+			}
+		}
+	}
+	return out
+}
+
 // HandleDrain records that node wants to leave gracefully, if this member
 // leads the authority.
 func (c *Cluster) HandleDrain(node string) error {
@@ -437,6 +530,10 @@ func (c *Cluster) run() {
 				continue
 			}
 			leading = true
+			c.leaseMu.Lock()
+			c.leadingSince = time.Now()
+			c.leases = map[string]time.Time{}
+			c.leaseMu.Unlock()
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()
@@ -523,7 +620,11 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	}
 	c.drainMu.Unlock()
 	cur := c.fsm.table.Load()
-	next, res := Step(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations, draining)
+	leased := c.leased(time.Now())
+	for _, m := range wm {
+		delete(leased, m.Name) // live members are not waited for
+	}
+	next, res := StepLeased(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations, draining, leased)
 	if next == cur {
 		return
 	}

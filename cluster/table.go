@@ -118,14 +118,17 @@ func Clone(t *wire.Table) *wire.Table {
 
 // StepResult describes what Step changed.
 type StepResult struct {
-	Changed   bool
-	Promoted  int // partitions whose primary died and a backup took over
-	Lost      int // partitions whose every replica died (data lost)
-	Added     int // pending replicas added (migrations started)
-	Switched  int // planned primary moves to an in-sync backup
-	Dropped   int // replicas removed because the target no longer wants them
-	InFlight  int // pending replicas after the step
-	Converged bool
+	Changed  bool
+	Promoted int // partitions whose primary died and a backup took over
+	Lost     int // partitions whose every replica died (data lost)
+	Added    int // pending replicas added (migrations started)
+	Switched int // planned primary moves to an in-sync backup
+	Dropped  int // replicas removed because the target no longer wants them
+	InFlight int // pending replicas after the step
+	// AwaitingLease counts partitions whose failed primary may still hold
+	// a read lease: promotion waits for it to lapse.
+	AwaitingLease int
+	Converged     bool
 }
 
 // Step computes the next table from cur (nil at bootstrap), the live
@@ -152,6 +155,14 @@ type StepResult struct {
 // replicas are copied elsewhere and then dropped (rules 5 and 6), so that a
 // graceful leave hands everything over before the member goes.
 func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining map[string]bool) (*wire.Table, StepResult) {
+	return StepLeased(cur, live, partitions, backups, reports, maxInFlight, draining, nil)
+}
+
+// StepLeased is Step where leased names failed members whose read lease may
+// still be valid: their partitions keep them as primary (and are
+// unavailable) until the lease must have lapsed, so that a paused or cut-off
+// primary never serves a read after its backup took over.
+func StepLeased(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining, leased map[string]bool) (*wire.Table, StepResult) {
 	var res StepResult
 	names := make([]string, 0, len(live))
 	alive := make(map[string]bool, len(live))
@@ -194,7 +205,10 @@ func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports 
 			res.Changed = true
 		}
 		part.Backups, part.Pending = nb, np
-		if part.Primary != "" && alive[part.Primary] {
+		if part.Primary != "" && (alive[part.Primary] || leased[part.Primary]) {
+			if !alive[part.Primary] {
+				res.AwaitingLease++
+			}
 			continue
 		}
 		res.Changed = true
@@ -214,9 +228,12 @@ func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports 
 		}
 		part.Epoch++
 	}
+	// Partitions whose failed primary still holds a lease are left alone
+	// until it lapses: no report, switch, migration or drop touches them.
+	waiting := func(p int) bool { return !alive[t.Partitions[p].Primary] }
 	// 3: synced reports.
 	for _, r := range reports {
-		if int(r.Partition) < 0 || int(r.Partition) >= len(t.Partitions) {
+		if int(r.Partition) < 0 || int(r.Partition) >= len(t.Partitions) || waiting(int(r.Partition)) {
 			continue
 		}
 		part := &t.Partitions[r.Partition]
@@ -229,6 +246,9 @@ func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports 
 	}
 	// 4: planned primary moves.
 	for p := range t.Partitions {
+		if waiting(p) {
+			continue
+		}
 		part := &t.Partitions[p]
 		tp := tgt.Primary[p]
 		if part.Primary == tp {
@@ -248,6 +268,9 @@ func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports 
 		inFlight += len(part.Pending)
 	}
 	for p := range t.Partitions {
+		if waiting(p) {
+			continue
+		}
 		part := &t.Partitions[p]
 		for _, n := range append([]string{tgt.Primary[p]}, tgt.Backups[p]...) {
 			if inFlight >= maxInFlight {
@@ -264,6 +287,9 @@ func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports 
 	}
 	// 6: drop what the target no longer wants.
 	for p := range t.Partitions {
+		if waiting(p) {
+			continue
+		}
 		part := &t.Partitions[p]
 		wanted := func(n string) bool { return n == tgt.Primary[p] || slices.Contains(tgt.Backups[p], n) }
 		np := slices.DeleteFunc(slices.Clone(part.Pending), func(n string) bool { return !wanted(n) })

@@ -176,3 +176,27 @@ func TestDrainingMemberHandsEverythingOver(t *testing.T) {
 		t.Fatal("not converged without b")
 	}
 }
+
+func TestPromotionWaitsForLease(t *testing.T) {
+	tab := converge(t, nil, members("a", "b", "c"), 64, 1)
+	leased := map[string]bool{"b": true}
+	next, res := StepLeased(tab, members("a", "c"), 64, 1, nil, 64, nil, leased)
+	if res.Promoted != 0 || res.AwaitingLease == 0 {
+		t.Fatalf("promoted while b's lease may be valid: %+v", res)
+	}
+	for p, part := range next.Partitions {
+		if tab.Partitions[p].Primary == "b" && (part.Primary != "b" || part.Epoch != tab.Partitions[p].Epoch) {
+			t.Fatalf("partition %d moved off leased b: %+v", p, part)
+		}
+	}
+	// Once the lease lapsed, the backups take over.
+	final, res := StepLeased(next, members("a", "c"), 64, 1, nil, 64, nil, nil)
+	if res.Promoted == 0 {
+		t.Fatalf("no promotion after the lease lapsed: %+v", res)
+	}
+	for p, part := range final.Partitions {
+		if part.Primary == "b" {
+			t.Fatalf("partition %d still on b", p)
+		}
+	}
+}

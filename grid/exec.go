@@ -28,6 +28,9 @@ func (n *Node) partitionFor(ctx context.Context, id int32, version uint64) (*par
 	if id < 0 || int(id) >= len(n.parts) {
 		return nil, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, id, len(n.parts))
 	}
+	if err := n.checkLease(); err != nil {
+		return nil, err
+	}
 	if t := n.table.Load(); t == nil || t.Version < version {
 		wctx, cancel := context.WithTimeout(ctx, maxTableWait)
 		err := n.waitVersion(wctx, version)

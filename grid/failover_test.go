@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,5 +171,46 @@ func TestGracefulLeaveHandsOverWithoutErrors(t *testing.T) {
 	ctx := ctxT(t, 10*time.Second)
 	if _, err := c.Nodes[0].Map("set").Get(ctx, "missing"); !errors.Is(err, grid.ErrNotFound) {
 		t.Fatal(err)
+	}
+}
+
+// A node cut off from the authority (here: the other two are dead, so no
+// raft majority) stops serving once its read lease lapses: a minority side
+// neither reads nor writes.
+func TestMinorityStopsServingWhenLeaseLapses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, nil)
+	c.WaitStable(30 * time.Second)
+	ctx := ctxT(t, 30*time.Second)
+	m := c.Nodes[0].Map("m")
+	keys := keysOwnedBy(c.Nodes[0], 2) // n0 is their primary: only the lease stops it
+	if err := m.Put(ctx, keys[0], []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get(ctx, keys[0]); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(1)
+	c.Kill(2)
+	lease := c.Nodes[0].Cluster().LeaseDuration()
+	deadline := time.Now().Add(lease + 2*time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		_, gerr := m.Get(rctx, keys[0])
+		perr := m.Put(rctx, keys[1], []byte("v"))
+		cancel()
+		if gerr != nil && perr != nil {
+			if !strings.Contains(gerr.Error(), "lease") || !strings.Contains(perr.Error(), "lease") {
+				t.Fatalf("refused, but not for want of a lease: get %v; put %v", gerr, perr)
+			}
+			t.Logf("refusing: get %v; put %v", gerr, perr)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("minority node still serves %v after its lease (%v) should have lapsed", time.Since(deadline.Add(-lease-2*time.Second)), lease)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

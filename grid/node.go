@@ -140,6 +140,10 @@ type Node struct {
 	subs     subscriptions
 	subCount atomic.Int64
 
+	base         time.Time    // monotonic reference for the lease
+	leaseUntil   atomic.Int64 // nanoseconds since base; see lease.go
+	leaseVersion atomic.Uint64
+
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -199,6 +203,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		done:      make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.base = time.Now()
 	n.metrics = newMetrics(n, cfg.Registerer)
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
@@ -248,6 +253,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.cluster = c
+	n.wg.Add(1)
+	go n.leaseLoop()
 	n.log.Info("node started", "rpc", rpcAddr, "gossip", c.GossipAddr(), "seeds", cfg.Seeds)
 	return n, nil
 }
@@ -270,9 +277,22 @@ func (n *Node) Table() *wire.Table { return n.table.Load() }
 // Partitions is the partition count.
 func (n *Node) Partitions() int { return n.cfg.Partitions }
 
-// WaitReady waits until the node has installed a table.
+// WaitReady waits until the node has installed a table and holds a read
+// lease.
 func (n *Node) WaitReady(ctx context.Context) error {
-	return n.waitVersion(ctx, 1)
+	if err := n.waitVersion(ctx, 1); err != nil {
+		return err
+	}
+	for !n.leaseValid() {
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-n.done:
+			return api.ErrClosed
+		case <-ctx.Done():
+			return fmt.Errorf("%w: waiting for a read lease: %v", api.ErrUnavailable, ctx.Err())
+		}
+	}
+	return nil
 }
 
 // waitVersion waits until the installed table has at least version v.
@@ -594,6 +614,16 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 			return nil, bad(err)
 		}
 		return &wire.Ack{}, n.cluster.HandleDrain(req.Node)
+	case wire.MsgLease:
+		var req wire.LeaseRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		v, d, err := n.cluster.HandleLease(req.Node)
+		if err != nil {
+			return nil, err
+		}
+		return &wire.LeaseResponse{Version: v, Duration: int64(d)}, nil
 	case wire.MsgTable:
 		var req wire.TableRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

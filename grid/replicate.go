@@ -293,6 +293,9 @@ const (
 // partition while more than a quarter of its sample had expired (the Redis
 // active-expiry rule). Reads also hide expired entries lazily.
 func (n *Node) expire() {
+	if !n.leaseValid() {
+		return
+	}
 	for _, p := range n.parts {
 		for range expireRounds {
 			p.mu.Lock()

@@ -62,7 +62,7 @@ func decodeAll(data []byte) {
 			&MapRequest{}, &MapResponse{}, &ErrorBody{}, &GetAllRequest{}, &GetAllResponse{},
 			&PutAllRequest{}, &PartsResponse{}, &ScanRequest{}, &ScanResponse{}, &SizeRequest{},
 			&SizeResponse{}, &ClearRequest{}, &ReplicateRequest{}, &Ack{}, &SnapshotChunk{},
-			&SyncedReport{}, &TableRequest{}, &TableResponse{}, &DrainRequest{}, &SubscribeRequest{}, &Invalidation{},
+			&SyncedReport{}, &TableRequest{}, &TableResponse{}, &DrainRequest{}, &SubscribeRequest{}, &Invalidation{}, &LeaseRequest{}, &LeaseResponse{},
 		} {
 			_ = Decode(f.Body, v)
 		}

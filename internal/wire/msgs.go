@@ -21,6 +21,7 @@ const (
 	MsgDrain      uint8 = 12 // DrainRequest -> Ack (to the table authority's leader)
 	MsgSubscribe  uint8 = 13 // SubscribeRequest -> Ack: push invalidations of a map on this connection
 	MsgInvalidate uint8 = 14 // Invalidation, one-way from a node to a subscribed client (id 0, no answer)
+	MsgLease      uint8 = 15 // LeaseRequest -> LeaseResponse (to the table authority's leader)
 )
 
 // Map operations carried by MapRequest.Op.
@@ -303,6 +304,20 @@ type Invalidation struct {
 	Map      string
 	Keys     []string
 	All      bool
+}
+
+// LeaseRequest renews Node's read lease with the authority's leader.
+type LeaseRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Node     string
+}
+
+// LeaseResponse grants a lease of Duration nanoseconds, valid once the
+// holder has installed table Version.
+type LeaseResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Version  uint64
+	Duration int64
 }
 
 // TableRequest asks for the sender's committed partition table.

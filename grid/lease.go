@@ -1,0 +1,66 @@
+package grid
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+)
+
+// Read leases. A node serves requests for its primaries only while it holds
+// a lease from the authority's leader, renewed once per node (not per
+// partition). The lease runs from the moment the renewal was sent, by this
+// process's monotonic clock, and ends at 90% of its duration, so it lapses
+// here before the leader considers it lapsed. It counts only once the node
+// installed the table version the leader had when it granted it: a process
+// that wakes up from a pause cannot serve from the table it slept with.
+// The leader promotes a failed primary's backup only after that primary's
+// lease must have lapsed (cluster.StepLeased).
+
+// leaseValid reports whether this node may serve as a primary now.
+func (n *Node) leaseValid() bool {
+	if time.Since(n.base).Nanoseconds() >= n.leaseUntil.Load() {
+		return false
+	}
+	t := n.table.Load()
+	return t != nil && t.Version >= n.leaseVersion.Load()
+}
+
+func (n *Node) checkLease() error {
+	if !n.leaseValid() {
+		return fmt.Errorf("%w: %s holds no valid read lease", api.ErrUnavailable, n.name)
+	}
+	return nil
+}
+
+// leaseLoop renews the lease every quarter of its duration, and every 50 ms
+// while the node has none.
+func (n *Node) leaseLoop() {
+	defer n.wg.Done()
+	dur := n.cluster.LeaseDuration()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-t.C:
+		}
+		sent := time.Since(n.base)
+		ctx, cancel := context.WithTimeout(n.ctx, dur/4)
+		version, d, err := n.cluster.RenewLease(ctx)
+		cancel()
+		next := dur / 4
+		if err != nil {
+			n.log.Debug("lease renewal failed", "err", err)
+			if !n.leaseValid() {
+				next = 50 * time.Millisecond
+			}
+		} else {
+			n.leaseVersion.Store(version)
+			n.leaseUntil.Store((sent + d*9/10).Nanoseconds())
+		}
+		t.Reset(next)
+	}
+}

@@ -640,13 +640,13 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 
 // PartitionInfo is one replica's state, for checks and status pages.
 type PartitionInfo struct {
-	ID      int
-	Role    string
-	Epoch   uint64
-	LSN     uint64
-	Commit  uint64
-	Entries int
-	Digest  uint64 // order-independent hash of entries and versions
+	ID      int    `json:"id"`
+	Role    string `json:"role"`
+	Epoch   uint64 `json:"epoch"`
+	LSN     uint64 `json:"lsn"`
+	Commit  uint64 `json:"commit"`
+	Entries int    `json:"entries"`
+	Digest  uint64 `json:"digest"` // order-independent hash of entries and versions
 }
 
 // Inspect returns the state of this node's replica of partition id.

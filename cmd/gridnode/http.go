@@ -61,6 +61,16 @@ func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, withPprof bool) h
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(out)
 	})
+	mux.HandleFunc("GET /v1/partitions", func(w http.ResponseWriter, r *http.Request) {
+		// This node's replica of every partition: role, epoch, LSN, entry
+		// count and digest, for convergence checks.
+		out := make([]grid.PartitionInfo, node.Partitions())
+		for i := range out {
+			out[i] = node.Inspect(i)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -534,7 +534,12 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 	case wire.MsgPing:
 		c.Reply(f.Type, f.ID, &wire.Ack{})
 		return
-	case wire.MsgSubscribe:
+	}
+	if n.closed.Load() {
+		c.ReplyError(f.Type, f.ID, api.ErrClosed)
+		return
+	}
+	if f.Type == wire.MsgSubscribe {
 		var req wire.SubscribeRequest
 		if err := wire.Decode(f.Body, &req); err != nil {
 			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: %v", api.ErrBadRequest, err))
@@ -542,10 +547,6 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 		}
 		n.subscribe(c, req.Map)
 		c.Reply(f.Type, f.ID, &wire.Ack{})
-		return
-	}
-	if n.closed.Load() {
-		c.ReplyError(f.Type, f.ID, api.ErrClosed)
 		return
 	}
 	n.wg.Add(1)

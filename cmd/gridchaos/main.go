@@ -3,8 +3,8 @@
 //
 //	go run ./cmd/gridchaos -nodes 5 -duration 60s -seed 7
 //
-// Workloads: a register workload (reads and writes of a few keys, checked
-// for linearizability with porcupine) and a set workload (unique keys; every
+// Workloads: a register workload (reads and writes of a few keys, renamed
+// every 10 s, checked for linearizability with porcupine) and a set workload (unique keys; every
 // acknowledged put must be present at the end). The nemesis, driven by
 // -seed, SIGKILLs random nodes and current primaries (then restarts them),
 // SIGSTOPs nodes past failure detection (then SIGCONTs them), makes nodes

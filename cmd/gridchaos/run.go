@@ -113,7 +113,10 @@ func (h *harness) workloads(ctx context.Context, rec *recorder, stop <-chan stru
 					return
 				default:
 				}
-				in := regInput{Key: fmt.Sprintf("r%d", rng.IntN(h.cfg.Registers)), Write: rng.IntN(2) == 0}
+				// Registers are renamed every 10 s (independent keys), so each
+				// key's history stays short enough to check.
+				window := time.Since(h.t0) / (10 * time.Second)
+				in := regInput{Key: fmt.Sprintf("r%d-%d", rng.IntN(h.cfg.Registers), window), Write: rng.IntN(2) == 0}
 				opCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 				call := h.now()
 				var out regOutput
@@ -178,7 +181,6 @@ func (h *harness) workloads(ctx context.Context, rec *recorder, stop <-chan stru
 	}, nil
 }
 
-
 func (h *harness) run(ctx context.Context) (*Summary, error) {
 	sum := &Summary{Seed: h.cfg.Seed, Nodes: h.cfg.Nodes, Faults: map[string]int{}}
 	rec := &recorder{acked: map[string]string{}}
@@ -237,7 +239,10 @@ func (h *harness) run(ctx context.Context) (*Summary, error) {
 	sum.Ops = rec.count
 	acked := rec.acked
 	rec.mu.Unlock()
-	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, 2*time.Minute)
+	h.logf("checking linearizability of %d register operations", len(ops))
+	checkStart := time.Now()
+	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, 3*time.Minute)
+	h.logf("linearizability check: %v in %v", res, time.Since(checkStart).Round(time.Millisecond))
 	switch res {
 	case porcupine.Ok:
 		sum.Linearizable = "yes"
@@ -250,6 +255,7 @@ func (h *harness) run(ctx context.Context) (*Summary, error) {
 	}
 	// (b) every acknowledged write of the set workload is present.
 	sum.AckedWrites = len(acked)
+	h.logf("reading back %d acknowledged writes", len(acked))
 	lost, err := h.checkSet(ctx, acked)
 	if err != nil {
 		violation("set check: %v", err)
@@ -301,7 +307,8 @@ func (h *harness) fault(ctx context.Context, times *[]int64) (string, error) {
 	}
 	switch kind {
 	case "kill-primary":
-		if p := h.primaryOf(ctx, fmt.Sprintf("r%d", h.rng.IntN(h.cfg.Registers))); p != nil {
+		window := time.Since(h.t0) / (10 * time.Second)
+		if p := h.primaryOf(ctx, fmt.Sprintf("r%d-%d", h.rng.IntN(h.cfg.Registers), window)); p != nil {
 			pick = p
 		}
 		fallthrough

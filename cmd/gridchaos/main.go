@@ -48,6 +48,7 @@ type Config struct {
 	BasePort  int           // gossip port; rpc = +1, http = +2 on every 127.0.0.x
 	Registers int
 	Writers   int
+	Netns     bool // one network namespace per node; adds network partitions
 	Log       io.Writer
 }
 
@@ -81,6 +82,7 @@ func main() {
 	flag.IntVar(&cfg.BasePort, "port", 27946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
 	flag.IntVar(&cfg.Registers, "registers", 8, "registers in the linearizability workload")
 	flag.IntVar(&cfg.Writers, "writers", 8, "workers per workload")
+	flag.BoolVar(&cfg.Netns, "netns", false, "run each node in its own network namespace (root) and add network partitions to the faults")
 	flag.Parse()
 	cfg.Log = os.Stderr
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -101,6 +103,7 @@ var httpClient = &http.Client{Timeout: 2 * time.Second}
 
 // proc is one gridnode process slot (a name on its own 127.0.0.x).
 type proc struct {
+	idx                  int // 1-based
 	name, ip             string
 	gossip, rpc, httpURL string
 	cmd                  *exec.Cmd
@@ -153,6 +156,12 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 			return nil, fmt.Errorf("build gridnode: %v\n%s", err, out)
 		}
 	}
+	if cfg.Netns {
+		if err := netSetup(); err != nil {
+			return nil, fmt.Errorf("-netns: %w", err)
+		}
+		defer netTeardown()
+	}
 	defer h.stopAll()
 	for i := range cfg.Nodes {
 		if err := h.start(h.slot(i)); err != nil {
@@ -169,7 +178,14 @@ func (h *harness) slot(i int) *proc {
 	for len(h.procs) <= i {
 		j := len(h.procs)
 		ip := fmt.Sprintf("127.0.0.%d", j+1)
+		if h.cfg.Netns {
+			ip = nsAddr(j + 1)
+			if err := netAddNode(j + 1); err != nil {
+				h.logf("netns for n%d: %v", j+1, err)
+			}
+		}
 		h.procs = append(h.procs, &proc{
+			idx:     j + 1,
 			name:    fmt.Sprintf("n%d", j+1),
 			ip:      ip,
 			gossip:  fmt.Sprintf("%s:%d", ip, h.cfg.BasePort),
@@ -207,9 +223,16 @@ func (h *harness) start(p *proc) error {
 	if err != nil {
 		return err
 	}
-	p.cmd = exec.Command(h.bin, args...)
+	if h.cfg.Netns {
+		p.cmd = exec.Command("ip", append([]string{"netns", "exec", nsName(p.idx), h.bin}, args...)...)
+	} else {
+		p.cmd = exec.Command(h.bin, args...)
+	}
 	p.cmd.Stderr = logf
 	p.cmd.Stdout = logf
+	// If the harness dies, its nodes die with it (no orphan cluster left to
+	// capture the next run's nodes).
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", p.name, err)

@@ -301,6 +301,9 @@ func (h *harness) fault(ctx context.Context, times *[]int64) (string, error) {
 	live := h.running()
 	pick := live[h.rng.IntN(len(live))]
 	kinds := []string{"kill", "kill-primary", "pause", "leave", "join"}
+	if h.cfg.Netns {
+		kinds = append(kinds, "partition", "partition")
+	}
 	kind := kinds[h.rng.IntN(len(kinds))]
 	if kind == "join" && len(h.procs) > h.cfg.Nodes {
 		kind = "kill" // the extra member is already there
@@ -347,6 +350,26 @@ func (h *harness) fault(ctx context.Context, times *[]int64) (string, error) {
 		}
 		h.logf("restart %s", pick.name)
 		return kind, h.start(pick)
+	case "partition":
+		// Cut a minority (1 .. (n-1)/2 members) off for 4-7 s: past failure
+		// detection and the lease, so the majority takes over its primaries.
+		k := 1 + h.rng.IntN(max(1, (len(live)-1)/2))
+		order := h.rng.Perm(len(live))
+		var idx []int
+		var names []string
+		for _, o := range order[:k] {
+			idx = append(idx, live[o].idx)
+			names = append(names, live[o].name)
+		}
+		d := time.Duration(4000+h.rng.IntN(3000)) * time.Millisecond
+		h.logf("partition %v from the rest for %v", names, d)
+		*times = append(*times, h.now())
+		if err := netSplit(idx); err != nil {
+			return kind, err
+		}
+		time.Sleep(d)
+		h.logf("heal partition of %v", names)
+		return kind, netHeal(idx)
 	case "join":
 		p := h.slot(len(h.procs))
 		h.logf("join %s", p.name)

@@ -310,10 +310,7 @@ func (n *Node) primaryLocked(ctx context.Context, p *partition, floor func() uin
 }
 
 func (n *Node) execGetAll(ctx context.Context, req *wire.GetAllRequest) (*wire.GetAllResponse, error) {
-	start := time.Now()
-	resp, err := n.execGetAll1(ctx, req)
-	n.metrics.observe(opGetAll, start, true, err)
-	return resp, err
+	return observed(n, opGetAll, ctx, req, n.execGetAll1)
 }
 
 func (n *Node) execGetAll1(ctx context.Context, req *wire.GetAllRequest) (*wire.GetAllResponse, error) {
@@ -405,10 +402,7 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 }
 
 func (n *Node) execPutAll(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
-	start := time.Now()
-	resp, err := n.execPutAll1(ctx, req)
-	n.metrics.observe(opPutAll, start, true, err)
-	return resp, err
+	return observed(n, opPutAll, ctx, req, n.execPutAll1)
 }
 
 func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
@@ -437,10 +431,7 @@ func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.
 }
 
 func (n *Node) execClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
-	start := time.Now()
-	resp, err := n.execClear1(ctx, req)
-	n.metrics.observe(opClear, start, true, err)
-	return resp, err
+	return observed(n, opClear, ctx, req, n.execClear1)
 }
 
 func (n *Node) execClear1(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
@@ -450,10 +441,7 @@ func (n *Node) execClear1(ctx context.Context, req *wire.ClearRequest) (*wire.Pa
 }
 
 func (n *Node) execScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
-	start := time.Now()
-	resp, err := n.execScan1(ctx, req)
-	n.metrics.observe(opScan, start, true, err)
-	return resp, err
+	return observed(n, opScan, ctx, req, n.execScan1)
 }
 
 func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
@@ -489,10 +477,7 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 }
 
 func (n *Node) execSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {
-	start := time.Now()
-	resp, err := n.execSize1(ctx, req)
-	n.metrics.observe(opSize, start, true, err)
-	return resp, err
+	return observed(n, opSize, ctx, req, n.execSize1)
 }
 
 func (n *Node) execSize1(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {

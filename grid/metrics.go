@@ -1,6 +1,7 @@
 package grid
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -79,6 +80,14 @@ func (m *metrics) observe(op int, start time.Time, found bool, err error) {
 	}
 	m.requests[op][res].Inc()
 	m.latency[op].Observe(time.Since(start).Seconds())
+}
+
+// observed runs a whole-batch request handler and counts it as op.
+func observed[Req, Resp any](n *Node, op int, ctx context.Context, req Req, f func(context.Context, Req) (Resp, error)) (Resp, error) {
+	start := time.Now()
+	resp, err := f(ctx, req)
+	n.metrics.observe(op, start, true, err)
+	return resp, err
 }
 
 func opIndex(op uint8) int {

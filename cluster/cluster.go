@@ -608,8 +608,15 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	draining := make(map[string]bool, len(c.draining))
 	liveNames := map[string]bool{}
 	for _, m := range live {
-		wm = append(wm, wire.Member{Name: m.Name, RPC: m.RPC})
+		wm = append(wm, wire.Member{Name: m.Name, RPC: m.RPC, ID: m.RaftID})
 		liveNames[m.Name] = true
+	}
+	// Members that left gracefully took their copies with them.
+	gone := map[string]bool{}
+	for _, m := range c.ms.Members() {
+		if m.Status == StatusLeft && !liveNames[m.Name] {
+			gone[m.Name] = true
+		}
 	}
 	for n := range c.draining {
 		if liveNames[n] {
@@ -624,7 +631,7 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	for _, m := range wm {
 		delete(leased, m.Name) // live members are not waited for
 	}
-	next, res := StepLeased(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations, draining, leased)
+	next, res := StepLeased(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations, draining, leased, gone)
 	if next == cur {
 		return
 	}
@@ -647,7 +654,7 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	c.log.Log(context.Background(), lvl, "committed partition table", "version", next.Version,
 		"members", len(wm), "promoted", res.Promoted, "lost", res.Lost, "migrations_started", res.Added,
 		"primaries_moved", res.Switched, "replicas_dropped", res.Dropped, "migrations_in_flight", res.InFlight,
-		"converged", res.Converged)
+		"unavailable", res.Unavailable, "awaiting_lease", res.AwaitingLease, "converged", res.Converged)
 }
 
 // Leave leaves gracefully: the member drains (see Drain, bounded by ctx),

@@ -106,6 +106,7 @@ const (
 
 type serfMembership struct {
 	s      *serf.Serf
+	rejoin time.Duration
 	events chan serf.Event
 	notify chan struct{}
 	done   chan struct{}
@@ -153,6 +154,7 @@ func NewSerf(cfg SerfConfig) (Membership, string, error) {
 		}
 	}
 	m := &serfMembership{
+		rejoin: 10 * time.Second,
 		events: make(chan serf.Event, 256),
 		notify: make(chan struct{}, 1),
 		done:   make(chan struct{}),
@@ -184,6 +186,7 @@ func NewSerf(cfg SerfConfig) (Membership, string, error) {
 		conf.ReconnectInterval = 2 * time.Second
 		conf.ReconnectTimeout = 30 * time.Second
 		conf.TombstoneTimeout = 30 * time.Second
+		m.rejoin = time.Second
 	}
 	ml.BindAddr = host
 	ml.BindPort = port
@@ -204,7 +207,37 @@ func NewSerf(cfg SerfConfig) (Membership, string, error) {
 		return nil, "", fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	m.s = s
+	m.wg.Add(1)
+	go m.rejoinLoop()
 	return m, net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// rejoinLoop contacts every member serf holds as failed, every rejoin
+// interval. Serf's own reconnect tries one random failed member per
+// interval, gated by the ratio of failed to alive members, so after a
+// partition heals the two sides could take tens of seconds to merge.
+func (m *serfMembership) rejoinLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.rejoin)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		var addrs []string
+		for _, mem := range m.s.Members() {
+			if mem.Status == serf.StatusFailed {
+				addrs = append(addrs, net.JoinHostPort(mem.Addr.String(), strconv.Itoa(int(mem.Port))))
+			}
+		}
+		if len(addrs) > 0 {
+			if n, err := m.s.Join(addrs, true); n > 0 {
+				m.log.Info("rejoined failed members", "reached", n, "of", len(addrs), "err", err)
+			}
+		}
+	}
 }
 
 func freeDualPort(host string) (int, error) {

@@ -128,6 +128,9 @@ type StepResult struct {
 	// AwaitingLease counts partitions whose failed primary may still hold
 	// a read lease: promotion waits for it to lapse.
 	AwaitingLease int
+	// Unavailable counts partitions with no live replica left whose copy
+	// may still exist (a failed, not gone, primary): they wait for it.
+	Unavailable int
 	Converged     bool
 }
 
@@ -155,19 +158,39 @@ type StepResult struct {
 // replicas are copied elsewhere and then dropped (rules 5 and 6), so that a
 // graceful leave hands everything over before the member goes.
 func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining map[string]bool) (*wire.Table, StepResult) {
-	return StepLeased(cur, live, partitions, backups, reports, maxInFlight, draining, nil)
+	return StepLeased(cur, live, partitions, backups, reports, maxInFlight, draining, nil, nil)
 }
 
 // StepLeased is Step where leased names failed members whose read lease may
 // still be valid: their partitions keep them as primary (and are
 // unavailable) until the lease must have lapsed, so that a paused or cut-off
 // primary never serves a read after its backup took over.
-func StepLeased(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining, leased map[string]bool) (*wire.Table, StepResult) {
+//
+// gone names members whose previous copy is certainly gone (they left, or
+// their name came back as a new incarnation, which Step also detects from
+// member IDs). A partition whose primary and in-sync backups are all failed
+// but not gone stays unavailable with its old primary: membership can
+// declare a live node failed (a partition, a pause), and reassigning such a
+// partition empty would lose every acknowledged write in it.
+func StepLeased(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining, leased, gone map[string]bool) (*wire.Table, StepResult) {
 	var res StepResult
 	names := make([]string, 0, len(live))
 	alive := make(map[string]bool, len(live))
+	reborn := map[string]bool{}
+	curIDs := map[string]string{}
+	if cur != nil {
+		for _, m := range cur.Members {
+			curIDs[m.Name] = m.ID
+		}
+	}
 	for _, m := range live {
-		alive[m.Name] = true
+		if id := curIDs[m.Name]; id != "" && m.ID != "" && id != m.ID {
+			// A new incarnation: the replicas the table gives this name
+			// belonged to the old one, which is dead.
+			reborn[m.Name] = true
+		} else {
+			alive[m.Name] = true
+		}
 		if !draining[m.Name] {
 			names = append(names, m.Name)
 		}
@@ -211,21 +234,28 @@ func StepLeased(cur *wire.Table, live []wire.Member, partitions, backups int, re
 			}
 			continue
 		}
-		res.Changed = true
-		if len(part.Backups) > 0 {
+		switch {
+		case len(part.Backups) > 0:
 			i := max(0, slices.Index(part.Backups, tgt.Primary[p]))
 			part.Primary = part.Backups[i]
 			part.Backups = slices.Delete(part.Backups, i, i+1)
 			if cur != nil {
 				res.Promoted++
 			}
-		} else {
+		case cur == nil || part.Primary == "" || reborn[part.Primary] || gone[part.Primary]:
+			// Bootstrap, or every copy is certainly gone: start empty.
 			if cur != nil && part.Primary != "" {
 				res.Lost++
 			}
 			part.Primary = tgt.Primary[p]
 			part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == part.Primary })
+		default:
+			// The only copy may be on a node membership wrongly thinks dead:
+			// stay unavailable until it returns (or is known gone).
+			res.Unavailable++
+			continue
 		}
+		res.Changed = true
 		part.Epoch++
 	}
 	// Partitions whose failed primary still holds a lease are left alone

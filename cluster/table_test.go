@@ -180,7 +180,7 @@ func TestDrainingMemberHandsEverythingOver(t *testing.T) {
 func TestPromotionWaitsForLease(t *testing.T) {
 	tab := converge(t, nil, members("a", "b", "c"), 64, 1)
 	leased := map[string]bool{"b": true}
-	next, res := StepLeased(tab, members("a", "c"), 64, 1, nil, 64, nil, leased)
+	next, res := StepLeased(tab, members("a", "c"), 64, 1, nil, 64, nil, leased, nil)
 	if res.Promoted != 0 || res.AwaitingLease == 0 {
 		t.Fatalf("promoted while b's lease may be valid: %+v", res)
 	}
@@ -190,13 +190,55 @@ func TestPromotionWaitsForLease(t *testing.T) {
 		}
 	}
 	// Once the lease lapsed, the backups take over.
-	final, res := StepLeased(next, members("a", "c"), 64, 1, nil, 64, nil, nil)
+	final, res := StepLeased(next, members("a", "c"), 64, 1, nil, 64, nil, nil, nil)
 	if res.Promoted == 0 {
 		t.Fatalf("no promotion after the lease lapsed: %+v", res)
 	}
 	for p, part := range final.Partitions {
 		if part.Primary == "b" {
 			t.Fatalf("partition %d still on b", p)
+		}
+	}
+}
+
+// Two members failing at once (a partition, a membership blip) must never
+// make the authority restart partitions empty while their only copies may
+// be alive: they stay unavailable until a replica returns.
+func TestNoDataLossWhenPrimaryAndBackupFail(t *testing.T) {
+	tab := converge(t, nil, members("a", "b", "c"), 64, 1)
+	next, res := Step(tab, members("a"), 64, 1, nil, 64, nil)
+	if res.Lost != 0 {
+		t.Fatalf("declared %d partitions lost on a membership verdict", res.Lost)
+	}
+	if res.Unavailable == 0 {
+		t.Fatal("expected partitions held unavailable")
+	}
+	for p, part := range next.Partitions {
+		old := tab.Partitions[p]
+		if old.Primary != "a" && old.Backups[0] != "a" && (part.Primary != old.Primary || part.Epoch != old.Epoch) {
+			t.Fatalf("partition %d with no live copy was reassigned: %+v -> %+v", p, old, part)
+		}
+	}
+	// b and c come back: the kept partitions are served by their old copies.
+	back := converge(t, next, members("a", "b", "c"), 64, 1)
+	if !Converged(back, []string{"a", "b", "c"}, 1) {
+		t.Fatal("not converged after the members returned")
+	}
+}
+
+// A member restarted with the same name is a new, empty incarnation: its
+// predecessor's partitions are promoted from backups, never handed to it.
+func TestRestartedIncarnationIsNotItsPredecessor(t *testing.T) {
+	live := []wire.Member{{Name: "a", RPC: "a:1", ID: "a-1"}, {Name: "b", RPC: "b:1", ID: "b-1"}, {Name: "c", RPC: "c:1", ID: "c-1"}}
+	tab := converge(t, nil, live, 64, 1)
+	live[1].ID = "b-2" // b restarted before anyone noticed it died
+	next, res := Step(tab, live, 64, 1, nil, 64, nil)
+	if res.Lost != 0 || res.Promoted == 0 {
+		t.Fatalf("result %+v", res)
+	}
+	for p, part := range next.Partitions {
+		if part.Primary == "b" || slices.Contains(part.Backups, "b") {
+			t.Fatalf("partition %d still gives b's old replica to its new incarnation: %+v", p, part)
 		}
 	}
 }

@@ -228,9 +228,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	})
 	rpcAddr := srv.Addr().String()
 
-	n.wg.Add(2)
-	go n.tableLoop()
-	go n.maintenance()
 
 	ccfg := cluster.DefaultConfig()
 	ccfg.Name = cfg.Name
@@ -253,7 +250,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.cluster = c
-	n.wg.Add(1)
+	// Started only now: they use n.cluster. A table committed during
+	// cluster.Start waits in tableWake.
+	n.wg.Add(3)
+	go n.tableLoop()
+	go n.maintenance()
 	go n.leaseLoop()
 	n.log.Info("node started", "rpc", rpcAddr, "gossip", c.GossipAddr(), "seeds", cfg.Seeds)
 	return n, nil
@@ -398,8 +399,18 @@ func (n *Node) tableLoop() {
 // install applies a committed table to every partition.
 func (n *Node) install(t *wire.Table) {
 	addrs := make(map[string]string, len(t.Members))
+	// This node takes roles from t only if t names this incarnation: a
+	// table that lists a predecessor with the same name (or leaves this
+	// node out while membership thinks it failed) gives it none.
+	member := false
 	for _, m := range t.Members {
 		addrs[m.Name] = m.RPC
+		if m.Name == n.name && (m.ID == "" || m.ID == n.cluster.RaftID()) {
+			member = true
+		}
+	}
+	if !member {
+		n.log.Warn("the table does not name this incarnation as a member: serving nothing until it does", "version", t.Version)
 	}
 	var primaries, backups int
 	for i, part := range t.Partitions {
@@ -408,7 +419,21 @@ func (n *Node) install(t *wire.Table) {
 		p.primary = part.Primary
 		p.version = t.Version
 		wasPrimary := p.role == rolePrimary
+		named := part.Primary == n.name || contains(part.Backups, n.name) || contains(part.Pending, n.name)
 		switch {
+		case !member:
+			// Not ours to serve; but if t still attributes this partition
+			// to our name, keep the data: it may be the only copy.
+			p.role = roleNone
+			p.streams = map[string]*stream{}
+			if named {
+				p.orphanSince = 0
+			} else if p.orphanSince == 0 {
+				p.orphanSince = nowNano()
+			}
+			if part.Epoch > p.epoch {
+				p.epoch = part.Epoch
+			}
 		case part.Primary == n.name && (part.Epoch > p.epoch || (part.Epoch == p.epoch && wasPrimary)):
 			primaries++
 			if !wasPrimary || p.epoch < part.Epoch {

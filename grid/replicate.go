@@ -242,7 +242,7 @@ func (n *Node) reportFilled() {
 		}
 		p.mu.Unlock()
 	}
-	if len(reps) == 0 || n.cluster == nil {
+	if len(reps) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)

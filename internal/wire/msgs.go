@@ -337,6 +337,10 @@ type Member struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Name     string
 	RPC      string
+	// ID names the incarnation (raft server id: name plus start time). A
+	// process restarted with the same name has a new ID: it never takes
+	// the roles of its predecessor.
+	ID string
 }
 
 // Part is one partition's replica set. Epoch counts primaries: it grows

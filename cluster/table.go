@@ -131,7 +131,7 @@ type StepResult struct {
 	// Unavailable counts partitions with no live replica left whose copy
 	// may still exist (a failed, not gone, primary): they wait for it.
 	Unavailable int
-	Converged     bool
+	Converged   bool
 }
 
 // Step computes the next table from cur (nil at bootstrap), the live

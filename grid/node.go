@@ -228,7 +228,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	})
 	rpcAddr := srv.Addr().String()
 
-
 	ccfg := cluster.DefaultConfig()
 	ccfg.Name = cfg.Name
 	ccfg.GossipAddr = cfg.GossipAddr
@@ -434,7 +433,9 @@ func (n *Node) install(t *wire.Table) {
 			if part.Epoch > p.epoch {
 				p.epoch = part.Epoch
 			}
-		case part.Primary == n.name && (part.Epoch > p.epoch || (part.Epoch == p.epoch && wasPrimary)):
+		case part.Primary == n.name && part.Epoch >= p.epoch:
+			// Epochs are unique per primary term: the same epoch naming us
+			// again (after we were left out of a table) is our own term.
 			primaries++
 			if !wasPrimary || p.epoch < part.Epoch {
 				n.becomePrimary(p, part.Epoch)

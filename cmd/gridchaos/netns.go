@@ -42,6 +42,12 @@ func netTeardown() {
 			_ = sh("ip", "netns", "del", f[0])
 		}
 	}
+	out, _ = exec.Command("ip", "-o", "link", "show").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "gcv") {
+			_ = sh("ip", "link", "del", strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
+		}
+	}
 	_ = sh("ip", "link", "del", bridgeMain)
 	_ = sh("ip", "link", "del", bridgeSplit)
 }
@@ -65,6 +71,9 @@ func netSetup() error {
 // netAddNode creates node i's namespace and link (1-based index).
 func netAddNode(i int) error {
 	ns, veth := nsName(i), vethName(i)
+	// Leftovers of an earlier run (a veth outlives its namespace briefly).
+	_ = sh("ip", "netns", "del", ns)
+	_ = sh("ip", "link", "del", veth)
 	for _, cmd := range [][]string{
 		{"ip", "netns", "add", ns},
 		{"ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns},

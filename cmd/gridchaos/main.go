@@ -287,7 +287,8 @@ func getJSON(ctx context.Context, url string, v any) error {
 }
 
 type clusterView struct {
-	Version    uint64 `json:"version"`
+	Version    uint64   `json:"version"`
+	Voters     []string `json:"voters"`
 	Partitions []struct {
 		Primary string   `json:"primary"`
 		Backups []string `json:"backups"`

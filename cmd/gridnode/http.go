@@ -30,6 +30,7 @@ type clusterJSON struct {
 	Version    uint64          `json:"version"`
 	Node       string          `json:"node"`
 	Leader     string          `json:"leader"`
+	Voters     []string        `json:"voters"`
 	Members    []memberJSON    `json:"members"`
 	Partitions []partitionJSON `json:"partitions"`
 }
@@ -44,9 +45,16 @@ func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, withPprof bool) h
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-		out := clusterJSON{Node: node.Name(), Leader: node.Cluster().Leader(), Members: []memberJSON{}, Partitions: []partitionJSON{}}
+		out := clusterJSON{Node: node.Name(), Leader: node.Cluster().Leader(), Voters: []string{}, Members: []memberJSON{}, Partitions: []partitionJSON{}}
+		voters := map[string]bool{}
+		for _, id := range node.Cluster().Voters() {
+			voters[id] = true
+		}
 		for _, m := range node.Cluster().Members() {
 			out.Members = append(out.Members, memberJSON{Name: m.Name, RPC: m.RPC, HTTP: m.HTTP, Status: m.Status.String()})
+			if voters[m.RaftID] {
+				out.Voters = append(out.Voters, m.Name)
+			}
 		}
 		if t := node.Table(); t != nil {
 			out.Version = t.Version

@@ -15,13 +15,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*NetworkTransport).listen"),
-		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*netPipeline).decodeResponses"),
-		// memberlist's Shutdown does not wait for a probe in flight; it ends
-		// on its own probe timeout.
-		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-	)
+	goleak.VerifyTestMain(m, gridtest.LeakOptions()...)
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

@@ -20,15 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// raft's network transport and serf/memberlist leave short-lived
-		// goroutines finishing their own timeouts after Shutdown.
-		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*NetworkTransport).listen"),
-		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*netPipeline).decodeResponses"),
-		// memberlist's Shutdown does not wait for a probe in flight; it ends
-		// on its own probe timeout.
-		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-	)
+	goleak.VerifyTestMain(m, gridtest.LeakOptions()...)
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/collocate/grid/cluster"
 	"github.com/collocate/grid/grid"
 )
@@ -237,4 +239,16 @@ func (c *Cluster) checkReplicas() error {
 		}
 	}
 	return nil
+}
+
+// LeakOptions are the goleak options for packages that run clusters:
+// goroutines of raft's network transport and of memberlist that end on
+// their own timeouts after Shutdown returns.
+func LeakOptions() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*NetworkTransport).listen"),
+		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*netPipeline).decodeResponses"),
+		// memberlist's Shutdown does not wait for a probe in flight.
+		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
+	}
 }

@@ -153,7 +153,9 @@ func (t *Typed[K, V]) Scan(ctx context.Context, errp *error) iter.Seq2[string, V
 		for k, b := range t.m.Scan(ctx, errp) {
 			v, err := t.codec.Decode(b)
 			if err != nil {
-				*errp = fmt.Errorf("%w: decode value of %q: %v", ErrBadRequest, k, err)
+				if errp != nil {
+					*errp = fmt.Errorf("%w: decode value of %q: %v", ErrBadRequest, k, err)
+				}
 				return
 			}
 			if !yield(k, v) {

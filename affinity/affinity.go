@@ -77,3 +77,14 @@ func TaggedKey(ak string, enc []byte) string {
 	b = append(b, enc...)
 	return string(b)
 }
+
+// ScanBits is the width of a key's scan position.
+const ScanBits = 48
+
+// ScanPosition returns key's position inside its partition for cursor scans:
+// the top ScanBits bits of xxhash64 of the whole key. A key's position never
+// changes, so a cursor made of (partition, position) stays valid while the
+// map changes and the cluster rebalances.
+func ScanPosition(key string) uint64 {
+	return xxhash.Sum64String(key) >> (64 - ScanBits)
+}

@@ -41,6 +41,12 @@ type (
 	Entry = api.Entry
 	// NotOwnerError says which node owns a partition.
 	NotOwnerError = api.NotOwnerError
+	// SetArgs are the conditions and effects of Map.Set.
+	SetArgs = api.SetArgs
+	// SetResult is what Map.Set did and found.
+	SetResult = api.SetResult
+	// ExpireCond is Map.Expire's condition.
+	ExpireCond = api.ExpireCond
 	// Typed is a typed view of a Map.
 	Typed[K comparable, V any] = api.Typed[K, V]
 	// Codec turns values into bytes and back.
@@ -57,6 +63,17 @@ var (
 	ErrReplication   = api.ErrReplication
 	ErrStaleSequence = api.ErrStaleSequence
 	ErrClosed        = api.ErrClosed
+	ErrNotInteger    = api.ErrNotInteger
+	ErrOverflow      = api.ErrOverflow
+)
+
+// Expire conditions (Redis EXPIRE's NX, XX, GT and LT).
+const (
+	ExpireAlways    = api.ExpireAlways
+	ExpireIfNone    = api.ExpireIfNone
+	ExpireIfSet     = api.ExpireIfSet
+	ExpireIfGreater = api.ExpireIfGreater
+	ExpireIfLess    = api.ExpireIfLess
 )
 
 // WithTTL makes an entry expire ttl after the write.

@@ -174,6 +174,54 @@ func (m *nearMap) Clear(ctx context.Context) error {
 	return m.write(nil, true, func() error { return m.Map.Clear(ctx) })
 }
 
+func (m *nearMap) Set(ctx context.Context, key string, value []byte, args SetArgs) (res SetResult, err error) {
+	err = m.write([]string{key}, false, func() error {
+		res, err = m.Map.Set(ctx, key, value, args)
+		return err
+	})
+	return res, err
+}
+
+func (m *nearMap) GetAndDelete(ctx context.Context, key string) (old []byte, err error) {
+	err = m.write([]string{key}, false, func() error {
+		old, err = m.Map.GetAndDelete(ctx, key)
+		return err
+	})
+	return old, err
+}
+
+func (m *nearMap) DeleteAll(ctx context.Context, keys []string) (n int, err error) {
+	err = m.write(keys, false, func() error {
+		n, err = m.Map.DeleteAll(ctx, keys)
+		return err
+	})
+	return n, err
+}
+
+func (m *nearMap) Increment(ctx context.Context, key string, delta int64) (v int64, err error) {
+	err = m.write([]string{key}, false, func() error {
+		v, err = m.Map.Increment(ctx, key, delta)
+		return err
+	})
+	return v, err
+}
+
+func (m *nearMap) Append(ctx context.Context, key string, suffix []byte) (n int, err error) {
+	err = m.write([]string{key}, false, func() error {
+		n, err = m.Map.Append(ctx, key, suffix)
+		return err
+	})
+	return n, err
+}
+
+func (m *nearMap) Expire(ctx context.Context, key string, ttl time.Duration, cond ExpireCond) (ok bool, err error) {
+	err = m.write([]string{key}, false, func() error {
+		ok, err = m.Map.Expire(ctx, key, ttl, cond)
+		return err
+	})
+	return ok, err
+}
+
 func (m *nearMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byte] {
 	return m.Map.Scan(ctx, errp)
 }

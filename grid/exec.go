@@ -2,14 +2,18 @@ package grid
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/glob"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
@@ -185,7 +189,11 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 			}
 			return r.resp, nil
 		}
-		resp, muts := decide(p, req, now)
+		resp, muts, err := decide(p, req, now)
+		if err != nil {
+			p.mu.Unlock()
+			return wire.MapResponse{}, err
+		}
 		if len(muts) == 0 && req.Session.Client == 0 {
 			// Nothing to write: the answer rests on state that must be
 			// committed before we reveal it.
@@ -214,43 +222,170 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 
 // decide computes a mutation's answer and effects from the current state.
 // Caller holds p.mu.
-func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []wire.Mutation) {
+func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []wire.Mutation, error) {
 	var exp int64
 	if req.TTL > 0 {
-		exp = now + req.TTL
+		if exp = now + req.TTL; exp < now {
+			return wire.MapResponse{}, nil, fmt.Errorf("%w: TTL %d overflows", api.ErrBadRequest, req.TTL)
+		}
 	}
-	set := []wire.Mutation{{Kind: wire.MutSet, Map: req.Map, Key: req.Key, Value: req.Value, ExpireAt: exp}}
+	set := func(v []byte, exp int64) []wire.Mutation {
+		return []wire.Mutation{{Kind: wire.MutSet, Map: req.Map, Key: req.Key, Value: v, ExpireAt: exp}}
+	}
+	del := []wire.Mutation{{Kind: wire.MutDelete, Map: req.Map, Key: req.Key}}
 	e := p.get(req.Map, req.Key, now)
 	switch req.Op {
 	case wire.OpPut:
-		return wire.MapResponse{Done: true, Found: e != nil}, set
+		return wire.MapResponse{Done: true, Found: e != nil}, set(req.Value, exp), nil
 	case wire.OpPutIfAbsent:
 		if e != nil {
-			return wire.MapResponse{Found: true, Value: e.value, Version: e.version}, nil
+			return wire.MapResponse{Found: true, Value: e.value, Version: e.version}, nil, nil
 		}
-		return wire.MapResponse{Done: true}, set
+		return wire.MapResponse{Done: true}, set(req.Value, exp), nil
 	case wire.OpReplace:
 		if e == nil {
-			return wire.MapResponse{}, nil
+			return wire.MapResponse{}, nil, nil
 		}
-		return wire.MapResponse{Found: true, Done: true}, set
+		return wire.MapResponse{Found: true, Done: true}, set(req.Value, exp), nil
 	case wire.OpCAS:
 		if e == nil || !bytes.Equal(e.value, req.Expected) {
-			return wire.MapResponse{Found: e != nil}, nil
+			return wire.MapResponse{Found: e != nil}, nil, nil
 		}
-		return wire.MapResponse{Found: true, Done: true}, set
+		return wire.MapResponse{Found: true, Done: true}, set(req.Value, exp), nil
 	case wire.OpCASVersion:
 		if e == nil || e.version != req.ExpectedVersion {
-			return wire.MapResponse{Found: e != nil}, nil
+			return wire.MapResponse{Found: e != nil}, nil, nil
 		}
-		return wire.MapResponse{Found: true, Done: true}, set
+		return wire.MapResponse{Found: true, Done: true}, set(req.Value, exp), nil
 	case wire.OpDelete:
 		if e == nil {
-			return wire.MapResponse{}, nil
+			return wire.MapResponse{}, nil, nil
 		}
-		return wire.MapResponse{Found: true, Done: true}, []wire.Mutation{{Kind: wire.MutDelete, Map: req.Map, Key: req.Key}}
+		return wire.MapResponse{Found: true, Done: true}, del, nil
+	case wire.OpGetDelete:
+		if e == nil {
+			return wire.MapResponse{}, nil, nil
+		}
+		return wire.MapResponse{Found: true, Done: true, Value: e.value}, del, nil
+	case wire.OpSet:
+		resp := wire.MapResponse{Found: e != nil}
+		if e != nil && req.Flags&wire.SetReturnOld != 0 {
+			resp.Value = e.value
+		}
+		if (e != nil && req.Flags&wire.SetIfAbsent != 0) || (e == nil && req.Flags&wire.SetIfPresent != 0) {
+			return resp, nil, nil
+		}
+		if e != nil && req.Flags&wire.SetKeepTTL != 0 {
+			exp = e.expireAt
+		}
+		resp.Done = true
+		return resp, set(req.Value, exp), nil
+	case wire.OpIncr:
+		var cur int64
+		if e != nil {
+			v, ok := ParseInt(e.value)
+			if !ok {
+				return wire.MapResponse{}, nil, api.ErrNotInteger
+			}
+			cur = v
+		}
+		d := req.Delta
+		if (d > 0 && cur > math.MaxInt64-d) || (d < 0 && cur < math.MinInt64-d) {
+			return wire.MapResponse{}, nil, api.ErrOverflow
+		}
+		v := cur + d
+		var keep int64
+		if e != nil {
+			keep = e.expireAt
+		}
+		return wire.MapResponse{Found: e != nil, Done: true, Int: v}, set(strconv.AppendInt(nil, v, 10), keep), nil
+	case wire.OpAppend:
+		if e == nil {
+			return wire.MapResponse{Done: true, Int: int64(len(req.Value))}, set(req.Value, 0), nil
+		}
+		// Stored values are shared with snapshots and replies: never grow
+		// one in place.
+		v := make([]byte, 0, len(e.value)+len(req.Value))
+		v = append(append(v, e.value...), req.Value...)
+		return wire.MapResponse{Found: true, Done: true, Int: int64(len(v))}, set(v, e.expireAt), nil
+	case wire.OpExpire:
+		if e == nil {
+			return wire.MapResponse{}, nil, nil
+		}
+		at := now + req.TTL
+		if (req.TTL > 0 && at < now) || (req.TTL < 0 && at > now) {
+			return wire.MapResponse{}, nil, fmt.Errorf("%w: TTL %d overflows", api.ErrBadRequest, req.TTL)
+		}
+		cur := e.expireAt
+		var ok bool
+		switch req.Flags {
+		case wire.ExpireIfNone:
+			ok = cur == 0
+		case wire.ExpireIfSet:
+			ok = cur != 0
+		case wire.ExpireIfGreater:
+			ok = cur != 0 && at > cur
+		case wire.ExpireIfLess:
+			ok = cur == 0 || at < cur
+		case 0:
+			ok = true
+		default:
+			return wire.MapResponse{}, nil, fmt.Errorf("%w: expire condition %d", api.ErrBadRequest, req.Flags)
+		}
+		if !ok {
+			return wire.MapResponse{Found: true}, nil, nil
+		}
+		if at <= now {
+			return wire.MapResponse{Found: true, Done: true}, del, nil
+		}
+		return wire.MapResponse{Found: true, Done: true}, set(e.value, at), nil
+	case wire.OpPersist:
+		if e == nil || e.expireAt == 0 {
+			return wire.MapResponse{Found: e != nil}, nil, nil
+		}
+		return wire.MapResponse{Found: true, Done: true}, set(e.value, 0), nil
 	}
-	return wire.MapResponse{}, nil
+	return wire.MapResponse{}, nil, fmt.Errorf("%w: op %d is not a mutation", api.ErrBadRequest, req.Op)
+}
+
+// ParseInt parses a value the way Redis parses an integer argument or an
+// INCR operand: optional '-', then decimal digits without leading zeros
+// ("0" itself, but not "-0"), within int64.
+func ParseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	if len(b) == 1 && b[0] == '0' {
+		return 0, true
+	}
+	neg := b[0] == '-'
+	d := b
+	if neg {
+		d = b[1:]
+	}
+	if len(d) == 0 || d[0] < '1' || d[0] > '9' {
+		return 0, false
+	}
+	var u uint64
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if u > (math.MaxUint64-9)/10 {
+			return 0, false
+		}
+		u = u*10 + uint64(c-'0')
+	}
+	if neg {
+		if u > 1<<63 {
+			return 0, false
+		}
+		return -int64(u), true
+	}
+	if u > math.MaxInt64 {
+		return 0, false
+	}
+	return int64(u), true
 }
 
 // read serves Get and GetEntry: only committed values are returned.
@@ -265,8 +400,16 @@ func (n *Node) read(ctx context.Context, p *partition, req *wire.MapRequest) (wi
 		floor := p.readFloor(req.Map, req.Key)
 		if p.commit >= floor {
 			var resp wire.MapResponse
-			if e := p.get(req.Map, req.Key, nowNano()); e != nil {
-				resp = wire.MapResponse{Found: true, Value: e.value, Version: e.version}
+			now := nowNano()
+			if e := p.get(req.Map, req.Key, now); e != nil {
+				resp = wire.MapResponse{Found: true, Version: e.version}
+				if req.Op == wire.OpTTL {
+					if e.expireAt != 0 {
+						resp.TTL = e.expireAt - now
+					}
+				} else {
+					resp.Value = e.value
+				}
 			}
 			p.mu.Unlock()
 			return resp, nil
@@ -351,9 +494,12 @@ func (n *Node) execGetAll1(ctx context.Context, req *wire.GetAllRequest) (*wire.
 }
 
 // execPartsWrite prepares one record per partition, then waits for all of
-// them: one replication round trip for the whole batch.
-func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32, sess wire.Session, muts func(i int, p *partition, now int64) ([]wire.Mutation, error)) *wire.PartsResponse {
-	resp := &wire.PartsResponse{Errs: make([]wire.ErrorBody, len(parts))}
+// them: one replication round trip for the whole batch. muts returns a
+// partition's mutations and the result remembered for retries; results[i]
+// is partition i's (the first attempt's, for a retry).
+func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32, sess wire.Session, muts func(i int, p *partition, now int64) ([]wire.Mutation, wire.MapResponse, error)) (resp *wire.PartsResponse, results []wire.MapResponse) {
+	resp = &wire.PartsResponse{Errs: make([]wire.ErrorBody, len(parts))}
+	results = make([]wire.MapResponse, len(parts))
 	type prepared struct {
 		i  int
 		pw pendingWrite
@@ -377,18 +523,20 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 				resp.Errs[i] = wire.ErrBody(err)
 			} else {
 				// A retry: wait for the first attempt's record to commit.
+				results[i] = r.resp
 				pws = append(pws, prepared{i: i, pw: pendingWrite{p: p, lsn: r.lsn, epoch: p.epoch}})
 			}
 			p.mu.Unlock()
 			continue
 		}
-		ms, err := muts(i, p, now)
+		ms, result, err := muts(i, p, now)
 		if err != nil {
 			p.mu.Unlock()
 			resp.Errs[i] = wire.ErrBody(err)
 			continue
 		}
-		rec := wire.Record{Muts: ms, Session: sess, Result: wire.MapResponse{Done: true}}
+		results[i] = result
+		rec := wire.Record{Muts: ms, Session: sess, Result: result}
 		pws = append(pws, prepared{i: i, pw: p.commitRecord(&rec, now)})
 		p.mu.Unlock()
 		n.publish(&rec)
@@ -398,7 +546,7 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 			resp.Errs[pr.i] = wire.ErrBody(err)
 		}
 	}
-	return resp
+	return resp, results
 }
 
 func (n *Node) execPutAll(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
@@ -414,7 +562,7 @@ func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.
 			return nil, fmt.Errorf("%w: %d keys, %d values", api.ErrBadRequest, len(req.Keys[i]), len(req.Values[i]))
 		}
 	}
-	return n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, error) {
+	resp, _ := n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, wire.MapResponse, error) {
 		var exp int64
 		if req.TTL > 0 {
 			exp = now + req.TTL
@@ -422,12 +570,42 @@ func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.
 		ms := make([]wire.Mutation, len(req.Keys[i]))
 		for j, k := range req.Keys[i] {
 			if affinity.Partition(k, len(n.parts)) != p.id {
-				return nil, fmt.Errorf("%w: key %q is not in partition %d", api.ErrBadRequest, k, p.id)
+				return nil, wire.MapResponse{}, fmt.Errorf("%w: key %q is not in partition %d", api.ErrBadRequest, k, p.id)
 			}
 			ms[j] = wire.Mutation{Kind: wire.MutSet, Map: req.Map, Key: k, Value: req.Values[i][j], ExpireAt: exp}
 		}
-		return ms, nil
-	}), nil
+		return ms, wire.MapResponse{Done: true}, nil
+	})
+	return resp, nil
+}
+
+func (n *Node) execDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error) {
+	return observed(n, opDeleteAll, ctx, req, n.execDeleteAll1)
+}
+
+func (n *Node) execDeleteAll1(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error) {
+	if len(req.Partitions) != len(req.Keys) {
+		return nil, fmt.Errorf("%w: %d partitions, %d key lists", api.ErrBadRequest, len(req.Partitions), len(req.Keys))
+	}
+	parts, results := n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, wire.MapResponse, error) {
+		var ms []wire.Mutation
+		seen := make(map[string]bool, len(req.Keys[i]))
+		for _, k := range req.Keys[i] {
+			if affinity.Partition(k, len(n.parts)) != p.id {
+				return nil, wire.MapResponse{}, fmt.Errorf("%w: key %q is not in partition %d", api.ErrBadRequest, k, p.id)
+			}
+			if !seen[k] && p.get(req.Map, k, now) != nil {
+				ms = append(ms, wire.Mutation{Kind: wire.MutDelete, Map: req.Map, Key: k})
+			}
+			seen[k] = true
+		}
+		return ms, wire.MapResponse{Done: true, Int: int64(len(ms))}, nil
+	})
+	resp := &wire.DeleteAllResponse{Errs: parts.Errs, Counts: make([]int64, len(results))}
+	for i, r := range results {
+		resp.Counts[i] = r.Int
+	}
+	return resp, nil
 }
 
 func (n *Node) execClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
@@ -435,9 +613,10 @@ func (n *Node) execClear(ctx context.Context, req *wire.ClearRequest) (*wire.Par
 }
 
 func (n *Node) execClear1(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
-	return n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, error) {
-		return []wire.Mutation{{Kind: wire.MutClear, Map: req.Map}}, nil
-	}), nil
+	resp, _ := n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, wire.MapResponse, error) {
+		return []wire.Mutation{{Kind: wire.MutClear, Map: req.Map}}, wire.MapResponse{Done: true}, nil
+	})
+	return resp, nil
 }
 
 func (n *Node) execScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
@@ -458,6 +637,11 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 	}
 	now := nowNano()
 	kv := p.maps[req.Map]
+	if req.Hashed {
+		resp := scanHashed(kv, req, limit, now)
+		p.mu.Unlock()
+		return resp, nil
+	}
 	keys := make([]string, 0, min(len(kv), limit*2))
 	for k, e := range kv {
 		if k > req.After && e.live(now) {
@@ -474,6 +658,49 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 	}
 	p.mu.Unlock()
 	return resp, nil
+}
+
+// scanHashed serves a page of a hash-order scan. Caller holds the lock.
+func scanHashed(kv map[string]*entry, req *wire.ScanRequest, limit int, now int64) *wire.ScanResponse {
+	type posKey struct {
+		pos uint64
+		key string
+	}
+	cand := make([]posKey, 0, min(len(kv), 64))
+	for k, e := range kv {
+		if !e.live(now) {
+			continue
+		}
+		if pos := affinity.ScanPosition(k); pos >= req.From {
+			cand = append(cand, posKey{pos, k})
+		}
+	}
+	slices.SortFunc(cand, func(a, b posKey) int {
+		if c := cmp.Compare(a.pos, b.pos); c != 0 {
+			return c
+		}
+		return strings.Compare(a.key, b.key)
+	})
+	// End the page on a position boundary, so that the next page's From
+	// (last position + 1) skips no key.
+	end := min(len(cand), limit)
+	for end > 0 && end < len(cand) && cand[end].pos == cand[end-1].pos {
+		end++
+	}
+	resp := &wire.ScanResponse{More: end < len(cand)}
+	if resp.More {
+		resp.Next = cand[end-1].pos + 1
+	}
+	for _, c := range cand[:end] {
+		if req.Match != "" && !glob.Match(req.Match, c.key) {
+			continue
+		}
+		resp.Keys = append(resp.Keys, c.key)
+		if !req.KeysOnly {
+			resp.Values = append(resp.Values, kv[c.key].value)
+		}
+	}
+	return resp
 }
 
 func (n *Node) execSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {

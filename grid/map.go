@@ -19,6 +19,12 @@ type (
 	Entry = api.Entry
 	// NotOwnerError says which node owns a partition.
 	NotOwnerError = api.NotOwnerError
+	// SetArgs are the conditions and effects of Map.Set.
+	SetArgs = api.SetArgs
+	// SetResult is what Map.Set did and found.
+	SetResult = api.SetResult
+	// ExpireCond is Map.Expire's condition.
+	ExpireCond = api.ExpireCond
 )
 
 // Errors; match with errors.Is.
@@ -31,6 +37,17 @@ var (
 	ErrReplication   = api.ErrReplication
 	ErrStaleSequence = api.ErrStaleSequence
 	ErrClosed        = api.ErrClosed
+	ErrNotInteger    = api.ErrNotInteger
+	ErrOverflow      = api.ErrOverflow
+)
+
+// Expire conditions (Redis EXPIRE's NX, XX, GT and LT).
+const (
+	ExpireAlways    = api.ExpireAlways
+	ExpireIfNone    = api.ExpireIfNone
+	ExpireIfSet     = api.ExpireIfSet
+	ExpireIfGreater = api.ExpireIfGreater
+	ExpireIfLess    = api.ExpireIfLess
 )
 
 // WithTTL makes an entry expire ttl after the write.
@@ -56,6 +73,9 @@ func (e exec) ExecScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanRe
 }
 func (e exec) ExecSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {
 	return e.n.execSize(ctx, req)
+}
+func (e exec) ExecDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error) {
+	return e.n.execDeleteAll(ctx, req)
 }
 func (e exec) ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
 	return e.n.execClear(ctx, req)

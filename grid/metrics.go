@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,10 +23,17 @@ const (
 	opScan
 	opSize
 	opClear
+	opSet
+	opIncr
+	opAppend
+	opExpire
+	opTTL
+	opDeleteAll
 	numOps
 )
 
-var opNames = [numOps]string{"get", "put", "put_if_absent", "replace", "cas", "delete", "get_all", "put_all", "scan", "size", "clear"}
+var opNames = [numOps]string{"get", "put", "put_if_absent", "replace", "cas", "delete", "get_all", "put_all", "scan", "size", "clear",
+	"set", "incr", "append", "expire", "ttl", "delete_all"}
 
 // Results as metric labels.
 const (
@@ -102,8 +110,18 @@ func opIndex(op uint8) int {
 		return opReplace
 	case 6, 7:
 		return opCAS
-	case 8:
+	case wire.OpDelete, wire.OpGetDelete:
 		return opDelete
+	case wire.OpSet:
+		return opSet
+	case wire.OpIncr:
+		return opIncr
+	case wire.OpAppend:
+		return opAppend
+	case wire.OpExpire, wire.OpPersist:
+		return opExpire
+	case wire.OpTTL:
+		return opTTL
 	}
 	return opGet
 }

@@ -611,6 +611,12 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 			return nil, bad(err)
 		}
 		return n.execPutAll(ctx, &req)
+	case wire.MsgDeleteAll:
+		var req wire.DeleteAllRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execDeleteAll(ctx, &req)
 	case wire.MsgScan:
 		var req wire.ScanRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

@@ -31,6 +31,8 @@ const (
 	CodeReplication    Code = 10 // a synchronous backup did not acknowledge; the outcome is unknown
 	CodeUnknownMessage Code = 11 // the peer does not know the message type
 	CodeNoTarget       Code = 12 // a drain has no member left to hand data to
+	CodeNotInteger     Code = 13 // the value is not a decimal 64-bit integer
+	CodeOverflow       Code = 14 // an increment would overflow 64 bits
 )
 
 // Sentinel errors. Match with errors.Is; remote errors carrying the same code
@@ -49,6 +51,8 @@ var (
 	ErrReplication    = errors.New("grid: backup did not acknowledge; outcome unknown")
 	ErrUnknownMessage = errors.New("grid: unknown message type")
 	ErrNoTarget       = errors.New("grid: no member left to hand data to")
+	ErrNotInteger     = errors.New("grid: value is not an integer or out of range")
+	ErrOverflow       = errors.New("grid: increment or decrement would overflow")
 )
 
 var codeErr = map[Code]error{
@@ -64,6 +68,8 @@ var codeErr = map[Code]error{
 	CodeReplication:    ErrReplication,
 	CodeUnknownMessage: ErrUnknownMessage,
 	CodeNoTarget:       ErrNoTarget,
+	CodeNotInteger:     ErrNotInteger,
+	CodeOverflow:       ErrOverflow,
 }
 
 // Sentinel returns the sentinel error of code c, or nil for CodeOK and
@@ -196,4 +202,88 @@ type Map interface {
 	Scan(ctx context.Context, errp *error) iter.Seq2[string, []byte]
 	// Clear removes every entry.
 	Clear(ctx context.Context) error
+
+	// Set is the general write behind Put, PutIfAbsent and Replace, with
+	// Redis SET's options: see SetArgs and SetResult.
+	Set(ctx context.Context, key string, value []byte, args SetArgs) (SetResult, error)
+	// GetAndDelete removes key and returns the value it had
+	// (ErrNotFound if absent).
+	GetAndDelete(ctx context.Context, key string) ([]byte, error)
+	// DeleteAll removes keys and returns how many were present; the
+	// deletions of one partition are applied atomically. One round trip
+	// per node.
+	DeleteAll(ctx context.Context, keys []string) (int, error)
+	// Increment adds delta to the value of key, which must be a decimal
+	// 64-bit integer in canonical form (a missing key counts as 0), stores
+	// the result in the same form and returns it; the expiry is kept.
+	// ErrNotInteger and ErrOverflow leave the value unchanged.
+	Increment(ctx context.Context, key string, delta int64) (int64, error)
+	// Append appends suffix to the value of key (a missing key counts as
+	// empty) and returns the new length; the expiry is kept.
+	Append(ctx context.Context, key string, suffix []byte) (int, error)
+	// Expire makes key expire ttl from now if cond allows; a ttl <= 0
+	// deletes it. It reports whether it changed anything (false if key is
+	// absent or cond failed).
+	Expire(ctx context.Context, key string, ttl time.Duration, cond ExpireCond) (bool, error)
+	// Persist removes key's expiry; it reports whether key had one.
+	Persist(ctx context.Context, key string) (bool, error)
+	// TTL returns key's remaining time to live, 0 if it has no expiry,
+	// ErrNotFound if it is absent.
+	TTL(ctx context.Context, key string) (time.Duration, error)
+	// ScanKeys returns one page of the map's keys from a stateless cursor:
+	// start with 0, pass each returned cursor back, stop when it is 0. A key
+	// present for the whole scan is returned at least once, whatever
+	// happens to the map or the cluster in between; count is the amount of
+	// work per page (about count keys examined, 10 if <= 0), and match, if
+	// not empty, is a Redis glob that returned keys must match. See
+	// ScanCursor for the cursor's layout.
+	ScanKeys(ctx context.Context, cursor uint64, count int, match string) ([]string, uint64, error)
+}
+
+// SetArgs are Set's conditions and effects.
+type SetArgs struct {
+	// TTL, if positive, makes the entry expire TTL after the write.
+	TTL time.Duration
+	// KeepTTL keeps the entry's current expiry (TTL must be zero).
+	KeepTTL bool
+	// IfAbsent writes only if the key is absent (Redis NX).
+	IfAbsent bool
+	// IfPresent writes only if the key is present (Redis XX).
+	IfPresent bool
+	// ReturnOld returns the previous value in SetResult.Old (Redis GET).
+	ReturnOld bool
+}
+
+// SetResult is what Set did and found.
+type SetResult struct {
+	// Done: the value was written.
+	Done bool
+	// Found: the key was present before the call.
+	Found bool
+	// Old is the previous value, with SetArgs.ReturnOld (nil if absent).
+	Old []byte
+}
+
+// ExpireCond is Expire's condition.
+type ExpireCond uint8
+
+// Expire conditions, as Redis EXPIRE's NX, XX, GT and LT.
+const (
+	ExpireAlways    ExpireCond = 0
+	ExpireIfNone    ExpireCond = 1 // only if the key has no expiry
+	ExpireIfSet     ExpireCond = 2 // only if the key has an expiry
+	ExpireIfGreater ExpireCond = 3 // only if later than the current expiry (none counts as never)
+	ExpireIfLess    ExpireCond = 4 // only if sooner than the current expiry (none counts as never)
+)
+
+// ScanCursor builds a ScanKeys cursor: the partition in the top 16 bits, the
+// key position (affinity.ScanPosition) to resume from in the low 48. The
+// cursor after the last partition is 0.
+func ScanCursor(partition int, position uint64) uint64 {
+	return uint64(partition)<<48 | position&(1<<48-1)
+}
+
+// SplitScanCursor is the inverse of ScanCursor.
+func SplitScanCursor(c uint64) (partition int, position uint64) {
+	return int(c >> 48), c & (1<<48 - 1)
 }

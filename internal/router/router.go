@@ -30,6 +30,7 @@ type Executor interface {
 	ExecScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error)
 	ExecSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error)
 	ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error)
+	ExecDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error)
 }
 
 // Config wires a Router to its table and connections.
@@ -551,13 +552,19 @@ func (m *nodeMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byt
 }
 
 func (r *Router) scanPage(ctx context.Context, name string, part int32, after string) (*wire.ScanResponse, error) {
+	return r.scan(ctx, &wire.ScanRequest{Map: name, Partition: part, After: after, Limit: scanPage})
+}
+
+// scan sends one page request to the partition's primary, retrying
+// retryable failures. It sets req.Version.
+func (r *Router) scan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
 	ctx, cancel := r.withTimeout(ctx)
 	defer cancel()
 	for a := 0; ; a++ {
-		t, owner, addr, err := r.owner(ctx, int(part))
+		t, owner, addr, err := r.owner(ctx, int(req.Partition))
 		var resp *wire.ScanResponse
 		if err == nil {
-			req := &wire.ScanRequest{Version: t.Version, Map: name, Partition: part, After: after, Limit: scanPage}
+			req.Version = t.Version
 			if r.isLocal(owner) {
 				resp, err = r.cfg.Local.ExecScan(ctx, req)
 			} else {

@@ -9,8 +9,11 @@
 //	uint64 id       request id; a response carries its request's id
 //	[]byte body     msgpack encoding of the message struct (ErrorBody if FlagError)
 //
-// Compatibility: message types and error codes are append-only; struct
-// fields are encoded as arrays, so new fields are only ever appended.
+// Compatibility: message types, operations and error codes are append-only.
+// Structs are encoded as msgpack arrays, and msgpack v5 refuses an array
+// whose length differs from the struct's field count, so adding a field is a
+// breaking change: until a versioned handshake exists, every member and
+// client of a cluster must run the same build.
 package wire
 
 import (

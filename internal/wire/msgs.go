@@ -22,6 +22,7 @@ const (
 	MsgSubscribe  uint8 = 13 // SubscribeRequest -> Ack: push invalidations of a map on this connection
 	MsgInvalidate uint8 = 14 // Invalidation, one-way from a node to a subscribed client (id 0, no answer)
 	MsgLease      uint8 = 15 // LeaseRequest -> LeaseResponse (to the table authority's leader)
+	MsgDeleteAll  uint8 = 16 // DeleteAllRequest -> DeleteAllResponse
 )
 
 // Map operations carried by MapRequest.Op.
@@ -34,14 +35,39 @@ const (
 	OpCAS         uint8 = 6
 	OpCASVersion  uint8 = 7
 	OpDelete      uint8 = 8
-	opMax         uint8 = 8
+	OpSet         uint8 = 9  // Flags: SetIfAbsent, SetIfPresent, SetReturnOld, SetKeepTTL
+	OpGetDelete   uint8 = 10 // delete, answering the old value
+	OpIncr        uint8 = 11 // add Delta to a decimal integer value; Int is the result
+	OpAppend      uint8 = 12 // append Value; Int is the new length
+	OpExpire      uint8 = 13 // set the expiry to TTL from now (<= 0 deletes); Flags: ExpireXxx
+	OpPersist     uint8 = 14 // remove the expiry
+	OpTTL         uint8 = 15 // read the remaining time to live (TTL; 0: none)
+	opMax         uint8 = 15
+)
+
+// OpSet flags.
+const (
+	SetIfAbsent  uint8 = 1 << 0 // only if the key is absent (Redis NX)
+	SetIfPresent uint8 = 1 << 1 // only if the key is present (Redis XX)
+	SetReturnOld uint8 = 1 << 2 // answer the previous value (Redis GET)
+	SetKeepTTL   uint8 = 1 << 3 // keep the current expiry (Redis KEEPTTL)
+)
+
+// OpExpire conditions (Flags); zero sets unconditionally.
+const (
+	ExpireIfNone    uint8 = 1 // only if the key has no expiry (Redis NX)
+	ExpireIfSet     uint8 = 2 // only if the key has an expiry (Redis XX)
+	ExpireIfGreater uint8 = 3 // only if the new expiry is later (Redis GT; none counts as infinite)
+	ExpireIfLess    uint8 = 4 // only if the new expiry is sooner (Redis LT)
 )
 
 // ValidOp reports whether op is a known map operation.
 func ValidOp(op uint8) bool { return op >= OpGet && op <= opMax }
 
-// IsMutation reports whether op changes the map.
-func IsMutation(op uint8) bool { return op >= OpPut && op <= opMax }
+// IsMutation reports whether op may change the map.
+func IsMutation(op uint8) bool {
+	return op >= OpPut && op <= opMax && op != OpTTL
+}
 
 // Session identifies a client's mutation for at-most-once application.
 // Client 0 means no deduplication. Low is the client's lowest sequence
@@ -67,18 +93,24 @@ type MapRequest struct {
 	ExpectedVersion uint64
 	TTL             int64 // nanoseconds; <= 0 means none
 	Session         Session
+	Flags           uint8 // OpSet and OpExpire options
+	Delta           int64 // OpIncr
 }
 
-// MapResponse answers a MapRequest. Found: the key was present (Get,
-// GetEntry, Delete) ; Done: the conditional write happened (PutIfAbsent,
-// Replace, CAS); Value: the value read, or the existing value of a failed
-// PutIfAbsent; Version: the entry's version.
+// MapResponse answers a MapRequest. Found: the key was present; Done: the
+// (conditional) write happened; Value: the value read, the existing value of
+// a failed PutIfAbsent, or the old value of OpSet with SetReturnOld and of
+// OpGetDelete; Version: the entry's version; TTL: OpTTL's remaining time to
+// live in nanoseconds (0: no expiry); Int: OpIncr's new value, OpAppend's
+// new length.
 type MapResponse struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Found    bool
 	Done     bool
 	Value    []byte
 	Version  uint64
+	TTL      int64
+	Int      int64
 }
 
 // ErrorBody is the body of a frame with FlagError.
@@ -150,14 +182,37 @@ type PutAllRequest struct {
 	Session    Session
 }
 
+// DeleteAllRequest deletes many keys grouped by partition; the deletions of
+// one partition form one atomic replicated record.
+type DeleteAllRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Map        string
+	Partitions []int32
+	Keys       [][]string
+	Session    Session
+}
+
+// DeleteAllResponse answers a DeleteAllRequest: per partition, an error body
+// (Code 0: done) and how many of its keys were present.
+type DeleteAllResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Errs     []ErrorBody
+	Counts   []int64
+}
+
 // PartsResponse carries one error body per requested partition (Code 0: done).
 type PartsResponse struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Errs     []ErrorBody
 }
 
-// ScanRequest asks a partition's primary for up to Limit entries with keys
-// greater than After, in key order.
+// ScanRequest asks a partition's primary for a page of entries. In key
+// order (Hashed false): up to Limit entries with keys greater than After.
+// In hash order (Hashed true): the entries whose KeyHash is at least From,
+// lowest hash first; the page examines about Limit keys and always ends on a
+// hash boundary, and keys not matching the glob Match (if not empty) are
+// left out of it. KeysOnly leaves Values empty.
 type ScanRequest struct {
 	_msgpack  struct{} `msgpack:",as_array"`
 	Version   uint64
@@ -165,14 +220,20 @@ type ScanRequest struct {
 	Partition int32
 	After     string
 	Limit     int32
+	Hashed    bool
+	From      uint64
+	Match     string
+	KeysOnly  bool
 }
 
-// ScanResponse is one page of a scan. More reports whether keys remain.
+// ScanResponse is one page of a scan. More reports whether keys remain; in
+// hash order, Next is the From of the following page.
 type ScanResponse struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Keys     []string
 	Values   [][]byte
 	More     bool
+	Next     uint64
 }
 
 // SizeRequest counts a map's entries in the listed partitions.

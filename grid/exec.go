@@ -283,7 +283,7 @@ func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []
 	case wire.OpIncr:
 		var cur int64
 		if e != nil {
-			v, ok := ParseInt(e.value)
+			v, ok := api.ParseInt(e.value)
 			if !ok {
 				return wire.MapResponse{}, nil, api.ErrNotInteger
 			}
@@ -327,6 +327,8 @@ func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []
 			ok = cur != 0 && at > cur
 		case wire.ExpireIfLess:
 			ok = cur == 0 || at < cur
+		case wire.ExpireIfSetLess:
+			ok = cur != 0 && at < cur
 		case 0:
 			ok = true
 		default:
@@ -346,46 +348,6 @@ func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []
 		return wire.MapResponse{Found: true, Done: true}, set(e.value, 0), nil
 	}
 	return wire.MapResponse{}, nil, fmt.Errorf("%w: op %d is not a mutation", api.ErrBadRequest, req.Op)
-}
-
-// ParseInt parses a value the way Redis parses an integer argument or an
-// INCR operand: optional '-', then decimal digits without leading zeros
-// ("0" itself, but not "-0"), within int64.
-func ParseInt(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 20 {
-		return 0, false
-	}
-	if len(b) == 1 && b[0] == '0' {
-		return 0, true
-	}
-	neg := b[0] == '-'
-	d := b
-	if neg {
-		d = b[1:]
-	}
-	if len(d) == 0 || d[0] < '1' || d[0] > '9' {
-		return 0, false
-	}
-	var u uint64
-	for _, c := range d {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		if u > (math.MaxUint64-9)/10 {
-			return 0, false
-		}
-		u = u*10 + uint64(c-'0')
-	}
-	if neg {
-		if u > 1<<63 {
-			return 0, false
-		}
-		return -int64(u), true
-	}
-	if u > math.MaxInt64 {
-		return 0, false
-	}
-	return int64(u), true
 }
 
 // read serves Get and GetEntry: only committed values are returned.

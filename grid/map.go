@@ -48,6 +48,8 @@ const (
 	ExpireIfSet     = api.ExpireIfSet
 	ExpireIfGreater = api.ExpireIfGreater
 	ExpireIfLess    = api.ExpireIfLess
+	// ExpireIfSetAndLess is Redis's XX LT.
+	ExpireIfSetAndLess = api.ExpireIfSetAndLess
 )
 
 // WithTTL makes an entry expire ttl after the write.

@@ -12,6 +12,9 @@
 //
 // HTTP (-http): GET /healthz, GET /v1/cluster (JSON), GET /metrics
 // (Prometheus), and /debug/pprof/ with -pprof.
+//
+// Redis protocol (-resp host:port, off by default): redis-cli and every
+// Redis client work against the node's maps; see docs/redis.md.
 package main
 
 import (
@@ -31,6 +34,7 @@ import (
 
 	"github.com/collocate/grid/cluster"
 	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/resp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.yaml.in/yaml/v3"
@@ -90,11 +94,25 @@ func run(args []string, stderr io.Writer) int {
 			}
 		}()
 	}
+	var rs *resp.Server
+	if opts.resp != "" {
+		rcfg := resp.DefaultConfig()
+		rcfg.Addr, rcfg.DefaultMap, rcfg.Logger = opts.resp, opts.respMap, log
+		if rs, err = resp.Listen(node, rcfg); err != nil {
+			fmt.Fprintln(stderr, "gridnode: -resp:", err)
+			_ = node.Close(ctx)
+			return 1
+		}
+	}
 	log.Info("serving", "name", node.Name(), "rpc", node.RPCAddr(), "gossip", node.GossipAddr(),
-		"http", cfg.HTTPAddr, "partitions", cfg.Partitions, "backups", cfg.Backups)
+		"http", cfg.HTTPAddr, "resp", respAddr(rs), "partitions", cfg.Partitions, "backups", cfg.Backups)
 
 	<-ctx.Done()
 	stop() // a second signal now kills the process
+	if rs != nil {
+		// Redis clients reconnect elsewhere while this node hands its data over.
+		_ = rs.Close()
+	}
 	log.Info("leaving the cluster", "timeout", opts.leaveTimeout)
 	leaveCtx, cancel := context.WithTimeout(context.Background(), opts.leaveTimeout)
 	defer cancel()
@@ -108,8 +126,17 @@ func run(args []string, stderr io.Writer) int {
 	return 0
 }
 
+func respAddr(rs *resp.Server) string {
+	if rs == nil {
+		return ""
+	}
+	return rs.Addr().String()
+}
+
 type options struct {
 	cfg          grid.Config
+	resp         string
+	respMap      string
 	level        slog.Level
 	http         string
 	pprof        bool
@@ -135,6 +162,8 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofOn := fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP address")
 	leave := fs.Duration("leave-timeout", 20*time.Second, "how long a graceful leave may take to hand data over")
+	respFlag := fs.String("resp", "", "Redis protocol host:port (for example 127.0.0.1:6379); empty disables")
+	respMap := fs.String("resp-map", resp.DefaultConfig().DefaultMap, "map that Redis connections use before SELECT")
 
 	envKey := func(name string) string { return "GRID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
 	// The config file's path may come from a flag or the environment.
@@ -195,6 +224,13 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 			return o, fmt.Errorf("-http %q: %v", *httpAddr, err)
 		}
 	}
+	if *respFlag != "" {
+		rc := resp.DefaultConfig()
+		rc.Addr, rc.DefaultMap = *respFlag, *respMap
+		if err := rc.Validate(); err != nil {
+			return o, fmt.Errorf("-resp: %v", err)
+		}
+	}
 	if *leave <= 0 {
 		return o, fmt.Errorf("-leave-timeout %v: must be positive", *leave)
 	}
@@ -202,6 +238,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 		return o, err
 	}
 	o.cfg, o.http, o.pprof, o.leaveTimeout = cfg, *httpAddr, *pprofOn, *leave
+	o.resp, o.respMap = *respFlag, *respMap
 	return o, nil
 }
 

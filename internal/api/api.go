@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"math"
 	"time"
 )
 
@@ -274,6 +275,9 @@ const (
 	ExpireIfSet     ExpireCond = 2 // only if the key has an expiry
 	ExpireIfGreater ExpireCond = 3 // only if later than the current expiry (none counts as never)
 	ExpireIfLess    ExpireCond = 4 // only if sooner than the current expiry (none counts as never)
+	// ExpireIfSetAndLess: only if the key has an expiry and the new one is
+	// sooner (Redis XX LT).
+	ExpireIfSetAndLess ExpireCond = 5
 )
 
 // ScanCursor builds a ScanKeys cursor: the partition in the top 16 bits, the
@@ -286,4 +290,44 @@ func ScanCursor(partition int, position uint64) uint64 {
 // SplitScanCursor is the inverse of ScanCursor.
 func SplitScanCursor(c uint64) (partition int, position uint64) {
 	return int(c >> 48), c & (1<<48 - 1)
+}
+
+// ParseInt parses a value the way Redis parses an integer argument or an
+// INCR operand: optional '-', then decimal digits without leading zeros
+// ("0" itself, but not "-0"), within int64.
+func ParseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	if len(b) == 1 && b[0] == '0' {
+		return 0, true
+	}
+	neg := b[0] == '-'
+	d := b
+	if neg {
+		d = b[1:]
+	}
+	if len(d) == 0 || d[0] < '1' || d[0] > '9' {
+		return 0, false
+	}
+	var u uint64
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if u > (math.MaxUint64-9)/10 {
+			return 0, false
+		}
+		u = u*10 + uint64(c-'0')
+	}
+	if neg {
+		if u > 1<<63 {
+			return 0, false
+		}
+		return -int64(u), true
+	}
+	if u > math.MaxInt64 {
+		return 0, false
+	}
+	return int64(u), true
 }

@@ -79,7 +79,7 @@ func (m *nodeMap) Append(ctx context.Context, key string, suffix []byte) (int, e
 }
 
 func (m *nodeMap) Expire(ctx context.Context, key string, ttl time.Duration, cond api.ExpireCond) (bool, error) {
-	if cond > api.ExpireIfLess {
+	if cond > api.ExpireIfSetAndLess {
 		return false, fmt.Errorf("%w: expire condition %d", api.ErrBadRequest, cond)
 	}
 	r := m.req(wire.OpExpire, key)

@@ -59,6 +59,7 @@ const (
 	ExpireIfSet     uint8 = 2 // only if the key has an expiry (Redis XX)
 	ExpireIfGreater uint8 = 3 // only if the new expiry is later (Redis GT; none counts as infinite)
 	ExpireIfLess    uint8 = 4 // only if the new expiry is sooner (Redis LT)
+	ExpireIfSetLess uint8 = 5 // only if the key has an expiry and the new one is sooner (Redis XX LT)
 )
 
 // ValidOp reports whether op is a known map operation.

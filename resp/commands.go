@@ -110,11 +110,12 @@ func lookup(args [][]byte) *cmdSpec {
 func unknownCommand(args [][]byte) string {
 	var b strings.Builder
 	for _, a := range args[1:] {
-		if b.Len() >= 128 {
+		room := 128 - b.Len()
+		if room <= 0 {
 			break
 		}
 		b.WriteByte('\'')
-		b.Write(a[:min(len(a), 128-b.Len())])
+		b.Write(a[:min(len(a), room)])
 		b.WriteString("' ")
 	}
 	name := args[0][:min(len(args[0]), 128)]
@@ -214,10 +215,11 @@ func expiry(c *conn, arg []byte, unit int64, abs bool, cmdName string, allowNonP
 	} else if ms > math.MaxInt64-now {
 		return 0, invalid
 	}
-	// Nanoseconds must not overflow, and the primary adds its clock: clamp
-	// expiries beyond the year 2200 (time.Duration's range ends in 2262).
-	const maxMS = int64(100*365*24*time.Hour) / int64(time.Millisecond)
-	ms = min(ms, maxMS*1)
+	// The grid keeps expiries as unix nanoseconds, which end in the year
+	// 2262: later expiries are clamped to a day before that (the margin
+	// absorbs clock differences between this node and the primary).
+	maxMS := math.MaxInt64/int64(time.Millisecond) - now - int64(24*time.Hour/time.Millisecond)
+	ms = min(ms, maxMS)
 	ms = max(ms, -maxMS)
 	return time.Duration(ms) * time.Millisecond, ""
 }

@@ -79,7 +79,7 @@ func TestReaderFragmented(t *testing.T) {
 
 func TestReaderErrors(t *testing.T) {
 	cases := map[string]string{
-		"*1\r\n$9223372036854775807\r\n": "invalid bulk length",
+		"*1\r\n$9223372036854775807\r\n":  "invalid bulk length",
 		"*1\r\n$99999999999999999999\r\n": "invalid bulk length",
 		"*1\r\n$3\r\nGETxx":               "invalid bulk length",
 		"*1\r\n$2000000\r\n":              "invalid bulk length", // over maxBulk

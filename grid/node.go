@@ -26,6 +26,7 @@ import (
 	"github.com/collocate/grid/internal/router"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
+	"github.com/collocate/grid/internal/workpool"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -148,6 +149,7 @@ type Node struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	wg      sync.WaitGroup
+	workers *workpool.Pool // runs requests; counted in wg
 	closing sync.Once
 	closed  atomic.Bool
 }
@@ -203,6 +205,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		done:      make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.workers = workpool.New(n.ctx.Done(), &n.wg, 10*time.Second)
 	n.base = time.Now()
 	n.metrics = newMetrics(n, cfg.Registerer)
 	for i := range n.parts {
@@ -575,9 +578,7 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 		c.Reply(f.Type, f.ID, &wire.Ack{})
 		return
 	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
+	n.workers.Go(func() {
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
 		defer cancel()
 		resp, err := n.serve(ctx, f)
@@ -586,7 +587,7 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 			return
 		}
 		c.Reply(f.Type, f.ID, resp)
-	}()
+	})
 }
 
 func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {

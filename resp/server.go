@@ -35,6 +35,7 @@ import (
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/workpool"
 )
 
 // Config configures a RESP endpoint.
@@ -113,6 +114,7 @@ type Server struct {
 	rejected  atomic.Int64
 	commands  atomic.Int64
 	maps      sync.Map // name -> grid.Map, so a hot path does not allocate one per command
+	workers   *workpool.Pool
 	closeOnce sync.Once
 }
 
@@ -136,6 +138,9 @@ func Listen(node *grid.Node, cfg Config) (*Server, error) {
 		runID: fmt.Sprintf("%040x", time.Now().UnixNano()),
 		conns: map[*conn]struct{}{},
 	}
+	// Pipelined commands of other partitions run on pooled goroutines
+	// whose stacks have already grown.
+	s.workers = workpool.New(ctx.Done(), &s.wg, 10*time.Second)
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -415,10 +420,10 @@ func (c *conn) runParallel(cmds []command, replies [][]byte) {
 			break
 		}
 		wg.Add(1)
-		go func() {
+		c.s.workers.Go(func() {
 			defer wg.Done()
 			run()
-		}()
+		})
 	}
 	wg.Wait()
 }

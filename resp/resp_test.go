@@ -325,8 +325,9 @@ func TestPipelineOrder(t *testing.T) {
 	}
 }
 
-// TestWritesSurviveNodeKill writes through RESP on every node while one node
-// is killed: every acknowledged write must be readable afterwards.
+// TestWritesSurviveNodeKill writes through RESP on two nodes while the third
+// is killed and then restarted (a new member joins and partitions move to
+// it): every acknowledged write must be readable afterwards.
 func TestWritesSurviveNodeKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")
@@ -363,6 +364,8 @@ func TestWritesSurviveNodeKill(t *testing.T) {
 	_ = c.srvs[0].Close()
 	c.srvs[0] = nil
 	c.Kill(0)
+	time.Sleep(2500 * time.Millisecond)
+	c.Restart(0)
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()
@@ -396,4 +399,45 @@ func requireTool(t *testing.T, err error, tool string) {
 		t.Fatalf("%s is required (GRID_REQUIRE_REDIS is set): %v", tool, err)
 	}
 	t.Skipf("%s not installed: %v", tool, err)
+}
+
+// TestLimitsAndClose checks MaxClients, the idle timeout, and that Close
+// ends open connections.
+func TestLimitsAndClose(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 1, nil)
+	c.WaitStable(30 * time.Second)
+	cfg := resp.DefaultConfig()
+	cfg.Addr, cfg.MaxClients, cfg.IdleTimeout = "127.0.0.1:0", 2, 300*time.Millisecond
+	cfg.Logger = c.Logger(0)
+	if err := (resp.Config{}).Validate(); err == nil {
+		t.Fatal("zero Config validated")
+	}
+	s, err := resp.Listen(c.Nodes[0], cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := s.Addr().String()
+	a, b := dialRaw(t, addr), dialRaw(t, addr)
+	if a.do("PING") != "+PONG\r\n" || b.do("PING") != "+PONG\r\n" {
+		t.Fatal("ping")
+	}
+	third := dialRaw(t, addr)
+	if r, err := third.reply(); err != nil || r != "-ERR max number of clients reached\r\n" {
+		t.Fatalf("third client: %q %v", r, err)
+	}
+	if !a.closed() { // idle for longer than IdleTimeout
+		t.Fatal("idle connection not closed")
+	}
+	d := dialRaw(t, addr)
+	if d.do("PING") != "+PONG\r\n" {
+		t.Fatal("a slot must free up after the idle close")
+	}
+	_ = s.Close()
+	if !d.closed() {
+		t.Fatal("Close must end open connections")
+	}
 }

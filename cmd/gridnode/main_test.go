@@ -74,3 +74,22 @@ func TestConfigFilePrecedence(t *testing.T) {
 		t.Fatal("missing file accepted")
 	}
 }
+
+func TestParseResp(t *testing.T) {
+	env := map[string]string{"GRID_RESP": "127.0.0.1:6379", "GRID_RESP_MAP": "cache"}
+	o, err := parse(nil, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.resp != "127.0.0.1:6379" || o.respMap != "cache" {
+		t.Fatalf("GRID_RESP: %q %q", o.resp, o.respMap)
+	}
+	if o, err = parse(nil, func(string) string { return "" }, io.Discard); err != nil || o.resp != "" || o.respMap != "db0" {
+		t.Fatalf("default: RESP must be off on db0: %q %q %v", o.resp, o.respMap, err)
+	}
+	for _, args := range [][]string{{"-resp", "nonsense"}, {"-resp", "127.0.0.1:6379", "-resp-map", ""}} {
+		if _, err := parse(args, func(string) string { return "" }, io.Discard); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}

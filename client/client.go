@@ -47,6 +47,10 @@ type (
 	SetResult = api.SetResult
 	// ExpireCond is Map.Expire's condition.
 	ExpireCond = api.ExpireCond
+	// BatchOp is one operation of Map.Batch.
+	BatchOp = api.BatchOp
+	// BatchResult is the outcome of one BatchOp.
+	BatchResult = api.BatchResult
 	// Typed is a typed view of a Map.
 	Typed[K comparable, V any] = api.Typed[K, V]
 	// Codec turns values into bytes and back.
@@ -74,6 +78,9 @@ const (
 	ExpireIfSet     = api.ExpireIfSet
 	ExpireIfGreater = api.ExpireIfGreater
 	ExpireIfLess    = api.ExpireIfLess
+	// Batch operations.
+	BatchGet = api.BatchGet
+	BatchSet = api.BatchSet
 	// ExpireIfSetAndLess is Redis's XX LT.
 	ExpireIfSetAndLess = api.ExpireIfSetAndLess
 )

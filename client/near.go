@@ -222,6 +222,22 @@ func (m *nearMap) Expire(ctx context.Context, key string, ttl time.Duration, con
 	return ok, err
 }
 
+// Batch passes through the near cache: it neither reads from nor fills it,
+// and it invalidates the keys it writes.
+func (m *nearMap) Batch(ctx context.Context, ops []BatchOp) (res []BatchResult) {
+	var keys []string
+	for _, op := range ops {
+		if op.Kind != BatchGet {
+			keys = append(keys, op.Key)
+		}
+	}
+	_ = m.write(keys, false, func() error {
+		res = m.Map.Batch(ctx, ops)
+		return nil
+	})
+	return res
+}
+
 func (m *nearMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byte] {
 	return m.Map.Scan(ctx, errp)
 }

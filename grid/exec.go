@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -348,6 +349,44 @@ func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []
 		return wire.MapResponse{Found: true, Done: true}, set(e.value, 0), nil
 	}
 	return wire.MapResponse{}, nil, fmt.Errorf("%w: op %d is not a mutation", api.ErrBadRequest, req.Op)
+}
+
+// execMapBatch serves a batch of single-key requests: in order within a
+// partition, partitions in parallel on the node's workers.
+func (n *Node) execMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wire.MapBatchResponse, error) {
+	if len(req.Reqs) > wire.MaxBatch {
+		return nil, fmt.Errorf("%w: batch of %d requests (max %d)", api.ErrBadRequest, len(req.Reqs), wire.MaxBatch)
+	}
+	resp := &wire.MapBatchResponse{Resps: make([]wire.MapResponse, len(req.Reqs)), Errs: make([]wire.ErrorBody, len(req.Reqs))}
+	run := func(idx []int) {
+		for _, i := range idx {
+			r, err := n.execMap(ctx, &req.Reqs[i])
+			resp.Resps[i], resp.Errs[i] = r, wire.ErrBody(err)
+		}
+	}
+	groups := map[int32][]int{}
+	var order []int32
+	for i := range req.Reqs {
+		p := req.Reqs[i].Partition
+		if _, ok := groups[p]; !ok {
+			order = append(order, p)
+		}
+		groups[p] = append(groups[p], i)
+	}
+	var wg sync.WaitGroup
+	for gi, p := range order {
+		if gi == len(order)-1 {
+			run(groups[p])
+			break
+		}
+		wg.Add(1)
+		n.workers.Go(func() {
+			defer wg.Done()
+			run(groups[p])
+		})
+	}
+	wg.Wait()
+	return resp, nil
 }
 
 // read serves Get and GetEntry: only committed values are returned.

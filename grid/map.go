@@ -25,6 +25,10 @@ type (
 	SetResult = api.SetResult
 	// ExpireCond is Map.Expire's condition.
 	ExpireCond = api.ExpireCond
+	// BatchOp is one operation of Map.Batch.
+	BatchOp = api.BatchOp
+	// BatchResult is the outcome of one BatchOp.
+	BatchResult = api.BatchResult
 )
 
 // Errors; match with errors.Is.
@@ -48,6 +52,9 @@ const (
 	ExpireIfSet     = api.ExpireIfSet
 	ExpireIfGreater = api.ExpireIfGreater
 	ExpireIfLess    = api.ExpireIfLess
+	// Batch operations.
+	BatchGet = api.BatchGet
+	BatchSet = api.BatchSet
 	// ExpireIfSetAndLess is Redis's XX LT.
 	ExpireIfSetAndLess = api.ExpireIfSetAndLess
 )
@@ -75,6 +82,9 @@ func (e exec) ExecScan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanRe
 }
 func (e exec) ExecSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {
 	return e.n.execSize(ctx, req)
+}
+func (e exec) ExecMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wire.MapBatchResponse, error) {
+	return e.n.execMapBatch(ctx, req)
 }
 func (e exec) ExecDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error) {
 	return e.n.execDeleteAll(ctx, req)

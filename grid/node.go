@@ -612,6 +612,12 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 			return nil, bad(err)
 		}
 		return n.execPutAll(ctx, &req)
+	case wire.MsgMapBatch:
+		var req wire.MapBatchRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execMapBatch(ctx, &req)
 	case wire.MsgDeleteAll:
 		var req wire.DeleteAllRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

@@ -255,3 +255,47 @@ func TestScanKeysCursor(t *testing.T) {
 		t.Fatalf("bad cursor: %v", err)
 	}
 }
+
+// TestBatch runs Map.Batch through every node: one request per owner, ops
+// of a partition in order, per-op errors.
+func TestBatch(t *testing.T) {
+	c := threeNodes(t)
+	ctx := ctxT(t, 30*time.Second)
+	for i, n := range c.Nodes {
+		m := n.Map("batch")
+		var ops []grid.BatchOp
+		for k := range 50 {
+			key := fmt.Sprintf("n%d:k%d", i, k)
+			ops = append(ops,
+				grid.BatchOp{Kind: grid.BatchGet, Key: key},
+				grid.BatchOp{Kind: grid.BatchSet, Key: key, Value: []byte("a")},
+				grid.BatchOp{Kind: grid.BatchSet, Key: key, Value: []byte("b"), Set: grid.SetArgs{ReturnOld: true}},
+				grid.BatchOp{Kind: grid.BatchSet, Key: key, Value: []byte("c"), Set: grid.SetArgs{IfAbsent: true}},
+				grid.BatchOp{Kind: grid.BatchGet, Key: key},
+			)
+		}
+		ops = append(ops, grid.BatchOp{Kind: grid.BatchSet, Key: "bad", Set: grid.SetArgs{IfAbsent: true, IfPresent: true}})
+		res := m.Batch(ctx, ops)
+		if len(res) != len(ops) {
+			t.Fatalf("%d results for %d ops", len(res), len(ops))
+		}
+		for j := 0; j+5 <= len(ops); j += 5 {
+			r := res[j : j+5]
+			for _, x := range r {
+				if x.Err != nil {
+					t.Fatalf("op error: %v", x.Err)
+				}
+			}
+			if r[0].Found || !r[1].Done || r[1].Found || !r[2].Done || string(r[2].Value) != "a" ||
+				r[3].Done || !r[3].Found || !r[4].Found || string(r[4].Value) != "b" {
+				t.Fatalf("ops of %s out of order: %+v", ops[j].Key, r)
+			}
+		}
+		if !errors.Is(res[len(res)-1].Err, grid.ErrBadRequest) {
+			t.Fatalf("bad op: %v", res[len(res)-1].Err)
+		}
+	}
+	if err := c.CheckReplicas(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -206,7 +206,8 @@ func expiry(c *conn, arg []byte, unit int64, abs bool, cmdName string, allowNonP
 		return 0, invalid
 	}
 	ms := v * unit
-	now := time.Now().UnixMilli()
+	nowNS := time.Now().UnixNano()
+	now := nowNS / int64(time.Millisecond)
 	if abs {
 		if ms < 0 && !allowNonPositive {
 			return 0, invalid
@@ -219,17 +220,22 @@ func expiry(c *conn, arg []byte, unit int64, abs bool, cmdName string, allowNonP
 	// 2262: later expiries are clamped to a day before that (the margin
 	// absorbs clock differences between this node and the primary).
 	maxMS := math.MaxInt64/int64(time.Millisecond) - now - int64(24*time.Hour/time.Millisecond)
-	ms = min(ms, maxMS)
-	ms = max(ms, -maxMS)
+	if ms >= maxMS || ms <= -maxMS {
+		return time.Duration(max(min(ms, maxMS), -maxMS)) * time.Millisecond, ""
+	}
+	if abs {
+		// Exact to the nanosecond, so that PEXPIRETIME gives back the
+		// millisecond asked for.
+		return time.Duration(v*unit*int64(time.Millisecond) - nowNS), ""
+	}
 	return time.Duration(ms) * time.Millisecond, ""
 }
 
-func cmdSet(c *conn, cmd *command, out []byte) []byte {
+func parseSet(c *conn, a [][]byte) (api.SetArgs, string) {
 	var args api.SetArgs
 	var expArg []byte
 	var unit int64
 	var abs, ex bool
-	a := cmd.args
 	for j := 3; j < len(a); j++ {
 		opt := a[j]
 		hasNext := j+1 < len(a)
@@ -255,31 +261,44 @@ func cmdSet(c *conn, cmd *command, out []byte) []byte {
 			expArg, unit, abs, ex = a[j+1], 1, true, true
 			j++
 		default:
-			return appendError(out, errSyntax)
+			return args, errSyntax
 		}
 	}
 	if ex {
 		ttl, msg := expiry(c, expArg, unit, abs, "set", false)
 		if msg != "" {
-			return appendError(out, msg)
+			return args, msg
 		}
 		// An absolute time in the past writes a key that is expired at once.
 		args.TTL = max(ttl, time.Nanosecond)
 	}
-	r, err := cmd.m.Set(c.s.ctx, string(a[1]), a[2], args)
+	return args, ""
+}
+
+// setReply formats SET's answer.
+func setReply(out []byte, proto int, args api.SetArgs, done, found bool, old []byte) []byte {
+	if args.ReturnOld {
+		if !found {
+			return appendNull(out, proto)
+		}
+		return appendBulk(out, old)
+	}
+	if !done {
+		return appendNull(out, proto)
+	}
+	return appendSimple(out, "OK")
+}
+
+func cmdSet(c *conn, cmd *command, out []byte) []byte {
+	args, msg := parseSet(c, cmd.args)
+	if msg != "" {
+		return appendError(out, msg)
+	}
+	r, err := cmd.m.Set(c.s.ctx, string(cmd.args[1]), cmd.args[2], args)
 	if err != nil {
 		return errReply(out, err)
 	}
-	if args.ReturnOld {
-		if !r.Found {
-			return appendNull(out, c.proto)
-		}
-		return appendBulk(out, r.Old)
-	}
-	if !r.Done {
-		return appendNull(out, c.proto)
-	}
-	return appendSimple(out, "OK")
+	return setReply(out, c.proto, args, r.Done, r.Found, r.Old)
 }
 
 func cmdSetNX(c *conn, cmd *command, out []byte) []byte {
@@ -514,15 +533,16 @@ func cmdTTL(c *conn, cmd *command, out []byte) []byte {
 		return appendInt(out, -1)
 	}
 	ms := (int64(ttl) + int64(time.Millisecond)/2) / int64(time.Millisecond)
+	at := (time.Now().UnixNano() + int64(ttl)) / int64(time.Millisecond)
 	switch cmd.spec.name {
 	case "ttl":
 		return appendInt(out, (ms+500)/1000)
 	case "pttl":
 		return appendInt(out, ms)
 	case "expiretime":
-		return appendInt(out, (time.Now().UnixMilli()+ms)/1000)
+		return appendInt(out, at/1000)
 	}
-	return appendInt(out, time.Now().UnixMilli()+ms)
+	return appendInt(out, at)
 }
 
 func cmdPersist(c *conn, cmd *command, out []byte) []byte {

@@ -399,6 +399,9 @@ func (c *conn) runParallel(cmds []command, replies [][]byte) {
 		replies[0] = c.execKeyed(&cmds[0], replies[0])
 		return
 	}
+	if c.runBatched(cmds, replies) {
+		return
+	}
 	groups := make(map[int][]int, len(cmds))
 	order := make([]int, 0, len(cmds))
 	for i := range cmds {
@@ -426,6 +429,48 @@ func (c *conn) runParallel(cmds []command, replies [][]byte) {
 		})
 	}
 	wg.Wait()
+}
+
+// runBatched runs a segment made only of GET and SET as one Map.Batch: one
+// request per owner node instead of one per command. It reports false (and
+// does nothing) if the segment has other commands.
+func (c *conn) runBatched(cmds []command, replies [][]byte) bool {
+	for i := range cmds {
+		if n := cmds[i].spec.name; n != "get" && n != "set" {
+			return false
+		}
+	}
+	ops := make([]api.BatchOp, 0, len(cmds))
+	idx := make([]int, 0, len(cmds))
+	for i := range cmds {
+		a := cmds[i].args
+		if cmds[i].spec.name == "get" {
+			ops = append(ops, api.BatchOp{Kind: api.BatchGet, Key: string(a[1])})
+		} else {
+			args, msg := parseSet(c, a)
+			if msg != "" {
+				replies[i] = appendError(replies[i], msg)
+				continue
+			}
+			ops = append(ops, api.BatchOp{Kind: api.BatchSet, Key: string(a[1]), Value: a[2], Set: args})
+		}
+		idx = append(idx, i)
+	}
+	res := cmds[0].m.Batch(c.s.ctx, ops)
+	for j, i := range idx {
+		r := &res[j]
+		switch {
+		case r.Err != nil:
+			replies[i] = errReply(replies[i], r.Err)
+		case ops[j].Kind == api.BatchGet && !r.Found:
+			replies[i] = appendNull(replies[i], c.proto)
+		case ops[j].Kind == api.BatchGet:
+			replies[i] = appendBulk(replies[i], r.Value)
+		default:
+			replies[i] = setReply(replies[i], c.proto, ops[j].Set, r.Done, r.Found, r.Value)
+		}
+	}
+	return true
 }
 
 func (c *conn) touch(name []byte) {

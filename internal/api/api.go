@@ -239,6 +239,36 @@ type Map interface {
 	// not empty, is a Redis glob that returned keys must match. See
 	// ScanCursor for the cursor's layout.
 	ScanKeys(ctx context.Context, cursor uint64, count int, match string) ([]string, uint64, error)
+	// Batch runs ops with one request per owner node (pipelining): ops on
+	// the same partition run in order, ops on different partitions may run
+	// in parallel. results[i] answers ops[i]; each op fails or succeeds on
+	// its own.
+	Batch(ctx context.Context, ops []BatchOp) []BatchResult
+}
+
+// BatchKind is the operation of a BatchOp.
+type BatchKind uint8
+
+// Batch operations.
+const (
+	BatchGet BatchKind = iota + 1 // Get: Found and Value
+	BatchSet                      // Set with SetArgs: Done, Found, and the old Value with ReturnOld
+)
+
+// BatchOp is one operation of Map.Batch.
+type BatchOp struct {
+	Kind  BatchKind
+	Key   string
+	Value []byte  // BatchSet
+	Set   SetArgs // BatchSet
+}
+
+// BatchResult is the outcome of one BatchOp.
+type BatchResult struct {
+	Found bool
+	Done  bool
+	Value []byte
+	Err   error
 }
 
 // SetArgs are Set's conditions and effects.

@@ -31,6 +31,7 @@ type Executor interface {
 	ExecSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error)
 	ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error)
 	ExecDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error)
+	ExecMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wire.MapBatchResponse, error)
 }
 
 // Config wires a Router to its table and connections.
@@ -165,18 +166,24 @@ func (r *Router) doMap(ctx context.Context, req *wire.MapRequest) (wire.MapRespo
 	if r.closed() {
 		return wire.MapResponse{}, api.ErrClosed
 	}
-	var cancel context.CancelFunc // set once ctx is bounded
-	defer func() {
-		if cancel != nil {
-			cancel()
-		}
-	}()
 	req.Partition = int32(affinity.Partition(req.Key, r.cfg.Partitions))
 	if wire.IsMutation(req.Op) {
 		seq, low := r.seqs.begin()
 		defer r.seqs.end(seq)
 		req.Session = wire.Session{Client: r.cfg.ClientID, Seq: seq, Low: low}
 	}
+	return r.send(ctx, req)
+}
+
+// send sends a request whose partition and session are set, retrying
+// retryable failures with the same session until ctx ends.
+func (r *Router) send(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
+	var cancel context.CancelFunc // set once ctx is bounded
+	defer func() {
+		if cancel != nil {
+			cancel()
+		}
+	}()
 	for a := 0; ; a++ {
 		t, name, addr, err := r.owner(ctx, int(req.Partition))
 		if err == nil {

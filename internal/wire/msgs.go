@@ -23,6 +23,7 @@ const (
 	MsgInvalidate uint8 = 14 // Invalidation, one-way from a node to a subscribed client (id 0, no answer)
 	MsgLease      uint8 = 15 // LeaseRequest -> LeaseResponse (to the table authority's leader)
 	MsgDeleteAll  uint8 = 16 // DeleteAllRequest -> DeleteAllResponse
+	MsgMapBatch   uint8 = 17 // MapBatchRequest -> MapBatchResponse
 )
 
 // Map operations carried by MapRequest.Op.
@@ -113,6 +114,25 @@ type MapResponse struct {
 	TTL      int64
 	Int      int64
 }
+
+// MapBatchRequest carries single-key requests for one node. Requests on
+// the same partition run in order; requests on different partitions may run
+// in parallel.
+type MapBatchRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Reqs     []MapRequest
+}
+
+// MapBatchResponse answers a MapBatchRequest: Resps[i] and Errs[i] answer
+// Reqs[i].
+type MapBatchResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Resps    []MapResponse
+	Errs     []ErrorBody
+}
+
+// MaxBatch bounds the requests of one MapBatchRequest.
+const MaxBatch = 4096
 
 // ErrorBody is the body of a frame with FlagError.
 type ErrorBody struct {

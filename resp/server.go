@@ -383,7 +383,7 @@ func (c *conn) runBatch(cmds []command) {
 		c.out = append(c.out, c.replies[i]...)
 	}
 	for i := range cmds {
-		if cap(c.replies[i]) > 64<<10 {
+		if cap(c.replies[i]) > 4<<10 {
 			c.replies[i] = nil
 		}
 	}

@@ -111,16 +111,7 @@ func (m *nodeMap) DeleteAll(ctx context.Context, keys []string) (int, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(resp.Counts) != len(resp.Errs) {
-			return nil, fmt.Errorf("%w: malformed DeleteAll response", api.ErrInternal)
-		}
-		errs := bodyErrs(resp.Errs)
-		for i, c := range resp.Counts {
-			if errs[i] == nil {
-				total.Add(c)
-			}
-		}
-		return errs, nil
+		return addCounts(&total, resp.Counts, resp.Errs, "DeleteAll")
 	})
 	return int(total.Load()), err
 }

@@ -57,10 +57,6 @@ type Config struct {
 	ClientID uint64
 	// Done closes when the owner shuts down: calls fail with ErrClosed.
 	Done <-chan struct{}
-	// OnWrite, if set, is called before a mutation of (map, key) is sent
-	// and after it returns (near caches invalidate there). key is "" for
-	// whole-map operations.
-	OnWrite func(mapName, key string)
 }
 
 // Router implements api.Map over a partition table.
@@ -498,18 +494,24 @@ func (m *nodeMap) Size(ctx context.Context) (int, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(resp.Counts) != len(resp.Errs) {
-			return nil, fmt.Errorf("%w: malformed Size response", api.ErrInternal)
-		}
-		errs := bodyErrs(resp.Errs)
-		for i, c := range resp.Counts {
-			if errs[i] == nil {
-				total.Add(c)
-			}
-		}
-		return errs, nil
+		return addCounts(&total, resp.Counts, resp.Errs, "Size")
 	})
 	return int(total.Load()), err
+}
+
+// addCounts adds the counts of the partitions that succeeded to total and
+// returns the per-partition errors.
+func addCounts(total *atomic.Int64, counts []int64, bodies []wire.ErrorBody, what string) ([]error, error) {
+	if len(counts) != len(bodies) {
+		return nil, fmt.Errorf("%w: malformed %s response", api.ErrInternal, what)
+	}
+	errs := bodyErrs(bodies)
+	for i, c := range counts {
+		if errs[i] == nil {
+			total.Add(c)
+		}
+	}
+	return errs, nil
 }
 
 func (m *nodeMap) Clear(ctx context.Context) error {

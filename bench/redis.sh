@@ -6,6 +6,7 @@
 #
 #   bench/redis.sh                 # 200000 requests per run
 #   REQUESTS=500000 bench/redis.sh
+#   NODES=1 bench/redis.sh         # one grid node: one copy, like Redis
 #
 # redis-benchmark connects to one grid node, which forwards the keys it
 # does not own; SPREAD=1 adds runs with three redis-benchmark processes,
@@ -13,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${REQUESTS:-200000}
+nodes=${NODES:-3}
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
@@ -23,7 +25,7 @@ go build -o "$tmp/gridnode" ./cmd/gridnode
 
 redis_port=16379
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$tmp/redis.log" 2>&1 &
-for i in 0 1 2; do
+for i in $(seq 0 $((nodes - 1))); do
   join=""
   [ "$i" -gt 0 ] && join="-join 127.0.0.1:17946"
   "$tmp/gridnode" -name "n$i" -rpc "127.0.0.1:$((17070 + i))" -gossip "127.0.0.1:$((17946 + i))" \
@@ -33,9 +35,9 @@ done
 for _ in $(seq 300); do
   if curl -sf 127.0.0.1:17080/v1/cluster | python3 -c '
 import json,sys
-c=json.load(sys.stdin)
-ok=all(not p["pending"] and len(p["backups"])==1 for p in c["partitions"]) and len({p["primary"] for p in c["partitions"]})==3
-sys.exit(0 if ok else 1)'; then break; fi
+c=json.load(sys.stdin); n=int(sys.argv[1])
+ok=all(not p["pending"] and len(p["backups"])==min(1,n-1) for p in c["partitions"]) and len({p["primary"] for p in c["partitions"]})==n
+sys.exit(0 if ok else 1)' "$nodes"; then break; fi
   sleep 0.1
 done
 redis-cli -p $redis_port ping >/dev/null
@@ -61,7 +63,7 @@ s=sum(float(r[0]) for r in rows); g=sum(float(r[3]) for r in rows)
 print(f"{s:.0f} - {max(float(r[2]) for r in rows)} {g:.0f} - {max(float(r[5]) for r in rows)}")'
 }
 
-printf "redis-benchmark -t set,get -c 50 -d 100 -r 100000 -n %s (rps; p50/p99 ms)\n\n" "$requests"
+printf "%s grid node(s); redis-benchmark -t set,get -c 50 -d 100 -r 100000 -n %s (rps; p50/p99 ms)\n\n" "$nodes" "$requests"
 printf "| test | pipeline | Redis rps | grid rps | grid/Redis | Redis p50/p99 ms | grid p50/p99 ms |\n"
 printf "|---|---|---|---|---|---|---|\n"
 for p in 1 16; do
@@ -75,7 +77,7 @@ for p in 1 16; do
       "${r[$((o + 1))]}" "${r[$((o + 2))]}" "${g[$((o + 1))]}" "${g[$((o + 2))]}"
   done
 done
-if [ "${SPREAD:-0}" = 1 ]; then
+if [ "${SPREAD:-0}" = 1 ] && [ "$nodes" = 3 ]; then
   echo
   echo "Spread: three redis-benchmark processes (17 clients each), one per grid node; p99 is the worst of the three."
   echo

@@ -262,9 +262,12 @@ func (m *nodeMap) Batch(ctx context.Context, ops []api.BatchOp) []api.BatchResul
 	}
 	resps := make([]wire.MapResponse, len(ops))
 	send := func(owner string, idx []int) {
-		breq := &wire.MapBatchRequest{Reqs: make([]wire.MapRequest, len(idx))}
-		for j, i := range idx {
-			breq.Reqs[j] = reqs[i]
+		breq := &wire.MapBatchRequest{Reqs: reqs}
+		if len(idx) != len(reqs) { // else idx is 0..n-1: send reqs as they are
+			breq.Reqs = make([]wire.MapRequest, len(idx))
+			for j, i := range idx {
+				breq.Reqs[j] = reqs[i]
+			}
 		}
 		var bresp *wire.MapBatchResponse
 		var err error

@@ -105,10 +105,9 @@ func cmdAuth(c *conn, cmd *command, out []byte) []byte {
 func cmdClient(c *conn, cmd *command, out []byte) []byte {
 	a := cmd.args
 	sub := strings.ToLower(string(a[1]))
-	arity := func(ok bool) bool { return ok }
 	switch sub {
 	case "id":
-		if !arity(len(a) == 2) {
+		if len(a) != 2 {
 			break
 		}
 		return appendInt(out, c.id)
@@ -198,14 +197,8 @@ func (c *conn) describe() string {
 	now := time.Now()
 	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s age=%d idle=%d db=%s resp=%d lib-name=%s lib-ver=%s cmd=%s",
 		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.name, int(now.Sub(c.created).Seconds()),
-		int(now.Sub(c.lastAt).Seconds()), c.dbLabelLocked(), c.protoLocked(), c.libName, c.libVer, strings.ToLower(c.lastCmd))
+		int(now.Sub(c.lastAt).Seconds()), c.dbLabel, c.proto, c.libName, c.libVer, strings.ToLower(c.lastCmd))
 }
-
-// The serve goroutine owns db and proto; CLIENT LIST from another
-// connection reads them racily, so it reports what SELECT/HELLO set last
-// through these copies under metaMu.
-func (c *conn) dbLabelLocked() string { return c.metaDB }
-func (c *conn) protoLocked() int      { return c.metaProto }
 
 func cmdConfig(c *conn, cmd *command, out []byte) []byte {
 	a := cmd.args
@@ -395,7 +388,7 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 			maps = append(maps, c.db)
 		}
 		for i, name := range maps {
-			n, err := s.mapFor(name).Size(s.ctx)
+			n, err := s.node.Map(name).Size(s.ctx)
 			if err != nil || n == 0 {
 				continue
 			}

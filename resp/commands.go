@@ -193,7 +193,7 @@ func cmdGet(c *conn, cmd *command, out []byte) []byte {
 // expiry parses an expire argument in unit (1 for ms, 1000 for s) and
 // returns the TTL it means, relative (abs false) or from a unix time (abs
 // true). Redis's errors: not an integer, or invalid for the command.
-func expiry(c *conn, arg []byte, unit int64, abs bool, cmdName string, allowNonPositive bool) (time.Duration, string) {
+func expiry(arg []byte, unit int64, abs bool, cmdName string, allowNonPositive bool) (time.Duration, string) {
 	v, ok := api.ParseInt(arg)
 	if !ok {
 		return 0, errNotInteger
@@ -231,7 +231,7 @@ func expiry(c *conn, arg []byte, unit int64, abs bool, cmdName string, allowNonP
 	return time.Duration(ms) * time.Millisecond, ""
 }
 
-func parseSet(c *conn, a [][]byte) (api.SetArgs, string) {
+func parseSet(a [][]byte) (api.SetArgs, string) {
 	var args api.SetArgs
 	var expArg []byte
 	var unit int64
@@ -265,7 +265,7 @@ func parseSet(c *conn, a [][]byte) (api.SetArgs, string) {
 		}
 	}
 	if ex {
-		ttl, msg := expiry(c, expArg, unit, abs, "set", false)
+		ttl, msg := expiry(expArg, unit, abs, "set", false)
 		if msg != "" {
 			return args, msg
 		}
@@ -290,7 +290,7 @@ func setReply(out []byte, proto int, args api.SetArgs, done, found bool, old []b
 }
 
 func cmdSet(c *conn, cmd *command, out []byte) []byte {
-	args, msg := parseSet(c, cmd.args)
+	args, msg := parseSet(cmd.args)
 	if msg != "" {
 		return appendError(out, msg)
 	}
@@ -314,7 +314,7 @@ func cmdSetEX(c *conn, cmd *command, out []byte) []byte {
 	if cmd.spec.name == "psetex" {
 		unit = 1
 	}
-	ttl, msg := expiry(c, cmd.args[2], unit, false, cmd.spec.name, false)
+	ttl, msg := expiry(cmd.args[2], unit, false, cmd.spec.name, false)
 	if msg != "" {
 		return appendError(out, msg)
 	}
@@ -497,7 +497,7 @@ func cmdExpire(c *conn, cmd *command, out []byte) []byte {
 	if gt && lt {
 		return appendError(out, "ERR GT and LT options at the same time are not compatible")
 	}
-	ttl, msg := expiry(c, cmd.args[2], unit, abs, name, true)
+	ttl, msg := expiry(cmd.args[2], unit, abs, name, true)
 	if msg != "" {
 		return appendError(out, msg)
 	}

@@ -113,7 +113,6 @@ type Server struct {
 	accepted  atomic.Int64
 	rejected  atomic.Int64
 	commands  atomic.Int64
-	maps      sync.Map // name -> grid.Map, so a hot path does not allocate one per command
 	workers   *workpool.Pool
 	closeOnce sync.Once
 }
@@ -210,17 +209,9 @@ func (s *Server) accept() {
 	}
 }
 
-// mapFor returns the grid map named name, cached.
-func (s *Server) mapFor(name string) grid.Map {
-	if m, ok := s.maps.Load(name); ok {
-		return m.(grid.Map)
-	}
-	m, _ := s.maps.LoadOrStore(name, s.node.Map(name))
-	return m.(grid.Map)
-}
-
 // conn is one client connection. Its fields are owned by its serve
-// goroutine, except meta, which CLIENT LIST reads from other connections.
+// goroutine; CLIENT LIST reads the ones written under metaMu (name, library,
+// last command and times, dbLabel, proto) from other connections.
 type conn struct {
 	s       *Server
 	nc      net.Conn
@@ -236,15 +227,13 @@ type conn struct {
 	cmds    []command
 	replies [][]byte
 
-	metaMu    sync.Mutex
-	metaDB    string // copies of dbLabel and proto for CLIENT LIST
-	metaProto int
-	name      string
-	libName   string
-	libVer    string
-	lastCmd   string
-	created   time.Time
-	lastAt    time.Time
+	metaMu  sync.Mutex
+	name    string
+	libName string
+	libVer  string
+	lastCmd string
+	created time.Time
+	lastAt  time.Time
 }
 
 // command is one parsed request of a batch.
@@ -266,17 +255,19 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	return c
 }
 
+// selectMap and setProto write under metaMu because CLIENT LIST reads
+// dbLabel and proto from other connections; the serve goroutine, their only
+// writer, reads them without it.
 func (c *conn) selectMap(name, label string) {
-	c.db, c.dbLabel, c.m = name, label, c.s.mapFor(name)
+	m := c.s.node.Map(name)
 	c.metaMu.Lock()
-	c.metaDB = label
+	c.db, c.dbLabel, c.m = name, label, m
 	c.metaMu.Unlock()
 }
 
 func (c *conn) setProto(p int) {
-	c.proto = p
 	c.metaMu.Lock()
-	c.metaProto = p
+	c.proto = p
 	c.metaMu.Unlock()
 }
 
@@ -447,7 +438,7 @@ func (c *conn) runBatched(cmds []command, replies [][]byte) bool {
 		if cmds[i].spec.name == "get" {
 			ops = append(ops, api.BatchOp{Kind: api.BatchGet, Key: string(a[1])})
 		} else {
-			args, msg := parseSet(c, a)
+			args, msg := parseSet(a)
 			if msg != "" {
 				replies[i] = appendError(replies[i], msg)
 				continue

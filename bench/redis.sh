@@ -13,6 +13,7 @@
 # one per node, splitting the 50 clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 requests=${REQUESTS:-200000}
 nodes=${NODES:-3}
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
@@ -25,21 +26,7 @@ go build -o "$tmp/gridnode" ./cmd/gridnode
 
 redis_port=16379
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$tmp/redis.log" 2>&1 &
-for i in $(seq 0 $((nodes - 1))); do
-  join=""
-  [ "$i" -gt 0 ] && join="-join 127.0.0.1:17946"
-  "$tmp/gridnode" -name "n$i" -rpc "127.0.0.1:$((17070 + i))" -gossip "127.0.0.1:$((17946 + i))" \
-    -http "127.0.0.1:$((17080 + i))" -resp "127.0.0.1:$((16380 + i))" -backups 1 -log-level warn $join 2>"$tmp/n$i.log" &
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$((17080 + i))/healthz" >/dev/null && break; sleep 0.1; done
-done
-for _ in $(seq 300); do
-  if curl -sf 127.0.0.1:17080/v1/cluster | python3 -c '
-import json,sys
-c=json.load(sys.stdin); n=int(sys.argv[1])
-ok=all(not p["pending"] and len(p["backups"])==min(1,n-1) for p in c["partitions"]) and len({p["primary"] for p in c["partitions"]})==n
-sys.exit(0 if ok else 1)' "$nodes"; then break; fi
-  sleep 0.1
-done
+start_cluster "$nodes" "$tmp"
 redis-cli -p $redis_port ping >/dev/null
 
 # bench PORT PIPELINE CLIENTS -> "SET_rps SET_p50 SET_p99 GET_rps GET_p50 GET_p99"

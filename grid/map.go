@@ -43,6 +43,8 @@ var (
 	ErrClosed        = api.ErrClosed
 	ErrNotInteger    = api.ErrNotInteger
 	ErrOverflow      = api.ErrOverflow
+	ErrValueTooLarge = api.ErrValueTooLarge
+	ErrBusy          = api.ErrBusy
 )
 
 // Expire conditions (Redis EXPIRE's NX, XX, GT and LT).

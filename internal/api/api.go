@@ -34,6 +34,8 @@ const (
 	CodeNoTarget       Code = 12 // a drain has no member left to hand data to
 	CodeNotInteger     Code = 13 // the value is not a decimal 64-bit integer
 	CodeOverflow       Code = 14 // an increment would overflow 64 bits
+	CodeValueTooLarge  Code = 15 // a value, a record or a request exceeds its size limit; nothing was applied
+	CodeBusy           Code = 16 // a per-connection or per-node limit is reached; nothing was applied, retry later
 )
 
 // Sentinel errors. Match with errors.Is; remote errors carrying the same code
@@ -54,6 +56,8 @@ var (
 	ErrNoTarget       = errors.New("grid: no member left to hand data to")
 	ErrNotInteger     = errors.New("grid: value is not an integer or out of range")
 	ErrOverflow       = errors.New("grid: increment or decrement would overflow")
+	ErrValueTooLarge  = errors.New("grid: value exceeds the maximum allowed size")
+	ErrBusy           = errors.New("grid: limit reached; nothing applied")
 )
 
 var codeErr = map[Code]error{
@@ -71,6 +75,8 @@ var codeErr = map[Code]error{
 	CodeNoTarget:       ErrNoTarget,
 	CodeNotInteger:     ErrNotInteger,
 	CodeOverflow:       ErrOverflow,
+	CodeValueTooLarge:  ErrValueTooLarge,
+	CodeBusy:           ErrBusy,
 }
 
 // Sentinel returns the sentinel error of code c, or nil for CodeOK and

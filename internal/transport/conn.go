@@ -42,6 +42,21 @@ type result struct {
 	err error
 }
 
+// call is a request in flight: its answer goes to ch, or to fn when the
+// caller asked for a callback (StartFunc).
+type call struct {
+	ch chan result
+	fn func(wire.Frame, error)
+}
+
+func (cl call) deliver(r result) {
+	if cl.fn != nil {
+		cl.fn(r.f, r.err)
+		return
+	}
+	cl.ch <- r
+}
+
 // Conn is a multiplexed connection. Its methods are safe for concurrent use.
 type Conn struct {
 	nc       net.Conn
@@ -54,7 +69,7 @@ type Conn struct {
 	mu      sync.Mutex
 	out     []byte // queued frames, written by the writer goroutine
 	free    []byte // the writer's spare buffer
-	pending map[uint64]chan result
+	pending map[uint64]call
 	err     error // non-nil once the connection failed or closed
 
 	wake chan struct{}
@@ -73,7 +88,7 @@ func NewConn(nc net.Conn, h Handler, maxFrame int, log *slog.Logger) *Conn {
 	}
 	c := &Conn{
 		nc: nc, h: h, maxFrame: maxFrame, log: log,
-		pending: make(map[uint64]chan result),
+		pending: make(map[uint64]call),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
@@ -117,8 +132,8 @@ func (c *Conn) fail(err error) {
 	c.mu.Unlock()
 	close(c.done)
 	_ = c.nc.Close()
-	for _, ch := range pending {
-		ch <- result{err: fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)}
+	for _, cl := range pending {
+		cl.deliver(result{err: fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)})
 	}
 }
 
@@ -219,10 +234,34 @@ func (c *Conn) Start(typ uint8, req any) (*Future, error) {
 		c.mu.Unlock()
 		return nil, err
 	}
-	c.pending[id] = ch
+	c.pending[id] = call{ch: ch}
 	c.mu.Unlock()
 	c.signal()
 	return &Future{c: c, id: id, ch: ch}, nil
+}
+
+// StartFunc queues a request whose answer (or the connection's failure) is
+// handed to fn exactly once. fn runs on the connection's reader goroutine,
+// or on the goroutine that fails the connection: it must not block and must
+// not call methods of c that wait. Requests started on one Conn are written
+// in the order they were started, whichever of Start and StartFunc queued
+// them. Decode the frame with DecodeResponse.
+func (c *Conn) StartFunc(typ uint8, req any, fn func(wire.Frame, error)) error {
+	id := c.nextID.Add(1)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)
+	}
+	if err := c.appendFrame(typ, 0, id, req); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.pending[id] = call{fn: fn}
+	c.mu.Unlock()
+	c.signal()
+	return nil
 }
 
 // Wait waits for the response and decodes it into resp (which may be nil).
@@ -233,7 +272,7 @@ func (f *Future) Wait(ctx context.Context, resp any) error {
 		if r.err != nil {
 			return r.err
 		}
-		return decodeResponse(r.f, resp)
+		return DecodeResponse(r.f, resp)
 	case <-ctx.Done():
 		f.c.mu.Lock()
 		if f.c.pending != nil {
@@ -244,7 +283,9 @@ func (f *Future) Wait(ctx context.Context, resp any) error {
 	}
 }
 
-func decodeResponse(f wire.Frame, resp any) error {
+// DecodeResponse decodes a response frame into resp (which may be nil); an
+// error frame comes back as *api.NotOwnerError or *api.Error.
+func DecodeResponse(f wire.Frame, resp any) error {
 	if f.Flags&wire.FlagError != 0 {
 		var eb wire.ErrorBody
 		if err := wire.Decode(f.Body, &eb); err != nil {
@@ -291,13 +332,13 @@ func (c *Conn) readLoop() {
 		}
 		if f.IsResponse() {
 			c.mu.Lock()
-			ch, ok := c.pending[f.ID]
+			cl, ok := c.pending[f.ID]
 			if ok {
 				delete(c.pending, f.ID)
 			}
 			c.mu.Unlock()
 			if ok {
-				ch <- result{f: f}
+				cl.deliver(result{f: f})
 			}
 			continue
 		}

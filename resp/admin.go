@@ -195,9 +195,10 @@ func (c *conn) describe() string {
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
 	now := time.Now()
-	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s age=%d idle=%d db=%s resp=%d lib-name=%s lib-ver=%s cmd=%s",
+	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s age=%d idle=%d db=%s omem=%d tot-mem=%d resp=%d lib-name=%s lib-ver=%s cmd=%s",
 		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.name, int(now.Sub(c.created).Seconds()),
-		int(now.Sub(c.lastAt).Seconds()), c.dbLabel, c.proto, c.libName, c.libVer, strings.ToLower(c.lastCmd))
+		int(now.Sub(c.lastAt).Seconds()), c.dbLabel, c.outBytes.Load(), c.memory(), c.proto, c.libName, c.libVer,
+		strings.ToLower(c.lastCmd))
 }
 
 func cmdConfig(c *conn, cmd *command, out []byte) []byte {
@@ -372,6 +373,7 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 		kv("used_memory_human", human(ms.HeapAlloc))
 		kv("used_memory_rss", ms.Sys)
 		kv("used_memory_rss_human", human(ms.Sys))
+		kv("mem_clients_normal", s.clientMemory())
 		kv("maxmemory", 0)
 		kv("maxmemory_human", "0B")
 		kv("maxmemory_policy", "noeviction")
@@ -381,6 +383,8 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 		kv("total_connections_received", s.accepted.Load())
 		kv("total_commands_processed", s.commands.Load())
 		kv("rejected_connections", s.rejected.Load())
+		kv("client_query_buffer_limit_disconnections", s.qbufKills.Load())
+		kv("client_output_buffer_limit_disconnections", s.obufKills.Load())
 	})
 	section("Keyspace", func(kv func(string, any)) {
 		maps := []string{s.cfg.DefaultMap}
@@ -388,7 +392,7 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 			maps = append(maps, c.db)
 		}
 		for i, name := range maps {
-			n, err := s.node.Map(name).Size(s.ctx)
+			n, err := s.node.Map(name).Size(cmd.ctx)
 			if err != nil || n == 0 {
 				continue
 			}

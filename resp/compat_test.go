@@ -242,7 +242,7 @@ func TestCompatProtocolErrors(t *testing.T) {
 		"SET k \"unbalanced\r\n",
 		"SET k \"a\"b\r\n",
 		"*3000000000\r\n",
-		"*1\r\n$4\r\nPING\r\n*1\r\n$-1\r\n", // a good command, then a bad one
+		"*1\r\n$4\r\nPING\r\n*1\r\n$-1\r\n",           // a good command, then a bad one
 		"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16777217\r\n", // over MaxBulk, refused at the header
 		"*01\r\n$4\r\nPING\r\n",
 		"*1\r\n$+4\r\nPING\r\n",

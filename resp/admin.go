@@ -137,16 +137,22 @@ func cmdClient(c *conn, cmd *command, out []byte) []byte {
 		if len(a) != 4 {
 			break
 		}
-		c.metaMu.Lock()
-		defer c.metaMu.Unlock()
+		var field *string
 		switch strings.ToLower(string(a[2])) {
 		case "lib-name":
-			c.libName = string(a[3])
+			field = &c.libName
 		case "lib-ver":
-			c.libVer = string(a[3])
+			field = &c.libVer
 		default:
-			return appendError(out, "ERR Unrecognized option '"+string(a[2])+"'")
+			return appendError(out, "ERR Unrecognized option '"+clip(a[2])+"'")
 		}
+		if !validName(a[3]) {
+			// Redis 7.2's text names the attribute as the client spelled it.
+			return appendError(out, "ERR "+string(a[2])+" cannot contain spaces, newlines or special characters.")
+		}
+		c.metaMu.Lock()
+		*field = string(a[3])
+		c.metaMu.Unlock()
 		return appendSimple(out, "OK")
 	case "info":
 		if len(a) != 2 {

@@ -685,8 +685,11 @@ func b2i(b bool) int64 {
 	return 0
 }
 
-// validName reports whether a client name has no spaces, newlines or other
-// special characters (Redis's rule).
+// validName reports whether a client name or library attribute has no
+// spaces, newlines or other special characters: every byte in '!'..'~'
+// (Redis's validateClientAttr), so that CLIENT LIST stays one line per
+// client and one field per space. Redis stops checking at a NUL byte; here
+// a NUL is refused too.
 func validName(b []byte) bool {
 	return bytes.IndexFunc(b, func(r rune) bool { return r < '!' || r > '~' }) < 0
 }

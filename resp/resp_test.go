@@ -41,12 +41,22 @@ type cluster struct {
 
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
+	return newClusterWith(t, n, nil)
+}
+
+// newClusterWith is newCluster with configure, if not nil, adjusting each
+// RESP endpoint's config.
+func newClusterWith(t *testing.T, n int, configure func(*resp.Config)) *cluster {
+	t.Helper()
 	c := &cluster{Cluster: gridtest.New(t, n, nil)}
 	c.WaitStable(30 * time.Second)
 	for _, nd := range c.Nodes {
 		cfg := resp.DefaultConfig()
 		cfg.Addr = "127.0.0.1:0"
 		cfg.Logger = c.Logger(0)
+		if configure != nil {
+			configure(&cfg)
+		}
 		s, err := resp.Listen(nd, cfg)
 		if err != nil {
 			t.Fatal(err)

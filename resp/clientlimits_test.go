@@ -2,6 +2,9 @@ package resp_test
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
@@ -112,5 +115,74 @@ func TestSlowReaderIsBounded(t *testing.T) {
 	}
 	if n := infoField(t, watcher, "client_output_buffer_limit_disconnections"); n != 1 {
 		t.Fatalf("client_output_buffer_limit_disconnections %d, want 1", n)
+	}
+}
+
+// dropped reports whether the server closed c without a reply (with a FIN,
+// or a RST when it left requests unread).
+func dropped(c *rawConn) bool {
+	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.br.Read(make([]byte, 1))
+	var ne net.Error
+	return n == 0 && err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// TestQueryBufferLimits: a request larger than MaxQueryBuffer, or one that
+// would take the server's query buffers past MaxQueryBufferTotal, closes
+// its connection without a reply (as Redis does at
+// client-query-buffer-limit); other connections are served on.
+func TestQueryBufferLimits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 1, nil)
+	c.WaitStable(30 * time.Second)
+	cfg := resp.DefaultConfig()
+	cfg.Addr, cfg.Logger = "127.0.0.1:0", c.Logger(0)
+	cfg.MaxBulk = 1 << 20
+	cfg.MaxQueryBuffer = 1<<20 + 64<<10
+	cfg.MaxQueryBufferTotal = 2 << 20
+	s, err := resp.Listen(c.Nodes[0], cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := s.Addr().String()
+	watcher := dialRaw(t, addr)
+	bulk := func(n int) string { return fmt.Sprintf("$%d\r\n%s\r\n", n, strings.Repeat("v", n)) }
+
+	// One connection: two bulks of MaxBulk do not fit MaxQueryBuffer.
+	big := dialRaw(t, addr)
+	go func() { _, _ = big.nc.Write([]byte("*3\r\n$4\r\nMSET\r\n" + bulk(1<<20) + bulk(1<<20))) }()
+	if !dropped(big) {
+		t.Fatal("a request over MaxQueryBuffer did not close its connection")
+	}
+	if n := infoField(t, watcher, "client_query_buffer_limit_disconnections"); n != 1 {
+		t.Fatalf("client_query_buffer_limit_disconnections %d, want 1", n)
+	}
+
+	// Two connections each hold most of a MaxBulk argument: together they
+	// pass MaxQueryBufferTotal, and the one that grows last is closed.
+	partial := "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n" + bulk(1 << 20)[:900<<10]
+	a, b := dialRaw(t, addr), dialRaw(t, addr)
+	a.send([]byte(partial))
+	deadline := time.Now().Add(10 * time.Second)
+	for infoField(t, watcher, "mem_clients_normal") < 900<<10 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first partial request never buffered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.send([]byte(partial))
+	if !dropped(b) {
+		t.Fatal("a request past MaxQueryBufferTotal did not close its connection")
+	}
+	// The first one completes and is answered.
+	a.send([]byte(bulk(1 << 20)[900<<10:]))
+	if r, err := a.reply(); err != nil || r != "+OK\r\n" {
+		t.Fatalf("the request within the limits: %q %v", r, err)
+	}
+	if n := infoField(t, watcher, "client_query_buffer_limit_disconnections"); n != 2 {
+		t.Fatalf("client_query_buffer_limit_disconnections %d, want 2", n)
 	}
 }

@@ -74,6 +74,7 @@ func TestReaderResumesLargeCommand(t *testing.T) {
 	if err != nil || len(cmds) != 1 || len(cmds[0]) != n+1 || cmds[0][n] != fmt.Sprintf("key:%07d", n-1) {
 		t.Fatalf("parsed %d commands, %v", len(cmds), err)
 	}
+	t.Logf("examined %d header bytes for a %d-byte command", rd.scanned, len(in))
 	if rd.scanned > int64(len(in)) {
 		t.Fatalf("the parser examined %d header bytes for a %d-byte command: it re-parses from the start", rd.scanned, len(in))
 	}

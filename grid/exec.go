@@ -67,85 +67,93 @@ type pendingWrite struct {
 	p     *partition
 	lsn   uint64
 	epoch uint64
-	futs  []shipped
 }
 
-type shipped struct {
-	s   *stream
-	fut *transport.Future
-}
-
-// ship queues rec to every replica whose stream is healthy. Caller holds p.mu.
-func (p *partition) ship(rec *wire.Record) []shipped {
+// ship queues rec to every replica whose stream is healthy. Acks are
+// collected by callbacks on the replica connections (onAck), never by the
+// writer: a caller's deadline must not break a healthy stream, and a caller
+// without one must not wait on a replica that stopped answering; it waits
+// only for the commit point (finish). Caller holds p.mu.
+func (n *Node) ship(p *partition, rec *wire.Record) {
 	if len(p.streams) == 0 {
-		return nil
+		return
 	}
-	req := wire.ReplicateRequest{Partition: int32(p.id), Epoch: p.epoch, Record: *rec}
-	out := make([]shipped, 0, len(p.streams))
+	req := wire.ReplicateRequest{Partition: int32(p.id), Epoch: p.epoch, Record: *rec, From: n.name}
 	for _, s := range p.streams {
 		if s.broken || s.conn == nil {
 			continue
 		}
-		fut, err := s.conn.Start(wire.MsgReplicate, &req)
+		conn := s.conn
+		err := conn.StartFunc(wire.MsgReplicate, &req, func(f wire.Frame, err error) { n.onAck(p, s, conn, f, err) })
 		if err != nil {
-			s.broken, s.conn = true, nil
-			continue
+			n.breakStream(p, s, err)
 		}
-		out = append(out, shipped{s, fut})
 	}
-	return out
+}
+
+// onAck handles a replica's answer to a record: an ack raises the stream's
+// acked LSN and maybe the commit point; an error (the connection failed, or
+// the replica refused: a gap, a newer epoch) breaks the stream so that a
+// snapshot resyncs it. It runs on the connection's reader goroutine.
+func (n *Node) onAck(p *partition, s *stream, conn *transport.Conn, f wire.Frame, err error) {
+	var ack wire.Ack
+	if err == nil {
+		err = transport.DecodeResponse(f, &ack)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.streams[s.node] != s || s.conn != conn {
+		return // the stream was replaced or is already resyncing
+	}
+	if err != nil {
+		n.breakStream(p, s, err)
+		return
+	}
+	if ack.LSN > s.acked {
+		s.acked = ack.LSN
+		p.recomputeCommit()
+	}
+}
+
+// breakStream marks a stream as needing a snapshot and starts its fill.
+// Only replica and transport errors break a stream. Caller holds p.mu.
+func (n *Node) breakStream(p *partition, s *stream, err error) {
+	if s.broken {
+		return
+	}
+	n.log.Debug("replication failed; resyncing", "partition", p.id, "replica", s.node, "err", err)
+	s.broken, s.conn, s.filled = true, nil, false
+	n.startSync(p, s)
+}
+
+// startSync starts a fill goroutine for a broken stream unless one runs.
+// Caller holds p.mu.
+func (n *Node) startSync(p *partition, s *stream) {
+	if !s.broken || s.syncing || s.addr == "" || p.role != rolePrimary || n.closed.Load() {
+		return
+	}
+	s.syncing = true
+	n.wg.Add(1)
+	go n.syncStream(p, s, s.addr)
 }
 
 // commitRecord applies rec as the next write of p, queues it to the
 // replicas and returns the pending write. Caller holds p.mu and has checked
 // that p is primary.
-func (p *partition) commitRecord(rec *wire.Record, now int64) pendingWrite {
+func (n *Node) commitRecord(p *partition, rec *wire.Record, now int64) pendingWrite {
 	rec.LSN = p.lsn + 1
 	p.applyRecord(rec, now)
 	p.markPending(rec)
-	pw := pendingWrite{p: p, lsn: rec.LSN, epoch: p.epoch, futs: p.ship(rec)}
+	n.ship(p, rec)
 	p.recomputeCommit()
-	return pw
+	return pendingWrite{p: p, lsn: rec.LSN, epoch: p.epoch}
 }
 
-// finish collects acks and waits until the write is committed.
+// finish waits until the write is committed (every in-sync replica acked
+// it, or left the in-sync set through the authority), the node lost
+// primacy, or ctx ended (then the outcome is unknown).
 func (n *Node) finish(ctx context.Context, pw pendingWrite) error {
-	p := pw.p
-	broken := false
-	for _, sh := range pw.futs {
-		var ack wire.Ack
-		err := sh.fut.Wait(ctx, &ack)
-		p.mu.Lock()
-		if p.streams[sh.s.node] == sh.s {
-			if err == nil {
-				if ack.LSN > sh.s.acked {
-					sh.s.acked = ack.LSN
-				}
-			} else if !sh.s.broken {
-				n.log.Debug("replication failed; resyncing", "partition", p.id, "replica", sh.s.node, "err", err)
-				sh.s.broken, sh.s.conn = true, nil
-				broken = true
-			}
-			p.recomputeCommit()
-		}
-		p.mu.Unlock()
-	}
-	if broken {
-		n.kickSyncs()
-	}
-	return p.waitCommit(ctx, pw.lsn, pw.epoch)
-}
-
-// finishAsync collects acks on a goroutine the node owns (for writes nobody
-// waits on, such as expiry).
-func (n *Node) finishAsync(pw pendingWrite) {
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
-		defer cancel()
-		_ = n.finish(ctx, pw)
-	}()
+	return pw.p.waitCommit(ctx, pw.lsn, pw.epoch)
 }
 
 // execMap serves a single-key request at the primary.
@@ -214,7 +222,7 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 			resp.Version = p.lsn + 1
 		}
 		rec.Result = resp
-		pw := p.commitRecord(&rec, now)
+		pw := n.commitRecord(p, &rec, now)
 		p.mu.Unlock()
 		n.publish(&rec)
 		return resp, n.finish(ctx, pw)
@@ -538,7 +546,7 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 		}
 		results[i] = result
 		rec := wire.Record{Muts: ms, Session: sess, Result: result}
-		pws = append(pws, prepared{i: i, pw: p.commitRecord(&rec, now)})
+		pws = append(pws, prepared{i: i, pw: n.commitRecord(p, &rec, now)})
 		p.mu.Unlock()
 		n.publish(&rec)
 	}

@@ -400,13 +400,13 @@ func (n *Node) tableLoop() {
 
 // install applies a committed table to every partition.
 func (n *Node) install(t *wire.Table) {
-	addrs := make(map[string]string, len(t.Members))
+	members := make(map[string]wire.Member, len(t.Members))
 	// This node takes roles from t only if t names this incarnation: a
 	// table that lists a predecessor with the same name (or leaves this
 	// node out while membership thinks it failed) gives it none.
 	member := false
 	for _, m := range t.Members {
-		addrs[m.Name] = m.RPC
+		members[m.Name] = m
 		if m.Name == n.name && (m.ID == "" || m.ID == n.cluster.RaftID()) {
 			member = true
 		}
@@ -420,6 +420,7 @@ func (n *Node) install(t *wire.Table) {
 		p.mu.Lock()
 		p.primary = part.Primary
 		p.version = t.Version
+		p.former = part.Former
 		wasPrimary := p.role == rolePrimary
 		named := part.Primary == n.name || contains(part.Backups, n.name) || contains(part.Pending, n.name)
 		switch {
@@ -439,11 +440,11 @@ func (n *Node) install(t *wire.Table) {
 		case part.Primary == n.name && part.Epoch >= p.epoch:
 			// Epochs are unique per primary term: the same epoch naming us
 			// again (after we were left out of a table) is our own term.
-			primaries++
-			if !wasPrimary || p.epoch < part.Epoch {
-				n.becomePrimary(p, part.Epoch)
+			if (!wasPrimary || p.epoch < part.Epoch) && !n.becomePrimary(p, part) {
+				break
 			}
-			n.updateStreams(p, part, addrs)
+			primaries++
+			n.updateStreams(p, part, members)
 		case part.Primary == n.name:
 			// The table is older than an epoch this replica has already seen
 			// (a newer primary fenced it): stay a backup until a table
@@ -490,27 +491,42 @@ func (n *Node) install(t *wire.Table) {
 	n.kickSyncs()
 }
 
-// becomePrimary starts a new primary term at epoch. Every replica gets a
-// snapshot first: backups may hold records the old primary never committed.
-// Caller holds p.mu.
-func (n *Node) becomePrimary(p *partition, epoch uint64) {
-	if epoch > p.epoch {
-		p.epoch = epoch
+// becomePrimary starts a new primary term at part.Epoch. Every replica
+// gets a snapshot first: backups may hold records the old primary never
+// committed. A replica without a complete copy refuses primacy unless the
+// partition is Fresh (the authority started it empty): promoting a partial
+// copy would silently lose acknowledged writes, so the partition stays
+// unavailable instead, loudly. Caller holds p.mu.
+func (n *Node) becomePrimary(p *partition, part wire.Part) bool {
+	if !p.complete && !part.Fresh {
+		n.log.Error("refusing primacy: this replica holds no complete copy", "partition", p.id, "epoch", part.Epoch, "lsn", p.lsn)
+		p.role = roleBackup
+		p.streams = map[string]*stream{}
+		return false
+	}
+	if part.Epoch > p.epoch {
+		p.epoch = part.Epoch
 	}
 	if p.role != rolePrimary {
-		n.log.Debug("became primary", "partition", p.id, "epoch", epoch, "lsn", p.lsn)
+		n.log.Debug("became primary", "partition", p.id, "epoch", part.Epoch, "lsn", p.lsn)
 	}
 	p.role = rolePrimary
+	p.complete = true
+	p.incoming = nil
 	p.streams = map[string]*stream{}
 	// Everything held now is committed once the replicas acknowledge it.
 	p.pending = map[mapKey]uint64{}
 	p.pendq = nil
 	p.commit = 0
 	p.ready = p.lsn
+	return true
 }
 
-// updateStreams makes p's streams match the table's replicas. Caller holds p.mu.
-func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]string) {
+// updateStreams makes p's streams match the table's replicas. A stream
+// belongs to one incarnation at one address: a replica restarted under the
+// same name (or moved) gets a new stream, which needs a new snapshot before
+// it is reported filled. Caller holds p.mu.
+func (n *Node) updateStreams(p *partition, part wire.Part, members map[string]wire.Member) {
 	want := map[string]bool{}
 	for _, b := range part.Backups {
 		want[b] = true
@@ -520,8 +536,9 @@ func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]stri
 			want[b] = false
 		}
 	}
-	for name := range p.streams {
-		if _, ok := want[name]; !ok {
+	for name, s := range p.streams {
+		m := members[name]
+		if _, ok := want[name]; !ok || s.id != m.ID || s.addr != m.RPC {
 			delete(p.streams, name)
 		}
 	}
@@ -531,10 +548,10 @@ func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]stri
 		}
 		s := p.streams[name]
 		if s == nil {
-			s = &stream{node: name, broken: true}
+			m := members[name]
+			s = &stream{node: name, id: m.ID, addr: m.RPC, broken: true}
 			p.streams[name] = s
 		}
-		s.addr = addrs[name]
 		s.inSync = inSync
 	}
 	p.recomputeCommit()

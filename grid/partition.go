@@ -132,7 +132,7 @@ type partition struct {
 	// sessBytes and sessResults count the remembered values and results
 	// of all sessions.
 	sessBytes, sessResults int
-	lsn       uint64
+	lsn                    uint64
 
 	// From the installed table.
 	role    role

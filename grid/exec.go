@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -58,6 +59,29 @@ func (p *partition) notOwner() error {
 func checkKey(req *wire.MapRequest, partitions int) error {
 	if want := affinity.Partition(req.Key, partitions); want != int(req.Partition) {
 		return fmt.Errorf("%w: key %q belongs to partition %d, not %d", api.ErrBadRequest, req.Key, want, req.Partition)
+	}
+	return nil
+}
+
+// recordOverhead over-estimates the encoding of a record's fixed fields.
+const recordOverhead = 128
+
+// checkSize refuses a write whose entries or record would exceed the size
+// limits (Config.MaxValueSize; MaxFrame/2 for a whole record), before
+// anything is applied: a record larger than a frame could never reach the
+// backups and would wedge its partition.
+func (n *Node) checkSize(muts []wire.Mutation, result *wire.MapResponse) error {
+	total := recordOverhead + len(result.Value)
+	for i := range muts {
+		mu := &muts[i]
+		sz := len(mu.Map) + len(mu.Key) + len(mu.Value)
+		if mu.Kind == wire.MutSet && sz > n.cfg.MaxValueSize {
+			return fmt.Errorf("%w: entry of %d bytes (map %q, max %d)", api.ErrValueTooLarge, sz, mu.Map, n.cfg.MaxValueSize)
+		}
+		total += sz + 32
+	}
+	if total > n.cfg.MaxFrame/2 {
+		return fmt.Errorf("%w: one write of %d bytes (max %d)", api.ErrValueTooLarge, total, n.cfg.MaxFrame/2)
 	}
 	return nil
 }
@@ -199,6 +223,9 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 			return r.resp, nil
 		}
 		resp, muts, err := decide(p, req, now)
+		if err == nil {
+			err = n.checkSize(muts, &resp)
+		}
 		if err != nil {
 			p.mu.Unlock()
 			return wire.MapResponse{}, err
@@ -367,9 +394,19 @@ func (n *Node) execMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wi
 	}
 	resp := &wire.MapBatchResponse{Resps: make([]wire.MapResponse, len(req.Reqs)), Errs: make([]wire.ErrorBody, len(req.Reqs))}
 	run := func(idx []int) {
-		for _, i := range idx {
+		for k, i := range idx {
 			r, err := n.execMap(ctx, &req.Reqs[i])
 			resp.Resps[i], resp.Errs[i] = r, wire.ErrBody(err)
+			if err != nil && !finalAnswer(err) {
+				// The sender will retry this request; had the later ones
+				// of its partition run, the retry would land after them
+				// (SET k a; SET k b ending with a). Refuse them unapplied.
+				skip := wire.ErrBody(fmt.Errorf("%w: not run: an earlier request of partition %d in this batch failed (%v)", api.ErrUnavailable, req.Reqs[i].Partition, err))
+				for _, j := range idx[k+1:] {
+					resp.Errs[j] = skip
+				}
+				return
+			}
 		}
 	}
 	groups := map[int32][]int{}
@@ -395,6 +432,14 @@ func (n *Node) execMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wi
 	}
 	wg.Wait()
 	return resp, nil
+}
+
+// finalAnswer reports whether err is the request's own answer (the same on
+// any retry), rather than a failure the sender retries.
+func finalAnswer(err error) bool {
+	return errors.Is(err, api.ErrNotInteger) || errors.Is(err, api.ErrOverflow) ||
+		errors.Is(err, api.ErrValueTooLarge) || errors.Is(err, api.ErrBadRequest) ||
+		errors.Is(err, api.ErrStaleSequence)
 }
 
 // read serves Get and GetEntry: only committed values are returned.
@@ -539,6 +584,9 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 			continue
 		}
 		ms, result, err := muts(i, p, now)
+		if err == nil {
+			err = n.checkSize(ms, &result)
+		}
 		if err != nil {
 			p.mu.Unlock()
 			resp.Errs[i] = wire.ErrBody(err)

@@ -58,6 +58,13 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxFrame is the largest wire frame accepted. Default 64 MiB.
 	MaxFrame int
+	// MaxValueSize bounds one stored entry (map name, key and value
+	// bytes, also a value grown by Append). A write above it fails with
+	// ErrValueTooLarge and applies nothing; so does a record (one write's
+	// mutations and its result, such as an old value returned by Set)
+	// above MaxFrame/2. At most MaxFrame/4, so that every record and
+	// snapshot chunk fits in a frame. Default 16 MiB.
+	MaxValueSize int
 	// MaxMigrations bounds the partitions being filled at once. Default 64.
 	MaxMigrations int
 	// ExpiryInterval is the period of TTL sampling. Default 100ms.
@@ -86,6 +93,7 @@ func DefaultConfig() Config {
 		Profile:        cluster.ProfileLAN,
 		RequestTimeout: 10 * time.Second,
 		MaxFrame:       wire.DefaultMaxFrame,
+		MaxValueSize:   wire.DefaultMaxFrame / 4,
 		MaxMigrations:  64,
 		ExpiryInterval: 100 * time.Millisecond,
 		SessionIdle:    10 * time.Minute,
@@ -103,6 +111,8 @@ func (c *Config) Validate() error {
 		return errors.New("grid: RequestTimeout must be positive")
 	case c.MaxFrame < 1<<16:
 		return errors.New("grid: MaxFrame must be at least 64 KiB")
+	case c.MaxValueSize < 1 || c.MaxValueSize > c.MaxFrame/4:
+		return fmt.Errorf("grid: MaxValueSize %d out of range [1, MaxFrame/4 = %d]", c.MaxValueSize, c.MaxFrame/4)
 	case c.MaxMigrations < 1:
 		return errors.New("grid: MaxMigrations must be positive")
 	case c.ExpiryInterval <= 0 || c.SessionIdle <= 0:
@@ -145,6 +155,8 @@ type Node struct {
 	leaseUntil   atomic.Int64 // nanoseconds since base; see lease.go
 	leaseVersion atomic.Uint64
 
+	snapshotsSent atomic.Int64
+
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -175,6 +187,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.MaxFrame == 0 {
 		cfg.MaxFrame = def.MaxFrame
+	}
+	if cfg.MaxValueSize == 0 {
+		cfg.MaxValueSize = min(def.MaxValueSize, cfg.MaxFrame/4)
 	}
 	if cfg.MaxMigrations == 0 {
 		cfg.MaxMigrations = def.MaxMigrations
@@ -591,7 +606,10 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: %v", api.ErrBadRequest, err))
 			return
 		}
-		n.subscribe(c, req.Map)
+		if err := n.subscribe(c, req.Map); err != nil {
+			c.ReplyError(f.Type, f.ID, err)
+			return
+		}
 		c.Reply(f.Type, f.ID, &wire.Ack{})
 		return
 	}
@@ -714,6 +732,15 @@ func (n *Node) Inspect(id int) PartitionInfo {
 	entries, digest := p.digest()
 	return PartitionInfo{ID: id, Role: p.role.String(), Epoch: p.epoch, LSN: p.lsn, Commit: p.commit, Entries: entries, Digest: digest}
 }
+
+// Stats are counters for tests and status pages.
+type Stats struct {
+	// SnapshotsSent counts replica fills started by this node as primary.
+	SnapshotsSent int64
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats { return Stats{SnapshotsSent: n.snapshotsSent.Load()} }
 
 // Config returns the node's effective config.
 func (n *Node) Config() Config { return n.cfg }

@@ -327,6 +327,7 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 	}
 	s.conn, s.broken, s.counted = conn, false, true
 	p.mu.Unlock()
+	n.snapshotsSent.Add(1)
 
 	var werr error
 	for _, fut := range futs {

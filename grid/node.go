@@ -156,6 +156,7 @@ type Node struct {
 	leaseVersion atomic.Uint64
 
 	snapshotsSent atomic.Int64
+	stalled       atomic.Bool // see StallReplication
 
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
@@ -586,6 +587,12 @@ func contains(s []string, v string) bool {
 // everything else runs on its own goroutine.
 func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 	switch f.Type {
+	case wire.MsgReplicate, wire.MsgSnapshot:
+		if n.stalled.Load() {
+			return // a stalled replica holds the frame forever
+		}
+	}
+	switch f.Type {
 	case wire.MsgReplicate:
 		n.handleReplicate(c, f)
 		return
@@ -732,6 +739,11 @@ func (n *Node) Inspect(id int) PartitionInfo {
 	entries, digest := p.digest()
 	return PartitionInfo{ID: id, Role: p.role.String(), Epoch: p.epoch, LSN: p.lsn, Commit: p.commit, Entries: entries, Digest: digest}
 }
+
+// StallReplication makes this node stop answering replication and snapshot
+// frames while keeping its connections open: a SIGSTOPped backup as its
+// primary sees it. For tests.
+func (n *Node) StallReplication(on bool) { n.stalled.Store(on) }
 
 // Stats are counters for tests and status pages.
 type Stats struct {

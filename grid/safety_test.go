@@ -219,3 +219,41 @@ func keyIn(pid int, tab *wire.Table) string {
 		}
 	}
 }
+
+// Defect 5: a write whose ctx has no deadline waited on each backup's reply
+// forever when a backup stopped answering with its connection open. Now it
+// waits only for the commit point, bounded by RequestTimeout.
+func TestWriteWithoutDeadlineReturnsWhenBackupStalls(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, func(i int, cfg *grid.Config) { cfg.RequestTimeout = 2 * time.Second })
+	c.WaitStable(30 * time.Second)
+	nd := c.Nodes[0]
+	tab := nd.Table()
+	var pid = -1
+	for p, part := range tab.Partitions {
+		if part.Primary == nd.Name() {
+			pid = p
+			break
+		}
+	}
+	backup := c.Node(tab.Partitions[pid].Backups[0])
+	key := keyIn(pid, tab)
+	m := nd.Map("stall")
+	if err := m.Put(ctxT(t, 10*time.Second), key, []byte("v0")); err != nil {
+		t.Fatal(err)
+	}
+	backup.StallReplication(true)
+	defer backup.StallReplication(false)
+	done := make(chan error, 1)
+	go func() { done <- m.Put(context.Background(), key, []byte("v1")) }()
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, grid.ErrReplication) && !errors.Is(err, grid.ErrTimeout) {
+			t.Fatalf("write with a stalled backup: %v, want outcome unknown", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a write without deadline still waits on a stalled backup after 20 s")
+	}
+}

@@ -257,3 +257,52 @@ func TestWriteWithoutDeadlineReturnsWhenBackupStalls(t *testing.T) {
 		t.Fatal("a write without deadline still waits on a stalled backup after 20 s")
 	}
 }
+
+// rawConn dials a node's RPC port as a bare peer.
+func rawConn(t *testing.T, addr string) *transport.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write([]byte{transport.PreambleGrid}); err != nil {
+		t.Fatal(err)
+	}
+	conn := transport.NewConn(nc, nil, wire.DefaultMaxFrame, nil)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// Defect 9: in a batch, a request that failed with a retryable error let
+// the later requests of its partition run; the sender's retry then landed
+// after them (SET k a; SET k b could end with a). Now the rest of that
+// partition's group is refused unapplied.
+func TestBatchStopsPartitionAfterRetryableFailure(t *testing.T) {
+	c := gridtest.New(t, 1, nil)
+	nd := c.Nodes[0]
+	if err := nd.WaitReady(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	tab := nd.Table()
+	pid := affinity.Partition("k", nd.Partitions())
+	conn := rawConn(t, nd.RPCAddr())
+	req := &wire.MapBatchRequest{Reqs: []wire.MapRequest{
+		// A table version this node does not have: it waits briefly and
+		// answers Unavailable, which the sender retries.
+		{Version: tab.Version + 1000, Partition: int32(pid), Op: wire.OpPut, Map: "b", Key: "k", Value: []byte("a")},
+		{Version: tab.Version, Partition: int32(pid), Op: wire.OpPut, Map: "b", Key: "k", Value: []byte("b")},
+	}}
+	var resp wire.MapBatchResponse
+	if err := conn.Call(ctxT(t, 20*time.Second), wire.MsgMapBatch, req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Errs[0].Err() == nil {
+		t.Fatal("the first request did not fail")
+	}
+	if resp.Errs[1].Err() == nil {
+		t.Fatal("the second request of the same partition ran after the first failed")
+	}
+	if _, err := nd.Map("b").Get(ctxT(t, 5*time.Second), "k"); !errors.Is(err, grid.ErrNotFound) {
+		t.Fatalf("k was written: %v", err)
+	}
+}

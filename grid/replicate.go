@@ -203,6 +203,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 		return 0, nil
 	}
 	p.maps, p.stats, p.ttlKeys, p.sessions = d.maps, d.stats, d.ttlKeys, d.sessions
+	p.scanIdx = nil
 	p.sessBytes, p.sessResults = 0, 0
 	for _, s := range p.sessions {
 		p.sessBytes += s.bytes

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/resp"
 )
@@ -184,5 +185,40 @@ func TestQueryBufferLimits(t *testing.T) {
 	}
 	if n := infoField(t, watcher, "client_query_buffer_limit_disconnections"); n != 2 {
 		t.Fatalf("client_query_buffer_limit_disconnections %d, want 2", n)
+	}
+}
+
+// TestValueTooLarge: a write past the grid's maximum value size (issue 10
+// item 4) is answered with Redis's text for a string past
+// proto-max-bulk-len, and the connection and the partition keep serving.
+func TestValueTooLarge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 1, func(_ int, cfg *grid.Config) { cfg.MaxValueSize = 64 << 10 })
+	c.WaitStable(30 * time.Second)
+	cfg := resp.DefaultConfig()
+	cfg.Addr, cfg.Logger = "127.0.0.1:0", c.Logger(0)
+	s, err := resp.Listen(c.Nodes[0], cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	g := dialRaw(t, s.Addr().String())
+	const tooLarge = "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"SET", "k", strings.Repeat("v", 60<<10)}, "+OK\r\n"},
+		{[]string{"APPEND", "k", strings.Repeat("v", 8<<10)}, tooLarge},
+		{[]string{"SET", "k2", strings.Repeat("v", 70<<10)}, tooLarge},
+		{[]string{"MSET", "k3", "v", "k4", strings.Repeat("v", 70<<10)}, tooLarge},
+		{[]string{"STRLEN", "k"}, ":61440\r\n"},
+		{[]string{"APPEND", "k", "v"}, ":61441\r\n"},
+	} {
+		if got := g.do(tc.args...); got != tc.want {
+			t.Errorf("%s %s: %q, want %q", tc.args[0], tc.args[1], got, tc.want)
+		}
 	}
 }

@@ -96,8 +96,8 @@ func run(args []string, stderr io.Writer) int {
 	}
 	var rs *resp.Server
 	if opts.resp != "" {
-		rcfg := resp.DefaultConfig()
-		rcfg.Addr, rcfg.DefaultMap, rcfg.Logger = opts.resp, opts.respMap, log
+		rcfg := respConfig(opts.resp, opts.respMap, node.Config().MaxValueSize)
+		rcfg.Logger = log
 		if rs, err = resp.Listen(node, rcfg); err != nil {
 			fmt.Fprintln(stderr, "gridnode: -resp:", err)
 			_ = node.Close(ctx)
@@ -124,6 +124,18 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("left")
 	return 0
+}
+
+// respConfig is the Redis endpoint's config: a bulk argument may be as
+// large as the grid's largest entry (-max-value).
+func respConfig(addr, defaultMap string, maxValue int) resp.Config {
+	rc := resp.DefaultConfig()
+	rc.Addr, rc.DefaultMap = addr, defaultMap
+	if maxValue > 0 {
+		rc.MaxBulk = maxValue
+		rc.MaxQueryBuffer = max(rc.MaxQueryBuffer, maxValue+128<<10)
+	}
+	return rc
 }
 
 func respAddr(rs *resp.Server) string {
@@ -227,8 +239,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 		}
 	}
 	if *respFlag != "" {
-		rc := resp.DefaultConfig()
-		rc.Addr, rc.DefaultMap = *respFlag, *respMap
+		rc := respConfig(*respFlag, *respMap, *maxValue)
 		if err := rc.Validate(); err != nil {
 			return o, fmt.Errorf("-resp: %v", err)
 		}

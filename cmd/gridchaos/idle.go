@@ -115,6 +115,18 @@ func (h *harness) load(ctx context.Context, c *client.Client, d *dataset) int {
 	return len(d.keys) - len(d.acked)
 }
 
+// present returns how many acknowledged keys of d hold their value now.
+func (h *harness) present(ctx context.Context, c *client.Client, d *dataset) int {
+	got := h.readBack(ctx, c.Map(d.name), d.acked, 512)
+	n := 0
+	for _, k := range d.acked {
+		if v, ok := got[k]; ok && bytes.Equal(v, d.value(k)) {
+			n++
+		}
+	}
+	return n
+}
+
 // checkDataset reads back every acknowledged key of d and returns how many
 // are missing or wrong.
 func (h *harness) checkDataset(ctx context.Context, c *client.Client, d *dataset) int {

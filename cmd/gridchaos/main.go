@@ -85,6 +85,7 @@ type Summary struct {
 	Linearizable  string         `json:"linearizable"`
 	IdleKeys      int            `json:"idle_keys"`
 	IdleLost      int            `json:"idle_lost"`
+	IdleLosses    []string       `json:"idle_losses,omitempty"`
 	BulkKeys      int            `json:"bulk_keys"`
 	BulkMB        float64        `json:"bulk_mb"`
 	BulkLost      int            `json:"bulk_lost"`

@@ -25,6 +25,12 @@ type nemesis struct {
 	script    []string
 	sum       *Summary
 	violation func(format string, args ...any)
+	// idleMissing, if set, counts the idle keys missing now; it is called
+	// whenever the cluster is safe again, so that a loss is attributed to
+	// the fault that caused it (the final check stays authoritative).
+	idleMissing func(ctx context.Context) int
+	missing     int
+	checkedAt   int64
 }
 
 // next chooses the next fault kind: the script first, then a seeded
@@ -85,8 +91,29 @@ func (n *nemesis) run(ctx context.Context, deadline time.Time) bool {
 			n.violation("after %s the cluster was not safe within 60s: %v", rec.desc, err)
 			return false
 		}
+		n.attributeIdleLoss(ctx)
 	}
 	return true
+}
+
+// attributeIdleLoss reads the idle keys back on a safe cluster and names
+// the faults since the last read if more are missing than before.
+func (n *nemesis) attributeIdleLoss(ctx context.Context) {
+	if n.idleMissing == nil {
+		return
+	}
+	m := n.idleMissing(ctx)
+	if m > n.missing {
+		var since []string
+		for i := len(n.faults) - 1; i >= 0 && n.faults[i].end > n.checkedAt; i-- {
+			since = append(since, fmt.Sprintf("%d %s", i+1, n.faults[i].kind))
+		}
+		msg := fmt.Sprintf("+%d idle keys missing after faults %v", m-n.missing, since)
+		n.h.logf("%s", msg)
+		n.sum.IdleLosses = append(n.sum.IdleLosses, msg)
+	}
+	n.missing = max(n.missing, m)
+	n.checkedAt = n.h.now()
 }
 
 // inject fires one fault of kind and undoes it (restarts, resumes, heals).

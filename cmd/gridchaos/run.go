@@ -34,8 +34,21 @@ func (h *harness) run(ctx context.Context) (*Summary, error) {
 	}
 	begin := h.now()
 	nem := &nemesis{h: h, script: h.cfg.Script, sum: sum, violation: violation}
+	checker, err := client.Dial(ctx, client.Config{Addrs: h.rpcAddrs(), RefreshInterval: time.Second})
+	if err != nil {
+		return nil, err
+	}
+	if len(sets) > 0 && sets[0].name == "idle" {
+		nem.idleMissing = func(ctx context.Context) int {
+			return len(sets[0].acked) - h.present(ctx, checker, sets[0])
+		}
+	}
 	nem.run(ctx, time.Now().Add(h.cfg.Duration))
 	final := h.heal(ctx, sum, violation)
+	if final > 0 {
+		nem.attributeIdleLoss(ctx)
+	}
+	checker.Close()
 	// The workloads go on for one window after the heal: every worker must
 	// show progress in it.
 	time.Sleep(h.cfg.ProgressWindow + 100*time.Millisecond)

@@ -317,11 +317,20 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, d time.Duration) 
 	h := n.h
 	deadline := time.Now().Add(d)
 	why := "the table never showed a pending replica"
+	// Fills can end within a second: poll one node, the leader (whose
+	// table is the newest) once known.
+	var from *proc
+	polls := 0
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		cv, err := h.latest(ctx)
+		cv, err := h.viewFrom(ctx, from)
 		if err != nil {
-			time.Sleep(20 * time.Millisecond)
+			from = nil
+			time.Sleep(10 * time.Millisecond)
 			continue
+		}
+		polls++
+		if l := h.byName(cv.Leader); l != nil && l.running && !l.paused {
+			from = l
 		}
 		counts := map[string]int{}
 		for _, id := range cv.pending() {
@@ -351,9 +360,9 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, d time.Duration) 
 		if best != nil {
 			return best, fmt.Sprintf("%d pending partitions at table %d", counts[best.name], cv.Version)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	return nil, why
+	return nil, fmt.Sprintf("%s; %d polls", why, polls)
 }
 
 // killTwo SIGKILLs two members at once, which 2 backups must survive. At

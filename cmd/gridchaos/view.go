@@ -41,6 +41,7 @@ type partView struct {
 // clusterView is a node's /v1/cluster.
 type clusterView struct {
 	Version    uint64     `json:"version"`
+	Leader     string     `json:"leader"`
 	Voters     []string   `json:"voters"`
 	Partitions []partView `json:"partitions"`
 }
@@ -90,6 +91,18 @@ func (h *harness) latest(ctx context.Context) (*clusterView, error) {
 		return nil, lastErr
 	}
 	return best, nil
+}
+
+// viewFrom returns p's table, or the newest table if p is nil.
+func (h *harness) viewFrom(ctx context.Context, p *proc) (*clusterView, error) {
+	if p == nil {
+		return h.latest(ctx)
+	}
+	var cv clusterView
+	if err := getJSON(ctx, p.httpURL+"/v1/cluster", &cv); err != nil {
+		return nil, err
+	}
+	return &cv, nil
 }
 
 // unsafe says why the cluster is not safe for the next fault, or "": every

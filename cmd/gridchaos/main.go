@@ -105,6 +105,7 @@ type Summary struct {
 	NoWaitFaults  int            `json:"faults_without_convergence"`
 	FillKills     int            `json:"kills_during_fill"`
 	FillMissed    int            `json:"fill_kills_missed"`
+	Unconverged   int            `json:"table_regressions_after_convergence"`
 	UnavailP50ms  float64        `json:"unavailability_p50_ms"`
 	UnavailP99ms  float64        `json:"unavailability_p99_ms"`
 	UnavailMaxms  float64        `json:"unavailability_max_ms"`

@@ -26,13 +26,16 @@ type appendLog struct {
 }
 
 // appendWorker appends unique tokens ("worker.seq;") to a few shared keys,
-// renamed every 5 s so that values stay small. Calls have no deadline.
-func (h *harness) appendWorker(ctx context.Context, w *workloads, m client.Map, id int, pr *progress) {
+// renamed every 5 s so that values stay small. Each call gets the given
+// deadline (0: none).
+func (h *harness) appendWorker(ctx context.Context, w *workloads, m client.Map, id int, deadline time.Duration, pr *progress) {
 	rng := randNew(h.cfg.Seed ^ uint64(id+1)*0x2545f4914f6cdd1d)
 	for i := 0; !w.stopped(); i++ {
 		key := fmt.Sprintf("ap%d-%d", rng.IntN(8), time.Since(h.t0)/(5*time.Second))
 		token := fmt.Sprintf("%d.%d;", id, i)
-		_, err := m.Append(ctx, key, []byte(token))
+		opCtx, cancel := withDeadline(ctx, deadline)
+		_, err := m.Append(opCtx, key, []byte(token))
+		cancel()
 		out := classify(err)
 		if err != nil && w.stopped() {
 			out = unknown // cancelled by the harness
@@ -135,12 +138,15 @@ type counterLog struct {
 	unknown map[string]int
 }
 
-// counterWorker increments random counters by 1. Calls have no deadline.
-func (h *harness) counterWorker(ctx context.Context, w *workloads, m client.Map, id int, pr *progress) {
+// counterWorker increments random counters by 1. Each call gets the given
+// deadline (0: none).
+func (h *harness) counterWorker(ctx context.Context, w *workloads, m client.Map, id int, deadline time.Duration, pr *progress) {
 	rng := randNew(h.cfg.Seed ^ uint64(id+1)*0x9e3779b97f4a7c15)
 	for !w.stopped() {
 		key := fmt.Sprintf("ctr%d", rng.IntN(w.counters.keys))
-		_, err := m.Increment(ctx, key, 1)
+		opCtx, cancel := withDeadline(ctx, deadline)
+		_, err := m.Increment(opCtx, key, 1)
+		cancel()
 		out := classify(err)
 		if err != nil && w.stopped() {
 			out = unknown

@@ -183,6 +183,9 @@ func (n *nemesis) restart(ctx context.Context, p *proc) error {
 	if err := h.start(p); err != nil {
 		return err
 	}
+	if !h.amnesiac[p.name] {
+		return nil
+	}
 	if cv, err := h.latest(ctx); err == nil && !cv.names(p.name) {
 		delete(h.amnesiac, p.name)
 	}
@@ -311,10 +314,16 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", x.name, err)
 	}
+	// Find the leader first: a fill of tens of MiB ends within a second of
+	// the restart.
+	var leader *proc
+	if cv, err := h.latest(ctx); err == nil {
+		leader = h.byName(cv.Leader)
+	}
 	if err := n.restart(ctx, x); err != nil {
 		return err
 	}
-	v, desc := n.fillVictim(ctx, sender, 15*time.Second)
+	v, desc := n.fillVictim(ctx, sender, leader, 15*time.Second)
 	if v == nil {
 		n.sum.FillMissed++
 		h.logf("kill-fill-%s: no fill seen to hit (%s)", role, desc)
@@ -333,13 +342,16 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 // returns the member to kill: the primary with most pending partitions
 // (sender) or the member pending on most partitions (receiver), among
 // those whose kill loses nothing by design.
-func (n *nemesis) fillVictim(ctx context.Context, sender bool, d time.Duration) (*proc, string) {
+func (n *nemesis) fillVictim(ctx context.Context, sender bool, leader *proc, d time.Duration) (*proc, string) {
 	h := n.h
 	deadline := time.Now().Add(d)
 	why := "the table never showed a pending replica"
 	// Fills can end within a second: poll one node, the leader (whose
-	// table is the newest) once known.
-	var from *proc
+	// table is the newest).
+	from := leader
+	if from != nil && (!from.running || from.paused) {
+		from = nil
+	}
 	polls := 0
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		cv, err := h.viewFrom(ctx, from)

@@ -88,10 +88,10 @@ func (w *workloads) stopped() bool {
 }
 
 // startWorkloads starts every concurrent workload. Registers and the set
-// use clients with a 1 s table refresh and 3 s per call; appends and
-// counters use a client with default settings and calls without deadline
-// (only the end of the run cancels them): what an application gets out of
-// the box.
+// use clients with a 1 s table refresh and 3 s per call; half the
+// appenders and counters use a client with default settings and calls
+// without deadline (only the end of the run cancels them): what an
+// application gets out of the box.
 func (h *harness) startWorkloads(ctx context.Context) (*workloads, error) {
 	addrs := h.rpcAddrs()
 	wctx, cancel := context.WithCancel(ctx)
@@ -112,6 +112,9 @@ func (h *harness) startWorkloads(ctx context.Context) (*workloads, error) {
 		}
 		w.clients = append(w.clients, c)
 	}
+	// Half the appenders and counters use the default client without
+	// deadlines; the other half the tuned clients with 3 s per call, whose
+	// calls can end on an error (for the honest-outcome check).
 	def := w.clients[3]
 	for i := range h.cfg.Writers {
 		reg := w.add(fmt.Sprintf("register-%d", i), true)
@@ -119,15 +122,31 @@ func (h *harness) startWorkloads(ctx context.Context) (*workloads, error) {
 		w.goWorker(func() { h.registerWorker(wctx, w, w.clients[i%3].Map("reg"), i, reg) })
 		w.goWorker(func() { h.setWorker(wctx, w, w.clients[(i+1)%3].Map("set"), i, set) })
 	}
-	for i := range max(1, h.cfg.Writers/2) {
-		p := w.add(fmt.Sprintf("append-%d", i), false)
-		w.goWorker(func() { h.appendWorker(wctx, w, def.Map("append"), i, p) })
+	pick := func(i int) (*client.Client, time.Duration) {
+		if i%2 == 0 {
+			return def, 0
+		}
+		return w.clients[i%3], 3 * time.Second
 	}
-	for i := range max(1, h.cfg.Writers/4) {
+	for i := range max(2, h.cfg.Writers/2) {
+		p := w.add(fmt.Sprintf("append-%d", i), false)
+		c, d := pick(i)
+		w.goWorker(func() { h.appendWorker(wctx, w, c.Map("append"), i, d, p) })
+	}
+	for i := range max(2, h.cfg.Writers/4) {
 		p := w.add(fmt.Sprintf("counter-%d", i), false)
-		w.goWorker(func() { h.counterWorker(wctx, w, def.Map("counter"), i, p) })
+		c, d := pick(i)
+		w.goWorker(func() { h.counterWorker(wctx, w, c.Map("counter"), i, d, p) })
 	}
 	return w, nil
+}
+
+// withDeadline bounds ctx by d (0: not at all).
+func withDeadline(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d == 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 func (w *workloads) goWorker(f func()) {

@@ -234,6 +234,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		}
 	}
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
+		h.saveLogs()
 		return nil, fmt.Errorf("cluster never became safe: %w", err)
 	}
 	return h.run(ctx)

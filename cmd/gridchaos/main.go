@@ -208,6 +208,8 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		t0:       time.Now(),
 		dir:      dir,
 		amnesiac: map[string]bool{},
+
+		restartedAt: map[string]uint64{},
 	}
 	h.logf = func(format string, args ...any) {
 		fmt.Fprintf(cfg.Log, "[%6.1fs] %s\n", time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))

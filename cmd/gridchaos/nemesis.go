@@ -174,22 +174,25 @@ func (n *nemesis) victim(ctx context.Context, want *proc) (*proc, error) {
 	return nil, fmt.Errorf("for 60 s every member held the last valid copy of some partition (re-replication stalled)")
 }
 
-// restart starts p again with the same name and flags. If the newest
-// table names nothing on p, everything the table will name on it is new:
-// its amnesia is over.
-func (n *nemesis) restart(ctx context.Context, p *proc) error {
-	h := n.h
+// restart starts p again with the same name and flags. If p restarts
+// empty while the newest table still names it, the cluster is safe again
+// only at a later table (one that can know the new incarnation); if the
+// table names nothing on p, everything it will name there is new: its
+// amnesia is over.
+func (h *harness) restart(ctx context.Context, p *proc) error {
+	if h.amnesiac[p.name] {
+		cv, err := h.latest(ctx)
+		switch {
+		case err != nil:
+			return fmt.Errorf("table before restarting %s: %w", p.name, err)
+		case cv.names(p.name):
+			h.restartedAt[p.name] = cv.Version
+		default:
+			delete(h.amnesiac, p.name)
+		}
+	}
 	h.logf("restart %s", p.name)
-	if err := h.start(p); err != nil {
-		return err
-	}
-	if !h.amnesiac[p.name] {
-		return nil
-	}
-	if cv, err := h.latest(ctx); err == nil && !cv.names(p.name) {
-		delete(h.amnesiac, p.name)
-	}
-	return nil
+	return h.start(p)
 }
 
 // kill SIGKILLs a member (for kill-primary, the primary of a register),
@@ -209,7 +212,7 @@ func (n *nemesis) kill(ctx context.Context, kind string, begin func(string)) err
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", p.name, err)
 	}
-	return n.restart(ctx, p)
+	return h.restart(ctx, p)
 }
 
 // restartNow SIGKILLs a member and restarts it at once with the same name
@@ -222,7 +225,7 @@ func (n *nemesis) restartNow(ctx context.Context, begin func(string)) error {
 	}
 	begin(fmt.Sprintf("restart-now: SIGKILL %s and restart it at once", p.name))
 	n.h.kill(p)
-	return n.restart(ctx, p)
+	return n.h.restart(ctx, p)
 }
 
 // restartChain SIGKILLs a member A and restarts it at once with the same
@@ -238,7 +241,7 @@ func (n *nemesis) restartChain(ctx context.Context, begin func(string)) error {
 	}
 	begin(fmt.Sprintf("restart-chain: SIGKILL %s, restart it at once, converge, SIGKILL the primary of its backups", a.name))
 	h.kill(a)
-	if err := n.restart(ctx, a); err != nil {
+	if err := h.restart(ctx, a); err != nil {
 		return err
 	}
 	var b *proc
@@ -273,7 +276,7 @@ func (n *nemesis) restartChain(ctx context.Context, begin func(string)) error {
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", b.name, err)
 	}
-	return n.restart(ctx, b)
+	return h.restart(ctx, b)
 }
 
 // primaryOfBackups returns the member (not a) that is primary of most
@@ -320,7 +323,7 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	if cv, err := h.latest(ctx); err == nil {
 		leader = h.byName(cv.Leader)
 	}
-	if err := n.restart(ctx, x); err != nil {
+	if err := h.restart(ctx, x); err != nil {
 		return err
 	}
 	v, desc := n.fillVictim(ctx, sender, leader, 15*time.Second)
@@ -335,7 +338,7 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing fill %s %s: %v", role, v.name, err)
 	}
-	return n.restart(ctx, v)
+	return h.restart(ctx, v)
 }
 
 // fillVictim polls the newest table until it shows pending replicas and
@@ -442,7 +445,7 @@ func (n *nemesis) killTwo(ctx context.Context, begin func(string)) error {
 		return fmt.Errorf("no failover after killing %s and %s: %v", pair[0].name, pair[1].name, err)
 	}
 	for _, p := range pair {
-		if err := n.restart(ctx, p); err != nil {
+		if err := h.restart(ctx, p); err != nil {
 			return err
 		}
 	}
@@ -490,7 +493,7 @@ func (n *nemesis) leave(ctx context.Context, begin func(string)) error {
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("not safe after %s left: %v", p.name, err)
 	}
-	return n.restart(ctx, p)
+	return h.restart(ctx, p)
 }
 
 // partition cuts a minority (1 .. (n-1)/2 members) off for 4-7 s: past

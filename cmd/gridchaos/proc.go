@@ -52,6 +52,10 @@ type harness struct {
 	// not count as copies until the cluster converged (or the table
 	// stopped naming them).
 	amnesiac map[string]bool
+	// restartedAt is, per amnesiac member, the newest table version before
+	// its restart: only a later table can name its new incarnation, so an
+	// older one (say, while the leader is dead) is not converged for it.
+	restartedAt map[string]uint64
 	// safeAt are the times (ns since t0) at which the cluster was seen
 	// safe; faults' recovery points are taken from it.
 	safeAt []int64

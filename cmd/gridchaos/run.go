@@ -106,7 +106,8 @@ func (h *harness) loadDatasets(ctx context.Context, partitions int, violation fu
 	return sets, nil
 }
 
-// heal resumes paused members and restarts the initial ones, then waits
+// heal resumes paused members, restarts the initial ones (and any that
+// died on its own), then waits
 // for the cluster to be safe; it returns when it was (0 if never).
 func (h *harness) heal(ctx context.Context, sum *Summary, violation func(string, ...any)) int64 {
 	for _, p := range h.procs {
@@ -115,9 +116,15 @@ func (h *harness) heal(ctx context.Context, sum *Summary, violation func(string,
 			p.paused = false
 		}
 	}
+	for _, p := range h.procs {
+		if p.exited() { // it died on its own (reported): start it again
+			p.running = false
+			h.amnesiac[p.name] = true
+		}
+	}
 	for i := range h.cfg.Nodes {
 		if p := h.slot(i); !p.running {
-			if err := h.start(p); err != nil {
+			if err := h.restart(ctx, p); err != nil {
 				violation("heal: %v", err)
 			}
 		}

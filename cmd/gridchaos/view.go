@@ -141,6 +141,11 @@ func (h *harness) unsafe(ctx context.Context) string {
 		} else if cv.Version != version {
 			return fmt.Sprintf("%s at table %d, %s at %d", live[0].name, version, p.name, cv.Version)
 		}
+		for name, v := range h.restartedAt {
+			if q := h.byName(name); q != nil && q.running && cv.Version <= v {
+				return fmt.Sprintf("table %d predates the restart of %s (after table %d)", cv.Version, name, v)
+			}
+		}
 		seen := map[string]bool{}
 		for pid, part := range cv.Partitions {
 			if !slices.Contains(names, part.Primary) || len(part.Backups) != want || len(part.Pending) > 0 {
@@ -170,6 +175,7 @@ func (h *harness) waitSafe(ctx context.Context, d time.Duration) error {
 		if why = h.unsafe(ctx); why == "" {
 			h.safeAt = append(h.safeAt, h.now())
 			clear(h.amnesiac)
+			clear(h.restartedAt)
 			return nil
 		}
 		select {

@@ -117,7 +117,8 @@ func (h *harness) heal(ctx context.Context, sum *Summary, violation func(string,
 		}
 	}
 	for _, p := range h.procs {
-		if p.exited() { // it died on its own (reported): start it again
+		if p.exited() {
+			violation("%s exited on its own during the run (see its log); restarted for the checks", p.name)
 			p.running = false
 			h.amnesiac[p.name] = true
 		}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,9 @@ type Config struct {
 	MaxFrame int
 	// Logger receives the client's logs; nil discards them.
 	Logger *slog.Logger
+	// Dial opens a TCP connection to a member's RPC address. Default: a
+	// net.Dialer. Tests use it to put a proxy in between.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // DefaultConfig returns a config for a node on the default loopback port.
@@ -160,7 +164,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg:       cfg,
 		log:       lg,
-		pool:      transport.NewPool(cfg.MaxFrame, lg),
+		pool:      transport.NewPoolWith(transport.PoolConfig{MaxFrame: cfg.MaxFrame, Logger: lg, Dial: cfg.Dial}),
 		refreshCh: make(chan struct{}, 1),
 		tableCh:   make(chan struct{}),
 		done:      make(chan struct{}),

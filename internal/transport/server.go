@@ -216,10 +216,23 @@ func (l *RaftLayer) Dial(address string, timeout time.Duration) (net.Conn, error
 	return nc, nil
 }
 
+// PoolConfig configures a Pool. The zero value of every field picks its
+// default.
+type PoolConfig struct {
+	// MaxFrame is the largest frame accepted. Default wire.DefaultMaxFrame.
+	MaxFrame int
+	// Logger receives the connections' logs; nil discards them.
+	Logger *slog.Logger
+	// Dial opens the TCP connection to addr. Default: a net.Dialer. Tests
+	// use it to put a proxy in between; it could carry TLS.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
 // Pool keeps one multiplexed connection per peer address.
 type Pool struct {
 	log      *slog.Logger
 	maxFrame int
+	dialFn   func(ctx context.Context, addr string) (net.Conn, error)
 	h        Handler // serves frames the peers push on dialed connections
 
 	mu     sync.Mutex
@@ -233,9 +246,19 @@ type poolEntry struct {
 	err   error
 }
 
-// NewPool returns an empty pool.
+// NewPool returns an empty pool with the default PoolConfig but for
+// maxFrame and log.
 func NewPool(maxFrame int, log *slog.Logger) *Pool {
-	return &Pool{log: log, maxFrame: maxFrame, conns: make(map[string]*poolEntry)}
+	return NewPoolWith(PoolConfig{MaxFrame: maxFrame, Logger: log})
+}
+
+// NewPoolWith returns an empty pool.
+func NewPoolWith(cfg PoolConfig) *Pool {
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	return &Pool{log: cfg.Logger, maxFrame: cfg.MaxFrame, dialFn: cfg.Dial, conns: make(map[string]*poolEntry)}
 }
 
 // SetHandler sets the handler of frames that peers send on connections this
@@ -300,8 +323,7 @@ func (p *Pool) Get(ctx context.Context, addr string) (*Conn, error) {
 }
 
 func (p *Pool) dial(ctx context.Context, addr string) (*Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := p.dialFn(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %v", api.ErrUnavailable, addr, err)
 	}

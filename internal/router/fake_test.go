@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
@@ -28,6 +29,7 @@ const (
 	drop                  // close the connection without answering (the request may have applied)
 	silence               // never answer, keep the connection open (a paused process)
 	refuse                // answer with the error in script's second result
+	late                  // answer as a healthy primary, 200ms later
 )
 
 // script decides a member's answer to the i-th request (from 0) of its
@@ -157,6 +159,13 @@ func (n *fakeNode) HandleFrame(c *transport.Conn, f wire.Frame) {
 		go func() { // Close waits for this reader goroutine
 			defer n.wg.Done()
 			_ = c.Close()
+		}()
+	case late:
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			time.Sleep(200 * time.Millisecond)
+			c.Reply(f.Type, f.ID, resp)
 		}()
 	case silence:
 	}

@@ -173,7 +173,11 @@ func (r *Router) remote(ctx context.Context, owner, addr string, typ uint8, req,
 			changed = now
 		}
 		err := fut.WaitAbort(ctx, changed, resp)
-		if !errors.Is(err, transport.ErrAbandoned) || r.moved(owner, parts) {
+		if !errors.Is(err, transport.ErrAbandoned) {
+			return err
+		}
+		if r.moved(owner, parts) {
+			fut.Forget()
 			return err
 		}
 	}

@@ -316,3 +316,19 @@ func TestRequestsWaitingOnAReplacedPrimaryAreRerouted(t *testing.T) {
 	}
 	sameSession(t, put)
 }
+
+func TestRequestsWaitingOnAKeptPrimaryAreNotResent(t *testing.T) {
+	h := newHarness(t)
+	n1 := h.node("n1")
+	n1.setScript(always(late, nil))
+	go func() {
+		<-n1.received
+		h.install(2, nil, "n1") // a new table that keeps the primary
+	}()
+	if err := h.r.Map("m").Put(ctxFor(t, 5*time.Second), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(n1.mapRequests()); n != 1 {
+		t.Fatalf("n1 got %d requests, want 1", n)
+	}
+}

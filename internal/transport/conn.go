@@ -395,9 +395,9 @@ func (f *Future) Wait(ctx context.Context, resp any) error {
 	return f.WaitAbort(ctx, nil, resp)
 }
 
-// WaitAbort is Wait that also stops waiting when abort closes: it then
-// returns an error matching api.ErrTimeout and ErrAbandoned (the request
-// may still be applied).
+// WaitAbort is Wait that also returns when abort closes, with an error
+// matching api.ErrTimeout and ErrAbandoned. The call then stays pending:
+// wait for it again, or Forget it (the request may still be applied).
 func (f *Future) WaitAbort(ctx context.Context, abort <-chan struct{}, resp any) error {
 	select {
 	case r := <-f.ch:
@@ -406,16 +406,15 @@ func (f *Future) WaitAbort(ctx context.Context, abort <-chan struct{}, resp any)
 		}
 		return DecodeResponse(r.f, resp)
 	case <-ctx.Done():
-		f.forget()
+		f.Forget()
 		return fmt.Errorf("%w: %w", api.ErrTimeout, ctx.Err())
 	case <-abort:
-		f.forget()
 		return fmt.Errorf("%w: %w", api.ErrTimeout, ErrAbandoned)
 	}
 }
 
-// forget drops the future's call: a late answer is discarded.
-func (f *Future) forget() {
+// Forget drops the call: its answer, if one comes, is discarded.
+func (f *Future) Forget() {
 	f.c.mu.Lock()
 	if f.c.pending != nil {
 		delete(f.c.pending, f.id)

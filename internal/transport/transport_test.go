@@ -547,3 +547,36 @@ func TestNotifyToPeerThatNeverReadsClosesTheConnection(t *testing.T) {
 type handlerFunc func(c *Conn, f wire.Frame)
 
 func (h handlerFunc) HandleFrame(c *Conn, f wire.Frame) { h(c, f) }
+
+func TestWaitAbortLeavesTheCallPending(t *testing.T) {
+	h := &holder{release: make(chan struct{})}
+	srv, err := ListenWith("127.0.0.1:0", h, ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := NewPool(0, nil)
+	defer func() {
+		pool.Close()
+		_ = srv.Close()
+		h.wg.Wait()
+	}()
+	c, err := pool.Get(context.Background(), srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fut, err := c.Start(wire.MsgMap, &wire.MapRequest{Key: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	abort := make(chan struct{})
+	close(abort)
+	if err := fut.WaitAbort(context.Background(), abort, nil); !errors.Is(err, ErrAbandoned) || !errors.Is(err, api.ErrTimeout) {
+		t.Fatalf("aborted wait: %v, want ErrAbandoned and ErrTimeout", err)
+	}
+	close(h.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := fut.Wait(ctx, &wire.MapResponse{}); err != nil {
+		t.Fatalf("waiting again after an abort: %v", err)
+	}
+}

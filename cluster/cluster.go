@@ -388,6 +388,9 @@ func (c *Cluster) leased(now time.Time) map[string]bool {
 		if t := c.Table(); t != nil {
 			for _, p := range t.Partitions {
 				out[p.Primary] = true
+				if p.Former != "" {
+					out[p.Former] = true
+				}
 			}
 		}
 	}
@@ -631,7 +634,7 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	for _, m := range wm {
 		delete(leased, m.Name) // live members are not waited for
 	}
-	next, res := StepLeased(cur, wm, c.cfg.Partitions, c.cfg.Backups, reports, c.cfg.MaxMigrations, draining, leased, gone)
+	next, res := Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports, MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone})
 	if next == cur {
 		return
 	}

@@ -132,8 +132,8 @@ func TestAuthorityVotersAndLeaderFailure(t *testing.T) {
 		}
 		tab := l.c.Table()
 		for p, part := range tab.Partitions {
-			for _, n := range part.Pending {
-				_ = l.c.HandleSynced(wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+			for _, r := range reportsFor(p, part) {
+				_ = l.c.HandleSynced(r)
 			}
 		}
 	}

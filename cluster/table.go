@@ -111,7 +111,9 @@ func Clone(t *wire.Table) *wire.Table {
 	c.Members = slices.Clone(t.Members)
 	c.Partitions = make([]wire.Part, len(t.Partitions))
 	for i, p := range t.Partitions {
-		c.Partitions[i] = wire.Part{Primary: p.Primary, Backups: slices.Clone(p.Backups), Pending: slices.Clone(p.Pending), Epoch: p.Epoch}
+		c.Partitions[i] = p
+		c.Partitions[i].Backups = slices.Clone(p.Backups)
+		c.Partitions[i].Pending = slices.Clone(p.Pending)
 	}
 	return &c
 }
@@ -124,6 +126,7 @@ type StepResult struct {
 	Added    int // pending replicas added (migrations started)
 	Switched int // planned primary moves to an in-sync backup
 	Dropped  int // replicas removed because the target no longer wants them
+	Fenced   int // former primaries reported fenced by their successor
 	InFlight int // pending replicas after the step
 	// AwaitingLease counts partitions whose failed primary may still hold
 	// a read lease: promotion waits for it to lapse.
@@ -134,215 +137,301 @@ type StepResult struct {
 	Converged   bool
 }
 
-// Step computes the next table from cur (nil at bootstrap), the live
-// members, and the synced reports received since the last step. It returns
-// the new table (cur itself, unchanged, if nothing changed). Rules, in order:
-//
-//  1. Members that are not live leave every replica set.
-//  2. A partition whose primary is gone promotes its first in-sync backup
-//     (the target primary if it is one) and its epoch grows. With no backup
-//     left the partition restarts empty on its target primary: its data is
-//     lost (counted in Lost; cannot happen while failures stay within the
-//     backup count).
-//  3. Synced reports for the current epoch move a pending replica to the
-//     in-sync backups.
-//  4. A target primary that is an in-sync backup takes over as primary (the
-//     old primary stays as a backup, epoch grows).
-//  5. Target replicas missing from a partition are added as pending, at most
-//     maxInFlight pending at once across the table.
-//  6. In-sync backups beyond the wanted count that the target does not want
-//     are dropped, as are pending replicas it no longer wants.
-//
-// Draining members stay in the table and keep serving, but the target leaves
-// them out: their primaries move to in-sync backups (rule 4) and their
-// replicas are copied elsewhere and then dropped (rules 5 and 6), so that a
-// graceful leave hands everything over before the member goes.
-func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining map[string]bool) (*wire.Table, StepResult) {
-	return StepLeased(cur, live, partitions, backups, reports, maxInFlight, draining, nil, nil)
+// StepInput is everything the next table depends on.
+type StepInput struct {
+	Cur         *wire.Table // nil at bootstrap
+	Live        []wire.Member
+	Partitions  int
+	Backups     int
+	Reports     []wire.SyncedReport // received since the last step
+	MaxInFlight int                 // pending replicas allowed at once
+	// Draining members stay and serve, but the target leaves them out.
+	Draining map[string]bool
+	// Leased names failed members whose read lease may still be valid.
+	Leased map[string]bool
+	// Gone names members whose previous copy is certainly gone (they left,
+	// or came back as a new incarnation; Next also detects the latter).
+	Gone map[string]bool
 }
 
-// StepLeased is Step where leased names failed members whose read lease may
-// still be valid: their partitions keep them as primary (and are
-// unavailable) until the lease must have lapsed, so that a paused or cut-off
-// primary never serves a read after its backup took over.
+// Step is Next without leases, drains' absence aside: for tests and callers
+// that hold no lease state.
+func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining map[string]bool) (*wire.Table, StepResult) {
+	return Next(StepInput{Cur: cur, Live: live, Partitions: partitions, Backups: backups, Reports: reports, MaxInFlight: maxInFlight, Draining: draining})
+}
+
+// stepper carries one step's working state between its rules.
+type stepper struct {
+	in     StepInput
+	t      *wire.Table
+	res    StepResult
+	alive  map[string]bool   // live members that are the incarnation the table knows
+	reborn map[string]bool   // live names that came back as a new incarnation
+	ids    map[string]string // live member name -> incarnation id
+	names  []string          // target members (live, not draining)
+	want   int               // backups wanted per partition
+	tgt    Placement
+}
+
+// Next computes the next table. It returns in.Cur itself, unchanged, if
+// nothing changed. The rules run in this order, each a function below; a
+// partition may be touched by several rules in one step, and the comment of
+// each rule says what it must not undo of the earlier ones:
 //
-// gone names members whose previous copy is certainly gone (they left, or
-// their name came back as a new incarnation, which Step also detects from
-// member IDs). A partition whose primary and in-sync backups are all failed
-// but not gone stays unavailable with its old primary: membership can
-// declare a live node failed (a partition, a pause), and reassigning such a
-// partition empty would lose every acknowledged write in it.
-func StepLeased(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining, leased, gone map[string]bool) (*wire.Table, StepResult) {
-	var res StepResult
-	names := make([]string, 0, len(live))
-	alive := make(map[string]bool, len(live))
-	reborn := map[string]bool{}
+//  1. dropFailed: members that are not live leave every replica set, except
+//     an unfenced Former whose lease may still be valid.
+//  2. promote: a partition whose primary is gone promotes an in-sync backup
+//     (epoch+1); with no backup left it stays unavailable unless every copy
+//     is certainly gone (then it restarts empty: Fresh, counted in Lost).
+//  3. applyReports: synced reports for the current epoch and incarnation
+//     move pending replicas to the backups, and clear a fenced Former.
+//  4. switchPlanned: a target primary that is an in-sync backup takes over
+//     (epoch+1); the old primary stays as a backup and becomes Former. Not
+//     while an earlier Former is unfenced.
+//  5. addMigrations: missing target replicas are added as pending, at most
+//     MaxInFlight pending across the table.
+//  6. dropUnwanted: pending replicas the target no longer wants, and in-sync
+//     backups beyond the wanted count, are dropped; never a Former.
+//
+// Partitions whose failed primary may still hold a read lease are left to
+// rules 1 and 2 only, which wait for the lease: no report, switch,
+// migration or drop touches them, so a paused primary never serves a read
+// after its backup took over.
+func Next(in StepInput) (*wire.Table, StepResult) {
+	s := &stepper{in: in, alive: map[string]bool{}, reborn: map[string]bool{}, ids: map[string]string{}}
 	curIDs := map[string]string{}
-	if cur != nil {
-		for _, m := range cur.Members {
+	if in.Cur != nil {
+		for _, m := range in.Cur.Members {
 			curIDs[m.Name] = m.ID
 		}
 	}
-	for _, m := range live {
+	for _, m := range in.Live {
+		s.ids[m.Name] = m.ID
 		if id := curIDs[m.Name]; id != "" && m.ID != "" && id != m.ID {
 			// A new incarnation: the replicas the table gives this name
 			// belonged to the old one, which is dead.
-			reborn[m.Name] = true
+			s.reborn[m.Name] = true
 		} else {
-			alive[m.Name] = true
+			s.alive[m.Name] = true
 		}
-		if !draining[m.Name] {
-			names = append(names, m.Name)
-		}
-	}
-	if len(names) == 0 {
-		for _, m := range live {
-			names = append(names, m.Name)
+		if !in.Draining[m.Name] {
+			s.names = append(s.names, m.Name)
 		}
 	}
-	slices.Sort(names)
-	var t *wire.Table
-	if cur == nil {
-		t = &wire.Table{Backups: backups, Partitions: make([]wire.Part, partitions)}
+	if len(s.names) == 0 {
+		for _, m := range in.Live {
+			s.names = append(s.names, m.Name)
+		}
+	}
+	slices.Sort(s.names)
+	if in.Cur == nil {
+		s.t = &wire.Table{Backups: in.Backups, Partitions: make([]wire.Part, in.Partitions)}
 	} else {
-		t = Clone(cur)
+		s.t = Clone(in.Cur)
 	}
-	members := slices.Clone(live)
+	members := slices.Clone(in.Live)
 	slices.SortFunc(members, func(a, b wire.Member) int { return strings.Compare(a.Name, b.Name) })
-	if !slices.Equal(members, t.Members) {
-		t.Members = members
-		res.Changed = true
+	if !slices.Equal(members, s.t.Members) {
+		s.t.Members = members
+		s.res.Changed = true
 	}
-	if len(live) == 0 {
-		return finish(cur, t, res)
+	if len(in.Live) == 0 {
+		return finish(in.Cur, s.t, s.res)
 	}
-	want := min(backups, len(names)-1)
-	tgt := Target(names, partitions, backups, t)
+	s.want = min(in.Backups, len(s.names)-1)
+	s.tgt = Target(s.names, in.Partitions, in.Backups, s.t)
+	for p := range s.t.Partitions {
+		s.dropFailed(p)
+		s.promote(p)
+	}
+	s.applyReports()
+	for p := range s.t.Partitions {
+		if s.waiting(p) {
+			continue
+		}
+		s.switchPlanned(p)
+	}
+	inFlight := 0
+	for _, part := range s.t.Partitions {
+		inFlight += len(part.Pending)
+	}
+	for p := range s.t.Partitions {
+		if s.waiting(p) {
+			continue
+		}
+		inFlight = s.addMigrations(p, inFlight)
+	}
+	for p := range s.t.Partitions {
+		if s.waiting(p) {
+			continue
+		}
+		s.dropUnwanted(p)
+	}
+	for _, part := range s.t.Partitions {
+		s.res.InFlight += len(part.Pending)
+	}
+	s.res.Converged = Converged(s.t, s.names, in.Backups)
+	return finish(in.Cur, s.t, s.res)
+}
 
-	// 1 and 2: failures.
-	for p := range t.Partitions {
-		part := &t.Partitions[p]
-		nb := filterAlive(part.Backups, alive)
-		np := filterAlive(part.Pending, alive)
-		if len(nb) != len(part.Backups) || len(np) != len(part.Pending) {
-			res.Changed = true
-		}
-		part.Backups, part.Pending = nb, np
-		if part.Primary != "" && (alive[part.Primary] || leased[part.Primary]) {
-			if !alive[part.Primary] {
-				res.AwaitingLease++
-			}
-			continue
-		}
-		switch {
-		case len(part.Backups) > 0:
-			i := max(0, slices.Index(part.Backups, tgt.Primary[p]))
-			part.Primary = part.Backups[i]
-			part.Backups = slices.Delete(part.Backups, i, i+1)
-			if cur != nil {
-				res.Promoted++
-			}
-		case cur == nil || part.Primary == "" || reborn[part.Primary] || gone[part.Primary]:
-			// Bootstrap, or every copy is certainly gone: start empty.
-			if cur != nil && part.Primary != "" {
-				res.Lost++
-			}
-			part.Primary = tgt.Primary[p]
-			part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == part.Primary })
-		default:
-			// The only copy may be on a node membership wrongly thinks dead:
-			// stay unavailable until it returns (or is known gone).
-			res.Unavailable++
-			continue
-		}
-		res.Changed = true
-		part.Epoch++
+// waiting: the partition's primary failed and its lease may be valid.
+func (s *stepper) waiting(p int) bool { return !s.alive[s.t.Partitions[p].Primary] }
+
+// formerHeld: a partition's unfenced Former that failed but may still serve
+// reads under its lease. It stays in Backups so that no write commits
+// without it until the lease lapsed.
+func (s *stepper) formerHeld(part *wire.Part, n string) bool {
+	return n == part.Former && !s.alive[n] && !s.reborn[n] && s.in.Leased[n]
+}
+
+// Rule 1: members that are not live leave every replica set.
+func (s *stepper) dropFailed(p int) {
+	part := &s.t.Partitions[p]
+	nb := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] && !s.formerHeld(part, n) })
+	np := slices.DeleteFunc(slices.Clone(part.Pending), func(n string) bool { return !s.alive[n] })
+	if len(nb) != len(part.Backups) || len(np) != len(part.Pending) {
+		s.res.Changed = true
 	}
-	// Partitions whose failed primary still holds a lease are left alone
-	// until it lapses: no report, switch, migration or drop touches them.
-	waiting := func(p int) bool { return !alive[t.Partitions[p].Primary] }
-	// 3: synced reports.
-	for _, r := range reports {
-		if int(r.Partition) < 0 || int(r.Partition) >= len(t.Partitions) || waiting(int(r.Partition)) {
+	part.Backups, part.Pending = nb, np
+	if part.Former != "" && part.Former != part.Primary && !slices.Contains(part.Backups, part.Former) {
+		part.Former = "" // failed, and its lease lapsed: nothing left to fence
+		s.res.Changed = true
+	}
+}
+
+// Rule 2: a partition whose primary is gone promotes an in-sync backup.
+func (s *stepper) promote(p int) {
+	part := &s.t.Partitions[p]
+	if part.Primary != "" && (s.alive[part.Primary] || s.in.Leased[part.Primary]) {
+		if !s.alive[part.Primary] {
+			s.res.AwaitingLease++
+		}
+		return
+	}
+	cands := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] })
+	switch {
+	case len(cands) > 0:
+		pick := cands[0]
+		if slices.Contains(cands, s.tgt.Primary[p]) {
+			pick = s.tgt.Primary[p]
+		}
+		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == pick })
+		if part.Former == pick {
+			part.Former = ""
+		}
+		part.Primary = pick
+		part.Fresh = false
+		if s.in.Cur != nil {
+			s.res.Promoted++
+		}
+	case s.in.Cur == nil || part.Primary == "" || s.reborn[part.Primary] || s.in.Gone[part.Primary]:
+		// Bootstrap, or every copy is certainly gone: start empty.
+		if s.in.Cur != nil && part.Primary != "" {
+			s.res.Lost++
+		}
+		part.Primary = s.tgt.Primary[p]
+		part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == part.Primary })
+		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == part.Primary })
+		part.Former = ""
+		part.Fresh = true
+	default:
+		// The only copy may be on a node membership wrongly thinks dead:
+		// stay unavailable until it returns (or is known gone).
+		s.res.Unavailable++
+		return
+	}
+	s.res.Changed = true
+	part.Epoch++
+}
+
+// Rule 3: synced reports move pending replicas to the backups and clear a
+// fenced Former. A report counts only for the current epoch and the
+// reported node's current incarnation: a report about a predecessor (the
+// same name, restarted empty) must never make its successor in-sync.
+func (s *stepper) applyReports() {
+	for _, r := range s.in.Reports {
+		if int(r.Partition) < 0 || int(r.Partition) >= len(s.t.Partitions) || s.waiting(int(r.Partition)) {
 			continue
 		}
-		part := &t.Partitions[r.Partition]
-		if r.Epoch != part.Epoch || !slices.Contains(part.Pending, r.Node) {
+		part := &s.t.Partitions[r.Partition]
+		if r.Epoch != part.Epoch || !s.alive[r.Node] || (r.ID != "" && s.ids[r.Node] != "" && r.ID != s.ids[r.Node]) {
+			continue
+		}
+		if r.Node == part.Former && slices.Contains(part.Backups, r.Node) {
+			part.Former = ""
+			s.res.Fenced++
+			s.res.Changed = true
+			continue
+		}
+		if !slices.Contains(part.Pending, r.Node) {
 			continue
 		}
 		part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == r.Node })
 		part.Backups = append(part.Backups, r.Node)
-		res.Changed = true
+		s.res.Changed = true
 	}
-	// 4: planned primary moves.
-	for p := range t.Partitions {
-		if waiting(p) {
+}
+
+// Rule 4: move the primary to the target where the target is an in-sync
+// backup. The old primary stays as a backup and becomes Former: it may
+// serve reads under its lease until the new primary fences it, so it must
+// stay counted for every write until then (rule 6 keeps it).
+func (s *stepper) switchPlanned(p int) {
+	part := &s.t.Partitions[p]
+	tp := s.tgt.Primary[p]
+	if part.Primary == tp || part.Former != "" {
+		return
+	}
+	i := slices.Index(part.Backups, tp)
+	if i < 0 {
+		return
+	}
+	part.Backups[i] = part.Primary
+	part.Former = part.Primary
+	part.Primary = tp
+	part.Fresh = false
+	part.Epoch++
+	s.res.Switched++
+	s.res.Changed = true
+}
+
+// Rule 5: start migrations towards the target.
+func (s *stepper) addMigrations(p, inFlight int) int {
+	part := &s.t.Partitions[p]
+	for _, n := range append([]string{s.tgt.Primary[p]}, s.tgt.Backups[p]...) {
+		if inFlight >= s.in.MaxInFlight {
+			break
+		}
+		if n == part.Primary || slices.Contains(part.Backups, n) || slices.Contains(part.Pending, n) {
 			continue
 		}
-		part := &t.Partitions[p]
-		tp := tgt.Primary[p]
-		if part.Primary == tp {
-			continue
-		}
-		if i := slices.Index(part.Backups, tp); i >= 0 {
-			part.Backups[i] = part.Primary
-			part.Primary = tp
-			part.Epoch++
-			res.Switched++
-			res.Changed = true
-		}
+		part.Pending = append(part.Pending, n)
+		inFlight++
+		s.res.Added++
+		s.res.Changed = true
 	}
-	// 5: start migrations towards the target.
-	inFlight := 0
-	for _, part := range t.Partitions {
-		inFlight += len(part.Pending)
+	return inFlight
+}
+
+// Rule 6: drop what the target no longer wants, never an unfenced Former.
+func (s *stepper) dropUnwanted(p int) {
+	part := &s.t.Partitions[p]
+	wanted := func(n string) bool { return n == s.tgt.Primary[p] || slices.Contains(s.tgt.Backups[p], n) }
+	np := slices.DeleteFunc(slices.Clone(part.Pending), func(n string) bool { return !wanted(n) })
+	if len(np) != len(part.Pending) {
+		s.res.Dropped += len(part.Pending) - len(np)
+		part.Pending = np
+		s.res.Changed = true
 	}
-	for p := range t.Partitions {
-		if waiting(p) {
-			continue
+	for len(part.Backups) > s.want {
+		i := slices.IndexFunc(part.Backups, func(n string) bool { return !wanted(n) && n != part.Former })
+		if i < 0 {
+			break
 		}
-		part := &t.Partitions[p]
-		for _, n := range append([]string{tgt.Primary[p]}, tgt.Backups[p]...) {
-			if inFlight >= maxInFlight {
-				break
-			}
-			if n == part.Primary || slices.Contains(part.Backups, n) || slices.Contains(part.Pending, n) {
-				continue
-			}
-			part.Pending = append(part.Pending, n)
-			inFlight++
-			res.Added++
-			res.Changed = true
-		}
+		part.Backups = slices.Delete(part.Backups, i, i+1)
+		s.res.Dropped++
+		s.res.Changed = true
 	}
-	// 6: drop what the target no longer wants.
-	for p := range t.Partitions {
-		if waiting(p) {
-			continue
-		}
-		part := &t.Partitions[p]
-		wanted := func(n string) bool { return n == tgt.Primary[p] || slices.Contains(tgt.Backups[p], n) }
-		np := slices.DeleteFunc(slices.Clone(part.Pending), func(n string) bool { return !wanted(n) })
-		if len(np) != len(part.Pending) {
-			res.Dropped += len(part.Pending) - len(np)
-			part.Pending = np
-			res.Changed = true
-		}
-		for len(part.Backups) > want {
-			i := slices.IndexFunc(part.Backups, func(n string) bool { return !wanted(n) })
-			if i < 0 {
-				break
-			}
-			part.Backups = slices.Delete(part.Backups, i, i+1)
-			res.Dropped++
-			res.Changed = true
-		}
-	}
-	for _, part := range t.Partitions {
-		res.InFlight += len(part.Pending)
-	}
-	res.Converged = Converged(t, names, backups)
-	return finish(cur, t, res)
 }
 
 func finish(cur, t *wire.Table, res StepResult) (*wire.Table, StepResult) {
@@ -370,14 +459,14 @@ func filterAlive(ns []string, alive map[string]bool) []string {
 
 // Converged reports whether t is complete for members: every partition has
 // a live primary, exactly min(backups, members-1) in-sync backups on
-// distinct other members, and nothing pending.
+// distinct other members, nothing pending, and no unfenced former primary.
 func Converged(t *wire.Table, members []string, backups int) bool {
 	if t == nil || len(members) == 0 {
 		return false
 	}
 	want := min(backups, len(members)-1)
 	for _, p := range t.Partitions {
-		if p.Primary == "" || !slices.Contains(members, p.Primary) || len(p.Pending) > 0 || len(p.Backups) != want {
+		if p.Primary == "" || !slices.Contains(members, p.Primary) || len(p.Pending) > 0 || len(p.Backups) != want || p.Former != "" {
 			return false
 		}
 		seen := map[string]bool{p.Primary: true}

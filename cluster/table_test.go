@@ -24,9 +24,7 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 		var reps []wire.SyncedReport
 		if cur != nil {
 			for p, part := range cur.Partitions {
-				for _, n := range part.Pending {
-					reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
-				}
+				reps = append(reps, reportsFor(p, part)...)
 			}
 		}
 		next, res := Step(cur, live, parts, backups, reps, 64, nil)
@@ -43,6 +41,20 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 	}
 	t.Fatal("table did not converge in 100 steps")
 	return nil
+}
+
+// reportsFor is what a partition's primary reports once every replica
+// acknowledged its snapshot: its pending replicas are filled and its former
+// primary is fenced.
+func reportsFor(p int, part wire.Part) []wire.SyncedReport {
+	var reps []wire.SyncedReport
+	for _, n := range part.Pending {
+		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+	}
+	if part.Former != "" {
+		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: part.Former})
+	}
+	return reps
 }
 
 func names(ms []wire.Member) []string {
@@ -154,9 +166,7 @@ func TestDrainingMemberHandsEverythingOver(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		var reps []wire.SyncedReport
 		for p, part := range tab.Partitions {
-			for _, n := range part.Pending {
-				reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
-			}
+			reps = append(reps, reportsFor(p, part)...)
 		}
 		next, res := Step(tab, live, 271, 1, reps, 64, drain)
 		if res.Lost > 0 || res.Promoted > 0 {
@@ -180,7 +190,7 @@ func TestDrainingMemberHandsEverythingOver(t *testing.T) {
 func TestPromotionWaitsForLease(t *testing.T) {
 	tab := converge(t, nil, members("a", "b", "c"), 64, 1)
 	leased := map[string]bool{"b": true}
-	next, res := StepLeased(tab, members("a", "c"), 64, 1, nil, 64, nil, leased, nil)
+	next, res := Next(StepInput{Cur: tab, Live: members("a", "c"), Partitions: 64, Backups: 1, MaxInFlight: 64, Leased: leased})
 	if res.Promoted != 0 || res.AwaitingLease == 0 {
 		t.Fatalf("promoted while b's lease may be valid: %+v", res)
 	}
@@ -190,7 +200,7 @@ func TestPromotionWaitsForLease(t *testing.T) {
 		}
 	}
 	// Once the lease lapsed, the backups take over.
-	final, res := StepLeased(next, members("a", "c"), 64, 1, nil, 64, nil, nil, nil)
+	final, res := Next(StepInput{Cur: next, Live: members("a", "c"), Partitions: 64, Backups: 1, MaxInFlight: 64})
 	if res.Promoted == 0 {
 		t.Fatalf("no promotion after the lease lapsed: %+v", res)
 	}
@@ -240,5 +250,125 @@ func TestRestartedIncarnationIsNotItsPredecessor(t *testing.T) {
 		if part.Primary == "b" || slices.Contains(part.Backups, "b") {
 			t.Fatalf("partition %d still gives b's old replica to its new incarnation: %+v", p, part)
 		}
+	}
+}
+
+// A planned move (a drain or a join) must never drop the old primary in the
+// step that moved primacy away from it: it may serve reads under its lease
+// until the new primary fenced it, so it stays an in-sync backup (Former)
+// until a report says it was fenced.
+func TestPlannedMoveKeepsFormerUntilFenced(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		live  []wire.Member
+		drain map[string]bool
+	}{
+		{"drain", members("a", "b", "c"), map[string]bool{"b": true}},
+		{"join", members("a", "b", "c", "d"), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := converge(t, nil, members("a", "b", "c"), 64, 1)
+			switched := 0
+			for i := 0; i < 60; i++ {
+				// Report pending replicas filled, but no former fenced
+				// before the step after its switch.
+				var reps []wire.SyncedReport
+				for p, part := range tab.Partitions {
+					reps = append(reps, reportsFor(p, part)...)
+				}
+				next, res := Step(tab, tc.live, 64, 1, reps, 64, tc.drain)
+				if !res.Changed {
+					break
+				}
+				for p, part := range next.Partitions {
+					old := tab.Partitions[p]
+					if part.Primary == old.Primary {
+						continue
+					}
+					switched++
+					if !slices.Contains(part.Backups, old.Primary) || part.Former != old.Primary {
+						t.Fatalf("step %d: partition %d moved %s -> %s and dropped the unfenced old primary: %+v", i, p, old.Primary, part.Primary, part)
+					}
+				}
+				tab = next
+			}
+			if switched == 0 {
+				t.Fatal("no planned move happened")
+			}
+			live := names(tc.live)
+			if tc.drain != nil {
+				live = []string{"a", "c"}
+			}
+			if !Converged(tab, live, 1) {
+				t.Fatalf("not converged: %+v", tab.Partitions)
+			}
+		})
+	}
+}
+
+// A former primary that fails before it was fenced stays counted while its
+// lease may be valid, and leaves once the lease lapsed.
+func TestFailedFormerHeldWhileLeased(t *testing.T) {
+	tab := converge(t, nil, members("a", "b", "c"), 64, 1)
+	drain := map[string]bool{"b": true}
+	next, res := Step(tab, members("a", "b", "c"), 64, 1, nil, 64, drain)
+	if res.Switched == 0 {
+		t.Fatalf("no switch: %+v", res)
+	}
+	held, res := Next(StepInput{Cur: next, Live: members("a", "c"), Partitions: 64, Backups: 1, MaxInFlight: 64, Draining: drain, Leased: map[string]bool{"b": true}})
+	n := 0
+	for p, part := range held.Partitions {
+		if next.Partitions[p].Former == "b" {
+			n++
+			if part.Former != "b" || !slices.Contains(part.Backups, "b") {
+				t.Fatalf("partition %d dropped leased former b: %+v", p, part)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no former b")
+	}
+	gone, _ := Next(StepInput{Cur: held, Live: members("a", "c"), Partitions: 64, Backups: 1, MaxInFlight: 64})
+	for p, part := range gone.Partitions {
+		if part.Former == "b" || slices.Contains(part.Backups, "b") || part.Primary == "b" {
+			t.Fatalf("partition %d keeps failed b after its lease: %+v", p, part)
+		}
+	}
+}
+
+// A report about a predecessor incarnation (the same name, restarted empty)
+// must not make its successor an in-sync backup.
+func TestReportOfPredecessorIgnored(t *testing.T) {
+	live := []wire.Member{{Name: "a", RPC: "a:1", ID: "a-1"}, {Name: "b", RPC: "b:1", ID: "b-1"}, {Name: "c", RPC: "c:1", ID: "c-1"}}
+	tab := converge(t, nil, live, 16, 1)
+	live[1].ID = "b-2"
+	next, _ := Step(tab, live, 16, 1, nil, 64, nil)
+	var reps []wire.SyncedReport
+	for p, part := range next.Partitions {
+		if slices.Contains(part.Pending, "b") {
+			reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: "b", ID: "b-1"})
+		}
+	}
+	if len(reps) == 0 {
+		t.Fatal("b's new incarnation got nothing pending")
+	}
+	after, _ := Step(next, live, 16, 1, reps, 64, nil)
+	for p, part := range after.Partitions {
+		if slices.Contains(part.Backups, "b") {
+			t.Fatalf("partition %d: a report about b-1 made b-2 in-sync: %+v", p, part)
+		}
+	}
+	for i := range reps {
+		reps[i].ID = "b-2"
+	}
+	ok, _ := Step(next, live, 16, 1, reps, 64, nil)
+	in := 0
+	for _, part := range ok.Partitions {
+		if slices.Contains(part.Backups, "b") {
+			in++
+		}
+	}
+	if in == 0 {
+		t.Fatal("reports about b-2 were ignored")
 	}
 }

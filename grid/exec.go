@@ -2,8 +2,8 @@ package grid
 
 import (
 	"bytes"
-	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -14,7 +14,6 @@ import (
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
-	"github.com/collocate/grid/internal/glob"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
@@ -62,90 +61,121 @@ func checkKey(req *wire.MapRequest, partitions int) error {
 	return nil
 }
 
+// recordOverhead over-estimates the encoding of a record's fixed fields.
+const recordOverhead = 128
+
+// checkSize refuses a write whose entries or record would exceed the size
+// limits (Config.MaxValueSize; MaxFrame/2 for a whole record), before
+// anything is applied: a record larger than a frame could never reach the
+// backups and would wedge its partition.
+func (n *Node) checkSize(muts []wire.Mutation, result *wire.MapResponse) error {
+	total := recordOverhead + len(result.Value)
+	for i := range muts {
+		mu := &muts[i]
+		sz := len(mu.Map) + len(mu.Key) + len(mu.Value)
+		if mu.Kind == wire.MutSet && sz > n.cfg.MaxValueSize {
+			return fmt.Errorf("%w: entry of %d bytes (map %q, max %d)", api.ErrValueTooLarge, sz, mu.Map, n.cfg.MaxValueSize)
+		}
+		total += sz + 32
+	}
+	if total > n.cfg.MaxFrame/2 {
+		return fmt.Errorf("%w: one write of %d bytes (max %d)", api.ErrValueTooLarge, total, n.cfg.MaxFrame/2)
+	}
+	return nil
+}
+
 // pendingWrite is a prepared write whose replication is in flight.
 type pendingWrite struct {
 	p     *partition
 	lsn   uint64
 	epoch uint64
-	futs  []shipped
 }
 
-type shipped struct {
-	s   *stream
-	fut *transport.Future
-}
-
-// ship queues rec to every replica whose stream is healthy. Caller holds p.mu.
-func (p *partition) ship(rec *wire.Record) []shipped {
+// ship queues rec to every replica whose stream is healthy. Acks are
+// collected by callbacks on the replica connections (onAck), never by the
+// writer: a caller's deadline must not break a healthy stream, and a caller
+// without one must not wait on a replica that stopped answering; it waits
+// only for the commit point (finish). Caller holds p.mu.
+func (n *Node) ship(p *partition, rec *wire.Record) {
 	if len(p.streams) == 0 {
-		return nil
+		return
 	}
-	req := wire.ReplicateRequest{Partition: int32(p.id), Epoch: p.epoch, Record: *rec}
-	out := make([]shipped, 0, len(p.streams))
+	req := wire.ReplicateRequest{Partition: int32(p.id), Epoch: p.epoch, Record: *rec, From: n.name}
 	for _, s := range p.streams {
 		if s.broken || s.conn == nil {
 			continue
 		}
-		fut, err := s.conn.Start(wire.MsgReplicate, &req)
+		conn := s.conn
+		err := conn.StartFunc(wire.MsgReplicate, &req, func(f wire.Frame, err error) { n.onAck(p, s, conn, f, err) })
 		if err != nil {
-			s.broken, s.conn = true, nil
-			continue
+			n.breakStream(p, s, err)
 		}
-		out = append(out, shipped{s, fut})
 	}
-	return out
+}
+
+// onAck handles a replica's answer to a record: an ack raises the stream's
+// acked LSN and maybe the commit point; an error (the connection failed, or
+// the replica refused: a gap, a newer epoch) breaks the stream so that a
+// snapshot resyncs it. It runs on the connection's reader goroutine.
+func (n *Node) onAck(p *partition, s *stream, conn *transport.Conn, f wire.Frame, err error) {
+	var ack wire.Ack
+	if err == nil {
+		err = transport.DecodeResponse(f, &ack)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.streams[s.node] != s || s.conn != conn {
+		return // the stream was replaced or is already resyncing
+	}
+	if err != nil {
+		n.breakStream(p, s, err)
+		return
+	}
+	if ack.LSN > s.acked {
+		s.acked = ack.LSN
+		p.recomputeCommit()
+	}
+}
+
+// breakStream marks a stream as needing a snapshot and starts its fill.
+// Only replica and transport errors break a stream. Caller holds p.mu.
+func (n *Node) breakStream(p *partition, s *stream, err error) {
+	if s.broken {
+		return
+	}
+	n.log.Debug("replication failed; resyncing", "partition", p.id, "replica", s.node, "err", err)
+	s.broken, s.conn, s.filled = true, nil, false
+	n.startSync(p, s)
+}
+
+// startSync starts a fill goroutine for a broken stream unless one runs.
+// Caller holds p.mu.
+func (n *Node) startSync(p *partition, s *stream) {
+	if !s.broken || s.syncing || s.addr == "" || p.role != rolePrimary || n.closed.Load() {
+		return
+	}
+	s.syncing = true
+	n.wg.Add(1)
+	go n.syncStream(p, s, s.addr)
 }
 
 // commitRecord applies rec as the next write of p, queues it to the
 // replicas and returns the pending write. Caller holds p.mu and has checked
 // that p is primary.
-func (p *partition) commitRecord(rec *wire.Record, now int64) pendingWrite {
+func (n *Node) commitRecord(p *partition, rec *wire.Record, now int64) pendingWrite {
 	rec.LSN = p.lsn + 1
 	p.applyRecord(rec, now)
 	p.markPending(rec)
-	pw := pendingWrite{p: p, lsn: rec.LSN, epoch: p.epoch, futs: p.ship(rec)}
+	n.ship(p, rec)
 	p.recomputeCommit()
-	return pw
+	return pendingWrite{p: p, lsn: rec.LSN, epoch: p.epoch}
 }
 
-// finish collects acks and waits until the write is committed.
+// finish waits until the write is committed (every in-sync replica acked
+// it, or left the in-sync set through the authority), the node lost
+// primacy, or ctx ended (then the outcome is unknown).
 func (n *Node) finish(ctx context.Context, pw pendingWrite) error {
-	p := pw.p
-	broken := false
-	for _, sh := range pw.futs {
-		var ack wire.Ack
-		err := sh.fut.Wait(ctx, &ack)
-		p.mu.Lock()
-		if p.streams[sh.s.node] == sh.s {
-			if err == nil {
-				if ack.LSN > sh.s.acked {
-					sh.s.acked = ack.LSN
-				}
-			} else if !sh.s.broken {
-				n.log.Debug("replication failed; resyncing", "partition", p.id, "replica", sh.s.node, "err", err)
-				sh.s.broken, sh.s.conn = true, nil
-				broken = true
-			}
-			p.recomputeCommit()
-		}
-		p.mu.Unlock()
-	}
-	if broken {
-		n.kickSyncs()
-	}
-	return p.waitCommit(ctx, pw.lsn, pw.epoch)
-}
-
-// finishAsync collects acks on a goroutine the node owns (for writes nobody
-// waits on, such as expiry).
-func (n *Node) finishAsync(pw pendingWrite) {
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
-		defer cancel()
-		_ = n.finish(ctx, pw)
-	}()
+	return pw.p.waitCommit(ctx, pw.lsn, pw.epoch)
 }
 
 // execMap serves a single-key request at the primary.
@@ -191,6 +221,9 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 			return r.resp, nil
 		}
 		resp, muts, err := decide(p, req, now)
+		if err == nil {
+			err = n.checkSize(muts, &resp)
+		}
 		if err != nil {
 			p.mu.Unlock()
 			return wire.MapResponse{}, err
@@ -214,7 +247,7 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 			resp.Version = p.lsn + 1
 		}
 		rec.Result = resp
-		pw := p.commitRecord(&rec, now)
+		pw := n.commitRecord(p, &rec, now)
 		p.mu.Unlock()
 		n.publish(&rec)
 		return resp, n.finish(ctx, pw)
@@ -359,9 +392,19 @@ func (n *Node) execMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wi
 	}
 	resp := &wire.MapBatchResponse{Resps: make([]wire.MapResponse, len(req.Reqs)), Errs: make([]wire.ErrorBody, len(req.Reqs))}
 	run := func(idx []int) {
-		for _, i := range idx {
+		for k, i := range idx {
 			r, err := n.execMap(ctx, &req.Reqs[i])
 			resp.Resps[i], resp.Errs[i] = r, wire.ErrBody(err)
+			if err != nil && !finalAnswer(err) {
+				// The sender will retry this request; had the later ones
+				// of its partition run, the retry would land after them
+				// (SET k a; SET k b ending with a). Refuse them unapplied.
+				skip := wire.ErrBody(fmt.Errorf("%w: not run: an earlier request of partition %d in this batch failed (%v)", api.ErrUnavailable, req.Reqs[i].Partition, err))
+				for _, j := range idx[k+1:] {
+					resp.Errs[j] = skip
+				}
+				return
+			}
 		}
 	}
 	groups := map[int32][]int{}
@@ -387,6 +430,14 @@ func (n *Node) execMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wi
 	}
 	wg.Wait()
 	return resp, nil
+}
+
+// finalAnswer reports whether err is the request's own answer (the same on
+// any retry), rather than a failure the sender retries.
+func finalAnswer(err error) bool {
+	return errors.Is(err, api.ErrNotInteger) || errors.Is(err, api.ErrOverflow) ||
+		errors.Is(err, api.ErrValueTooLarge) || errors.Is(err, api.ErrBadRequest) ||
+		errors.Is(err, api.ErrStaleSequence)
 }
 
 // read serves Get and GetEntry: only committed values are returned.
@@ -531,6 +582,9 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 			continue
 		}
 		ms, result, err := muts(i, p, now)
+		if err == nil {
+			err = n.checkSize(ms, &result)
+		}
 		if err != nil {
 			p.mu.Unlock()
 			resp.Errs[i] = wire.ErrBody(err)
@@ -538,7 +592,7 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 		}
 		results[i] = result
 		rec := wire.Record{Muts: ms, Session: sess, Result: result}
-		pws = append(pws, prepared{i: i, pw: p.commitRecord(&rec, now)})
+		pws = append(pws, prepared{i: i, pw: n.commitRecord(p, &rec, now)})
 		p.mu.Unlock()
 		n.publish(&rec)
 	}
@@ -639,7 +693,7 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 	now := nowNano()
 	kv := p.maps[req.Map]
 	if req.Hashed {
-		resp := scanHashed(kv, req, limit, now)
+		resp := p.scanHashed(req.Map, req, limit, now)
 		p.mu.Unlock()
 		return resp, nil
 	}
@@ -659,49 +713,6 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 	}
 	p.mu.Unlock()
 	return resp, nil
-}
-
-// scanHashed serves a page of a hash-order scan. Caller holds the lock.
-func scanHashed(kv map[string]*entry, req *wire.ScanRequest, limit int, now int64) *wire.ScanResponse {
-	type posKey struct {
-		pos uint64
-		key string
-	}
-	cand := make([]posKey, 0, min(len(kv), 64))
-	for k, e := range kv {
-		if !e.live(now) {
-			continue
-		}
-		if pos := affinity.ScanPosition(k); pos >= req.From {
-			cand = append(cand, posKey{pos, k})
-		}
-	}
-	slices.SortFunc(cand, func(a, b posKey) int {
-		if c := cmp.Compare(a.pos, b.pos); c != 0 {
-			return c
-		}
-		return strings.Compare(a.key, b.key)
-	})
-	// End the page on a position boundary, so that the next page's From
-	// (last position + 1) skips no key.
-	end := min(len(cand), limit)
-	for end > 0 && end < len(cand) && cand[end].pos == cand[end-1].pos {
-		end++
-	}
-	resp := &wire.ScanResponse{More: end < len(cand)}
-	if resp.More {
-		resp.Next = cand[end-1].pos + 1
-	}
-	for _, c := range cand[:end] {
-		if req.Match != "" && !glob.Match(req.Match, c.key) {
-			continue
-		}
-		resp.Keys = append(resp.Keys, c.key)
-		if !req.KeysOnly {
-			resp.Values = append(resp.Values, kv[c.key].value)
-		}
-	}
-	return resp
 }
 
 func (n *Node) execSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {

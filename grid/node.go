@@ -58,6 +58,13 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxFrame is the largest wire frame accepted. Default 64 MiB.
 	MaxFrame int
+	// MaxValueSize bounds one stored entry (map name, key and value
+	// bytes, also a value grown by Append). A write above it fails with
+	// ErrValueTooLarge and applies nothing; so does a record (one write's
+	// mutations and its result, such as an old value returned by Set)
+	// above MaxFrame/2. At most MaxFrame/4, so that every record and
+	// snapshot chunk fits in a frame. Default 16 MiB.
+	MaxValueSize int
 	// MaxMigrations bounds the partitions being filled at once. Default 64.
 	MaxMigrations int
 	// ExpiryInterval is the period of TTL sampling. Default 100ms.
@@ -86,6 +93,7 @@ func DefaultConfig() Config {
 		Profile:        cluster.ProfileLAN,
 		RequestTimeout: 10 * time.Second,
 		MaxFrame:       wire.DefaultMaxFrame,
+		MaxValueSize:   wire.DefaultMaxFrame / 4,
 		MaxMigrations:  64,
 		ExpiryInterval: 100 * time.Millisecond,
 		SessionIdle:    10 * time.Minute,
@@ -103,6 +111,8 @@ func (c *Config) Validate() error {
 		return errors.New("grid: RequestTimeout must be positive")
 	case c.MaxFrame < 1<<16:
 		return errors.New("grid: MaxFrame must be at least 64 KiB")
+	case c.MaxValueSize < 1 || c.MaxValueSize > c.MaxFrame/4:
+		return fmt.Errorf("grid: MaxValueSize %d out of range [1, MaxFrame/4 = %d]", c.MaxValueSize, c.MaxFrame/4)
 	case c.MaxMigrations < 1:
 		return errors.New("grid: MaxMigrations must be positive")
 	case c.ExpiryInterval <= 0 || c.SessionIdle <= 0:
@@ -145,6 +155,9 @@ type Node struct {
 	leaseUntil   atomic.Int64 // nanoseconds since base; see lease.go
 	leaseVersion atomic.Uint64
 
+	snapshotsSent atomic.Int64
+	stalled       atomic.Bool // see StallReplication
+
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -175,6 +188,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.MaxFrame == 0 {
 		cfg.MaxFrame = def.MaxFrame
+	}
+	if cfg.MaxValueSize == 0 {
+		cfg.MaxValueSize = min(def.MaxValueSize, cfg.MaxFrame/4)
 	}
 	if cfg.MaxMigrations == 0 {
 		cfg.MaxMigrations = def.MaxMigrations
@@ -400,13 +416,13 @@ func (n *Node) tableLoop() {
 
 // install applies a committed table to every partition.
 func (n *Node) install(t *wire.Table) {
-	addrs := make(map[string]string, len(t.Members))
+	members := make(map[string]wire.Member, len(t.Members))
 	// This node takes roles from t only if t names this incarnation: a
 	// table that lists a predecessor with the same name (or leaves this
 	// node out while membership thinks it failed) gives it none.
 	member := false
 	for _, m := range t.Members {
-		addrs[m.Name] = m.RPC
+		members[m.Name] = m
 		if m.Name == n.name && (m.ID == "" || m.ID == n.cluster.RaftID()) {
 			member = true
 		}
@@ -420,6 +436,7 @@ func (n *Node) install(t *wire.Table) {
 		p.mu.Lock()
 		p.primary = part.Primary
 		p.version = t.Version
+		p.former = part.Former
 		wasPrimary := p.role == rolePrimary
 		named := part.Primary == n.name || contains(part.Backups, n.name) || contains(part.Pending, n.name)
 		switch {
@@ -439,11 +456,11 @@ func (n *Node) install(t *wire.Table) {
 		case part.Primary == n.name && part.Epoch >= p.epoch:
 			// Epochs are unique per primary term: the same epoch naming us
 			// again (after we were left out of a table) is our own term.
-			primaries++
-			if !wasPrimary || p.epoch < part.Epoch {
-				n.becomePrimary(p, part.Epoch)
+			if (!wasPrimary || p.epoch < part.Epoch) && !n.becomePrimary(p, part) {
+				break
 			}
-			n.updateStreams(p, part, addrs)
+			primaries++
+			n.updateStreams(p, part, members)
 		case part.Primary == n.name:
 			// The table is older than an epoch this replica has already seen
 			// (a newer primary fenced it): stay a backup until a table
@@ -490,27 +507,42 @@ func (n *Node) install(t *wire.Table) {
 	n.kickSyncs()
 }
 
-// becomePrimary starts a new primary term at epoch. Every replica gets a
-// snapshot first: backups may hold records the old primary never committed.
-// Caller holds p.mu.
-func (n *Node) becomePrimary(p *partition, epoch uint64) {
-	if epoch > p.epoch {
-		p.epoch = epoch
+// becomePrimary starts a new primary term at part.Epoch. Every replica
+// gets a snapshot first: backups may hold records the old primary never
+// committed. A replica without a complete copy refuses primacy unless the
+// partition is Fresh (the authority started it empty): promoting a partial
+// copy would silently lose acknowledged writes, so the partition stays
+// unavailable instead, loudly. Caller holds p.mu.
+func (n *Node) becomePrimary(p *partition, part wire.Part) bool {
+	if !p.complete && !part.Fresh {
+		n.log.Error("refusing primacy: this replica holds no complete copy", "partition", p.id, "epoch", part.Epoch, "lsn", p.lsn)
+		p.role = roleBackup
+		p.streams = map[string]*stream{}
+		return false
+	}
+	if part.Epoch > p.epoch {
+		p.epoch = part.Epoch
 	}
 	if p.role != rolePrimary {
-		n.log.Debug("became primary", "partition", p.id, "epoch", epoch, "lsn", p.lsn)
+		n.log.Debug("became primary", "partition", p.id, "epoch", part.Epoch, "lsn", p.lsn)
 	}
 	p.role = rolePrimary
+	p.complete = true
+	p.incoming = nil
 	p.streams = map[string]*stream{}
 	// Everything held now is committed once the replicas acknowledge it.
 	p.pending = map[mapKey]uint64{}
 	p.pendq = nil
 	p.commit = 0
 	p.ready = p.lsn
+	return true
 }
 
-// updateStreams makes p's streams match the table's replicas. Caller holds p.mu.
-func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]string) {
+// updateStreams makes p's streams match the table's replicas. A stream
+// belongs to one incarnation at one address: a replica restarted under the
+// same name (or moved) gets a new stream, which needs a new snapshot before
+// it is reported filled. Caller holds p.mu.
+func (n *Node) updateStreams(p *partition, part wire.Part, members map[string]wire.Member) {
 	want := map[string]bool{}
 	for _, b := range part.Backups {
 		want[b] = true
@@ -520,8 +552,9 @@ func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]stri
 			want[b] = false
 		}
 	}
-	for name := range p.streams {
-		if _, ok := want[name]; !ok {
+	for name, s := range p.streams {
+		m := members[name]
+		if _, ok := want[name]; !ok || s.id != m.ID || s.addr != m.RPC {
 			delete(p.streams, name)
 		}
 	}
@@ -531,10 +564,10 @@ func (n *Node) updateStreams(p *partition, part wire.Part, addrs map[string]stri
 		}
 		s := p.streams[name]
 		if s == nil {
-			s = &stream{node: name, broken: true}
+			m := members[name]
+			s = &stream{node: name, id: m.ID, addr: m.RPC, broken: true}
 			p.streams[name] = s
 		}
-		s.addr = addrs[name]
 		s.inSync = inSync
 	}
 	p.recomputeCommit()
@@ -553,6 +586,12 @@ func contains(s []string, v string) bool {
 // inline so that a connection's records apply in the order they were sent;
 // everything else runs on its own goroutine.
 func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
+	switch f.Type {
+	case wire.MsgReplicate, wire.MsgSnapshot:
+		if n.stalled.Load() {
+			return // a stalled replica holds the frame forever
+		}
+	}
 	switch f.Type {
 	case wire.MsgReplicate:
 		n.handleReplicate(c, f)
@@ -574,7 +613,10 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: %v", api.ErrBadRequest, err))
 			return
 		}
-		n.subscribe(c, req.Map)
+		if err := n.subscribe(c, req.Map); err != nil {
+			c.ReplyError(f.Type, f.ID, err)
+			return
+		}
 		c.Reply(f.Type, f.ID, &wire.Ack{})
 		return
 	}
@@ -697,6 +739,20 @@ func (n *Node) Inspect(id int) PartitionInfo {
 	entries, digest := p.digest()
 	return PartitionInfo{ID: id, Role: p.role.String(), Epoch: p.epoch, LSN: p.lsn, Commit: p.commit, Entries: entries, Digest: digest}
 }
+
+// StallReplication makes this node stop answering replication and snapshot
+// frames while keeping its connections open: a SIGSTOPped backup as its
+// primary sees it. For tests.
+func (n *Node) StallReplication(on bool) { n.stalled.Store(on) }
+
+// Stats are counters for tests and status pages.
+type Stats struct {
+	// SnapshotsSent counts replica fills started by this node as primary.
+	SnapshotsSent int64
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats { return Stats{SnapshotsSent: n.snapshotsSent.Load()} }
 
 // Config returns the node's effective config.
 func (n *Node) Config() Config { return n.cfg }

@@ -11,6 +11,7 @@ import (
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
+	"github.com/google/btree"
 )
 
 type role uint8
@@ -67,12 +68,38 @@ type sessResult struct {
 type session struct {
 	low     uint64
 	results map[uint64]sessResult
-	seen    int64
+	seen    int64  // wall clock of the last use (idle expiry; local)
+	last    uint64 // LSN of the last result (eviction order; same on every replica)
+	bytes   int    // remembered value bytes
 }
+
+// Dedup state bounds. They are applied inside applyRecord, on the primary
+// and on every backup alike, so replicas evict the same results.
+const (
+	// maxSessionResults bounds one client's remembered results in a
+	// partition. Past it the oldest are forgotten and the session's low
+	// rises above them: their retries get ErrStaleSequence, never a second
+	// application.
+	maxSessionResults = 128
+	// maxSessionBytes bounds one client's remembered values (GETDEL, SET
+	// GET); the newest result is always kept.
+	maxSessionBytes = 256 << 10
+	// maxSessions, maxSessionsResults and maxSessionsBytes bound a
+	// partition's sessions; past them the least recently used session is
+	// dropped whole (a retry of its requests would apply again, as after
+	// SessionIdle). Worst case per node: partitions x (1 MiB of values +
+	// 16384 results + the newest session's values).
+	maxSessions        = 1024
+	maxSessionsResults = 16384
+	maxSessionsBytes   = 1 << 20
+)
+
+func resultBytes(r *wire.MapResponse) int { return len(r.Value) }
 
 // stream is the primary's replication link to one replica of a partition.
 type stream struct {
 	node   string
+	id     string // the replica's incarnation: a new one needs a new stream
 	addr   string
 	inSync bool            // counted for acknowledgement (a backup, not pending)
 	conn   *transport.Conn // nil or dead: the stream needs a snapshot
@@ -100,10 +127,14 @@ type partition struct {
 	mu      sync.Mutex
 
 	maps     map[string]map[string]*entry
-	stats    map[string]*mapStat // per map entry count and bytes, kept on apply
+	stats    map[string]*mapStat              // per map entry count and bytes, kept on apply
+	scanIdx  map[string]*btree.BTreeG[posKey] // see scanindex.go
 	ttlKeys  map[mapKey]struct{}
 	sessions map[uint64]*session
-	lsn      uint64
+	// sessBytes and sessResults count the remembered values and results
+	// of all sessions.
+	sessBytes, sessResults int
+	lsn                    uint64
 
 	// From the installed table.
 	role    role
@@ -114,6 +145,15 @@ type partition struct {
 	// Backup side: the epoch whose primary gave us a complete snapshot; records
 	// of any other epoch mean a gap.
 	syncedEpoch uint64
+	// complete: this replica holds a complete copy (it installed a whole
+	// snapshot, or was primary); a prefix of some primary's history that,
+	// while it is in-sync, holds every acknowledged write. Only a complete
+	// replica takes primacy, unless the table says the partition is Fresh.
+	complete bool
+	// incoming is a snapshot being received; it replaces the data only
+	// when its last chunk arrived, so a transfer cut short never leaves a
+	// partial copy in place of a complete one.
+	incoming *incomingSnapshot
 	// orphanSince is when the installed table stopped naming this node as a
 	// replica (0: it is one). The data is kept for orphanGrace: a primary that
 	// has not installed that table yet may still stream to us and report us
@@ -127,6 +167,9 @@ type partition struct {
 	pendq    []pendingKey
 	commitCh chan struct{} // closed and replaced when commit grows
 	streams  map[string]*stream
+	// former is the table's unfenced former primary of this partition: the
+	// primary reports it once its snapshot at the current epoch is acked.
+	former string
 }
 
 type pendingKey struct {
@@ -148,12 +191,16 @@ func newPartition(id int, maxWait time.Duration) *partition {
 	}
 }
 
-// reset drops all data (the partition moved away or a snapshot replaces it).
+// reset drops all data (the partition moved away for good).
 func (p *partition) reset() {
+	p.complete = false
+	p.incoming = nil
+	p.scanIdx = nil
 	p.maps = map[string]map[string]*entry{}
 	p.stats = map[string]*mapStat{}
 	p.ttlKeys = map[mapKey]struct{}{}
 	p.sessions = map[uint64]*session{}
+	p.sessBytes, p.sessResults = 0, 0
 	p.pending = map[mapKey]uint64{}
 	p.pendq = nil
 	p.lsn = 0
@@ -180,6 +227,8 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		}
 		if old := kv[mu.Key]; old != nil {
 			p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
+		} else {
+			p.indexSet(mu.Map, mu.Key)
 		}
 		kv[mu.Key] = &entry{value: mu.Value, version: lsn, expireAt: mu.ExpireAt}
 		p.account(mu.Map, 1, int64(len(mu.Key)+len(mu.Value)))
@@ -193,6 +242,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		if kv := p.maps[mu.Map]; kv != nil {
 			if old := kv[mu.Key]; old != nil {
 				p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
+				p.indexDelete(mu.Map, mu.Key)
 			}
 			delete(kv, mu.Key)
 			if len(kv) == 0 {
@@ -206,6 +256,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		}
 		delete(p.maps, mu.Map)
 		delete(p.stats, mu.Map)
+		delete(p.scanIdx, mu.Map)
 	}
 }
 
@@ -216,11 +267,50 @@ func (p *partition) applyRecord(rec *wire.Record, now int64) {
 		p.applyMut(&rec.Muts[i], rec.LSN)
 	}
 	if rec.Session.Client != 0 {
-		s := p.session(rec.Session.Client, now)
-		s.forget(rec.Session.Low)
-		s.results[rec.Session.Seq] = sessResult{resp: rec.Result, lsn: rec.LSN}
+		p.remember(rec, now)
 	}
 	p.lsn = rec.LSN
+}
+
+// remember stores a record's result in its client's session, within the
+// dedup bounds. Caller holds mu.
+func (p *partition) remember(rec *wire.Record, now int64) {
+	s := p.session(rec.Session.Client, now)
+	p.sessBytes -= s.bytes
+	p.sessResults -= len(s.results)
+	s.forget(rec.Session.Low)
+	if old, ok := s.results[rec.Session.Seq]; ok {
+		s.bytes -= resultBytes(&old.resp)
+	}
+	s.results[rec.Session.Seq] = sessResult{resp: rec.Result, lsn: rec.LSN}
+	s.bytes += resultBytes(&rec.Result)
+	s.last = rec.LSN
+	s.trim(rec.Session.Seq)
+	p.sessBytes += s.bytes
+	p.sessResults += len(s.results)
+	p.trimSessions(rec.Session.Client)
+}
+
+// trim forgets s's oldest results beyond the per-session bounds, keeping
+// keep, and raises low above them.
+func (s *session) trim(keep uint64) {
+	for len(s.results) > maxSessionResults || (s.bytes > maxSessionBytes && len(s.results) > 1) {
+		oldest := keep
+		for seq := range s.results {
+			if seq < oldest {
+				oldest = seq
+			}
+		}
+		if oldest == keep {
+			return
+		}
+		r := s.results[oldest]
+		s.bytes -= resultBytes(&r.resp)
+		delete(s.results, oldest)
+		if oldest+1 > s.low {
+			s.low = oldest + 1
+		}
+	}
 }
 
 func (p *partition) session(client uint64, now int64) *session {
@@ -259,10 +349,39 @@ func (s *session) forget(low uint64) {
 		return
 	}
 	s.low = low
-	for seq := range s.results {
+	for seq, r := range s.results {
 		if seq < low {
+			s.bytes -= resultBytes(&r.resp)
 			delete(s.results, seq)
 		}
+	}
+}
+
+// trimSessions drops the least recently used sessions (by LSN, so every
+// replica drops the same ones) beyond the partition's bounds, never keep.
+// Caller holds mu.
+func (p *partition) trimSessions(keep uint64) {
+	for len(p.sessions) > maxSessions || ((p.sessBytes > maxSessionsBytes || p.sessResults > maxSessionsResults) && len(p.sessions) > 1) {
+		var victim uint64
+		var oldest *session
+		for c, s := range p.sessions {
+			if c != keep && (oldest == nil || s.last < oldest.last || (s.last == oldest.last && c < victim)) {
+				victim, oldest = c, s
+			}
+		}
+		if oldest == nil {
+			return
+		}
+		p.dropSession(victim)
+	}
+}
+
+// dropSession forgets a client's session. Caller holds mu.
+func (p *partition) dropSession(client uint64) {
+	if s := p.sessions[client]; s != nil {
+		p.sessBytes -= s.bytes
+		p.sessResults -= len(s.results)
+		delete(p.sessions, client)
 	}
 }
 

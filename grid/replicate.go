@@ -3,6 +3,7 @@ package grid
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/collocate/grid/internal/api"
@@ -12,6 +13,57 @@ import (
 
 // Backup side. Both handlers run inline on the connection's reader
 // goroutine, so records sent in order on one connection apply in order.
+
+// checkSender accepts a replication or snapshot frame only from the member
+// that a table this node knows (installed, or committed and not yet
+// installed) names as the partition's primary at exactly that epoch, and,
+// for snapshots, only over a connection from that member's host. Until
+// connections are authenticated this is what keeps one forged frame (say,
+// epoch 2^64-1) from raising a replica's epoch for good. A frame whose epoch
+// no known table names yet is refused: the sender's stream breaks and its
+// fill retries (every 100 ms) until this node has the table, which reaches
+// every member through raft. The caller does not hold p.mu.
+func (n *Node) checkSender(c *transport.Conn, part int32, epoch uint64, from string, checkHost bool) error {
+	var named bool
+	for _, t := range []*wire.Table{n.table.Load(), n.latest.Load()} {
+		if t == nil || int(part) >= len(t.Partitions) {
+			continue
+		}
+		tp := &t.Partitions[part]
+		if tp.Primary != from || tp.Epoch != epoch {
+			continue
+		}
+		if !checkHost {
+			return nil
+		}
+		for _, m := range t.Members {
+			if m.Name == from && sameHost(m.RPC, c.RemoteAddr()) {
+				return nil
+			}
+		}
+		named = true
+	}
+	if named {
+		return fmt.Errorf("%w: partition %d: replication from %s over a connection from %s, not its host", api.ErrBadRequest, part, from, c.RemoteAddr())
+	}
+	return fmt.Errorf("%w: partition %d: no known table names %q primary at epoch %d", api.ErrStaleEpoch, part, from, epoch)
+}
+
+// sameHost reports whether a member's advertised RPC address and a
+// connection's remote address are on the same host. Hostnames (not IPs)
+// are not resolved and match any host.
+func sameHost(advertised, remote string) bool {
+	ah, _, err1 := net.SplitHostPort(advertised)
+	rh, _, err2 := net.SplitHostPort(remote)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	a, r := net.ParseIP(ah), net.ParseIP(rh)
+	if a == nil || a.IsUnspecified() {
+		return true
+	}
+	return r != nil && a.Equal(r)
+}
 
 // fence checks a replication message's epoch against p. Caller holds p.mu.
 func (n *Node) fence(p *partition, epoch uint64) error {
@@ -46,6 +98,10 @@ func (n *Node) handleReplicate(c *transport.Conn, f wire.Frame) {
 		c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: partition %d", api.ErrBadRequest, req.Partition))
 		return
 	}
+	if err := n.checkSender(c, req.Partition, req.Epoch, req.From, false); err != nil {
+		c.ReplyError(f.Type, f.ID, err)
+		return
+	}
 	p := n.parts[req.Partition]
 	p.mu.Lock()
 	if err := n.fence(p, req.Epoch); err != nil {
@@ -74,6 +130,14 @@ func (n *Node) handleReplicate(c *transport.Conn, f wire.Frame) {
 	c.Reply(f.Type, f.ID, &wire.Ack{LSN: lsn})
 }
 
+// incomingSnapshot is a snapshot being received, built aside from the
+// partition's live data.
+type incomingSnapshot struct {
+	epoch, lsn uint64
+	conn       *transport.Conn
+	data       *partition // only its data fields are used
+}
+
 func (n *Node) handleSnapshot(c *transport.Conn, f wire.Frame) {
 	var ch wire.SnapshotChunk
 	if err := wire.Decode(f.Body, &ch); err != nil {
@@ -84,6 +148,10 @@ func (n *Node) handleSnapshot(c *transport.Conn, f wire.Frame) {
 		c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: partition %d", api.ErrBadRequest, ch.Partition))
 		return
 	}
+	if err := n.checkSender(c, ch.Partition, ch.Epoch, ch.From, true); err != nil {
+		c.ReplyError(f.Type, f.ID, err)
+		return
+	}
 	p := n.parts[ch.Partition]
 	p.mu.Lock()
 	if err := n.fence(p, ch.Epoch); err != nil {
@@ -91,66 +159,129 @@ func (n *Node) handleSnapshot(c *transport.Conn, f wire.Frame) {
 		c.ReplyError(f.Type, f.ID, err)
 		return
 	}
-	if ch.First {
-		p.reset()
-		p.syncedEpoch = 0
+	lsn, err := p.receiveChunk(c, &ch)
+	p.mu.Unlock()
+	if err != nil {
+		c.ReplyError(f.Type, f.ID, err)
+		return
 	}
+	c.Reply(f.Type, f.ID, &wire.Ack{LSN: lsn})
+}
+
+// receiveChunk adds a snapshot chunk to the incoming copy and, on the last
+// chunk, swaps the whole copy in at once. Until then the partition keeps its
+// previous data (which may be the only complete copy if the sender dies
+// mid-transfer). Caller holds p.mu and has fenced the chunk's epoch.
+func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uint64, error) {
+	if ch.First {
+		p.incoming = &incomingSnapshot{epoch: ch.Epoch, lsn: ch.LSN, conn: c, data: newPartition(p.id, 0)}
+	}
+	in := p.incoming
+	if in == nil || in.epoch != ch.Epoch || in.lsn != ch.LSN || in.conn != c {
+		p.incoming = nil
+		return 0, fmt.Errorf("%w: partition %d: snapshot chunk without its first chunk", api.ErrGap, p.id)
+	}
+	d := in.data
 	for i := range ch.Entries {
 		e := &ch.Entries[i]
-		p.applyMut(&wire.Mutation{Kind: wire.MutSet, Map: e.Map, Key: e.Key, Value: e.Value, ExpireAt: e.ExpireAt}, e.Version)
+		d.applyMut(&wire.Mutation{Kind: wire.MutSet, Map: e.Map, Key: e.Key, Value: e.Value, ExpireAt: e.ExpireAt}, e.Version)
 	}
 	for _, ss := range ch.Sessions {
-		s := &session{low: ss.Low, seen: ss.Seen, results: make(map[uint64]sessResult, len(ss.Seqs))}
+		s := d.sessions[ss.Client]
+		if s == nil {
+			s = &session{low: ss.Low, seen: ss.Seen, last: ss.Last, results: make(map[uint64]sessResult, len(ss.Seqs))}
+			d.sessions[ss.Client] = s
+		}
 		for i, seq := range ss.Seqs {
 			if i < len(ss.Results) {
 				s.results[seq] = sessResult{resp: ss.Results[i], lsn: ch.LSN}
+				s.bytes += resultBytes(&ss.Results[i])
 			}
 		}
-		p.sessions[ss.Client] = s
 	}
-	var lsn uint64
-	if ch.Last {
-		p.lsn = ch.LSN
-		p.syncedEpoch = ch.Epoch
-		lsn = ch.LSN
+	if !ch.Last {
+		return 0, nil
 	}
-	p.mu.Unlock()
-	c.Reply(f.Type, f.ID, &wire.Ack{LSN: lsn})
+	p.maps, p.stats, p.ttlKeys, p.sessions = d.maps, d.stats, d.ttlKeys, d.sessions
+	p.scanIdx = nil
+	p.sessBytes, p.sessResults = 0, 0
+	for _, s := range p.sessions {
+		p.sessBytes += s.bytes
+		p.sessResults += len(s.results)
+	}
+	p.pending = map[mapKey]uint64{}
+	p.pendq = nil
+	p.commit, p.ready = 0, 0
+	p.lsn = ch.LSN
+	p.syncedEpoch = ch.Epoch
+	p.complete = true
+	p.incoming = nil
+	return ch.LSN, nil
 }
 
 // Primary side: filling replicas.
 
+// snapshotChunkBytes is the payload size a snapshot chunk is cut at. An
+// entry or a result larger than it travels in a chunk of its own; values
+// are bounded by Config.MaxValueSize, so every chunk fits in a frame.
 const snapshotChunkBytes = 1 << 20
 
+// snapEntryOverhead and snapResultOverhead over-estimate the encoding of an
+// entry's or a session result's fixed fields.
+const (
+	snapEntryOverhead  = 48
+	snapResultOverhead = 64
+)
+
+// snapshotCutter cuts a partition's state into chunks of about
+// snapshotChunkBytes, counting encoded sizes of entries and session results.
+type snapshotCutter struct {
+	p      *partition
+	chunks []wire.SnapshotChunk
+	cur    wire.SnapshotChunk
+	size   int
+}
+
+func (c *snapshotCutter) room(n int) {
+	if c.size > 0 && c.size+n > snapshotChunkBytes {
+		c.chunks = append(c.chunks, c.cur)
+		c.cur = wire.SnapshotChunk{Partition: int32(c.p.id), Epoch: c.p.epoch, LSN: c.p.lsn, From: c.cur.From}
+		c.size = 0
+	}
+	c.size += n
+}
+
 // snapshot cuts p's state into chunks. Caller holds p.mu.
-func (p *partition) snapshot(now int64) []wire.SnapshotChunk {
-	var chunks []wire.SnapshotChunk
-	cur := wire.SnapshotChunk{Partition: int32(p.id), Epoch: p.epoch, LSN: p.lsn, First: true}
-	size := 0
+func (p *partition) snapshot(from string, now int64) []wire.SnapshotChunk {
+	c := &snapshotCutter{p: p, cur: wire.SnapshotChunk{Partition: int32(p.id), Epoch: p.epoch, LSN: p.lsn, First: true, From: from}}
 	for m, kv := range p.maps {
 		for k, e := range kv {
 			if !e.live(now) {
 				continue
 			}
-			cur.Entries = append(cur.Entries, wire.SnapEntry{Map: m, Key: k, Value: e.value, Version: e.version, ExpireAt: e.expireAt})
-			size += len(m) + len(k) + len(e.value) + 24
-			if size >= snapshotChunkBytes {
-				chunks = append(chunks, cur)
-				cur = wire.SnapshotChunk{Partition: int32(p.id), Epoch: p.epoch, LSN: p.lsn}
-				size = 0
-			}
+			c.room(len(m) + len(k) + len(e.value) + snapEntryOverhead)
+			c.cur.Entries = append(c.cur.Entries, wire.SnapEntry{Map: m, Key: k, Value: e.value, Version: e.version, ExpireAt: e.expireAt})
 		}
 	}
 	for client, s := range p.sessions {
-		ss := wire.SnapSession{Client: client, Low: s.low, Seen: s.seen}
+		ss := -1 // index of this session's piece in the current chunk
 		for seq, r := range s.results {
-			ss.Seqs = append(ss.Seqs, seq)
-			ss.Results = append(ss.Results, r.resp)
+			before := len(c.chunks)
+			c.room(len(r.resp.Value) + snapResultOverhead)
+			if ss < 0 || len(c.chunks) != before {
+				c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last})
+				ss = len(c.cur.Sessions) - 1
+			}
+			c.cur.Sessions[ss].Seqs = append(c.cur.Sessions[ss].Seqs, seq)
+			c.cur.Sessions[ss].Results = append(c.cur.Sessions[ss].Results, r.resp)
 		}
-		cur.Sessions = append(cur.Sessions, ss)
+		if ss < 0 {
+			c.room(snapResultOverhead)
+			c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last})
+		}
 	}
-	cur.Last = true
-	return append(chunks, cur)
+	c.cur.Last = true
+	return append(c.chunks, c.cur)
 }
 
 // kickSyncs starts a fill for every broken stream of every partition this
@@ -163,11 +294,7 @@ func (n *Node) kickSyncs() {
 		p.mu.Lock()
 		if p.role == rolePrimary {
 			for _, s := range p.streams {
-				if s.broken && !s.syncing && s.addr != "" {
-					s.syncing = true
-					n.wg.Add(1)
-					go n.syncStream(p, s, s.addr)
-				}
+				n.startSync(p, s)
 			}
 		}
 		p.mu.Unlock()
@@ -188,7 +315,7 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 		return
 	}
 	epoch, lsn := p.epoch, p.lsn
-	chunks := p.snapshot(nowNano())
+	chunks := p.snapshot(n.name, nowNano())
 	futs := make([]*transport.Future, 0, len(chunks))
 	for i := range chunks {
 		fut, err := conn.Start(wire.MsgSnapshot, &chunks[i])
@@ -201,6 +328,7 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 	}
 	s.conn, s.broken, s.counted = conn, false, true
 	p.mu.Unlock()
+	n.snapshotsSent.Add(1)
 
 	var werr error
 	for _, fut := range futs {
@@ -211,12 +339,17 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.syncing = false
-	if p.streams[s.node] != s {
+	if p.streams[s.node] != s || p.role != rolePrimary {
 		return
 	}
 	if werr != nil {
 		n.log.Debug("snapshot failed", "partition", p.id, "replica", s.node, "err", werr)
 		s.broken, s.conn = true, nil
+		return // the maintenance loop retries
+	}
+	if s.broken || s.conn != conn {
+		// A record after the snapshot failed meanwhile: start over.
+		n.startSync(p, s)
 		return
 	}
 	if lsn > s.acked {
@@ -235,8 +368,10 @@ func (n *Node) reportFilled() {
 		p.mu.Lock()
 		if p.role == rolePrimary {
 			for _, s := range p.streams {
-				if s.filled && !s.inSync && !s.broken {
-					reps = append(reps, wire.SyncedReport{Partition: int32(p.id), Epoch: p.epoch, Node: s.node, Version: p.version})
+				// A filled pending replica is ready to count; a filled
+				// former primary was fenced by our snapshot.
+				if s.filled && !s.broken && (!s.inSync || s.node == p.former) {
+					reps = append(reps, wire.SyncedReport{Partition: int32(p.id), Epoch: p.epoch, Node: s.node, Version: p.version, ID: s.id})
 				}
 			}
 		}
@@ -319,10 +454,9 @@ func (n *Node) expire() {
 				break
 			}
 			rec := wire.Record{Muts: muts}
-			pw := p.commitRecord(&rec, now)
+			n.commitRecord(p, &rec, now)
 			p.mu.Unlock()
 			n.publish(&rec)
-			n.finishAsync(pw)
 			if len(muts)*4 <= min(seen, expireSample) {
 				break
 			}
@@ -355,7 +489,7 @@ func (n *Node) expireSessions() {
 		p.mu.Lock()
 		for c, s := range p.sessions {
 			if s.seen < cutoff {
-				delete(p.sessions, c)
+				p.dropSession(c)
 			}
 		}
 		p.mu.Unlock()

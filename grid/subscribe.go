@@ -1,62 +1,91 @@
 package grid
 
 import (
+	"fmt"
 	"sync"
 
+	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
 
+// maxSubscribedMaps bounds the maps one connection may subscribe to: each
+// costs an entry in the node's tables until the connection closes.
+const maxSubscribedMaps = 256
+
 // subscriptions are the client connections that asked for invalidations of
-// a map (near caches). Guarded by mu; count lets writers skip the lock when
-// nobody subscribed.
+// a map (near caches). Guarded by mu; the node's subCount mirrors the number
+// of (connection, map) pairs, stored under mu, so that writers can skip the
+// lock when nobody subscribed. One watcher goroutine per connection forgets
+// its subscriptions when it closes.
 type subscriptions struct {
-	mu    sync.RWMutex
-	byMap map[string]map[*transport.Conn]struct{}
-	count int
+	mu     sync.RWMutex
+	byMap  map[string]map[*transport.Conn]struct{}
+	byConn map[*transport.Conn]map[string]struct{}
+	count  int
 }
 
 // subscribe registers c for invalidations of m until c closes.
-func (n *Node) subscribe(c *transport.Conn, m string) {
+func (n *Node) subscribe(c *transport.Conn, m string) error {
 	s := &n.subs
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-c.Done():
+		return fmt.Errorf("%w: connection closed", api.ErrClosed)
+	case <-n.done:
+		return api.ErrClosed
+	default:
+	}
 	if s.byMap == nil {
 		s.byMap = map[string]map[*transport.Conn]struct{}{}
+		s.byConn = map[*transport.Conn]map[string]struct{}{}
 	}
+	maps := s.byConn[c]
+	if _, had := maps[m]; had {
+		return nil
+	}
+	if len(maps) >= maxSubscribedMaps {
+		return fmt.Errorf("%w: a connection may subscribe to at most %d maps", api.ErrBusy, maxSubscribedMaps)
+	}
+	if maps == nil {
+		maps = map[string]struct{}{}
+		s.byConn[c] = maps
+		n.wg.Add(1)
+		go n.watchSubscriber(c)
+	}
+	maps[m] = struct{}{}
 	conns := s.byMap[m]
 	if conns == nil {
 		conns = map[*transport.Conn]struct{}{}
 		s.byMap[m] = conns
 	}
-	_, had := conns[c]
 	conns[c] = struct{}{}
-	if !had {
-		s.count++
-	}
-	s.mu.Unlock()
+	s.count++
 	n.subCount.Store(int64(s.count))
-	if had {
-		return
+	return nil
+}
+
+// watchSubscriber forgets c's subscriptions once c closes (or the node
+// stops).
+func (n *Node) watchSubscriber(c *transport.Conn) {
+	defer n.wg.Done()
+	select {
+	case <-c.Done():
+	case <-n.done:
 	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		select {
-		case <-c.Done():
-		case <-n.done:
+	s := &n.subs
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for m := range s.byConn[c] {
+		delete(s.byMap[m], c)
+		if len(s.byMap[m]) == 0 {
+			delete(s.byMap, m)
 		}
-		s.mu.Lock()
-		if _, ok := s.byMap[m][c]; ok {
-			delete(s.byMap[m], c)
-			s.count--
-			if len(s.byMap[m]) == 0 {
-				delete(s.byMap, m)
-			}
-		}
-		cnt := s.count
-		s.mu.Unlock()
-		n.subCount.Store(int64(cnt))
-	}()
+		s.count--
+	}
+	delete(s.byConn, c)
+	n.subCount.Store(int64(s.count))
 }
 
 // publish pushes the keys a record wrote to the subscribers of their maps.

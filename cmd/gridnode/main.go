@@ -158,6 +158,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	join := fs.String("join", "", "comma-separated gossip addresses of members to join; empty starts a new cluster")
 	partitions := fs.Int("partitions", cfg.Partitions, "partition count (every member must agree)")
 	backups := fs.Int("backups", cfg.Backups, "synchronous backups per partition")
+	maxValue := fs.Int("max-value", cfg.MaxValueSize, "largest entry in bytes (map, key and value); larger writes fail with ErrValueTooLarge (at most 16 MiB with the default 64 MiB frames)")
 	profile := fs.String("profile", string(cluster.ProfileLAN), "failure detection profile: lan or test")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofOn := fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP address")
@@ -215,6 +216,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	}
 	cfg.Partitions = *partitions
 	cfg.Backups = *backups
+	cfg.MaxValueSize = *maxValue
 	cfg.Profile = cluster.Profile(*profile)
 	if cfg.Profile != cluster.ProfileLAN && cfg.Profile != cluster.ProfileTest {
 		return o, fmt.Errorf("-profile %q: want lan or test", *profile)

@@ -23,6 +23,7 @@ type Cluster struct {
 	T     testing.TB
 	Nodes []*grid.Node
 	cfgs  []grid.Config
+	addrs [][2]string // gossip and RPC address each node first bound
 	done  atomic.Bool
 }
 
@@ -66,7 +67,9 @@ func New(t testing.TB, n int, configure func(i int, cfg *grid.Config)) *Cluster 
 			configure(i, &cfg)
 		}
 		c.cfgs = append(c.cfgs, cfg)
-		c.Nodes = append(c.Nodes, c.start(cfg))
+		nd := c.start(cfg)
+		c.Nodes = append(c.Nodes, nd)
+		c.addrs = append(c.addrs, [2]string{nd.GossipAddr(), nd.RPCAddr()})
 	}
 	return c
 }
@@ -120,6 +123,43 @@ func (c *Cluster) Restart(i int) {
 	}
 	cfg.GossipAddr, cfg.RPCAddr = "127.0.0.1:0", "127.0.0.1:0"
 	c.Nodes[i] = c.start(cfg)
+}
+
+// RestartSameAddr starts node i again with the same name and the same RPC
+// and gossip addresses (a process restarted with the same flags): a new,
+// empty incarnation that peers reach where its predecessor was.
+func (c *Cluster) RestartSameAddr(i int) {
+	c.T.Helper()
+	cfg := c.cfgs[i]
+	cfg.Seeds = nil
+	for _, n := range c.Live() {
+		cfg.Seeds = append(cfg.Seeds, n.GossipAddr())
+	}
+	cfg.GossipAddr, cfg.RPCAddr = c.addrs[i][0], c.addrs[i][1]
+	c.Nodes[i] = c.start(cfg)
+}
+
+// Add starts one more node, named n<index>, joining the live nodes, and
+// returns its index.
+func (c *Cluster) Add(configure func(cfg *grid.Config)) int {
+	c.T.Helper()
+	i := len(c.Nodes)
+	cfg := grid.DefaultConfig()
+	cfg.Name = fmt.Sprintf("n%d", i)
+	cfg.Profile = cluster.ProfileTest
+	cfg.RequestTimeout = 5 * time.Second
+	cfg.Logger = c.Logger(slog.LevelWarn)
+	for _, n := range c.Live() {
+		cfg.Seeds = append(cfg.Seeds, n.GossipAddr())
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	c.cfgs = append(c.cfgs, cfg)
+	nd := c.start(cfg)
+	c.Nodes = append(c.Nodes, nd)
+	c.addrs = append(c.addrs, [2]string{nd.GossipAddr(), nd.RPCAddr()})
+	return i
 }
 
 // Close kills every node.

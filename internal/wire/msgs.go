@@ -314,6 +314,7 @@ type ReplicateRequest struct {
 	Partition int32
 	Epoch     uint64
 	Record    Record
+	From      string // the sending primary's member name
 }
 
 // Ack acknowledges replication up to LSN.
@@ -340,6 +341,7 @@ type SnapSession struct {
 	Seqs     []uint64
 	Results  []MapResponse
 	Seen     int64
+	Last     uint64 // LSN of the session's latest result (eviction order)
 }
 
 // SnapshotChunk carries part of a partition's state at LSN. First resets
@@ -353,16 +355,20 @@ type SnapshotChunk struct {
 	Last      bool
 	Entries   []SnapEntry
 	Sessions  []SnapSession
+	From      string // the sending primary's member name
 }
 
-// SyncedReport tells the authority's leader that Node holds a complete copy
-// of Partition, fed by its primary at Epoch, under table Version.
+// SyncedReport tells the authority's leader that Node (incarnation ID)
+// holds a complete copy of Partition, fed by its primary at Epoch, under
+// table Version. For a partition's Former primary it also means: fenced at
+// Epoch.
 type SyncedReport struct {
 	_msgpack  struct{} `msgpack:",as_array"`
 	Partition int32
 	Epoch     uint64
 	Node      string
 	Version   uint64
+	ID        string
 }
 
 // DrainRequest asks the authority to move every replica off Node before it
@@ -435,6 +441,16 @@ type Part struct {
 	Backups  []string
 	Pending  []string
 	Epoch    uint64
+	// Former is the primary a planned move superseded at Epoch. It stays
+	// in Backups (so no write commits without its acknowledgement) until
+	// the new primary reports it fenced (a SyncedReport for it at Epoch),
+	// or, once it failed, until its read lease must have lapsed: until then
+	// it may still serve reads under the old epoch.
+	Former string
+	// Fresh: the primary started this epoch without a copy (bootstrap, or
+	// a loss the authority accepted). A replica takes primacy without a
+	// complete copy only of a Fresh partition.
+	Fresh bool
 }
 
 // Table is a committed partition table. Version grows with every commit.

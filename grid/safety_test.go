@@ -1,0 +1,308 @@
+package grid_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/grid/gridtest"
+	"github.com/collocate/grid/internal/transport"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// Tests for the replication safety defects of issue 10, each named after
+// the defect it pins.
+
+// writeIdle writes n keys through node nd and returns them.
+func writeIdle(t *testing.T, nd *grid.Node, n int) map[string]string {
+	t.Helper()
+	ctx := ctxT(t, 60*time.Second)
+	m := nd.Map("idle")
+	want := make(map[string]string, n)
+	for i := range n {
+		k, v := fmt.Sprintf("idle-%d", i), fmt.Sprintf("v%d", i)
+		if err := m.Put(ctx, k, []byte(v)); err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+		want[k] = v
+	}
+	return want
+}
+
+func checkIdle(t *testing.T, nd *grid.Node, want map[string]string) {
+	t.Helper()
+	ctx := ctxT(t, 60*time.Second)
+	m := nd.Map("idle")
+	lost := 0
+	for k, v := range want {
+		got, err := m.Get(ctx, k)
+		if err != nil || string(got) != v {
+			if lost < 5 {
+				t.Errorf("acknowledged key %s: got %q, %v", k, got, err)
+			}
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of %d acknowledged idle keys lost", lost, len(want))
+	}
+}
+
+// Defect 1: a backup killed and restarted with the same name and addresses
+// was reported in-sync while empty (the primary kept its old stream, keyed
+// by name), so killing another node lost the idle partitions it held.
+func TestSameNameRestartIsNotReportedInSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, nil)
+	c.WaitStable(30 * time.Second)
+	want := writeIdle(t, c.Nodes[0], 3000)
+	c.Kill(1)
+	c.RestartSameAddr(1)
+	c.WaitStable(60 * time.Second)
+	c.Kill(2)
+	c.WaitStable(60 * time.Second)
+	checkIdle(t, c.Nodes[0], want)
+	if err := c.CheckReplicas(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Defect 3 (end to end): a join moves primaries; the old primaries stay
+// in-sync backups until fenced, and no acknowledged write is lost when a
+// node dies right after the moves.
+func TestJoinMovesThenKillKeepsIdleKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, nil)
+	c.WaitStable(30 * time.Second)
+	want := writeIdle(t, c.Nodes[0], 2000)
+	c.Add(nil)
+	c.WaitStable(60 * time.Second)
+	c.Kill(0)
+	c.WaitStable(60 * time.Second)
+	checkIdle(t, c.Nodes[1], want)
+}
+
+// Defect 4: a value larger than the frame limit wedged its partition. Now
+// a value above MaxValueSize is refused before anything is applied, and the
+// partition keeps serving.
+func TestValueTooLargeIsRefusedAndPartitionServes(t *testing.T) {
+	c := gridtest.New(t, 1, func(i int, cfg *grid.Config) {
+		cfg.MaxFrame = 1 << 20
+		cfg.MaxValueSize = 64 << 10
+	})
+	nd := c.Nodes[0]
+	if err := nd.WaitReady(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 20*time.Second)
+	m := nd.Map("big")
+	if err := m.Put(ctx, "k", make([]byte, 65<<10)); !errors.Is(err, grid.ErrValueTooLarge) {
+		t.Fatalf("put of 65 KiB with a 64 KiB limit: %v", err)
+	}
+	chunk := bytes.Repeat([]byte("x"), 16<<10)
+	var appendErr error
+	for range 8 {
+		if _, appendErr = m.Append(ctx, "k", chunk); appendErr != nil {
+			break
+		}
+	}
+	if !errors.Is(appendErr, grid.ErrValueTooLarge) {
+		t.Fatalf("appends past the limit: %v", appendErr)
+	}
+	v, err := m.Get(ctx, "k")
+	if err != nil || len(v) > 64<<10 {
+		t.Fatalf("after refused append: %d bytes, %v", len(v), err)
+	}
+	if err := m.Put(ctx, "k2", []byte("ok")); err != nil {
+		t.Fatalf("partition wedged: %v", err)
+	}
+	if err := m.PutAll(ctx, map[string][]byte{"a": make([]byte, 60<<10), "b": make([]byte, 60<<10)}); err != nil {
+		t.Fatalf("put all of two values under the limit: %v", err)
+	}
+}
+
+// Defect 6: a caller's short deadline marked healthy replica streams
+// broken, forcing full snapshots. Only replica and transport errors may.
+func TestCallerDeadlineKeepsStreamsHealthy(t *testing.T) {
+	c := threeNodes(t)
+	nd := c.Nodes[0]
+	m := nd.Map("deadline")
+	ctx := ctxT(t, 20*time.Second)
+	for i := range 200 {
+		if err := m.Put(ctx, fmt.Sprint(i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := snapshotsSent(c)
+	for i := range 300 {
+		short, cancel := context.WithTimeout(context.Background(), time.Microsecond)
+		_ = m.Put(short, fmt.Sprint(i), []byte("w"))
+		cancel()
+	}
+	if err := m.Put(ctx, "after", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshotsSent(c); after != before {
+		t.Fatalf("short caller deadlines broke healthy streams: %d snapshots sent", after-before)
+	}
+}
+
+func snapshotsSent(c *gridtest.Cluster) int64 {
+	var n int64
+	for _, nd := range c.Live() {
+		n += nd.Stats().SnapshotsSent
+	}
+	return n
+}
+
+// Defect 10: one unauthenticated frame with a huge epoch raised a replica's
+// epoch for good, so it refused all real replication.
+func TestForgedReplicationFrameRefused(t *testing.T) {
+	c := threeNodes(t)
+	target := c.Nodes[1]
+	tab := target.Table()
+	var pid int
+	for p, part := range tab.Partitions {
+		if len(part.Backups) > 0 && part.Backups[0] == target.Name() {
+			pid = p
+			break
+		}
+	}
+	nc, err := net.Dial("tcp", target.RPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write([]byte{transport.PreambleGrid}); err != nil {
+		t.Fatal(err)
+	}
+	conn := transport.NewConn(nc, nil, wire.DefaultMaxFrame, nil)
+	defer conn.Close()
+	ctx := ctxT(t, 10*time.Second)
+	forged := &wire.ReplicateRequest{Partition: int32(pid), Epoch: math.MaxUint64, From: tab.Partitions[pid].Primary, Record: wire.Record{LSN: 1}}
+	if err := conn.Call(ctx, wire.MsgReplicate, forged, nil); err == nil {
+		t.Fatal("forged replication frame accepted")
+	}
+	snap := &wire.SnapshotChunk{Partition: int32(pid), Epoch: math.MaxUint64, First: true, Last: true, From: tab.Partitions[pid].Primary}
+	if err := conn.Call(ctx, wire.MsgSnapshot, snap, nil); err == nil {
+		t.Fatal("forged snapshot accepted")
+	}
+	if got := target.Inspect(pid).Epoch; got == math.MaxUint64 {
+		t.Fatalf("replica epoch raised to %d by a forged frame", got)
+	}
+	// Real replication still works: writes to that partition commit.
+	key := keyIn(pid, tab)
+	if err := c.Nodes[0].Map("forged").Put(ctx, key, []byte("v")); err != nil {
+		t.Fatalf("write after forged frames: %v", err)
+	}
+	if err := c.CheckReplicas(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// keyIn returns a key of partition pid.
+func keyIn(pid int, tab *wire.Table) string {
+	for i := 0; ; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if affinity.Partition(k, len(tab.Partitions)) == pid {
+			return k
+		}
+	}
+}
+
+// Defect 5: a write whose ctx has no deadline waited on each backup's reply
+// forever when a backup stopped answering with its connection open. Now it
+// waits only for the commit point, bounded by RequestTimeout.
+func TestWriteWithoutDeadlineReturnsWhenBackupStalls(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, func(i int, cfg *grid.Config) { cfg.RequestTimeout = 2 * time.Second })
+	c.WaitStable(30 * time.Second)
+	nd := c.Nodes[0]
+	tab := nd.Table()
+	var pid = -1
+	for p, part := range tab.Partitions {
+		if part.Primary == nd.Name() {
+			pid = p
+			break
+		}
+	}
+	backup := c.Node(tab.Partitions[pid].Backups[0])
+	key := keyIn(pid, tab)
+	m := nd.Map("stall")
+	if err := m.Put(ctxT(t, 10*time.Second), key, []byte("v0")); err != nil {
+		t.Fatal(err)
+	}
+	backup.StallReplication(true)
+	defer backup.StallReplication(false)
+	done := make(chan error, 1)
+	go func() { done <- m.Put(context.Background(), key, []byte("v1")) }()
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, grid.ErrReplication) && !errors.Is(err, grid.ErrTimeout) {
+			t.Fatalf("write with a stalled backup: %v, want outcome unknown", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a write without deadline still waits on a stalled backup after 20 s")
+	}
+}
+
+// rawConn dials a node's RPC port as a bare peer.
+func rawConn(t *testing.T, addr string) *transport.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write([]byte{transport.PreambleGrid}); err != nil {
+		t.Fatal(err)
+	}
+	conn := transport.NewConn(nc, nil, wire.DefaultMaxFrame, nil)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// Defect 9: in a batch, a request that failed with a retryable error let
+// the later requests of its partition run; the sender's retry then landed
+// after them (SET k a; SET k b could end with a). Now the rest of that
+// partition's group is refused unapplied.
+func TestBatchStopsPartitionAfterRetryableFailure(t *testing.T) {
+	c := gridtest.New(t, 1, nil)
+	nd := c.Nodes[0]
+	if err := nd.WaitReady(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	tab := nd.Table()
+	pid := affinity.Partition("k", nd.Partitions())
+	conn := rawConn(t, nd.RPCAddr())
+	req := &wire.MapBatchRequest{Reqs: []wire.MapRequest{
+		// A table version this node does not have: it waits briefly and
+		// answers Unavailable, which the sender retries.
+		{Version: tab.Version + 1000, Partition: int32(pid), Op: wire.OpPut, Map: "b", Key: "k", Value: []byte("a")},
+		{Version: tab.Version, Partition: int32(pid), Op: wire.OpPut, Map: "b", Key: "k", Value: []byte("b")},
+	}}
+	var resp wire.MapBatchResponse
+	if err := conn.Call(ctxT(t, 20*time.Second), wire.MsgMapBatch, req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Errs[0].Err() == nil {
+		t.Fatal("the first request did not fail")
+	}
+	if resp.Errs[1].Err() == nil {
+		t.Fatal("the second request of the same partition ran after the first failed")
+	}
+	if _, err := nd.Map("b").Get(ctxT(t, 5*time.Second), "k"); !errors.Is(err, grid.ErrNotFound) {
+		t.Fatalf("k was written: %v", err)
+	}
+}

@@ -31,9 +31,10 @@ func retryable(err error) bool {
 }
 
 // mayHaveApplied reports whether the attempt that failed with err may have
-// been applied.
+// been applied. ErrStaleSequence: the primary no longer keeps the result of
+// this sequence number (it may have been applied once).
 func mayHaveApplied(err error) bool {
-	return errors.Is(err, api.ErrTimeout) || errors.Is(err, api.ErrReplication)
+	return errors.Is(err, api.ErrTimeout) || errors.Is(err, api.ErrReplication) || errors.Is(err, api.ErrStaleSequence)
 }
 
 // definitive reports whether err is the primary's own final answer (such

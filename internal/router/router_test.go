@@ -332,3 +332,16 @@ func TestRequestsWaitingOnAKeptPrimaryAreNotResent(t *testing.T) {
 		t.Fatalf("n1 got %d requests, want 1", n)
 	}
 }
+
+func TestStaleSequenceIsOutcomeUnknown(t *testing.T) {
+	h := newHarness(t)
+	n1 := h.node("n1")
+	// The primary no longer keeps this sequence's result: it may have been
+	// applied once.
+	n1.setScript(always(refuse, fmt.Errorf("%w: test", api.ErrStaleSequence)))
+	err := h.r.Map("m").Put(ctxFor(t, 5*time.Second), "k", []byte("v"))
+	outcomeUnknown(t, err)
+	if n := len(n1.mapRequests()); n != 1 {
+		t.Fatalf("n1 got %d requests, want 1 (not retried)", n)
+	}
+}

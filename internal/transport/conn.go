@@ -143,9 +143,15 @@ type Conn struct {
 	wg   sync.WaitGroup
 }
 
-// NewConn starts serving nc: requests go to h (nil rejects them) and
+// NewConn starts serving nc with the zero ConnConfig but for maxFrame and
+// log (no limits, no heartbeat).
+func NewConn(nc net.Conn, h Handler, maxFrame int, log *slog.Logger) *Conn {
+	return NewConnWith(nc, h, ConnConfig{MaxFrame: maxFrame, Logger: log})
+}
+
+// NewConnWith starts serving nc: requests go to h (nil rejects them) and
 // responses to the calls waiting for them.
-func NewConn(nc net.Conn, h Handler, cfg ConnConfig) *Conn {
+func NewConnWith(nc net.Conn, h Handler, cfg ConnConfig) *Conn {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -144,7 +144,7 @@ func (s *Server) route(nc net.Conn) {
 	_ = nc.SetReadDeadline(time.Time{})
 	switch pre[0] {
 	case PreambleGrid:
-		c := NewConn(nc, s.h, s.cfg.connConfig())
+		c := NewConnWith(nc, s.h, s.cfg.connConfig())
 		s.mu.Lock()
 		select {
 		case <-s.done:
@@ -402,7 +402,7 @@ func (p *Pool) dial(ctx context.Context, addr string) (*Conn, error) {
 	p.mu.Lock()
 	h := p.h
 	p.mu.Unlock()
-	return NewConn(nc, h, ConnConfig{MaxFrame: p.maxFrame, Logger: p.log, PeerTimeout: p.peerTO}), nil
+	return NewConnWith(nc, h, ConnConfig{MaxFrame: p.maxFrame, Logger: p.log, PeerTimeout: p.peerTO}), nil
 }
 
 // Close closes every pooled connection.

@@ -156,7 +156,7 @@ func TestCallNeverSentIsUnavailable(t *testing.T) {
 	// second one stays queued and never reaches the socket.
 	near, far := net.Pipe()
 	defer far.Close()
-	c := NewConn(near, nil, ConnConfig{})
+	c := NewConnWith(near, nil, ConnConfig{})
 	first, err := c.Start(wire.MsgMap, &wire.MapRequest{Key: "a"})
 	if err != nil {
 		t.Fatal(err)

@@ -338,8 +338,8 @@ const (
 
 // fetch asks the known members (table members first, then the configured
 // addresses) for their table and installs the newest it sees. It asks one
-// member at a time, starting the next one whenever tableHedge passes
-// without an answer or an ask fails, and stops at the first answer newer
+// member at a time, starting the next one when no ask is in flight or
+// tableHedge passed without an answer, and stops at the first answer newer
 // than the current table, or when every member answered or gave up.
 func (c *Client) fetch(ctx context.Context) error {
 	var addrs []string
@@ -387,12 +387,12 @@ func (c *Client) fetch(ctx context.Context) error {
 			}
 		case a := <-answers:
 			running--
+			if running == 0 && next < len(addrs) {
+				hedge.Reset(0) // nothing in flight: ask the next one now
+			}
 			switch {
 			case a.err != nil:
 				lastErr = a.err
-				if running == 0 && next < len(addrs) {
-					hedge.Reset(0) // nothing in flight: ask the next one now
-				}
 				continue
 			case cur != nil && len(a.t.Partitions) != len(cur.Partitions):
 				lastErr = fmt.Errorf("%w: table has %d partitions, not %d", api.ErrBadRequest, len(a.t.Partitions), len(cur.Partitions))

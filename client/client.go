@@ -200,7 +200,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.near.byMap = map[string]*nearCache{}
-	c.near.subscribed = map[*transport.Conn]bool{}
+	c.near.subscribed = map[*transport.Conn]string{}
 	c.pool.SetHandler(c)
 	if err := c.fetch(ctx); err != nil {
 		c.cancel()
@@ -450,6 +450,7 @@ func (c *Client) install(t *wire.Table) {
 	if cur := c.table.Load(); cur != nil && cur.Version >= t.Version {
 		return
 	}
+	c.near.onTable(t)
 	c.table.Store(t)
 	close(c.tableCh)
 	c.tableCh = make(chan struct{})

@@ -94,9 +94,13 @@ type nearMap struct {
 }
 
 func (m *nearMap) Get(ctx context.Context, key string) ([]byte, error) {
-	if v, ok := m.nc.cache.Get(key); ok {
-		m.nc.hits.Add(1)
-		return append([]byte(nil), v...), nil
+	// Serve only while every member's invalidations are confirmed: a Set
+	// that ristretto buffered before a clear may still land in the cache.
+	if m.nc.ready.Load() {
+		if v, ok := m.nc.cache.Get(key); ok {
+			m.nc.hits.Add(1)
+			return append([]byte(nil), v...), nil
+		}
 	}
 	m.nc.misses.Add(1)
 	gen := m.nc.gen.Load()
@@ -246,7 +250,35 @@ func (m *nearMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byt
 type nearCaches struct {
 	mu         sync.Mutex
 	byMap      map[string]*nearCache
-	subscribed map[*transport.Conn]bool
+	// subscribed maps each connection whose member confirmed every
+	// near-cached map to that member's address.
+	subscribed map[*transport.Conn]string
+}
+
+// onTable runs before the client installs table t: if t names a member
+// whose subscription is not confirmed (a member joined, or moved), no near
+// cache may serve until it is, since that member's writes reach nobody's
+// cache. The caches are cleared and marked not ready; ensureSubscriptions
+// (run by the refresher right after) makes them ready again.
+func (n *nearCaches) onTable(t *wire.Table) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.byMap) == 0 {
+		return
+	}
+	confirmed := make(map[string]bool, len(n.subscribed))
+	for _, addr := range n.subscribed {
+		confirmed[addr] = true
+	}
+	for _, m := range t.Members {
+		if !confirmed[m.RPC] {
+			for _, nc := range n.byMap {
+				nc.ready.Store(false)
+				nc.clear()
+			}
+			return
+		}
+	}
 }
 
 // HandleFrame receives invalidations pushed by members.
@@ -291,7 +323,7 @@ func (c *Client) nearMapFor(ctx context.Context, name string, cfg NearCacheConfi
 		}
 		c.near.byMap[name] = nc
 		// Existing subscriptions do not cover this map yet.
-		c.near.subscribed = map[*transport.Conn]bool{}
+		c.near.subscribed = map[*transport.Conn]string{}
 		created = true
 	}
 	c.near.mu.Unlock()
@@ -313,7 +345,7 @@ func (c *Client) subscribe(ctx context.Context, addr string, names []string) (*t
 		return nil, false
 	}
 	c.near.mu.Lock()
-	done := c.near.subscribed[conn]
+	_, done := c.near.subscribed[conn]
 	c.near.mu.Unlock()
 	if done {
 		return nil, true
@@ -324,7 +356,7 @@ func (c *Client) subscribe(ctx context.Context, addr string, names []string) (*t
 		}
 	}
 	c.near.mu.Lock()
-	c.near.subscribed[conn] = true
+	c.near.subscribed[conn] = addr
 	c.near.mu.Unlock()
 	return conn, true
 }

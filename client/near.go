@@ -248,8 +248,8 @@ func (m *nearMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byt
 
 // nearCaches are a client's near caches and their subscriptions.
 type nearCaches struct {
-	mu         sync.Mutex
-	byMap      map[string]*nearCache
+	mu    sync.Mutex
+	byMap map[string]*nearCache
 	// subscribed maps each connection whose member confirmed every
 	// near-cached map to that member's address.
 	subscribed map[*transport.Conn]string

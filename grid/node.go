@@ -233,7 +233,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("grid: listen on %s: %w", cfg.RPCAddr, err)
 	}
 	n.srv = srv
-	n.pool = transport.NewPool(cfg.MaxFrame, n.log)
+	n.pool = transport.NewPoolWith(transport.PoolConfig{MaxFrame: cfg.MaxFrame, Logger: n.log, Dial: dialFrom(srv.Addr())})
 	n.router = router.New(router.Config{
 		Partitions:     cfg.Partitions,
 		Pool:           n.pool,
@@ -581,6 +581,18 @@ func (n *Node) updateStreams(p *partition, part wire.Part, members map[string]wi
 		s.inSync = inSync
 	}
 	p.recomputeCommit()
+}
+
+// dialFrom returns a dialer whose connections leave from the IP this node
+// serves on (when it is a specific, non-loopback IP), so that peers see
+// replication arrive from the host the table advertises (checkSender) even
+// on a multi-homed machine.
+func dialFrom(local net.Addr) func(ctx context.Context, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if ta, ok := local.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() && !ta.IP.IsLoopback() {
+		d.LocalAddr = &net.TCPAddr{IP: ta.IP}
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 }
 
 func contains(s []string, v string) bool {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -17,19 +19,31 @@ import (
 var httpClient = &http.Client{Timeout: 2 * time.Second}
 
 func getJSON(ctx context.Context, url string, v any) error {
+	b, err := getBody(ctx, url)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// getBody GETs url and returns the body of a 200 answer.
+func getBody(ctx context.Context, url string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
 	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return b, nil
 }
 
 type partView struct {
@@ -38,12 +52,49 @@ type partView struct {
 	Pending []string `json:"pending"`
 }
 
+// memberView is a member as a node's membership sees it.
+type memberView struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+}
+
 // clusterView is a node's /v1/cluster.
 type clusterView struct {
-	Version    uint64     `json:"version"`
-	Leader     string     `json:"leader"`
-	Voters     []string   `json:"voters"`
-	Partitions []partView `json:"partitions"`
+	Version    uint64       `json:"version"`
+	Leader     string       `json:"leader"`
+	Voters     []string     `json:"voters"`
+	Members    []memberView `json:"members"`
+	Partitions []partView   `json:"partitions"`
+}
+
+// status returns how this node's membership sees name ("absent" if not
+// at all).
+func (cv *clusterView) status(name string) string {
+	for _, m := range cv.Members {
+		if m.Name == name {
+			return m.Status
+		}
+	}
+	return "absent"
+}
+
+// unused describes the running members the table places nothing on, with
+// how the reporting node's membership sees them and who leads: a member
+// the authority dropped while its process runs shows here as, say,
+// "leaving".
+func unused(node string, names []string, seen map[string]bool, cv *clusterView) string {
+	var out []string
+	for _, n := range names {
+		if !seen[n] {
+			out = append(out, fmt.Sprintf("%s (%s sees it %s)", n, node, cv.status(n)))
+		}
+	}
+	leader := cv.Leader
+	if leader == "" {
+		leader = "none"
+	}
+	return fmt.Sprintf("table %d uses %d of %d members; unused: %s; leader: %s",
+		cv.Version, len(seen), len(names), strings.Join(out, ", "), leader)
 }
 
 // names reports whether the view places anything on name.
@@ -160,7 +211,7 @@ func (h *harness) unsafe(ctx context.Context) string {
 			}
 		}
 		if len(seen) != len(names) {
-			return fmt.Sprintf("table uses %d of %d members", len(seen), len(names))
+			return unused(p.name, names, seen, &cv)
 		}
 	}
 	return ""
@@ -184,7 +235,35 @@ func (h *harness) waitSafe(ctx context.Context, d time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	if dir := h.dumpViews(ctx); dir != "" {
+		why += " (every node's /v1/cluster in " + dir + ")"
+	}
 	return errors.New(why)
+}
+
+// dumpViews writes every running, unpaused node's /v1/cluster (leader,
+// voters, members with their status, table) to a directory under -out
+// named by the harness time, so that a cluster that did not become safe
+// can be read as it was; it returns the directory ("" if none).
+func (h *harness) dumpViews(ctx context.Context) string {
+	dir := filepath.Join(h.cfg.Out, fmt.Sprintf("views-%.1fs", sec(h.now())))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		h.logf("views: %v", err)
+		return ""
+	}
+	for _, p := range h.running() {
+		if p.paused {
+			continue
+		}
+		b, err := getBody(ctx, p.httpURL+"/v1/cluster")
+		if err != nil {
+			b = []byte(err.Error() + "\n")
+		}
+		if err := os.WriteFile(filepath.Join(dir, p.name+".json"), b, 0o644); err != nil {
+			h.logf("views: %v", err)
+		}
+	}
+	return dir
 }
 
 // wouldLose says why killing victims could lose acknowledged data by

@@ -10,17 +10,40 @@ import (
 	"github.com/collocate/grid/client"
 )
 
-// readBack reads keys in batches (GetAll, retried; then key by key). A key
-// that cannot be read is absent from the result.
-func (h *harness) readBack(ctx context.Context, m client.Map, keys []string, batch int) map[string][]byte {
+// keyByKeyPatience bounds the key-by-key reads of one readBack: when a
+// partition serves nothing, each of its keys would take a full timeout.
+const keyByKeyPatience = 60 * time.Second
+
+// getter is what readBack needs of a map.
+type getter interface {
+	Name() string
+	Get(ctx context.Context, key string) ([]byte, error)
+	GetAll(ctx context.Context, keys []string) (map[string][]byte, error)
+}
+
+// readBack reads keys in batches (GetAll, retried; then key by key, for at
+// most keyByKeyPatience in all). A key that cannot be read is absent from
+// the result.
+func (h *harness) readBack(ctx context.Context, m getter, keys []string, batch int) map[string][]byte {
+	return h.readBackWithin(ctx, m, keys, batch, 10*time.Second, 3*time.Second, keyByKeyPatience)
+}
+
+// readBackWithin is readBack with its timeouts: per batch try, per key, and
+// for all key-by-key reads.
+func (h *harness) readBackWithin(ctx context.Context, m getter, keys []string, batch int, perBatch, perKey, patience time.Duration) map[string][]byte {
 	out := make(map[string][]byte, len(keys))
-	unreadable := 0
+	unreadable, untried := 0, 0
+	var giveUp time.Time
 	for start := 0; start < len(keys); start += batch {
 		part := keys[start:min(start+batch, len(keys))]
 		var got map[string][]byte
 		var err error
-		for range 3 {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		tries := 3
+		if !giveUp.IsZero() && time.Now().After(giveUp) {
+			tries = 1 // out of patience: one batch try, no key-by-key reads
+		}
+		for range tries {
+			cctx, cancel := context.WithTimeout(ctx, perBatch)
 			got, err = m.GetAll(cctx, part)
 			cancel()
 			if err == nil {
@@ -28,10 +51,21 @@ func (h *harness) readBack(ctx context.Context, m client.Map, keys []string, bat
 			}
 		}
 		if err != nil {
+			if giveUp.IsZero() {
+				giveUp = time.Now().Add(patience)
+			}
+			if time.Now().After(giveUp) {
+				untried += len(part)
+				continue
+			}
 			h.logf("read back %s: %v; reading key by key", m.Name(), err)
 			got = map[string][]byte{}
 			for _, k := range part {
-				cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				if time.Now().After(giveUp) {
+					untried++
+					continue
+				}
+				cctx, cancel := context.WithTimeout(ctx, perKey)
 				v, err := m.Get(cctx, k)
 				cancel()
 				if err == nil {
@@ -45,8 +79,8 @@ func (h *harness) readBack(ctx context.Context, m client.Map, keys []string, bat
 			out[k] = v
 		}
 	}
-	if unreadable > 0 {
-		h.logf("read back %s: %d keys unreadable (counted as missing)", m.Name(), unreadable)
+	if unreadable+untried > 0 {
+		h.logf("read back %s: %d keys unreadable, %d not tried after %v of key-by-key reads (all counted as missing)", m.Name(), unreadable, untried, patience)
 	}
 	return out
 }

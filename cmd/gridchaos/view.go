@@ -174,6 +174,7 @@ func (h *harness) unsafe(ctx context.Context) string {
 	}
 	want := min(h.cfg.Backups, len(live)-1)
 	var version uint64
+	var first clusterView
 	for i, p := range live {
 		resp, err := httpClient.Get(p.httpURL + "/healthz")
 		if err != nil {
@@ -188,7 +189,7 @@ func (h *harness) unsafe(ctx context.Context) string {
 			return err.Error()
 		}
 		if i == 0 {
-			version = cv.Version
+			version, first = cv.Version, cv
 		} else if cv.Version != version {
 			return fmt.Sprintf("%s at table %d, %s at %d", live[0].name, version, p.name, cv.Version)
 		}
@@ -214,7 +215,44 @@ func (h *harness) unsafe(ctx context.Context) string {
 			return unused(p.name, names, seen, &cv)
 		}
 	}
-	return ""
+	return h.primariesServe(ctx, &first)
+}
+
+// primariesServe says which partitions' table primary does not hold the
+// primary role on its node, or "". A table can be converged while its
+// primaries serve nothing (a new, empty incarnation named where its
+// predecessor was refuses primacy): no write or read reaches those
+// partitions, so the cluster is not safe.
+func (h *harness) primariesServe(ctx context.Context, cv *clusterView) string {
+	infos := map[string][]partInfo{}
+	for _, p := range h.running() {
+		var pi []partInfo
+		if err := getJSON(ctx, p.httpURL+"/v1/partitions", &pi); err != nil {
+			return err.Error()
+		}
+		infos[p.name] = pi
+	}
+	return notServing(cv, infos)
+}
+
+// notServing describes the partitions of cv whose primary's replica (in
+// infos, by member) is not in the primary role, or "".
+func notServing(cv *clusterView, infos map[string][]partInfo) string {
+	var bad []string
+	for id, part := range cv.Partitions {
+		role := "absent"
+		if pi := infos[part.Primary]; id < len(pi) {
+			role = pi[id].Role
+		}
+		if role != "primary" {
+			bad = append(bad, fmt.Sprintf("%d (%s is %s)", id, part.Primary, role))
+		}
+	}
+	if len(bad) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("table %d: %d partitions' primary does not serve as primary: %s",
+		cv.Version, len(bad), strings.Join(bad[:min(5, len(bad))], ", "))
 }
 
 // waitSafe waits until the cluster is safe (see unsafe). A safe cluster

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -70,5 +71,70 @@ func TestDumpViewsWritesEveryRunningNodesView(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, n+".json")); err == nil {
 			t.Errorf("%s.json written for a member that is dead or paused", n)
 		}
+	}
+}
+
+func TestNotServingNamesPartitionsWhosePrimaryRefuses(t *testing.T) {
+	// Run 3 of 2026-11-30 (-netns): the converged table 978 named n4, a new
+	// empty incarnation, primary of 48 partitions; n4 held them as empty
+	// backups (it refuses primacy without a complete copy) and nothing was
+	// served, yet the old safety check passed.
+	cv := &clusterView{Version: 978, Partitions: []partView{
+		{Primary: "n4", Backups: []string{"n1"}},
+		{Primary: "n1", Backups: []string{"n4"}},
+		{Primary: "n9", Backups: []string{"n1"}},
+	}}
+	infos := map[string][]partInfo{
+		"n1": {{Role: "backup"}, {Role: "primary"}, {Role: "backup"}},
+		"n4": {{Role: "backup"}, {Role: "backup"}, {Role: "none"}},
+	}
+	got := notServing(cv, infos)
+	for _, want := range []string{"table 978", "2 partitions", "0 (n4 is backup)", "2 (n9 is absent)"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q does not say %q", got, want)
+		}
+	}
+	infos["n4"][0].Role = "primary"
+	cv.Partitions[2].Primary = "n1"
+	infos["n1"][2].Role = "primary"
+	if got := notServing(cv, infos); got != "" {
+		t.Errorf("every primary serves, got %q", got)
+	}
+}
+
+// stuckMap answers no batch and blocks every single read until its
+// deadline: a partition whose primary serves nothing.
+type stuckMap struct{ gets int }
+
+func (m *stuckMap) Name() string { return "idle" }
+func (m *stuckMap) GetAll(ctx context.Context, keys []string) (map[string][]byte, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (m *stuckMap) Get(ctx context.Context, key string) ([]byte, error) {
+	m.gets++
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func TestReadBackGivesUpKeyByKeyReads(t *testing.T) {
+	// Run 3 of 2026-11-30: 48 partitions served nothing and the idle
+	// read-back went key by key at 3 s a key, blocking the nemesis for
+	// minutes (it would have taken about half an hour).
+	h := &harness{t0: time.Now(), logf: t.Logf}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	m := &stuckMap{}
+	start := time.Now()
+	got := h.readBackWithin(context.Background(), m, keys, 100, time.Millisecond, 20*time.Millisecond, 200*time.Millisecond)
+	took := time.Since(start)
+	if len(got) != 0 {
+		t.Fatalf("read %d keys from a map that serves nothing", len(got))
+	}
+	// Without the bound: 1000 keys x 20 ms = 20 s.
+	if took > 5*time.Second || m.gets >= len(keys) {
+		t.Fatalf("key-by-key reads went on for %v (%d of %d keys tried); patience was 200ms", took, m.gets, len(keys))
 	}
 }

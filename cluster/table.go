@@ -193,6 +193,10 @@ type stepper struct {
 //  6. dropUnwanted: pending replicas the target no longer wants, and in-sync
 //     backups beyond the wanted count, are dropped; never a Former.
 //
+// The table's Members are the live members plus the failed members it still
+// names, with the incarnation id they had (setMembers): a name that comes
+// back is its own successor only under the same id.
+//
 // Partitions whose failed primary may still hold a read lease are left to
 // rules 1 and 2 only, which wait for the lease: no report, switch,
 // migration or drop touches them, so a paused primary never serves a read
@@ -229,13 +233,8 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 	} else {
 		s.t = Clone(in.Cur)
 	}
-	members := slices.Clone(in.Live)
-	slices.SortFunc(members, func(a, b wire.Member) int { return strings.Compare(a.Name, b.Name) })
-	if !slices.Equal(members, s.t.Members) {
-		s.t.Members = members
-		s.res.Changed = true
-	}
 	if len(in.Live) == 0 {
+		s.setMembers()
 		return finish(in.Cur, s.t, s.res)
 	}
 	s.want = min(in.Backups, len(s.names)-1)
@@ -271,7 +270,39 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 		s.res.InFlight += len(part.Pending)
 	}
 	s.res.Converged = Converged(s.t, s.names, in.Backups)
+	s.setMembers()
 	return finish(in.Cur, s.t, s.res)
+}
+
+// setMembers lists the live members, and keeps the entry of every failed
+// member the table still names (a primary whose lease or return a partition
+// waits for, a former primary held under its lease). Without it a name that
+// failed and came back would look like the incarnation the table means
+// even when it restarted empty: only the kept id tells them apart.
+func (s *stepper) setMembers() {
+	members := slices.Clone(s.in.Live)
+	if s.in.Cur != nil {
+		for _, m := range s.in.Cur.Members {
+			if _, live := s.ids[m.Name]; !live && named(s.t, m.Name) {
+				members = append(members, m)
+			}
+		}
+	}
+	slices.SortFunc(members, func(a, b wire.Member) int { return strings.Compare(a.Name, b.Name) })
+	if !slices.Equal(members, s.t.Members) {
+		s.t.Members = members
+		s.res.Changed = true
+	}
+}
+
+// named reports whether t gives name any role in any partition.
+func named(t *wire.Table, name string) bool {
+	for _, p := range t.Partitions {
+		if p.Primary == name || p.Former == name || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // waiting: the partition's primary failed and its lease may be valid.

@@ -179,10 +179,14 @@ type stepper struct {
 // each rule says what it must not undo of the earlier ones:
 //
 //  1. dropFailed: members that are not live leave every replica set, except
-//     an unfenced Former whose lease may still be valid.
+//     an unfenced Former whose lease may still be valid, and the in-sync
+//     backups of a partition whose primary is down (their copies are
+//     complete and may be the only ones left).
 //  2. promote: a partition whose primary is gone promotes an in-sync backup
-//     (epoch+1); with no backup left it stays unavailable unless every copy
-//     is certainly gone (then it restarts empty: Fresh, counted in Lost).
+//     (epoch+1): a live one, else, if the primary's copy is certainly gone,
+//     a failed one, which the partition then waits for. With no backup left
+//     it stays unavailable unless every copy is certainly gone (then it
+//     restarts empty: Fresh, counted in Lost).
 //  3. applyReports: synced reports for the current epoch and incarnation
 //     move pending replicas to the backups, and clear a fenced Former.
 //  4. switchPlanned: a target primary that is an in-sync backup takes over
@@ -315,10 +319,23 @@ func (s *stepper) formerHeld(part *wire.Part, n string) bool {
 	return n == part.Former && !s.alive[n] && !s.reborn[n] && s.in.Leased[n]
 }
 
-// Rule 1: members that are not live leave every replica set.
+// mayHoldCopy: a failed member whose copy may still exist (it did not
+// leave, and did not come back as a new incarnation).
+func (s *stepper) mayHoldCopy(n string) bool { return !s.reborn[n] && !s.in.Gone[n] }
+
+// keepBackup: a backup that stays in the replica set. Failed ones stay only
+// while their copy may be needed: a held former primary, or any backup of
+// a partition whose primary is down (nothing commits without the backups
+// then, so their copies are complete and may be the only ones left).
+func (s *stepper) keepBackup(part *wire.Part, n string) bool {
+	return s.alive[n] || s.formerHeld(part, n) || (!s.alive[part.Primary] && s.mayHoldCopy(n))
+}
+
+// Rule 1: members that are not live leave every replica set, except the
+// backups keepBackup keeps.
 func (s *stepper) dropFailed(p int) {
 	part := &s.t.Partitions[p]
-	nb := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] && !s.formerHeld(part, n) })
+	nb := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.keepBackup(part, n) })
 	np := slices.DeleteFunc(slices.Clone(part.Pending), func(n string) bool { return !s.alive[n] })
 	if len(nb) != len(part.Backups) || len(np) != len(part.Pending) {
 		s.res.Changed = true
@@ -330,7 +347,9 @@ func (s *stepper) dropFailed(p int) {
 	}
 }
 
-// Rule 2: a partition whose primary is gone promotes an in-sync backup.
+// Rule 2: a partition whose primary is gone promotes an in-sync backup: a
+// live one, or, when the primary's copy is certainly gone, a failed one
+// whose copy may return (the partition then waits for it).
 func (s *stepper) promote(p int) {
 	part := &s.t.Partitions[p]
 	if part.Primary != "" && (s.alive[part.Primary] || s.in.Leased[part.Primary]) {
@@ -340,22 +359,27 @@ func (s *stepper) promote(p int) {
 		return
 	}
 	cands := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] })
+	gone := s.in.Cur == nil || part.Primary == "" || !s.mayHoldCopy(part.Primary)
 	switch {
 	case len(cands) > 0:
 		pick := cands[0]
 		if slices.Contains(cands, s.tgt.Primary[p]) {
 			pick = s.tgt.Primary[p]
 		}
-		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == pick })
-		if part.Former == pick {
-			part.Former = ""
-		}
-		part.Primary = pick
-		part.Fresh = false
+		s.promoteBackup(part, pick)
+		// The failed backups kept while the primary was down leave now.
+		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return !s.alive[n] && !s.formerHeld(part, n) })
 		if s.in.Cur != nil {
 			s.res.Promoted++
 		}
-	case s.in.Cur == nil || part.Primary == "" || s.reborn[part.Primary] || s.in.Gone[part.Primary]:
+	case gone && len(part.Backups) > 0:
+		// Only failed backups are left, kept by rule 1 because their
+		// copies may return: the first becomes primary and the
+		// partition waits for it.
+		s.promoteBackup(part, part.Backups[0])
+		s.res.Promoted++
+		s.res.Unavailable++
+	case gone:
 		// Bootstrap, or every copy is certainly gone: start empty.
 		if s.in.Cur != nil && part.Primary != "" {
 			s.res.Lost++
@@ -373,6 +397,15 @@ func (s *stepper) promote(p int) {
 	}
 	s.res.Changed = true
 	part.Epoch++
+}
+
+func (s *stepper) promoteBackup(part *wire.Part, pick string) {
+	part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == pick })
+	if part.Former == pick {
+		part.Former = ""
+	}
+	part.Primary = pick
+	part.Fresh = false
 }
 
 // Rule 3: synced reports move pending replicas to the backups and clear a

@@ -2,7 +2,6 @@ package grid
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
-	"github.com/collocate/grid/internal/glob"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
@@ -695,7 +693,7 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 	now := nowNano()
 	kv := p.maps[req.Map]
 	if req.Hashed {
-		resp := scanHashed(kv, req, limit, now)
+		resp := p.scanHashed(req.Map, req, limit, now)
 		p.mu.Unlock()
 		return resp, nil
 	}
@@ -715,49 +713,6 @@ func (n *Node) execScan1(ctx context.Context, req *wire.ScanRequest) (*wire.Scan
 	}
 	p.mu.Unlock()
 	return resp, nil
-}
-
-// scanHashed serves a page of a hash-order scan. Caller holds the lock.
-func scanHashed(kv map[string]*entry, req *wire.ScanRequest, limit int, now int64) *wire.ScanResponse {
-	type posKey struct {
-		pos uint64
-		key string
-	}
-	cand := make([]posKey, 0, min(len(kv), 64))
-	for k, e := range kv {
-		if !e.live(now) {
-			continue
-		}
-		if pos := affinity.ScanPosition(k); pos >= req.From {
-			cand = append(cand, posKey{pos, k})
-		}
-	}
-	slices.SortFunc(cand, func(a, b posKey) int {
-		if c := cmp.Compare(a.pos, b.pos); c != 0 {
-			return c
-		}
-		return strings.Compare(a.key, b.key)
-	})
-	// End the page on a position boundary, so that the next page's From
-	// (last position + 1) skips no key.
-	end := min(len(cand), limit)
-	for end > 0 && end < len(cand) && cand[end].pos == cand[end-1].pos {
-		end++
-	}
-	resp := &wire.ScanResponse{More: end < len(cand)}
-	if resp.More {
-		resp.Next = cand[end-1].pos + 1
-	}
-	for _, c := range cand[:end] {
-		if req.Match != "" && !glob.Match(req.Match, c.key) {
-			continue
-		}
-		resp.Keys = append(resp.Keys, c.key)
-		if !req.KeysOnly {
-			resp.Values = append(resp.Values, kv[c.key].value)
-		}
-	}
-	return resp
 }
 
 func (n *Node) execSize(ctx context.Context, req *wire.SizeRequest) (*wire.SizeResponse, error) {

@@ -157,6 +157,7 @@ type Node struct {
 
 	snapshotsSent atomic.Int64
 	stalled       atomic.Bool // see StallReplication
+	started       atomic.Bool // n.cluster is set: requests may use it
 
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
@@ -268,6 +269,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.cluster = c
+	n.started.Store(true)
 	// Started only now: they use n.cluster. A table committed during
 	// cluster.Start waits in tableWake.
 	n.wg.Add(3)
@@ -605,6 +607,11 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 	}
 	if n.closed.Load() {
 		c.ReplyError(f.Type, f.ID, api.ErrClosed)
+		return
+	}
+	if !n.started.Load() {
+		// Peers reach the listener before the cluster layer exists.
+		c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: node %s is starting", api.ErrUnavailable, n.name))
 		return
 	}
 	if f.Type == wire.MsgSubscribe {

@@ -11,6 +11,7 @@ import (
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
+	"github.com/google/btree"
 )
 
 type role uint8
@@ -126,7 +127,8 @@ type partition struct {
 	mu      sync.Mutex
 
 	maps     map[string]map[string]*entry
-	stats    map[string]*mapStat // per map entry count and bytes, kept on apply
+	stats    map[string]*mapStat              // per map entry count and bytes, kept on apply
+	scanIdx  map[string]*btree.BTreeG[posKey] // see scanindex.go
 	ttlKeys  map[mapKey]struct{}
 	sessions map[uint64]*session
 	// sessBytes and sessResults count the remembered values and results
@@ -193,6 +195,7 @@ func newPartition(id int, maxWait time.Duration) *partition {
 func (p *partition) reset() {
 	p.complete = false
 	p.incoming = nil
+	p.scanIdx = nil
 	p.maps = map[string]map[string]*entry{}
 	p.stats = map[string]*mapStat{}
 	p.ttlKeys = map[mapKey]struct{}{}
@@ -224,6 +227,8 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		}
 		if old := kv[mu.Key]; old != nil {
 			p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
+		} else {
+			p.indexSet(mu.Map, mu.Key)
 		}
 		kv[mu.Key] = &entry{value: mu.Value, version: lsn, expireAt: mu.ExpireAt}
 		p.account(mu.Map, 1, int64(len(mu.Key)+len(mu.Value)))
@@ -237,6 +242,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		if kv := p.maps[mu.Map]; kv != nil {
 			if old := kv[mu.Key]; old != nil {
 				p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
+				p.indexDelete(mu.Map, mu.Key)
 			}
 			delete(kv, mu.Key)
 			if len(kv) == 0 {
@@ -250,6 +256,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		}
 		delete(p.maps, mu.Map)
 		delete(p.stats, mu.Map)
+		delete(p.scanIdx, mu.Map)
 	}
 }
 

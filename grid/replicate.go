@@ -51,7 +51,8 @@ func (n *Node) checkSender(c *transport.Conn, part int32, epoch uint64, from str
 
 // sameHost reports whether a member's advertised RPC address and a
 // connection's remote address are on the same host. Hostnames (not IPs)
-// are not resolved and match any host.
+// are not resolved and match any host; members dial from their advertised
+// IP (see dialFrom), so a multi-homed host still matches.
 func sameHost(advertised, remote string) bool {
 	ah, _, err1 := net.SplitHostPort(advertised)
 	rh, _, err2 := net.SplitHostPort(remote)
@@ -59,7 +60,9 @@ func sameHost(advertised, remote string) bool {
 		return false
 	}
 	a, r := net.ParseIP(ah), net.ParseIP(rh)
-	if a == nil || a.IsUnspecified() {
+	if a == nil || a.IsUnspecified() || (a.IsLoopback() && r != nil && r.IsLoopback()) {
+		// Loopback members (tests, one-machine clusters) dial from
+		// 127.0.0.1 whatever address they advertise.
 		return true
 	}
 	return r != nil && a.Equal(r)
@@ -203,6 +206,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 		return 0, nil
 	}
 	p.maps, p.stats, p.ttlKeys, p.sessions = d.maps, d.stats, d.ttlKeys, d.sessions
+	p.scanIdx = nil
 	p.sessBytes, p.sessResults = 0, 0
 	for _, s := range p.sessions {
 		p.sessBytes += s.bytes

@@ -137,16 +137,22 @@ func cmdClient(c *conn, cmd *command, out []byte) []byte {
 		if len(a) != 4 {
 			break
 		}
-		c.metaMu.Lock()
-		defer c.metaMu.Unlock()
+		var field *string
 		switch strings.ToLower(string(a[2])) {
 		case "lib-name":
-			c.libName = string(a[3])
+			field = &c.libName
 		case "lib-ver":
-			c.libVer = string(a[3])
+			field = &c.libVer
 		default:
-			return appendError(out, "ERR Unrecognized option '"+string(a[2])+"'")
+			return appendError(out, "ERR Unrecognized option '"+clip(a[2])+"'")
 		}
+		if !validName(a[3]) {
+			// Redis 7.2's text names the attribute as the client spelled it.
+			return appendError(out, "ERR "+string(a[2])+" cannot contain spaces, newlines or special characters.")
+		}
+		c.metaMu.Lock()
+		*field = string(a[3])
+		c.metaMu.Unlock()
 		return appendSimple(out, "OK")
 	case "info":
 		if len(a) != 2 {
@@ -195,9 +201,10 @@ func (c *conn) describe() string {
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
 	now := time.Now()
-	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s age=%d idle=%d db=%s resp=%d lib-name=%s lib-ver=%s cmd=%s",
+	return fmt.Sprintf("id=%d addr=%s laddr=%s name=%s age=%d idle=%d db=%s omem=%d tot-mem=%d resp=%d lib-name=%s lib-ver=%s cmd=%s",
 		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.name, int(now.Sub(c.created).Seconds()),
-		int(now.Sub(c.lastAt).Seconds()), c.dbLabel, c.proto, c.libName, c.libVer, strings.ToLower(c.lastCmd))
+		int(now.Sub(c.lastAt).Seconds()), c.dbLabel, c.outBytes.Load(), c.memory(), c.proto, c.libName, c.libVer,
+		strings.ToLower(c.lastCmd))
 }
 
 func cmdConfig(c *conn, cmd *command, out []byte) []byte {
@@ -372,6 +379,7 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 		kv("used_memory_human", human(ms.HeapAlloc))
 		kv("used_memory_rss", ms.Sys)
 		kv("used_memory_rss_human", human(ms.Sys))
+		kv("mem_clients_normal", s.clientMemory())
 		kv("maxmemory", 0)
 		kv("maxmemory_human", "0B")
 		kv("maxmemory_policy", "noeviction")
@@ -381,6 +389,8 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 		kv("total_connections_received", s.accepted.Load())
 		kv("total_commands_processed", s.commands.Load())
 		kv("rejected_connections", s.rejected.Load())
+		kv("client_query_buffer_limit_disconnections", s.qbufKills.Load())
+		kv("client_output_buffer_limit_disconnections", s.obufKills.Load())
 	})
 	section("Keyspace", func(kv func(string, any)) {
 		maps := []string{s.cfg.DefaultMap}
@@ -388,7 +398,7 @@ func cmdInfo(c *conn, cmd *command, out []byte) []byte {
 			maps = append(maps, c.db)
 		}
 		for i, name := range maps {
-			n, err := s.node.Map(name).Size(s.ctx)
+			n, err := s.node.Map(name).Size(cmd.ctx)
 			if err != nil || n == 0 {
 				continue
 			}

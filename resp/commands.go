@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +26,12 @@ type cmdSpec struct {
 	keyed bool
 	// singleKeyOnly: keyed only with exactly one key (DEL, EXISTS).
 	singleKeyOnly bool
-	run           func(c *conn, cmd *command, out []byte) []byte
+	// wholeMap: walks every partition (KEYS, DBSIZE, FLUSHDB), so it gets
+	// the node's RequestTimeout rather than Config.CommandTimeout.
+	wholeMap bool
+	// write: a mutation (the "write" flag); see errReply.
+	write bool
+	run   func(c *conn, cmd *command, out []byte) []byte
 }
 
 func (s *cmdSpec) arityOK(n int) bool {
@@ -74,10 +80,10 @@ func init() {
 		{name: "pexpiretime", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdTTL},
 		{name: "persist", arity: 2, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdPersist},
 		{name: "type", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdType},
-		{name: "dbsize", arity: 1, flags: []string{"readonly", "fast"}, run: cmdDBSize},
+		{name: "dbsize", arity: 1, flags: []string{"readonly", "fast"}, wholeMap: true, run: cmdDBSize},
 		{name: "scan", arity: -2, flags: []string{"readonly"}, run: cmdScan},
-		{name: "keys", arity: 2, flags: []string{"readonly"}, run: cmdKeys},
-		{name: "flushdb", arity: -1, flags: []string{"write"}, run: cmdFlushDB},
+		{name: "keys", arity: 2, flags: []string{"readonly"}, wholeMap: true, run: cmdKeys},
+		{name: "flushdb", arity: -1, flags: []string{"write"}, wholeMap: true, run: cmdFlushDB},
 		{name: "info", arity: -1, flags: []string{"loading", "stale"}, run: cmdInfo},
 		{name: "command", arity: -1, flags: []string{"loading", "stale"}, run: cmdCommand},
 		{name: "client", arity: -2, flags: []string{"loading", "stale"}, run: cmdClient},
@@ -86,6 +92,7 @@ func init() {
 	}
 	commandTable = make(map[string]*cmdSpec, len(specs))
 	for _, s := range specs {
+		s.write = slices.Contains(s.flags, "write")
 		commandTable[s.name] = s
 	}
 }
@@ -180,12 +187,12 @@ func cmdSelect(c *conn, cmd *command, out []byte) []byte {
 }
 
 func cmdGet(c *conn, cmd *command, out []byte) []byte {
-	v, err := cmd.m.Get(c.s.ctx, string(cmd.args[1]))
+	v, err := cmd.m.Get(cmd.ctx, string(cmd.args[1]))
 	if errors.Is(err, grid.ErrNotFound) {
 		return appendNull(out, c.proto)
 	}
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendBulk(out, v)
 }
@@ -294,17 +301,17 @@ func cmdSet(c *conn, cmd *command, out []byte) []byte {
 	if msg != "" {
 		return appendError(out, msg)
 	}
-	r, err := cmd.m.Set(c.s.ctx, string(cmd.args[1]), cmd.args[2], args)
+	r, err := cmd.m.Set(cmd.ctx, string(cmd.args[1]), cmd.args[2], args)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return setReply(out, c.proto, args, r.Done, r.Found, r.Old)
 }
 
 func cmdSetNX(c *conn, cmd *command, out []byte) []byte {
-	r, err := cmd.m.Set(c.s.ctx, string(cmd.args[1]), cmd.args[2], api.SetArgs{IfAbsent: true})
+	r, err := cmd.m.Set(cmd.ctx, string(cmd.args[1]), cmd.args[2], api.SetArgs{IfAbsent: true})
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, b2i(r.Done))
 }
@@ -318,16 +325,16 @@ func cmdSetEX(c *conn, cmd *command, out []byte) []byte {
 	if msg != "" {
 		return appendError(out, msg)
 	}
-	if err := cmd.m.Put(c.s.ctx, string(cmd.args[1]), cmd.args[3], grid.WithTTL(ttl)); err != nil {
-		return errReply(out, err)
+	if err := cmd.m.Put(cmd.ctx, string(cmd.args[1]), cmd.args[3], grid.WithTTL(ttl)); err != nil {
+		return cmd.errReply(out, err)
 	}
 	return appendSimple(out, "OK")
 }
 
 func cmdGetSet(c *conn, cmd *command, out []byte) []byte {
-	r, err := cmd.m.Set(c.s.ctx, string(cmd.args[1]), cmd.args[2], api.SetArgs{ReturnOld: true})
+	r, err := cmd.m.Set(cmd.ctx, string(cmd.args[1]), cmd.args[2], api.SetArgs{ReturnOld: true})
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	if !r.Found {
 		return appendNull(out, c.proto)
@@ -336,12 +343,12 @@ func cmdGetSet(c *conn, cmd *command, out []byte) []byte {
 }
 
 func cmdGetDel(c *conn, cmd *command, out []byte) []byte {
-	v, err := cmd.m.GetAndDelete(c.s.ctx, string(cmd.args[1]))
+	v, err := cmd.m.GetAndDelete(cmd.ctx, string(cmd.args[1]))
 	if errors.Is(err, grid.ErrNotFound) {
 		return appendNull(out, c.proto)
 	}
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendBulk(out, v)
 }
@@ -356,34 +363,34 @@ func keyStrings(args [][]byte) []string {
 
 func cmdDel(c *conn, cmd *command, out []byte) []byte {
 	if len(cmd.args) == 2 {
-		ok, err := cmd.m.Delete(c.s.ctx, string(cmd.args[1]))
+		ok, err := cmd.m.Delete(cmd.ctx, string(cmd.args[1]))
 		if err != nil {
-			return errReply(out, err)
+			return cmd.errReply(out, err)
 		}
 		return appendInt(out, b2i(ok))
 	}
-	n, err := cmd.m.DeleteAll(c.s.ctx, keyStrings(cmd.args[1:]))
+	n, err := cmd.m.DeleteAll(cmd.ctx, keyStrings(cmd.args[1:]))
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, int64(n))
 }
 
 func cmdExists(c *conn, cmd *command, out []byte) []byte {
 	if len(cmd.args) == 2 {
-		_, err := cmd.m.TTL(c.s.ctx, string(cmd.args[1]))
+		_, err := cmd.m.TTL(cmd.ctx, string(cmd.args[1]))
 		if errors.Is(err, grid.ErrNotFound) {
 			return appendInt(out, 0)
 		}
 		if err != nil {
-			return errReply(out, err)
+			return cmd.errReply(out, err)
 		}
 		return appendInt(out, 1)
 	}
 	keys := keyStrings(cmd.args[1:])
-	got, err := cmd.m.GetAll(c.s.ctx, keys)
+	got, err := cmd.m.GetAll(cmd.ctx, keys)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	n := 0
 	for _, k := range keys {
@@ -396,9 +403,9 @@ func cmdExists(c *conn, cmd *command, out []byte) []byte {
 
 func cmdMGet(c *conn, cmd *command, out []byte) []byte {
 	keys := keyStrings(cmd.args[1:])
-	got, err := cmd.m.GetAll(c.s.ctx, keys)
+	got, err := cmd.m.GetAll(cmd.ctx, keys)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	out = appendArray(out, len(keys))
 	for _, k := range keys {
@@ -419,8 +426,8 @@ func cmdMSet(c *conn, cmd *command, out []byte) []byte {
 	for i := 1; i < len(cmd.args); i += 2 {
 		entries[string(cmd.args[i])] = cmd.args[i+1] // the last value of a repeated key wins
 	}
-	if err := cmd.m.PutAll(c.s.ctx, entries); err != nil {
-		return errReply(out, err)
+	if err := cmd.m.PutAll(cmd.ctx, entries); err != nil {
+		return cmd.errReply(out, err)
 	}
 	return appendSimple(out, "OK")
 }
@@ -443,28 +450,28 @@ func cmdIncr(c *conn, cmd *command, out []byte) []byte {
 			delta = -v
 		}
 	}
-	v, err := cmd.m.Increment(c.s.ctx, string(cmd.args[1]), delta)
+	v, err := cmd.m.Increment(cmd.ctx, string(cmd.args[1]), delta)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, v)
 }
 
 func cmdAppend(c *conn, cmd *command, out []byte) []byte {
-	n, err := cmd.m.Append(c.s.ctx, string(cmd.args[1]), cmd.args[2])
+	n, err := cmd.m.Append(cmd.ctx, string(cmd.args[1]), cmd.args[2])
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, int64(n))
 }
 
 func cmdStrlen(c *conn, cmd *command, out []byte) []byte {
-	v, err := cmd.m.Get(c.s.ctx, string(cmd.args[1]))
+	v, err := cmd.m.Get(cmd.ctx, string(cmd.args[1]))
 	if errors.Is(err, grid.ErrNotFound) {
 		return appendInt(out, 0)
 	}
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, int64(len(v)))
 }
@@ -514,20 +521,20 @@ func cmdExpire(c *conn, cmd *command, out []byte) []byte {
 	case xx:
 		cond = api.ExpireIfSet
 	}
-	ok, err := cmd.m.Expire(c.s.ctx, string(cmd.args[1]), ttl, cond)
+	ok, err := cmd.m.Expire(cmd.ctx, string(cmd.args[1]), ttl, cond)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, b2i(ok))
 }
 
 func cmdTTL(c *conn, cmd *command, out []byte) []byte {
-	ttl, err := cmd.m.TTL(c.s.ctx, string(cmd.args[1]))
+	ttl, err := cmd.m.TTL(cmd.ctx, string(cmd.args[1]))
 	if errors.Is(err, grid.ErrNotFound) {
 		return appendInt(out, -2)
 	}
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	if ttl == 0 {
 		return appendInt(out, -1)
@@ -546,28 +553,28 @@ func cmdTTL(c *conn, cmd *command, out []byte) []byte {
 }
 
 func cmdPersist(c *conn, cmd *command, out []byte) []byte {
-	ok, err := cmd.m.Persist(c.s.ctx, string(cmd.args[1]))
+	ok, err := cmd.m.Persist(cmd.ctx, string(cmd.args[1]))
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, b2i(ok))
 }
 
 func cmdType(c *conn, cmd *command, out []byte) []byte {
-	_, err := cmd.m.TTL(c.s.ctx, string(cmd.args[1]))
+	_, err := cmd.m.TTL(cmd.ctx, string(cmd.args[1]))
 	if errors.Is(err, grid.ErrNotFound) {
 		return appendSimple(out, "none")
 	}
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendSimple(out, "string")
 }
 
 func cmdDBSize(c *conn, cmd *command, out []byte) []byte {
-	n, err := c.m.Size(c.s.ctx)
+	n, err := c.m.Size(cmd.ctx)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	return appendInt(out, int64(n))
 }
@@ -608,9 +615,9 @@ func cmdScan(c *conn, cmd *command, out []byte) []byte {
 	if part >= c.s.node.Partitions() {
 		return appendError(out, "ERR invalid cursor")
 	}
-	keys, next, err := c.m.ScanKeys(c.s.ctx, cursor, count, match)
+	keys, next, err := c.m.ScanKeys(cmd.ctx, cursor, count, match)
 	if err != nil {
-		return errReply(out, err)
+		return cmd.errReply(out, err)
 	}
 	if typ != "" && typ != "string" {
 		keys = nil // every grid value is a string
@@ -635,9 +642,9 @@ func cmdKeys(c *conn, cmd *command, out []byte) []byte {
 	var all []string
 	var cursor uint64
 	for {
-		keys, next, err := c.m.ScanKeys(c.s.ctx, cursor, 1000, match)
+		keys, next, err := c.m.ScanKeys(cmd.ctx, cursor, 1000, match)
 		if err != nil {
-			return errReply(out, err)
+			return cmd.errReply(out, err)
 		}
 		all = append(all, keys...)
 		if len(all) > maxKeysReply {
@@ -658,8 +665,8 @@ func cmdFlushDB(c *conn, cmd *command, out []byte) []byte {
 	if len(cmd.args) > 2 || (len(cmd.args) == 2 && !isOpt(cmd.args[1], "ASYNC") && !isOpt(cmd.args[1], "SYNC")) {
 		return appendError(out, errSyntax)
 	}
-	if err := c.m.Clear(c.s.ctx); err != nil {
-		return errReply(out, err)
+	if err := c.m.Clear(cmd.ctx); err != nil {
+		return cmd.errReply(out, err)
 	}
 	return appendSimple(out, "OK")
 }
@@ -678,8 +685,11 @@ func b2i(b bool) int64 {
 	return 0
 }
 
-// validName reports whether a client name has no spaces, newlines or other
-// special characters (Redis's rule).
+// validName reports whether a client name or library attribute has no
+// spaces, newlines or other special characters: every byte in '!'..'~'
+// (Redis's validateClientAttr), so that CLIENT LIST stays one line per
+// client and one field per space. Redis stops checking at a NUL byte; here
+// a NUL is refused too.
 func validName(b []byte) bool {
 	return bytes.IndexFunc(b, func(r rune) bool { return r < '!' || r > '~' }) < 0
 }

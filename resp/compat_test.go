@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/collocate/grid/resp"
 )
 
 // rawConn speaks RESP by hand, so tests see the exact bytes of replies.
@@ -108,8 +110,9 @@ func (c *rawConn) closed() bool {
 	return err == io.EOF
 }
 
-// startRedis runs a real redis-server on a free port.
-func startRedis(t *testing.T) string {
+// startRedis runs a real redis-server on a free port, with extra
+// configuration args (as on its command line).
+func startRedis(t *testing.T, args ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	requireTool(t, err, "redis-server")
@@ -120,6 +123,7 @@ func startRedis(t *testing.T) string {
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no")
+	cmd.Args = append(cmd.Args, args...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +180,7 @@ var compatScript = [][]string{
 	{"TYPE", "t"}, {"TYPE", "nope"}, {"TTL", "nope"}, {"PTTL", "nope"}, {"PERSIST", "nope"},
 	{"DBSIZE"}, {"SELECT", "1"}, {"SET", "t", "other"}, {"GET", "t"}, {"DBSIZE"}, {"FLUSHDB"}, {"SELECT", "0"}, {"GET", "t"},
 	{"SELECT", "-1"}, {"SELECT"},
-	{"CLIENT", "SETNAME", "a b"}, {"CLIENT", "GETNAME"}, {"CLIENT", "SETNAME", "me"}, {"CLIENT", "GETNAME"},
+	{"CLIENT", "SETNAME", "a b"}, {"CLIENT", "SETNAME", "a\nid=1"}, {"CLIENT", "SETNAME", "\x7f"}, {"CLIENT", "GETNAME"}, {"CLIENT", "SETNAME", "me"}, {"CLIENT", "GETNAME"},
 	{"CLIENT", "SETNAME"}, {"CLIENT", "FOO"}, {"CLIENT"},
 	{"FOO"}, {"FOO", "bar", "baz"}, {"foo", strings.Repeat("x", 200)}, {"GET"}, {"GET", "a", "b"}, {"SET", "a"},
 	{"HELLO", "4"}, {"HELLO", "abc"}, {"HELLO", "2", "FOO"}, {"AUTH", "x"}, {"AUTH", "a", "b"}, {"AUTH", "default", "x"},
@@ -224,7 +228,9 @@ func TestCompatProtocolErrors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")
 	}
-	redisAddr := startRedis(t)
+	// The grid's MaxBulk default is 16 MiB; Redis's proto-max-bulk-len is
+	// set to the same.
+	redisAddr := startRedis(t, "--proto-max-bulk-len", strconv.Itoa(resp.DefaultConfig().MaxBulk))
 	c := newCluster(t, 1)
 	bad := []string{
 		"*1\r\n$9223372036854775807\r\n",
@@ -236,7 +242,14 @@ func TestCompatProtocolErrors(t *testing.T) {
 		"SET k \"unbalanced\r\n",
 		"SET k \"a\"b\r\n",
 		"*3000000000\r\n",
-		"*1\r\n$4\r\nPING\r\n*1\r\n$-1\r\n", // a good command, then a bad one
+		"*1\r\n$4\r\nPING\r\n*1\r\n$-1\r\n",           // a good command, then a bad one
+		"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16777217\r\n", // over MaxBulk, refused at the header
+		"*01\r\n$4\r\nPING\r\n",
+		"*1\r\n$+4\r\nPING\r\n",
+		"*1\r\n$04\r\nPING\r\n",
+		"*" + strings.Repeat("1", 70<<10) + "\r\n",
+		"*1\r\n$" + strings.Repeat("1", 70<<10) + "\r\n",
+		strings.Repeat("x", 70<<10) + "\r\n",
 	}
 	for _, in := range bad {
 		rd, gd := dialRaw(t, redisAddr), dialRaw(t, c.addrs[0])
@@ -247,7 +260,7 @@ func TestCompatProtocolErrors(t *testing.T) {
 		_ = gd.nc.SetReadDeadline(time.Now().Add(time.Second))
 		got, _ := io.ReadAll(gd.br)
 		if !bytes.Equal(want, got) {
-			t.Errorf("%q:\nredis: %q\ngrid:  %q", in, want, got)
+			t.Errorf("%.60q:\nredis: %q\ngrid:  %q", in, want, got)
 		}
 	}
 	g := dialRaw(t, c.addrs[0])

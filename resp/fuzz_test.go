@@ -23,15 +23,19 @@ func FuzzServe(f *testing.F) {
 		"SELECT other\r\nSET k v\r\nFLUSHDB\r\nQUIT\r\nPING\r\n",
 		"*1\r\n$9223372036854775807\r\n",
 		"SET \"a\\x4",
+		"*1\r\n$16777216\r\n",
+		"*1\r\n$16777217\r\n",
+		"*4\r\n$3\r\nDEL\r\n$1\r\na\r\n$1\r\nb\r\n$1",
+		"CLIENT SETINFO lib-name \"a\\nb\"\r\nCLIENT SETINFO lib-ver 1.0\r\nCLIENT LIST\r\n",
 	} {
 		f.Add([]byte(seed))
 	}
 	c := gridtest.New(f, 1, nil)
 	c.WaitStable(30 * time.Second)
+	// The real limits: a header may declare the largest bulk, and the
+	// connection must not allocate for it before the data arrives.
 	cfg := DefaultConfig()
 	cfg.Addr = "127.0.0.1:0"
-	cfg.MaxBulk = 1 << 16
-	cfg.MaxArgs = 256
 	s, err := Listen(c.Nodes[0], cfg)
 	if err != nil {
 		f.Fatal(err)

@@ -41,12 +41,22 @@ type cluster struct {
 
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
+	return newClusterWith(t, n, nil)
+}
+
+// newClusterWith is newCluster with configure, if not nil, adjusting each
+// RESP endpoint's config.
+func newClusterWith(t *testing.T, n int, configure func(*resp.Config)) *cluster {
+	t.Helper()
 	c := &cluster{Cluster: gridtest.New(t, n, nil)}
 	c.WaitStable(30 * time.Second)
 	for _, nd := range c.Nodes {
 		cfg := resp.DefaultConfig()
 		cfg.Addr = "127.0.0.1:0"
 		cfg.Logger = c.Logger(0)
+		if configure != nil {
+			configure(&cfg)
+		}
 		s, err := resp.Listen(nd, cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -439,5 +449,45 @@ func TestLimitsAndClose(t *testing.T) {
 	_ = s.Close()
 	if !d.closed() {
 		t.Fatal("Close must end open connections")
+	}
+}
+
+// TestClientAttributesValidated: CLIENT SETINFO, CLIENT SETNAME and HELLO
+// SETNAME refuse values with spaces, newlines or other characters outside
+// '!'..'~', with Redis 7.2's error texts (networking.c, validateClientAttr;
+// the redis-server installed here is 7.0, which has no SETINFO), so that no
+// client can forge lines or fields in CLIENT LIST (issue 15 item 11).
+func TestClientAttributesValidated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := newCluster(t, 1)
+	g := dialRaw(t, c.addrs[0])
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"CLIENT", "SETINFO", "lib-name", "x\nid=999 addr=forged"}, "-ERR lib-name cannot contain spaces, newlines or special characters.\r\n"},
+		{[]string{"CLIENT", "SETINFO", "LIB-VER", "1 2"}, "-ERR LIB-VER cannot contain spaces, newlines or special characters.\r\n"},
+		{[]string{"CLIENT", "SETINFO", "lib-ver", "\x00"}, "-ERR lib-ver cannot contain spaces, newlines or special characters.\r\n"},
+		{[]string{"CLIENT", "SETINFO", "lib-name", "caf\xc3\xa9"}, "-ERR lib-name cannot contain spaces, newlines or special characters.\r\n"},
+		{[]string{"CLIENT", "SETINFO", "lib-nom", "x y"}, "-ERR Unrecognized option 'lib-nom'\r\n"},
+		{[]string{"CLIENT", "SETNAME", "a\r\nb"}, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"},
+		{[]string{"HELLO", "2", "SETNAME", "a b"}, "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"},
+		{[]string{"CLIENT", "SETINFO", "lib-name", "go-redis(x,y)"}, "+OK\r\n"},
+		{[]string{"CLIENT", "SETINFO", "lib-ver", "9.23.0"}, "+OK\r\n"},
+		{[]string{"CLIENT", "SETNAME", "me"}, "+OK\r\n"},
+	}
+	for _, tc := range cases {
+		if got := g.do(tc.args...); got != tc.want {
+			t.Errorf("%q: %q, want %q", tc.args, got, tc.want)
+		}
+	}
+	list := g.do("CLIENT", "LIST")
+	if strings.Contains(list, "forged") || strings.Count(list, "id=") != 1 {
+		t.Fatalf("CLIENT LIST: %q", list)
+	}
+	if !strings.Contains(list, " name=me ") || !strings.Contains(list, " lib-name=go-redis(x,y) lib-ver=9.23.0 ") {
+		t.Fatalf("CLIENT LIST lacks the valid attributes: %q", list)
 	}
 }

@@ -5,18 +5,29 @@ import (
 	"encoding/json"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
-// TestChaosShort is the CI variant: 4 real gridnode processes, about 20 s of
-// faults with a fixed seed. GRID_CHAOS_DURATION, GRID_CHAOS_SEED and
-// GRID_CHAOS_NODES override it (the long run: go run ./cmd/gridchaos).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestChaosShort is the CI variant: 4 real gridnode processes, about 20 s
+// of faults with a fixed seed, starting with a same-name restart chain;
+// 3000 idle keys and 8 MiB of bulk data; appends and counters through a
+// default client. GRID_CHAOS_DURATION, GRID_CHAOS_SEED, GRID_CHAOS_NODES,
+// GRID_CHAOS_PORT and GRID_CHAOS_SCRIPT (comma-separated fault kinds)
+// override it (the long run: go run ./cmd/gridchaos).
 func TestChaosShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process chaos test")
 	}
-	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 37946, Out: t.TempDir(), Log: testWriter{t}}
+	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 37946, Out: t.TempDir(), Log: testWriter{t},
+		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}}
 	if d, err := time.ParseDuration(os.Getenv("GRID_CHAOS_DURATION")); err == nil {
 		cfg.Duration = d
 	}
@@ -25,6 +36,12 @@ func TestChaosShort(t *testing.T) {
 	}
 	if n, err := strconv.Atoi(os.Getenv("GRID_CHAOS_NODES")); err == nil {
 		cfg.Nodes = n
+	}
+	if p, err := strconv.Atoi(os.Getenv("GRID_CHAOS_PORT")); err == nil {
+		cfg.BasePort = p
+	}
+	if s := os.Getenv("GRID_CHAOS_SCRIPT"); s != "" {
+		cfg.Script = strings.Split(s, ",")
 	}
 	// The binary is built from the module root.
 	if err := os.Chdir("../.."); err != nil {
@@ -36,16 +53,23 @@ func TestChaosShort(t *testing.T) {
 	}
 	b, _ := json.Marshal(sum)
 	t.Logf("summary: %s", b)
-	if !sum.OK || sum.Lost != 0 || sum.Linearizable != "yes" || !sum.Converged || !sum.ReplicasEqual {
+	if !sum.OK {
 		t.Fatalf("chaos run failed: %s", b)
 	}
-	if total := func() (n int) {
-		for _, c := range sum.Faults {
-			n += c
-		}
-		return n
-	}(); total < 3 {
+	// The run must have exercised what it claims to check.
+	total := 0
+	for _, c := range sum.Faults {
+		total += c
+	}
+	switch {
+	case total < 3:
 		t.Fatalf("only %d faults injected", total)
+	case sum.Faults[cfg.Script[0]] == 0:
+		t.Fatalf("the scripted %s never ran", cfg.Script[0])
+	case sum.IdleKeys < cfg.IdleKeys || sum.BulkKeys == 0:
+		t.Fatalf("idle data not loaded: %d idle keys, %d bulk keys", sum.IdleKeys, sum.BulkKeys)
+	case sum.AckedAppends == 0 || sum.AckedIncrs == 0 || sum.AckedWrites == 0 || sum.RegisterReads == 0:
+		t.Fatalf("a workload made no progress: %s", b)
 	}
 }
 

@@ -96,8 +96,8 @@ func run(args []string, stderr io.Writer) int {
 	}
 	var rs *resp.Server
 	if opts.resp != "" {
-		rcfg := resp.DefaultConfig()
-		rcfg.Addr, rcfg.DefaultMap, rcfg.Logger = opts.resp, opts.respMap, log
+		rcfg := respConfig(opts.resp, opts.respMap, node.Config().MaxValueSize)
+		rcfg.Logger = log
 		if rs, err = resp.Listen(node, rcfg); err != nil {
 			fmt.Fprintln(stderr, "gridnode: -resp:", err)
 			_ = node.Close(ctx)
@@ -124,6 +124,18 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("left")
 	return 0
+}
+
+// respConfig is the Redis endpoint's config: a bulk argument may be as
+// large as the grid's largest entry (-max-value).
+func respConfig(addr, defaultMap string, maxValue int) resp.Config {
+	rc := resp.DefaultConfig()
+	rc.Addr, rc.DefaultMap = addr, defaultMap
+	if maxValue > 0 {
+		rc.MaxBulk = maxValue
+		rc.MaxQueryBuffer = max(rc.MaxQueryBuffer, maxValue+128<<10)
+	}
+	return rc
 }
 
 func respAddr(rs *resp.Server) string {
@@ -158,6 +170,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	join := fs.String("join", "", "comma-separated gossip addresses of members to join; empty starts a new cluster")
 	partitions := fs.Int("partitions", cfg.Partitions, "partition count (every member must agree)")
 	backups := fs.Int("backups", cfg.Backups, "synchronous backups per partition")
+	maxValue := fs.Int("max-value", cfg.MaxValueSize, "largest entry in bytes (map, key and value); larger writes fail with ErrValueTooLarge (at most 16 MiB with the default 64 MiB frames)")
 	profile := fs.String("profile", string(cluster.ProfileLAN), "failure detection profile: lan or test")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofOn := fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP address")
@@ -215,6 +228,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	}
 	cfg.Partitions = *partitions
 	cfg.Backups = *backups
+	cfg.MaxValueSize = *maxValue
 	cfg.Profile = cluster.Profile(*profile)
 	if cfg.Profile != cluster.ProfileLAN && cfg.Profile != cluster.ProfileTest {
 		return o, fmt.Errorf("-profile %q: want lan or test", *profile)
@@ -225,8 +239,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 		}
 	}
 	if *respFlag != "" {
-		rc := resp.DefaultConfig()
-		rc.Addr, rc.DefaultMap = *respFlag, *respMap
+		rc := respConfig(*respFlag, *respMap, *maxValue)
 		if err := rc.Validate(); err != nil {
 			return o, fmt.Errorf("-resp: %v", err)
 		}

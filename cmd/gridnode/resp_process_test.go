@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -9,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/collocate/grid/resp"
 )
 
 // redisCLI runs redis-cli against addr and returns its trimmed output.
@@ -116,5 +120,114 @@ func TestProcessRedisCLI(t *testing.T) {
 	}
 	if len(vals) != len(mget) {
 		t.Fatalf("MGET after kill: %d values, want %d", len(vals), len(mget))
+	}
+}
+
+// waitRedis waits until the RESP endpoint at addr answers PING.
+func waitRedis(t *testing.T, addr string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		nc, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = nc.SetDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 7)
+			_, err = nc.Write([]byte("PING\r\n"))
+			if err == nil {
+				_, err = io.ReadFull(nc, buf)
+			}
+			_ = nc.Close()
+			if err == nil && string(buf) == "+PONG\r\n" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("RESP endpoint %s not answering: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// vmRSS is a process's resident set size in bytes, from /proc.
+func vmRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
+}
+
+// TestProcessRespHugeHeaders: a request header that declares the largest
+// bulk the endpoint accepts, with no data after it, must not make a real
+// gridnode allocate that much (issue 15 item 2: 4 rounds of 8 connections
+// sending "*1\r\n$536870000\r\n" and closing took RSS to 5 GB). A header
+// over the limit is refused as Redis refuses it.
+func TestProcessRespHugeHeaders(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process test")
+	}
+	bin := buildBinary(t)
+	ra := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := startProc(t, bin, "a", "", "-resp", ra)
+	waitRedis(t, ra, 30*time.Second)
+	dial := func() net.Conn {
+		t.Helper()
+		nc, err := net.DialTimeout("tcp", ra, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+		return nc
+	}
+	nc := dial()
+	if _, err := nc.Write([]byte("*1\r\n$536870913\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := io.ReadAll(nc); string(got) != "-ERR Protocol error: invalid bulk length\r\n" {
+		t.Fatalf("a header over MaxBulk: %q", got)
+	}
+	_ = nc.Close()
+
+	pid := a.cmd.Process.Pid
+	before := vmRSS(t, pid)
+	header := fmt.Sprintf("*1\r\n$%d\r\n", resp.DefaultConfig().MaxBulk)
+	var peak int64
+	for range 4 {
+		var conns []net.Conn
+		for range 8 {
+			nc := dial()
+			if _, err := nc.Write([]byte(header)); err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, nc)
+		}
+		// PING on a new connection is served after the server accepted
+		// (and read from) the others at least as far as the kernel queued.
+		p := dial()
+		if _, err := p.Write([]byte("PING\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 7)
+		if _, err := io.ReadFull(p, buf); err != nil || string(buf) != "+PONG\r\n" {
+			t.Fatalf("PING: %q %v", buf, err)
+		}
+		_ = p.Close()
+		time.Sleep(200 * time.Millisecond)
+		peak = max(peak, vmRSS(t, pid))
+		for _, nc := range conns {
+			_ = nc.Close()
+		}
+	}
+	t.Logf("RSS %d MiB before, peak %d MiB after 32 headers of %d bytes", before>>20, peak>>20, resp.DefaultConfig().MaxBulk)
+	if peak-before > 100<<20 {
+		t.Fatalf("RSS grew by %d MiB for 32 request headers", (peak-before)>>20)
 	}
 }

@@ -60,7 +60,7 @@ func TestReaderFragmented(t *testing.T) {
 		"*1\r\n$" + "20000\r\n" + strings.Repeat("x", 20000) + "\r\n"
 	want := "[SET k hello] [PING] [ECHO ] [SET a\tb c d] [" + strings.Repeat("x", 20000) + "]"
 	for name, src := range map[string]io.Reader{"whole": strings.NewReader(in), "bytewise": &oneByte{[]byte(in)}} {
-		got, err := parseAll(newReader(src, 1<<20, 100))
+		got, err := parseAll(newReader(src, readerLimits{maxBulk: 1 << 20, maxArgs: 100, maxBuf: 1 << 30}, nil))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -92,7 +92,7 @@ func TestReaderErrors(t *testing.T) {
 	}
 	for in, want := range cases {
 		for _, src := range []io.Reader{strings.NewReader(in), &oneByte{[]byte(in)}} {
-			_, err := parseAll(newReader(src, 1<<20, 100))
+			_, err := parseAll(newReader(src, readerLimits{maxBulk: 1 << 20, maxArgs: 100, maxBuf: 1 << 30}, nil))
 			var pe *ProtocolError
 			if !errors.As(err, &pe) || pe.Msg != want {
 				t.Errorf("%.40q: %v, want %q", in, err, want)
@@ -105,9 +105,14 @@ func FuzzReader(f *testing.F) {
 	f.Add([]byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"))
 	f.Add([]byte("SET a \"b\\x41\" 'c'\r\n"))
 	f.Add([]byte("*1\r\n$9223372036854775807\r\n"))
+	f.Add([]byte("*1\r\n$16777216\r\n"))
+	f.Add([]byte("*3\r\n$3\r\nDEL\r\n$1\r\na\r\n$1"))
+	// The real limits: a header may declare the largest bulk, and the
+	// reader must not allocate for it before the data arrives.
+	lim := DefaultConfig().readerLimits()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		a, errA := parseAll(newReader(bytes.NewReader(data), 1<<16, 64))
-		b, errB := parseAll(newReader(&oneByte{data}, 1<<16, 64))
+		a, errA := parseAll(newReader(bytes.NewReader(data), lim, nil))
+		b, errB := parseAll(newReader(&oneByte{data}, lim, nil))
 		// Fragmentation must not change what is parsed.
 		if (errA == nil) != (errB == nil) || len(a) != len(b) {
 			t.Fatalf("whole: %d cmds, %v; bytewise: %d cmds, %v", len(a), errA, len(b), errB)

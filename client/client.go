@@ -21,6 +21,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,11 +105,28 @@ type Config struct {
 	MaxFrame int
 	// Logger receives the client's logs; nil discards them.
 	Logger *slog.Logger
+	// Dial opens a TCP connection to a member's RPC address. Default: a
+	// net.Dialer. Tests use it to put a proxy in between.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// RequestTimeout bounds every call whose ctx has no deadline, retries
+	// included. Default 10s.
+	RequestTimeout time.Duration
+	// PeerTimeout closes a connection to a member that sent nothing for
+	// this long while calls wait on it (the member is pinged after each
+	// quarter of it); the calls are then retried, with their original
+	// session, on the primary of the newest table. Default 3s.
+	PeerTimeout time.Duration
 }
 
 // DefaultConfig returns a config for a node on the default loopback port.
 func DefaultConfig() Config {
-	return Config{Addrs: []string{"127.0.0.1:7070"}, RefreshInterval: 5 * time.Second, MaxFrame: wire.DefaultMaxFrame}
+	return Config{
+		Addrs:           []string{"127.0.0.1:7070"},
+		RefreshInterval: 5 * time.Second,
+		MaxFrame:        wire.DefaultMaxFrame,
+		RequestTimeout:  10 * time.Second,
+		PeerTimeout:     transport.DefaultPeerTimeout,
+	}
 }
 
 // Validate reports the first invalid field.
@@ -115,10 +134,27 @@ func (c *Config) Validate() error {
 	if len(c.Addrs) == 0 {
 		return errors.New("client: Addrs is empty")
 	}
-	if c.RefreshInterval < 0 || c.MaxFrame < 0 {
-		return errors.New("client: RefreshInterval and MaxFrame must not be negative")
+	if c.RefreshInterval < 0 || c.MaxFrame < 0 || c.RequestTimeout < 0 || c.PeerTimeout < 0 {
+		return errors.New("client: RefreshInterval, MaxFrame, RequestTimeout and PeerTimeout must not be negative")
 	}
 	return nil
+}
+
+// withDefaults fills the zero fields.
+func (c *Config) withDefaults() {
+	def := DefaultConfig()
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = def.RefreshInterval
+	}
+	if c.MaxFrame == 0 {
+		c.MaxFrame = def.MaxFrame
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = def.RequestTimeout
+	}
+	if c.PeerTimeout == 0 {
+		c.PeerTimeout = def.PeerTimeout
+	}
 }
 
 // Client talks to a cluster. Its methods are safe for concurrent use.
@@ -141,15 +177,10 @@ type Client struct {
 }
 
 // Dial connects to the cluster: it fetches the partition table from the
-// first reachable address and returns. Timeouts come only from ctx.
+// configured addresses (see fetch) and returns. ctx bounds the whole dial;
+// each address gets at most a second.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
-	def := DefaultConfig()
-	if cfg.RefreshInterval == 0 {
-		cfg.RefreshInterval = def.RefreshInterval
-	}
-	if cfg.MaxFrame == 0 {
-		cfg.MaxFrame = def.MaxFrame
-	}
+	cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -158,9 +189,11 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		lg = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{
-		cfg:       cfg,
-		log:       lg,
-		pool:      transport.NewPool(cfg.MaxFrame, lg),
+		cfg: cfg,
+		log: lg,
+		pool: transport.NewPoolWith(transport.PoolConfig{
+			MaxFrame: cfg.MaxFrame, Logger: lg, Dial: cfg.Dial, PeerTimeout: cfg.PeerTimeout,
+		}),
 		refreshCh: make(chan struct{}, 1),
 		tableCh:   make(chan struct{}),
 		done:      make(chan struct{}),
@@ -176,13 +209,15 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	t := c.table.Load()
 	c.router = router.New(router.Config{
-		Partitions: len(t.Partitions),
-		Pool:       c.pool,
-		Table:      c.table.Load,
-		WaitTable:  func(context.Context) error { return nil },
-		Refresh:    c.refresh,
-		ClientID:   rand.Uint64() | 1,
-		Done:       c.done,
+		Partitions:     len(t.Partitions),
+		Pool:           c.pool,
+		Table:          c.table.Load,
+		WaitTable:      func(context.Context) error { return nil },
+		Refresh:        c.refresh,
+		TableChanged:   c.tableChanged,
+		DefaultTimeout: cfg.RequestTimeout,
+		ClientID:       rand.Uint64() | 1,
+		Done:           c.done,
 	})
 	c.wg.Add(1)
 	go c.refresher()
@@ -225,7 +260,8 @@ func (c *Client) Members() []string {
 }
 
 // Close closes every connection. Calls in flight fail with ErrClosed or
-// ErrUnavailable. Safe to call twice.
+// ErrUnavailable, or with ErrTimeout for a mutation that may have been
+// applied. Safe to call twice.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
@@ -285,14 +321,26 @@ func (c *Client) refresher() {
 		if err := c.fetch(ctx); err != nil {
 			c.log.Warn("table refresh failed", "err", err)
 		}
+		cancel()
+		ctx, cancel = context.WithTimeout(c.ctx, 2*time.Second)
 		c.ensureSubscriptions(ctx)
 		cancel()
 	}
 }
 
+// Table fetch timing: a member that has not answered within tableHedge is
+// joined by the next one, and no member is waited on longer than
+// tableAskTimeout, so one unresponsive member cannot stall a refresh.
+const (
+	tableHedge      = 200 * time.Millisecond
+	tableAskTimeout = time.Second
+)
+
 // fetch asks the known members (table members first, then the configured
-// addresses) for their table and keeps the newest it sees; it stops at the
-// first answer newer than the current table.
+// addresses) for their table and installs the newest it sees. It asks one
+// member at a time, starting the next one when no ask is in flight or
+// tableHedge passed without an answer, and stops at the first answer newer
+// than the current table, or when every member answered or gave up.
 func (c *Client) fetch(ctx context.Context) error {
 	var addrs []string
 	cur := c.table.Load()
@@ -302,39 +350,98 @@ func (c *Client) fetch(ctx context.Context) error {
 		}
 		rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
 	}
-	addrs = append(addrs, c.cfg.Addrs...)
-	var lastErr error
-	for _, addr := range addrs {
-		conn, err := c.pool.Get(ctx, addr)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		var resp wire.TableResponse
-		if err := conn.Call(ctx, wire.MsgTable, &wire.TableRequest{}, &resp); err != nil {
-			lastErr = err
-			continue
-		}
-		t := &resp.Table
-		if len(t.Partitions) == 0 || (cur != nil && len(t.Partitions) != len(cur.Partitions)) {
-			lastErr = fmt.Errorf("%w: table from %s has %d partitions", api.ErrBadRequest, addr, len(t.Partitions))
-			continue
-		}
-		if cur == nil || t.Version > cur.Version {
-			c.install(t)
-			return nil
-		}
-		if cur != nil {
-			lastErr = nil
+	for _, a := range c.cfg.Addrs {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
 		}
 	}
-	if c.table.Load() != nil && lastErr == nil {
+	type answer struct {
+		t   *wire.Table
+		err error
+	}
+	answers := make(chan answer, len(addrs))
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { // the asks still running give up at once
+		cancel()
+		wg.Wait()
+	}()
+	hedge := time.NewTimer(0)
+	defer hedge.Stop()
+	next, running, answered := 0, 0, false
+	var lastErr error
+	for next < len(addrs) || running > 0 {
+		select {
+		case <-hedge.C:
+			if next < len(addrs) {
+				addr := addrs[next]
+				next++
+				running++
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					t, err := c.askTable(ctx, addr)
+					answers <- answer{t, err}
+				}()
+				hedge.Reset(tableHedge)
+			}
+		case a := <-answers:
+			running--
+			if running == 0 && next < len(addrs) {
+				hedge.Reset(0) // nothing in flight: ask the next one now
+			}
+			switch {
+			case a.err != nil:
+				lastErr = a.err
+				continue
+			case cur != nil && len(a.t.Partitions) != len(cur.Partitions):
+				lastErr = fmt.Errorf("%w: table has %d partitions, not %d", api.ErrBadRequest, len(a.t.Partitions), len(cur.Partitions))
+				continue
+			case cur == nil || a.t.Version > cur.Version:
+				c.install(a.t)
+				return nil
+			}
+			answered = true
+		case <-ctx.Done():
+			if answered {
+				return nil
+			}
+			return fmt.Errorf("%w: %w (last error: %v)", api.ErrUnavailable, ctx.Err(), lastErr)
+		}
+	}
+	if answered {
 		return nil
 	}
 	if lastErr == nil {
 		lastErr = api.ErrUnavailable
 	}
 	return lastErr
+}
+
+// askTable fetches addr's table within tableAskTimeout.
+func (c *Client) askTable(ctx context.Context, addr string) (*wire.Table, error) {
+	ctx, cancel := context.WithTimeout(ctx, tableAskTimeout)
+	defer cancel()
+	conn, err := c.pool.Get(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	var resp wire.TableResponse
+	if err := conn.Call(ctx, wire.MsgTable, &wire.TableRequest{}, &resp); err != nil {
+		return nil, err
+	}
+	if len(resp.Table.Partitions) == 0 {
+		return nil, fmt.Errorf("%w: table from %s has no partitions", api.ErrBadRequest, addr)
+	}
+	return &resp.Table, nil
+}
+
+// tableChanged returns a channel that closes when the next table is
+// installed.
+func (c *Client) tableChanged() <-chan struct{} {
+	c.tableMu.Lock()
+	defer c.tableMu.Unlock()
+	return c.tableCh
 }
 
 func (c *Client) install(t *wire.Table) {

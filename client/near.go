@@ -301,6 +301,34 @@ func (c *Client) nearMapFor(ctx context.Context, name string, cfg NearCacheConfi
 	return &nearMap{Map: c.router.Map(name), nc: nc}, nil
 }
 
+// subscribe subscribes names on the connection to addr, within
+// tableAskTimeout (an unresponsive member does not hold up the others). It
+// returns the connection if this call subscribed it (nil if it already
+// was, or failed), and whether the connection is subscribed.
+func (c *Client) subscribe(ctx context.Context, addr string, names []string) (*transport.Conn, bool) {
+	ctx, cancel := context.WithTimeout(ctx, tableAskTimeout)
+	defer cancel()
+	conn, err := c.pool.Get(ctx, addr)
+	if err != nil {
+		return nil, false
+	}
+	c.near.mu.Lock()
+	done := c.near.subscribed[conn]
+	c.near.mu.Unlock()
+	if done {
+		return nil, true
+	}
+	for _, name := range names {
+		if err := conn.Call(ctx, wire.MsgSubscribe, &wire.SubscribeRequest{Map: name}, nil); err != nil {
+			return nil, false
+		}
+	}
+	c.near.mu.Lock()
+	c.near.subscribed[conn] = true
+	c.near.mu.Unlock()
+	return conn, true
+}
+
 // ensureSubscriptions subscribes every near-cached map on the connection to
 // every member; a cache is filled only while all members confirmed. A
 // subscribed connection that drops clears every near cache.
@@ -317,30 +345,13 @@ func (c *Client) ensureSubscriptions(ctx context.Context) {
 	t := c.table.Load()
 	all := true
 	for _, m := range t.Members {
-		conn, err := c.pool.Get(ctx, m.RPC)
-		if err != nil {
-			all = false
-			continue
-		}
-		c.near.mu.Lock()
-		done := c.near.subscribed[conn]
-		c.near.mu.Unlock()
-		if done {
-			continue
-		}
-		ok := true
-		for _, name := range names {
-			if err := conn.Call(ctx, wire.MsgSubscribe, &wire.SubscribeRequest{Map: name}, nil); err != nil {
-				ok, all = false, false
-				break
-			}
-		}
+		conn, ok := c.subscribe(ctx, m.RPC, names)
 		if !ok {
+			all = false
+		}
+		if conn == nil {
 			continue
 		}
-		c.near.mu.Lock()
-		c.near.subscribed[conn] = true
-		c.near.mu.Unlock()
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()

@@ -245,6 +245,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		DefaultTimeout: cfg.RequestTimeout,
 		ClientID:       rand.Uint64() | 1,
 		Done:           n.done,
+		TableChanged:   n.tableChanged,
 	})
 	rpcAddr := srv.Addr().String()
 
@@ -314,6 +315,13 @@ func (n *Node) WaitReady(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// tableChanged returns a channel closed when the next table is installed.
+func (n *Node) tableChanged() <-chan struct{} {
+	n.tableMu.Lock()
+	defer n.tableMu.Unlock()
+	return n.tableCh
 }
 
 // waitVersion waits until the installed table has at least version v.
@@ -600,9 +608,6 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 		return
 	case wire.MsgSnapshot:
 		n.handleSnapshot(c, f)
-		return
-	case wire.MsgPing:
-		c.Reply(f.Type, f.ID, &wire.Ack{})
 		return
 	}
 	if n.closed.Load() {

@@ -224,7 +224,33 @@ func (c *Cluster) unstable() string {
 			return fmt.Sprintf("table %d not converged", t.Version)
 		}
 	}
-	return ""
+	return c.votersUnstable(live)
+}
+
+// votersUnstable reports a raft voter set that is not yet made of live
+// incarnations only (min(3, live) of them): killing a node before the
+// authority replaced a dead voter can cost the table its majority.
+func (c *Cluster) votersUnstable(live []*grid.Node) string {
+	ids := map[string]bool{}
+	for _, n := range live {
+		ids[n.Cluster().RaftID()] = true
+	}
+	for _, n := range live {
+		if !n.Cluster().IsLeader() {
+			continue
+		}
+		voters := n.Cluster().Voters()
+		for _, v := range voters {
+			if !ids[v] {
+				return fmt.Sprintf("voter %s is not a live incarnation", v)
+			}
+		}
+		if want := min(cluster.MaxVoters, len(live)); len(voters) != want {
+			return fmt.Sprintf("%d voters, want %d", len(voters), want)
+		}
+		return ""
+	}
+	return "no authority leader among the live nodes"
 }
 
 // Node returns the live node named name, or nil.

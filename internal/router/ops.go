@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
-	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 )
 
@@ -101,11 +99,10 @@ func (m *nodeMap) DeleteAll(ctx context.Context, keys []string) (int, error) {
 	}
 	ctx, cancel := r.withTimeout(ctx)
 	defer cancel()
-	seq, low := r.seqs.begin()
-	defer r.seqs.end(seq)
-	sess := wire.Session{Client: r.cfg.ClientID, Seq: seq, Low: low}
+	sess, end := r.session()
+	defer end()
 	var total atomic.Int64
-	err := r.fanoutParts(ctx, r.splitKeys(keys), func(t *wire.Table, g *nodeGroup) ([]error, error) {
+	err := r.fanout(ctx, true, r.splitKeys(keys), func(ctx context.Context, t *wire.Table, g *nodeGroup) ([]error, error) {
 		req := &wire.DeleteAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys, Session: sess}
 		resp, err := callGroup(ctx, r, g, wire.MsgDeleteAll, req, func() (*wire.DeleteAllResponse, error) { return r.cfg.Local.ExecDeleteAll(ctx, req) })
 		if err != nil {
@@ -187,38 +184,68 @@ func (m *nodeMap) Batch(ctx context.Context, ops []api.BatchOp) []api.BatchResul
 	if len(ops) == 0 {
 		return res
 	}
-	fail := func(err error) []api.BatchResult {
+	if r.closed() {
 		for i := range res {
-			if res[i].Err == nil {
-				res[i].Err = err
-			}
+			res[i].Err = api.ErrClosed
 		}
 		return res
 	}
-	if r.closed() {
-		return fail(api.ErrClosed)
-	}
 	ctx, cancel := r.withTimeout(ctx)
 	defer cancel()
-	reqs := make([]wire.MapRequest, len(ops))
-	valid := make([]bool, len(ops))
-	var seqs []uint64
-	defer func() {
-		for _, s := range seqs {
-			r.seqs.end(s)
+	b := batch{r: r, ops: ops, res: res,
+		reqs:  make([]wire.MapRequest, len(ops)),
+		resps: make([]wire.MapResponse, len(ops)),
+		done:  make([]bool, len(ops)),
+		maybe: make([]bool, len(ops)),
+	}
+	defer b.end()
+	parts := b.prepare(m.name)
+	err := r.fanout(ctx, false, parts, b.call)
+	if err == nil {
+		err = fmt.Errorf("%w: batch op left without an answer", api.ErrInternal)
+	}
+	for i := range res {
+		switch {
+		case !b.done[i]:
+			res[i].Err = outcome(ctx, err, b.reqs[i].Session.Seq != 0 && b.maybe[i])
+		case res[i].Err == nil:
+			b.result(i)
 		}
-	}()
-	for i, op := range ops {
-		rq := &reqs[i]
-		rq.Map, rq.Key = m.name, op.Key
-		rq.Partition = int32(affinity.Partition(op.Key, r.cfg.Partitions))
+	}
+	return res
+}
+
+// batch is one Map.Batch call: its requests, grouped per partition in
+// request order, sent by fanout; an op is done once it has its answer.
+// Calls for different groups touch different ops, so the slices need no
+// lock.
+type batch struct {
+	r     *Router
+	ops   []api.BatchOp
+	res   []api.BatchResult
+	reqs  []wire.MapRequest
+	resps []wire.MapResponse
+	done  []bool // answered (res[i].Err set if refused)
+	maybe []bool // an attempt may have been applied
+	seqs  []uint64
+}
+
+// prepare builds the requests, numbering the mutations, and groups the
+// valid ones by partition in request order. Invalid ops are done.
+func (b *batch) prepare(name string) []partKeys {
+	idx := map[int32]int{}
+	var parts []partKeys
+	for i, op := range b.ops {
+		rq := &b.reqs[i]
+		rq.Map, rq.Key = name, op.Key
+		rq.Partition = int32(affinity.Partition(op.Key, b.r.cfg.Partitions))
 		switch op.Kind {
 		case api.BatchGet:
 			rq.Op = wire.OpGet
 		case api.BatchSet:
 			f, err := setFlags(op.Set)
 			if err != nil {
-				res[i].Err = err
+				b.res[i].Err, b.done[i] = err, true
 				continue
 			}
 			rq.Op, rq.Flags, rq.TTL = wire.OpSet, f, int64(op.Set.TTL)
@@ -227,110 +254,87 @@ func (m *nodeMap) Batch(ctx context.Context, ops []api.BatchOp) []api.BatchResul
 			if rq.Value == nil {
 				rq.Value = []byte{}
 			}
-			seq, low := r.seqs.begin()
-			seqs = append(seqs, seq)
-			rq.Session = wire.Session{Client: r.cfg.ClientID, Seq: seq, Low: low}
+			seq, low := b.r.seqs.begin()
+			b.seqs = append(b.seqs, seq)
+			rq.Session = wire.Session{Client: b.r.cfg.ClientID, Seq: seq, Low: low}
 		default:
-			res[i].Err = fmt.Errorf("%w: batch op kind %d", api.ErrBadRequest, op.Kind)
+			b.res[i].Err, b.done[i] = fmt.Errorf("%w: batch op kind %d", api.ErrBadRequest, op.Kind), true
 			continue
 		}
-		valid[i] = true
+		p, ok := idx[rq.Partition]
+		if !ok {
+			p = len(parts)
+			idx[rq.Partition] = p
+			parts = append(parts, partKeys{part: rq.Partition})
+		}
+		parts[p].ops = append(parts[p].ops, i)
 	}
-	t := r.cfg.Table()
-	if t == nil {
-		if err := r.cfg.WaitTable(ctx); err != nil {
-			return fail(err)
-		}
-		t = r.cfg.Table()
+	return parts
+}
+
+func (b *batch) end() {
+	for _, s := range b.seqs {
+		b.r.seqs.end(s)
 	}
-	addrs := make(map[string]string, len(t.Members))
-	for _, mb := range t.Members {
-		addrs[mb.Name] = mb.RPC
-	}
-	groups := map[string][]int{}
-	var owners []string
-	for i := range reqs {
-		if !valid[i] {
-			continue
-		}
-		reqs[i].Version = t.Version
-		o := t.Partitions[reqs[i].Partition].Primary
-		if _, ok := groups[o]; !ok {
-			owners = append(owners, o)
-		}
-		groups[o] = append(groups[o], i)
-	}
-	resps := make([]wire.MapResponse, len(ops))
-	send := func(owner string, idx []int) {
-		breq := &wire.MapBatchRequest{Reqs: reqs}
-		if len(idx) != len(reqs) { // else idx is 0..n-1: send reqs as they are
-			breq.Reqs = make([]wire.MapRequest, len(idx))
-			for j, i := range idx {
-				breq.Reqs[j] = reqs[i]
-			}
-		}
-		var bresp *wire.MapBatchResponse
-		var err error
-		if r.isLocal(owner) {
-			bresp, err = r.cfg.Local.ExecMapBatch(ctx, breq)
-		} else if addr := addrs[owner]; addr == "" {
-			err = fmt.Errorf("%w: no address for %q", api.ErrUnavailable, owner)
-		} else {
-			var conn *transport.Conn
-			if conn, err = r.cfg.Pool.Get(ctx, addr); err == nil {
-				bresp = new(wire.MapBatchResponse)
-				err = conn.Call(ctx, wire.MsgMapBatch, breq, bresp)
-			}
-		}
-		if err == nil && (len(bresp.Resps) != len(idx) || len(bresp.Errs) != len(idx)) {
-			err = fmt.Errorf("%w: %d answers for %d requests", api.ErrInternal, len(bresp.Resps), len(idx))
-		}
-		for j, i := range idx {
-			if err != nil {
-				res[i].Err = err
-			} else {
-				resps[i], res[i].Err = bresp.Resps[j], bresp.Errs[j].Err()
+}
+
+// call sends the group's ops that are not done yet as one MapBatch request
+// and records their answers. A partition fails (and is retried) with the
+// first retryable error of its ops; other errors are final for their op.
+func (b *batch) call(ctx context.Context, t *wire.Table, g *nodeGroup) ([]error, error) {
+	breq := &wire.MapBatchRequest{}
+	var idx []int
+	for _, ops := range g.ops {
+		for _, i := range ops {
+			if !b.done[i] {
+				b.reqs[i].Version = t.Version
+				breq.Reqs = append(breq.Reqs, b.reqs[i])
+				idx = append(idx, i)
 			}
 		}
 	}
-	var wg sync.WaitGroup
-	for k, o := range owners {
-		if k == len(owners)-1 {
-			send(o, groups[o])
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			send(o, groups[o])
-		}()
+	bresp, err := callGroup(ctx, b.r, g, wire.MsgMapBatch, breq, func() (*wire.MapBatchResponse, error) { return b.r.cfg.Local.ExecMapBatch(ctx, breq) })
+	if err == nil && (len(bresp.Resps) != len(idx) || len(bresp.Errs) != len(idx)) {
+		err = fmt.Errorf("%w: %d answers for %d requests", api.ErrInternal, len(bresp.Resps), len(idx))
 	}
-	wg.Wait()
-	// Retry what failed retryably, one by one in request order (so a
-	// partition's ops keep their order), with the same sessions.
-	refreshed := false
-	for i := range reqs {
-		if !valid[i] || res[i].Err == nil || !api.Retryable(res[i].Err) {
-			continue
+	if err != nil {
+		for _, i := range idx {
+			b.maybe[i] = b.maybe[i] || mayHaveApplied(err)
 		}
-		if !refreshed {
-			r.afterError(ctx, res[i].Err)
-			refreshed = true
-		}
-		resps[i], res[i].Err = r.send(ctx, &reqs[i])
+		return nil, err
 	}
-	for i := range res {
-		if !valid[i] || res[i].Err != nil {
-			continue
-		}
-		rs := resps[i]
-		res[i].Found, res[i].Done = rs.Found, rs.Done
-		if rs.Found && (ops[i].Kind == api.BatchGet || ops[i].Set.ReturnOld) {
-			res[i].Value = bytes.Clone(rs.Value)
-			if res[i].Value == nil {
-				res[i].Value = []byte{}
+	errs := make([]error, len(g.parts))
+	j := 0
+	for p, ops := range g.ops {
+		for _, i := range ops {
+			if b.done[i] {
+				continue
+			}
+			e := bresp.Errs[j].Err()
+			b.resps[i] = bresp.Resps[j]
+			j++
+			switch {
+			case e == nil || !retryable(e):
+				b.res[i].Err, b.done[i] = e, true
+			default:
+				b.maybe[i] = b.maybe[i] || mayHaveApplied(e)
+				if errs[p] == nil {
+					errs[p] = e
+				}
 			}
 		}
 	}
-	return res
+	return errs, nil
+}
+
+// result fills op i's result from its answer.
+func (b *batch) result(i int) {
+	rs, r := b.resps[i], &b.res[i]
+	r.Found, r.Done = rs.Found, rs.Done
+	if rs.Found && (b.ops[i].Kind == api.BatchGet || b.ops[i].Set.ReturnOld) {
+		r.Value = bytes.Clone(rs.Value)
+		if r.Value == nil {
+			r.Value = []byte{}
+		}
+	}
 }

@@ -1,18 +1,17 @@
 // Package router sends map operations to the partition primaries: the one
 // implementation of api.Map behind both the embedded node (with a local fast
 // path) and the client SDK. It groups batches per node, follows NotOwner
-// answers by refreshing the table, and retries retryable failures with the
-// same (clientID, seq) so that a retried mutation applies once.
+// answers by refreshing the table, re-routes a request whose primary a new
+// table replaced, and retries retryable failures with the same (clientID,
+// seq) so that a retried mutation applies once. A mutation that may have
+// been applied ends in its result or ErrTimeout (retry.go).
 package router
 
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"iter"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -51,6 +50,11 @@ type Config struct {
 	// LocalName run on Local without the network. Empty for clients.
 	LocalName string
 	Local     Executor
+	// TableChanged, if set, returns a channel that closes when the next
+	// table is installed: a request waiting on a primary that the new
+	// table replaced is then abandoned and retried on the new primary
+	// with the same session. Optional.
+	TableChanged func() <-chan struct{}
 	// DefaultTimeout bounds calls whose ctx has no deadline.
 	DefaultTimeout time.Duration
 	// ClientID names this router's mutations for deduplication; non-zero.
@@ -97,53 +101,22 @@ var _ api.Map = (*nodeMap)(nil)
 
 func (m *nodeMap) Name() string { return m.name }
 
-// withTimeout applies DefaultTimeout to a ctx without deadline (none if
-// DefaultTimeout is zero).
-func (r *Router) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok || r.cfg.DefaultTimeout <= 0 {
-		return ctx, func() {}
+// table returns the installed table, waiting for the first one.
+func (r *Router) table(ctx context.Context) (*wire.Table, error) {
+	if t := r.cfg.Table(); t != nil {
+		return t, nil
 	}
-	return context.WithTimeout(ctx, r.cfg.DefaultTimeout)
-}
-
-// backoff sleeps before retry attempt a; false if ctx ended or node closed.
-func (r *Router) backoff(ctx context.Context, a int) bool {
-	d := time.Duration(min(5<<min(a, 6), 200)) * time.Millisecond
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-r.cfg.Done:
-		return false
+	if err := r.cfg.WaitTable(ctx); err != nil {
+		return nil, err
 	}
-}
-
-// afterError reacts to a failed attempt and reports whether to retry. A
-// NotOwner from a newer table asks for that table; an unreachable node asks
-// for a fresh table without waiting (Refresh(ctx, 0)).
-func (r *Router) afterError(ctx context.Context, err error) bool {
-	var ne *api.NotOwnerError
-	if errors.As(err, &ne) {
-		if t := r.cfg.Table(); t != nil && ne.Version > t.Version {
-			r.cfg.Refresh(ctx, ne.Version)
-		}
-	} else if errors.Is(err, api.ErrUnavailable) || errors.Is(err, api.ErrClosed) {
-		r.cfg.Refresh(ctx, 0)
-	}
-	return api.Retryable(err)
+	return r.cfg.Table(), nil
 }
 
 // owner returns the installed table and the primary's name and address.
 func (r *Router) owner(ctx context.Context, part int) (*wire.Table, string, string, error) {
-	t := r.cfg.Table()
-	if t == nil {
-		if err := r.cfg.WaitTable(ctx); err != nil {
-			return nil, "", "", err
-		}
-		t = r.cfg.Table()
+	t, err := r.table(ctx)
+	if err != nil {
+		return nil, "", "", err
 	}
 	name := t.Partitions[part].Primary
 	for _, m := range t.Members {
@@ -154,10 +127,7 @@ func (r *Router) owner(ctx context.Context, part int) (*wire.Table, string, stri
 	return t, name, "", fmt.Errorf("%w: partition %d has no reachable primary (%q)", api.ErrUnavailable, part, name)
 }
 
-// doMap sends a single-key request to its primary, locally or over TCP,
-// retrying retryable failures with the same session until ctx ends. A ctx
-// without deadline gets RequestTimeout, created only when the request
-// leaves the process or is retried: a local read allocates no timer.
+// doMap numbers a mutation and sends a single-key request to its primary.
 func (r *Router) doMap(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
 	if r.closed() {
 		return wire.MapResponse{}, api.ErrClosed
@@ -171,44 +141,27 @@ func (r *Router) doMap(ctx context.Context, req *wire.MapRequest) (wire.MapRespo
 	return r.send(ctx, req)
 }
 
-// send sends a request whose partition and session are set, retrying
-// retryable failures with the same session until ctx ends.
+// send sends a request whose partition and session are set to its primary,
+// locally or over TCP, retrying with the same session (see retry).
 func (r *Router) send(ctx context.Context, req *wire.MapRequest) (wire.MapResponse, error) {
-	var cancel context.CancelFunc // set once ctx is bounded
-	defer func() {
-		if cancel != nil {
-			cancel()
+	var resp wire.MapResponse
+	err := r.retry(ctx, wire.IsMutation(req.Op), func(tr *try) error {
+		t, name, addr, err := r.owner(tr.ctx, int(req.Partition))
+		if err != nil {
+			return err
 		}
-	}()
-	for a := 0; ; a++ {
-		t, name, addr, err := r.owner(ctx, int(req.Partition))
-		if err == nil {
-			req.Version = t.Version
-			if r.isLocal(name) {
-				var resp wire.MapResponse
-				if resp, err = r.cfg.Local.ExecMap(ctx, req); err == nil {
-					return resp, nil
-				}
-			} else {
-				if cancel == nil {
-					ctx, cancel = r.withTimeout(ctx)
-				}
-				var conn *transport.Conn
-				if conn, err = r.cfg.Pool.Get(ctx, addr); err == nil {
-					resp := new(wire.MapResponse)
-					if err = conn.Call(ctx, wire.MsgMap, req, resp); err == nil {
-						return *resp, nil
-					}
-				}
-			}
+		req.Version = t.Version
+		if r.isLocal(name) {
+			resp, err = r.cfg.Local.ExecMap(tr.ctx, req)
+			return err
 		}
-		if cancel == nil {
-			ctx, cancel = r.withTimeout(ctx)
-		}
-		if ctx.Err() != nil || !r.afterError(ctx, err) || !r.backoff(ctx, a) {
-			return wire.MapResponse{}, err
-		}
+		resp = wire.MapResponse{}
+		return r.remote(tr.bound(r), name, addr, wire.MsgMap, req, &resp, req.Partition)
+	})
+	if err != nil {
+		return wire.MapResponse{}, err
 	}
+	return resp, nil
 }
 
 func (m *nodeMap) req(op uint8, key string) *wire.MapRequest {
@@ -286,251 +239,6 @@ func (m *nodeMap) Delete(ctx context.Context, key string) (bool, error) {
 	return resp.Found, err
 }
 
-// partKeys is one partition of a batch, with its keys (nil for
-// whole-partition operations).
-type partKeys struct {
-	part int32
-	keys []string
-}
-
-// nodeGroup is the share of a batch that one node owns.
-type nodeGroup struct {
-	name, addr string
-	parts      []int32
-	keys       [][]string
-}
-
-// splitKeys groups keys by partition.
-func (r *Router) splitKeys(keys []string) []partKeys {
-	idx := map[int32]int{}
-	var out []partKeys
-	for _, k := range keys {
-		p := int32(affinity.Partition(k, r.cfg.Partitions))
-		i, ok := idx[p]
-		if !ok {
-			i = len(out)
-			idx[p] = i
-			out = append(out, partKeys{part: p})
-		}
-		out[i].keys = append(out[i].keys, k)
-	}
-	return out
-}
-
-// allParts lists every partition without keys.
-func (r *Router) allParts() []partKeys {
-	out := make([]partKeys, r.cfg.Partitions)
-	for i := range out {
-		out[i].part = int32(i)
-	}
-	return out
-}
-
-// fanoutParts sends a batch as one request per owner node, concurrently.
-// call sends (or runs locally) one node's request and returns one error per
-// partition, or a single error for all of them; it records successes itself
-// (it may run concurrently with other calls). Failed partitions are grouped
-// again under the newest table and retried while the error is retryable.
-func (r *Router) fanoutParts(ctx context.Context, parts []partKeys, call func(t *wire.Table, g *nodeGroup) ([]error, error)) error {
-	for a := 0; len(parts) > 0; a++ {
-		t := r.cfg.Table()
-		if t == nil {
-			if err := r.cfg.WaitTable(ctx); err != nil {
-				return err
-			}
-			t = r.cfg.Table()
-		}
-		addrs := make(map[string]string, len(t.Members))
-		for _, m := range t.Members {
-			addrs[m.Name] = m.RPC
-		}
-		groups := map[string]*nodeGroup{}
-		for _, pk := range parts {
-			owner := t.Partitions[pk.part].Primary
-			g := groups[owner]
-			if g == nil {
-				g = &nodeGroup{name: owner, addr: addrs[owner]}
-				groups[owner] = g
-			}
-			g.parts = append(g.parts, pk.part)
-			g.keys = append(g.keys, pk.keys)
-		}
-		var mu sync.Mutex
-		var retry []partKeys
-		var firstErr error
-		var wg sync.WaitGroup
-		for _, g := range groups {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs, err := call(t, g)
-				if err == nil && len(errs) != len(g.parts) {
-					err = fmt.Errorf("%w: %d answers for %d partitions", api.ErrInternal, len(errs), len(g.parts))
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				for i := range g.parts {
-					perr := err
-					if perr == nil {
-						perr = errs[i]
-					}
-					if perr == nil {
-						continue
-					}
-					if firstErr == nil || !api.Retryable(perr) {
-						firstErr = perr
-					}
-					retry = append(retry, partKeys{g.parts[i], g.keys[i]})
-				}
-			}()
-		}
-		wg.Wait()
-		if len(retry) == 0 {
-			return nil
-		}
-		if !api.Retryable(firstErr) || !r.afterError(ctx, firstErr) || !r.backoff(ctx, a) {
-			return firstErr
-		}
-		parts = retry
-	}
-	return nil
-}
-
-// callGroup runs a group's request locally or sends it to its node.
-func callGroup[Resp any](ctx context.Context, r *Router, g *nodeGroup, typ uint8, req any, local func() (*Resp, error)) (*Resp, error) {
-	if r.isLocal(g.name) {
-		return local()
-	}
-	if g.addr == "" {
-		return nil, fmt.Errorf("%w: no address for %q", api.ErrUnavailable, g.name)
-	}
-	conn, err := r.cfg.Pool.Get(ctx, g.addr)
-	if err != nil {
-		return nil, err
-	}
-	resp := new(Resp)
-	return resp, conn.Call(ctx, typ, req, resp)
-}
-
-func bodyErrs(bodies []wire.ErrorBody) []error {
-	errs := make([]error, len(bodies))
-	for i := range bodies {
-		errs[i] = bodies[i].Err()
-	}
-	return errs
-}
-
-func (m *nodeMap) GetAll(ctx context.Context, keys []string) (map[string][]byte, error) {
-	r := m.r
-	ctx, cancel := r.withTimeout(ctx)
-	defer cancel()
-	out := make(map[string][]byte, len(keys))
-	var mu sync.Mutex
-	err := r.fanoutParts(ctx, r.splitKeys(keys), func(t *wire.Table, g *nodeGroup) ([]error, error) {
-		req := &wire.GetAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys}
-		resp, err := callGroup(ctx, r, g, wire.MsgGetAll, req, func() (*wire.GetAllResponse, error) { return r.cfg.Local.ExecGetAll(ctx, req) })
-		if err != nil {
-			return nil, err
-		}
-		errs := make([]error, len(resp.Parts))
-		mu.Lock()
-		defer mu.Unlock()
-		for i, part := range resp.Parts {
-			if errs[i] = part.Err.Err(); errs[i] != nil || i >= len(g.keys) {
-				continue
-			}
-			for j, k := range g.keys[i] {
-				if j < len(part.Found) && j < len(part.Values) && part.Found[j] {
-					out[k] = bytes.Clone(part.Values[j])
-				}
-			}
-		}
-		return errs, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (m *nodeMap) PutAll(ctx context.Context, entries map[string][]byte, opts ...api.Option) error {
-	r := m.r
-	ctx, cancel := r.withTimeout(ctx)
-	defer cancel()
-	o := api.Apply(opts)
-	seq, low := r.seqs.begin()
-	defer r.seqs.end(seq)
-	sess := wire.Session{Client: r.cfg.ClientID, Seq: seq, Low: low}
-	keys := make([]string, 0, len(entries))
-	for k := range entries {
-		keys = append(keys, k)
-	}
-	return r.fanoutParts(ctx, r.splitKeys(keys), func(t *wire.Table, g *nodeGroup) ([]error, error) {
-		req := &wire.PutAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys, TTL: int64(o.TTL), Session: sess}
-		req.Values = make([][][]byte, len(g.keys))
-		for i, ks := range g.keys {
-			req.Values[i] = make([][]byte, len(ks))
-			for j, k := range ks {
-				// The caller may reuse its slices: the store keeps copies.
-				req.Values[i][j] = append([]byte{}, entries[k]...)
-			}
-		}
-		resp, err := callGroup(ctx, r, g, wire.MsgPutAll, req, func() (*wire.PartsResponse, error) { return r.cfg.Local.ExecPutAll(ctx, req) })
-		if err != nil {
-			return nil, err
-		}
-		return bodyErrs(resp.Errs), nil
-	})
-}
-
-func (m *nodeMap) Size(ctx context.Context) (int, error) {
-	r := m.r
-	ctx, cancel := r.withTimeout(ctx)
-	defer cancel()
-	var total atomic.Int64
-	err := r.fanoutParts(ctx, r.allParts(), func(t *wire.Table, g *nodeGroup) ([]error, error) {
-		req := &wire.SizeRequest{Version: t.Version, Map: m.name, Partitions: g.parts}
-		resp, err := callGroup(ctx, r, g, wire.MsgSize, req, func() (*wire.SizeResponse, error) { return r.cfg.Local.ExecSize(ctx, req) })
-		if err != nil {
-			return nil, err
-		}
-		return addCounts(&total, resp.Counts, resp.Errs, "Size")
-	})
-	return int(total.Load()), err
-}
-
-// addCounts adds the counts of the partitions that succeeded to total and
-// returns the per-partition errors.
-func addCounts(total *atomic.Int64, counts []int64, bodies []wire.ErrorBody, what string) ([]error, error) {
-	if len(counts) != len(bodies) {
-		return nil, fmt.Errorf("%w: malformed %s response", api.ErrInternal, what)
-	}
-	errs := bodyErrs(bodies)
-	for i, c := range counts {
-		if errs[i] == nil {
-			total.Add(c)
-		}
-	}
-	return errs, nil
-}
-
-func (m *nodeMap) Clear(ctx context.Context) error {
-	r := m.r
-	ctx, cancel := r.withTimeout(ctx)
-	defer cancel()
-	seq, low := r.seqs.begin()
-	defer r.seqs.end(seq)
-	sess := wire.Session{Client: r.cfg.ClientID, Seq: seq, Low: low}
-	return r.fanoutParts(ctx, r.allParts(), func(t *wire.Table, g *nodeGroup) ([]error, error) {
-		req := &wire.ClearRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Session: sess}
-		resp, err := callGroup(ctx, r, g, wire.MsgClear, req, func() (*wire.PartsResponse, error) { return r.cfg.Local.ExecClear(ctx, req) })
-		if err != nil {
-			return nil, err
-		}
-		return bodyErrs(resp.Errs), nil
-	})
-}
-
 const scanPage = 512
 
 func (m *nodeMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byte] {
@@ -539,7 +247,7 @@ func (m *nodeMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byt
 		for p := range r.cfg.Partitions {
 			after := ""
 			for {
-				resp, err := r.scanPage(ctx, m.name, int32(p), after)
+				resp, err := r.scan(ctx, &wire.ScanRequest{Map: m.name, Partition: int32(p), After: after, Limit: scanPage})
 				if err != nil {
 					if errp != nil {
 						*errp = err
@@ -560,75 +268,25 @@ func (m *nodeMap) Scan(ctx context.Context, errp *error) iter.Seq2[string, []byt
 	}
 }
 
-func (r *Router) scanPage(ctx context.Context, name string, part int32, after string) (*wire.ScanResponse, error) {
-	return r.scan(ctx, &wire.ScanRequest{Map: name, Partition: part, After: after, Limit: scanPage})
-}
-
 // scan sends one page request to the partition's primary, retrying
 // retryable failures. It sets req.Version.
 func (r *Router) scan(ctx context.Context, req *wire.ScanRequest) (*wire.ScanResponse, error) {
-	ctx, cancel := r.withTimeout(ctx)
-	defer cancel()
-	for a := 0; ; a++ {
-		t, owner, addr, err := r.owner(ctx, int(req.Partition))
-		var resp *wire.ScanResponse
-		if err == nil {
-			req.Version = t.Version
-			if r.isLocal(owner) {
-				resp, err = r.cfg.Local.ExecScan(ctx, req)
-			} else {
-				c, cerr := r.cfg.Pool.Get(ctx, addr)
-				if err = cerr; err == nil {
-					resp = &wire.ScanResponse{}
-					err = c.Call(ctx, wire.MsgScan, req, resp)
-				}
-			}
+	var resp *wire.ScanResponse
+	err := r.retry(ctx, false, func(tr *try) error {
+		t, owner, addr, err := r.owner(tr.ctx, int(req.Partition))
+		if err != nil {
+			return err
 		}
-		if err == nil {
-			return resp, nil
+		req.Version = t.Version
+		if r.isLocal(owner) {
+			resp, err = r.cfg.Local.ExecScan(tr.ctx, req)
+			return err
 		}
-		if ctx.Err() != nil || !r.afterError(ctx, err) || !r.backoff(ctx, a) {
-			return nil, err
-		}
+		resp = &wire.ScanResponse{}
+		return r.remote(tr.bound(r), owner, addr, wire.MsgScan, req, resp, req.Partition)
+	})
+	if err != nil {
+		return nil, err
 	}
-}
-
-// seqTracker numbers a router's mutations for at-most-once retries and
-// tracks the lowest sequence still awaiting an answer.
-type seqTracker struct {
-	mu       sync.Mutex
-	next     uint64
-	low      uint64
-	inflight map[uint64]struct{}
-}
-
-func (t *seqTracker) init() { t.inflight = map[uint64]struct{}{} }
-
-// begin returns a new sequence number and the current low watermark.
-func (t *seqTracker) begin() (seq, low uint64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.next++
-	seq = t.next
-	if len(t.inflight) == 0 {
-		t.low = seq
-	}
-	t.inflight[seq] = struct{}{}
-	return seq, t.low
-}
-
-// end marks seq answered (or abandoned).
-func (t *seqTracker) end(seq uint64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.inflight, seq)
-	if seq != t.low {
-		return
-	}
-	t.low = t.next + 1
-	for s := range t.inflight {
-		if s < t.low {
-			t.low = s
-		}
-	}
+	return resp, nil
 }

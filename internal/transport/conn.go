@@ -2,8 +2,22 @@
 // per peer with many requests in flight, writes coalesced into one syscall
 // when busy, and a listener that also hands raft its own streams.
 //
-// Goroutines: every Conn owns a reader and a writer goroutine, stopped by
-// Close; a Server owns its accept loop and the Conns it accepted.
+// Goroutines: every Conn owns a reader and a writer goroutine, and a
+// heartbeat goroutine when it has a PeerTimeout, all stopped by Close; a
+// Server owns its accept loop and the Conns it accepted.
+//
+// Errors of a call (Call, Start, Future.Wait, StartFunc):
+//   - api.ErrUnavailable: the request was not sent (the connection was
+//     already dead, or died before the request was handed to the socket).
+//   - api.ErrTimeout together with ErrConnLost: the connection died (or its
+//     peer stopped answering) after the request was handed to the socket;
+//     the peer may have received and applied it: outcome unknown.
+//   - api.ErrTimeout together with ctx.Err(): the caller stopped waiting;
+//     the request may still be applied.
+//   - api.ErrTimeout together with ErrAbandoned: WaitAbort's abort fired.
+//   - api.ErrBadRequest: the request could not be encoded or is too large;
+//     nothing was sent.
+//   - the peer's own answer (*api.NotOwnerError, *api.Error).
 package transport
 
 import (
@@ -16,6 +30,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/internal/wire"
@@ -28,13 +43,54 @@ const (
 	PreambleRaft byte = 'R'
 )
 
+// Errors that a call can match besides the api sentinels (see the package
+// comment).
+var (
+	// ErrConnLost: the connection failed after the request was handed to
+	// the socket. Always wrapped together with api.ErrTimeout.
+	ErrConnLost = errors.New("transport: connection lost with the request in flight")
+	// ErrAbandoned: the caller stopped waiting (WaitAbort). Always wrapped
+	// together with api.ErrTimeout.
+	ErrAbandoned = errors.New("transport: request abandoned by its caller")
+	// ErrPeerUnresponsive is why a connection whose peer sent nothing for
+	// PeerTimeout while calls waited was closed.
+	ErrPeerUnresponsive = errors.New("transport: peer unresponsive")
+	// ErrSlowReader is why an accepted connection whose peer does not read
+	// was closed: its queue passed twice MaxQueuedBytes.
+	ErrSlowReader = errors.New("transport: peer does not read its replies")
+)
+
 // Handler serves request frames.
 type Handler interface {
 	// HandleFrame is called on the connection's reader goroutine for each
 	// request frame, in arrival order. It must not block: work that waits
 	// moves to a goroutine the handler owns. It may keep f.Body. It answers
-	// with c.Reply or c.ReplyError, from any goroutine.
+	// every request with an id exactly once, with c.Reply or c.ReplyError,
+	// from any goroutine (MsgPing is answered by the transport and never
+	// reaches it).
 	HandleFrame(c *Conn, f wire.Frame)
+}
+
+// ConnConfig tunes one connection. The zero value has no limits and no
+// heartbeat.
+type ConnConfig struct {
+	// MaxFrame is the largest frame accepted. Zero: wire.DefaultMaxFrame.
+	MaxFrame int
+	// Logger receives the connection's logs; nil discards them.
+	Logger *slog.Logger
+	// PeerTimeout closes the connection when calls are waiting and nothing
+	// at all was received for PeerTimeout; a ping (MsgPing) goes out after
+	// each quarter of it without input. Zero: no heartbeat.
+	PeerTimeout time.Duration
+	// MaxQueuedBytes bounds the replies queued for the peer: while the
+	// queue is at the bound the connection reads no more requests and
+	// Reply waits. Zero: no bound.
+	MaxQueuedBytes int
+	// MaxInflight bounds the requests the handler is serving (read, not
+	// yet answered); a request beyond it is answered ErrBusy without
+	// reaching the handler. Replication, pings and the cluster's control
+	// messages are never refused. Zero: no bound.
+	MaxInflight int
 }
 
 type result struct {
@@ -43,10 +99,12 @@ type result struct {
 }
 
 // call is a request in flight: its answer goes to ch, or to fn when the
-// caller asked for a callback (StartFunc).
+// caller asked for a callback (StartFunc). batch is the writer batch its
+// frame was queued in (Conn.batch at the time).
 type call struct {
-	ch chan result
-	fn func(wire.Frame, error)
+	ch    chan result
+	fn    func(wire.Frame, error)
+	batch uint64
 }
 
 func (cl call) deliver(r result) {
@@ -59,42 +117,65 @@ func (cl call) deliver(r result) {
 
 // Conn is a multiplexed connection. Its methods are safe for concurrent use.
 type Conn struct {
-	nc       net.Conn
-	log      *slog.Logger
-	h        Handler
-	maxFrame int
+	nc          net.Conn
+	log         *slog.Logger
+	h           Handler
+	maxFrame    int
+	peerTimeout time.Duration
+	maxQueued   int
+	maxInflight int
 
-	nextID atomic.Uint64
+	nextID   atomic.Uint64
+	received atomic.Uint64 // bytes read: the heartbeat's sign of life
 
 	mu      sync.Mutex
-	out     []byte // queued frames, written by the writer goroutine
-	free    []byte // the writer's spare buffer
+	room    sync.Cond // broadcast when queued bytes fall and when the conn fails
+	out     []byte    // queued frames, written by the writer goroutine
+	free    []byte    // the writer's spare buffer
+	writing int       // bytes the writer took and is writing
+	batch   uint64    // buffers the writer took: frames queued now go out in batch+1
 	pending map[uint64]call
-	err     error // non-nil once the connection failed or closed
+	serving map[uint64]struct{} // requests counted against maxInflight, not yet answered
+	err     error               // non-nil once the connection failed or closed
 
 	wake chan struct{}
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
-// NewConn starts serving nc: requests go to h (nil rejects them) and
-// responses to the calls waiting for them.
+// NewConn starts serving nc with the zero ConnConfig but for maxFrame and
+// log (no limits, no heartbeat).
 func NewConn(nc net.Conn, h Handler, maxFrame int, log *slog.Logger) *Conn {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	return NewConnWith(nc, h, ConnConfig{MaxFrame: maxFrame, Logger: log})
+}
+
+// NewConnWith starts serving nc: requests go to h (nil rejects them) and
+// responses to the calls waiting for them.
+func NewConnWith(nc net.Conn, h Handler, cfg ConnConfig) *Conn {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if maxFrame <= 0 {
-		maxFrame = wire.DefaultMaxFrame
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = wire.DefaultMaxFrame
 	}
 	c := &Conn{
-		nc: nc, h: h, maxFrame: maxFrame, log: log,
-		pending: make(map[uint64]call),
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
+		nc: nc, h: h, maxFrame: cfg.MaxFrame, log: cfg.Logger,
+		peerTimeout: cfg.PeerTimeout,
+		maxQueued:   max(cfg.MaxQueuedBytes, 0),
+		maxInflight: max(cfg.MaxInflight, 0),
+		pending:     make(map[uint64]call),
+		serving:     make(map[uint64]struct{}),
+		wake:        make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
+	c.room.L = &c.mu
 	c.wg.Add(2)
 	go c.readLoop()
 	go c.writeLoop()
+	if c.peerTimeout > 0 {
+		c.wg.Add(1)
+		go c.heartbeat()
+	}
 	return c
 }
 
@@ -128,13 +209,36 @@ func (c *Conn) fail(err error) {
 	c.err = err
 	pending := c.pending
 	c.pending = nil
+	c.serving = nil
 	c.out = nil
+	unsent := c.batch + 1 // frames of this batch never reached the socket
 	c.mu.Unlock()
+	c.room.Broadcast()
 	close(c.done)
 	_ = c.nc.Close()
 	for _, cl := range pending {
-		cl.deliver(result{err: fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)})
+		cl.deliver(result{err: c.lostErr(cl.batch == unsent, err)})
 	}
+}
+
+// lostErr is the error of a call whose connection failed with cause.
+func (c *Conn) lostErr(unsent bool, cause error) error {
+	if unsent {
+		return fmt.Errorf("%w: connection to %s failed before the request was sent: %v", api.ErrUnavailable, c.RemoteAddr(), cause)
+	}
+	return fmt.Errorf("%w: %w: %s: %v", api.ErrTimeout, ErrConnLost, c.RemoteAddr(), cause)
+}
+
+// queued is the bytes held for the peer. The caller holds c.mu.
+func (c *Conn) queued() int { return len(c.out) + c.writing }
+
+// waitRoom waits while the queue is at MaxQueuedBytes. It reports false if
+// the connection failed. The caller holds c.mu.
+func (c *Conn) waitRoom() bool {
+	for c.maxQueued > 0 && c.err == nil && c.queued() >= c.maxQueued {
+		c.room.Wait()
+	}
+	return c.err == nil
 }
 
 // sliceWriter lets msgpack encode straight into the output buffer.
@@ -178,14 +282,19 @@ func (c *Conn) signal() {
 	}
 }
 
-// Send queues a one-way frame. It does not wait for the write.
-func (c *Conn) send(typ, flags uint8, id uint64, v any) error {
+// reply queues the answer to request id, waiting while the queue is at
+// MaxQueuedBytes, and releases the request's MaxInflight slot.
+func (c *Conn) reply(typ, flags uint8, id uint64, v any) error {
 	c.mu.Lock()
-	if c.err != nil {
+	if !c.waitRoom() {
+		err := c.err
 		c.mu.Unlock()
-		return fmt.Errorf("%w: %v", api.ErrUnavailable, c.err)
+		return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
 	}
-	err := c.appendFrame(typ, flags, id, v)
+	err := c.appendFrame(typ, flags|wire.FlagResponse, id, v)
+	if err == nil && c.serving != nil {
+		delete(c.serving, id)
+	}
 	c.mu.Unlock()
 	if err == nil {
 		c.signal()
@@ -194,22 +303,46 @@ func (c *Conn) send(typ, flags uint8, id uint64, v any) error {
 }
 
 // Notify sends a one-way frame (id 0) that expects no answer, such as an
-// invalidation pushed to a client. It does not wait for the write.
+// invalidation pushed to a client. It never waits: if the peer lets the
+// queue grow past twice MaxQueuedBytes, the connection is closed with
+// ErrSlowReader instead (the peer then knows it may have missed frames).
 func (c *Conn) Notify(typ uint8, v any) error {
-	return c.send(typ, 0, 0, v)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	}
+	if c.maxQueued > 0 && c.queued() >= 2*c.maxQueued {
+		n := c.queued()
+		c.mu.Unlock()
+		err := fmt.Errorf("%w: %d bytes queued", ErrSlowReader, n)
+		c.fail(err)
+		return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	}
+	err := c.appendFrame(typ, 0, 0, v)
+	c.mu.Unlock()
+	if err == nil {
+		c.signal()
+	}
+	return err
 }
 
-// Reply answers request id with v.
+// Reply answers request id with v. While the connection's queue is at
+// MaxQueuedBytes it waits until the peer has read enough (or the
+// connection fails): do not call it holding a lock the peer's progress
+// needs.
 func (c *Conn) Reply(typ uint8, id uint64, v any) {
-	if err := c.send(typ, wire.FlagResponse, id, v); err != nil && !errors.Is(err, api.ErrUnavailable) {
+	if err := c.reply(typ, 0, id, v); err != nil && !errors.Is(err, api.ErrUnavailable) {
 		c.ReplyError(typ, id, err)
 	}
 }
 
-// ReplyError answers request id with err, carried as its stable code.
+// ReplyError answers request id with err, carried as its stable code. It
+// waits as Reply does.
 func (c *Conn) ReplyError(typ uint8, id uint64, err error) {
 	body := wire.ErrBody(err)
-	_ = c.send(typ, wire.FlagResponse|wire.FlagError, id, &body)
+	_ = c.reply(typ, wire.FlagError, id, &body)
 }
 
 // Future is a call in flight.
@@ -222,22 +355,32 @@ type Future struct {
 // Start queues a request and returns its future without waiting. Requests
 // started on one Conn are written in the order Start was called.
 func (c *Conn) Start(typ uint8, req any) (*Future, error) {
-	id := c.nextID.Add(1)
 	ch := make(chan result, 1)
+	id, err := c.queueCall(typ, req, call{ch: ch})
+	if err != nil {
+		return nil, err
+	}
+	return &Future{c: c, id: id, ch: ch}, nil
+}
+
+// queueCall queues a request frame and registers cl for its answer.
+func (c *Conn) queueCall(typ uint8, req any, cl call) (uint64, error) {
+	id := c.nextID.Add(1)
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)
+		return 0, fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)
 	}
 	if err := c.appendFrame(typ, 0, id, req); err != nil {
 		c.mu.Unlock()
-		return nil, err
+		return 0, err
 	}
-	c.pending[id] = call{ch: ch}
+	cl.batch = c.batch + 1
+	c.pending[id] = cl
 	c.mu.Unlock()
 	c.signal()
-	return &Future{c: c, id: id, ch: ch}, nil
+	return id, nil
 }
 
 // StartFunc queues a request whose answer (or the connection's failure) is
@@ -247,26 +390,21 @@ func (c *Conn) Start(typ uint8, req any) (*Future, error) {
 // in the order they were started, whichever of Start and StartFunc queued
 // them. Decode the frame with DecodeResponse.
 func (c *Conn) StartFunc(typ uint8, req any, fn func(wire.Frame, error)) error {
-	id := c.nextID.Add(1)
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return fmt.Errorf("%w: connection to %s: %v", api.ErrUnavailable, c.RemoteAddr(), err)
-	}
-	if err := c.appendFrame(typ, 0, id, req); err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	c.pending[id] = call{fn: fn}
-	c.mu.Unlock()
-	c.signal()
-	return nil
+	_, err := c.queueCall(typ, req, call{fn: fn})
+	return err
 }
 
 // Wait waits for the response and decodes it into resp (which may be nil).
-// A remote error comes back as *api.NotOwnerError or *api.Error.
+// A remote error comes back as *api.NotOwnerError or *api.Error; the
+// transport's errors are listed in the package comment.
 func (f *Future) Wait(ctx context.Context, resp any) error {
+	return f.WaitAbort(ctx, nil, resp)
+}
+
+// WaitAbort is Wait that also returns when abort closes, with an error
+// matching api.ErrTimeout and ErrAbandoned. The call then stays pending:
+// wait for it again, or Forget it (the request may still be applied).
+func (f *Future) WaitAbort(ctx context.Context, abort <-chan struct{}, resp any) error {
 	select {
 	case r := <-f.ch:
 		if r.err != nil {
@@ -274,13 +412,20 @@ func (f *Future) Wait(ctx context.Context, resp any) error {
 		}
 		return DecodeResponse(r.f, resp)
 	case <-ctx.Done():
-		f.c.mu.Lock()
-		if f.c.pending != nil {
-			delete(f.c.pending, f.id)
-		}
-		f.c.mu.Unlock()
-		return fmt.Errorf("%w: %v", api.ErrTimeout, ctx.Err())
+		f.Forget()
+		return fmt.Errorf("%w: %w", api.ErrTimeout, ctx.Err())
+	case <-abort:
+		return fmt.Errorf("%w: %w", api.ErrTimeout, ErrAbandoned)
 	}
+}
+
+// Forget drops the call: its answer, if one comes, is discarded.
+func (f *Future) Forget() {
+	f.c.mu.Lock()
+	if f.c.pending != nil {
+		delete(f.c.pending, f.id)
+	}
+	f.c.mu.Unlock()
 }
 
 // DecodeResponse decodes a response frame into resp (which may be nil); an
@@ -314,10 +459,34 @@ func (c *Conn) Call(ctx context.Context, typ uint8, req, resp any) error {
 	return f.Wait(ctx, resp)
 }
 
+// countingReader counts the bytes read from the connection.
+type countingReader struct{ c *Conn }
+
+func (r countingReader) Read(p []byte) (int, error) {
+	n, err := r.c.nc.Read(p)
+	r.c.received.Add(uint64(n))
+	return n, err
+}
+
+// readable waits while the queue is at MaxQueuedBytes (the peer does not
+// read its replies: stop reading its requests). False once the connection
+// failed.
+func (c *Conn) readable() bool {
+	if c.maxQueued == 0 {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.waitRoom()
+}
+
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
-	br := bufio.NewReaderSize(c.nc, 64<<10)
+	br := bufio.NewReaderSize(countingReader{c}, 64<<10)
 	for {
+		if !c.readable() {
+			return
+		}
 		f, err := wire.ReadFrame(br, c.maxFrame)
 		if err != nil {
 			select {
@@ -342,14 +511,55 @@ func (c *Conn) readLoop() {
 			}
 			continue
 		}
-		if c.h == nil {
-			if f.ID != 0 {
-				c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: this connection takes no requests", api.ErrUnknownMessage))
-			}
-			continue
+		c.serve(f)
+	}
+}
+
+// serve hands a request frame to the handler, unless the transport answers
+// it itself: pings, requests without a handler, requests beyond MaxInflight.
+func (c *Conn) serve(f wire.Frame) {
+	switch {
+	case f.Type == wire.MsgPing && f.ID != 0:
+		c.Reply(f.Type, f.ID, &wire.Ack{})
+	case c.h == nil:
+		if f.ID != 0 {
+			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: this connection takes no requests", api.ErrUnknownMessage))
 		}
+	case !c.admit(f):
+		c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: %d requests in flight on this connection", api.ErrBusy, c.maxInflight))
+	default:
 		c.h.HandleFrame(c, f)
 	}
+}
+
+// neverRefused are the request types MaxInflight never refuses: the
+// replication stream (applied inline, in order: refusing one would break
+// the stream) and the cluster's control messages (cheap, and refusing a
+// lease renewal would make a node unavailable).
+func neverRefused(typ uint8) bool {
+	switch typ {
+	case wire.MsgReplicate, wire.MsgSnapshot, wire.MsgPing, wire.MsgSynced,
+		wire.MsgTable, wire.MsgDrain, wire.MsgLease:
+		return true
+	}
+	return false
+}
+
+// admit counts request f against MaxInflight; false if it must be refused.
+func (c *Conn) admit(f wire.Frame) bool {
+	if c.maxInflight == 0 || f.ID == 0 || neverRefused(f.Type) {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.serving == nil { // failed
+		return true
+	}
+	if len(c.serving) >= c.maxInflight {
+		return false
+	}
+	c.serving[f.ID] = struct{}{}
+	return true
 }
 
 const maxKeptBuffer = 1 << 20
@@ -364,22 +574,64 @@ func (c *Conn) writeLoop() {
 		}
 		c.mu.Lock()
 		buf := c.out
-		c.out = c.free
-		c.free = nil
-		c.mu.Unlock()
 		if len(buf) == 0 {
+			c.mu.Unlock()
 			continue
 		}
+		c.out = c.free
+		c.free = nil
+		c.writing = len(buf)
+		c.batch++
+		c.mu.Unlock()
 		if _, err := c.nc.Write(buf); err != nil {
 			c.fail(err)
 			return
 		}
-		if cap(buf) <= maxKeptBuffer {
-			c.mu.Lock()
-			if c.err == nil {
-				c.free = buf[:0]
-			}
-			c.mu.Unlock()
+		c.mu.Lock()
+		c.writing = 0
+		if c.err == nil && cap(buf) <= maxKeptBuffer {
+			c.free = buf[:0]
+		}
+		c.mu.Unlock()
+		if c.maxQueued > 0 {
+			c.room.Broadcast()
 		}
 	}
+}
+
+// heartbeat closes the connection when calls wait and the peer sent
+// nothing for peerTimeout, pinging it after each quarter of silence.
+func (c *Conn) heartbeat() {
+	defer c.wg.Done()
+	every := max(c.peerTimeout/4, time.Millisecond)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var seen uint64
+	var silent time.Duration
+	for {
+		select {
+		case <-tick.C:
+		case <-c.done:
+			return
+		}
+		got := c.received.Load()
+		if got != seen || !c.waiting() {
+			seen, silent = got, 0
+			continue
+		}
+		silent += every
+		if silent >= c.peerTimeout {
+			c.log.Warn("closing connection to unresponsive peer", "remote", c.RemoteAddr(), "silent", silent)
+			c.fail(fmt.Errorf("%w: nothing received for %v", ErrPeerUnresponsive, silent))
+			return
+		}
+		_ = c.StartFunc(wire.MsgPing, &wire.Ack{}, func(wire.Frame, error) {})
+	}
+}
+
+// waiting reports whether calls wait for an answer.
+func (c *Conn) waiting() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) > 0
 }

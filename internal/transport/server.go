@@ -11,14 +11,56 @@ import (
 	"time"
 
 	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/wire"
 )
+
+// ServerConfig configures a Server. Zero fields take their defaults.
+type ServerConfig struct {
+	// MaxFrame is the largest frame accepted. Default wire.DefaultMaxFrame.
+	MaxFrame int
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// MaxQueuedBytes bounds the replies queued for one accepted
+	// connection: at the bound the server stops reading that connection's
+	// requests and its replies wait until the peer reads. Default 8 MiB;
+	// negative: no bound.
+	MaxQueuedBytes int
+	// MaxInflight bounds the requests being served for one accepted
+	// connection; a data request beyond it is answered ErrBusy (nothing
+	// applied). Replication and control messages are never refused.
+	// Default 4096; negative: no bound.
+	MaxInflight int
+}
+
+// Default server limits.
+const (
+	DefaultMaxQueuedBytes = 8 << 20
+	DefaultMaxInflight    = 4096
+)
+
+func (c *ServerConfig) withDefaults() {
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = wire.DefaultMaxFrame
+	}
+	if c.MaxQueuedBytes == 0 {
+		c.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = DefaultMaxInflight
+	}
+}
+
+// connConfig is the configuration of an accepted connection.
+func (c *ServerConfig) connConfig() ConnConfig {
+	return ConnConfig{MaxFrame: c.MaxFrame, Logger: c.Logger, MaxQueuedBytes: max(c.MaxQueuedBytes, 0), MaxInflight: max(c.MaxInflight, 0)}
+}
 
 // Server accepts grid connections and raft streams on one TCP listener.
 type Server struct {
-	ln       net.Listener
-	h        Handler
-	log      *slog.Logger
-	maxFrame int
+	ln  net.Listener
+	h   Handler
+	log *slog.Logger
+	cfg ServerConfig
 
 	raftCh chan net.Conn
 	done   chan struct{}
@@ -30,17 +72,24 @@ type Server struct {
 	raftConns map[*trackedConn]struct{} // handed to raft; closed on Close
 }
 
-// Listen binds addr ("host:0" picks a port) and starts accepting.
+// Listen binds addr ("host:0" picks a port) and starts accepting, with the
+// default ServerConfig but for maxFrame and log.
 func Listen(addr string, h Handler, maxFrame int, log *slog.Logger) (*Server, error) {
+	return ListenWith(addr, h, ServerConfig{MaxFrame: maxFrame, Logger: log})
+}
+
+// ListenWith binds addr ("host:0" picks a port) and starts accepting.
+func ListenWith(addr string, h Handler, cfg ServerConfig) (*Server, error) {
+	cfg.withDefaults()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	s := &Server{
-		ln: ln, h: h, log: log, maxFrame: maxFrame,
+		ln: ln, h: h, log: cfg.Logger, cfg: cfg,
 		raftCh:    make(chan net.Conn),
 		done:      make(chan struct{}),
 		conns:     make(map[*Conn]struct{}),
@@ -95,7 +144,7 @@ func (s *Server) route(nc net.Conn) {
 	_ = nc.SetReadDeadline(time.Time{})
 	switch pre[0] {
 	case PreambleGrid:
-		c := NewConn(nc, s.h, s.maxFrame, s.log)
+		c := NewConnWith(nc, s.h, s.cfg.connConfig())
 		s.mu.Lock()
 		select {
 		case <-s.done:
@@ -216,10 +265,33 @@ func (l *RaftLayer) Dial(address string, timeout time.Duration) (net.Conn, error
 	return nc, nil
 }
 
+// PoolConfig configures a Pool. The zero value of every field picks its
+// default.
+type PoolConfig struct {
+	// MaxFrame is the largest frame accepted. Default wire.DefaultMaxFrame.
+	MaxFrame int
+	// Logger receives the connections' logs; nil discards them.
+	Logger *slog.Logger
+	// Dial opens the TCP connection to addr. Default: a net.Dialer. Tests
+	// use it to put a proxy in between; it could carry TLS.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// PeerTimeout closes a connection on which calls wait while nothing at
+	// all arrived for PeerTimeout (the peer is pinged after each quarter
+	// of it); its calls fail with ErrConnLost. It frees callers pinned to
+	// a stopped process whose sockets stay open. Default 3s; negative:
+	// never.
+	PeerTimeout time.Duration
+}
+
+// DefaultPeerTimeout is PoolConfig.PeerTimeout's default.
+const DefaultPeerTimeout = 3 * time.Second
+
 // Pool keeps one multiplexed connection per peer address.
 type Pool struct {
 	log      *slog.Logger
 	maxFrame int
+	peerTO   time.Duration
+	dialFn   func(ctx context.Context, addr string) (net.Conn, error)
 	h        Handler // serves frames the peers push on dialed connections
 
 	mu     sync.Mutex
@@ -233,9 +305,22 @@ type poolEntry struct {
 	err   error
 }
 
-// NewPool returns an empty pool.
+// NewPool returns an empty pool with the default PoolConfig but for
+// maxFrame and log.
 func NewPool(maxFrame int, log *slog.Logger) *Pool {
-	return &Pool{log: log, maxFrame: maxFrame, conns: make(map[string]*poolEntry)}
+	return NewPoolWith(PoolConfig{MaxFrame: maxFrame, Logger: log})
+}
+
+// NewPoolWith returns an empty pool.
+func NewPoolWith(cfg PoolConfig) *Pool {
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	if cfg.PeerTimeout == 0 {
+		cfg.PeerTimeout = DefaultPeerTimeout
+	}
+	return &Pool{log: cfg.Logger, maxFrame: cfg.MaxFrame, peerTO: max(cfg.PeerTimeout, 0), dialFn: cfg.Dial, conns: make(map[string]*poolEntry)}
 }
 
 // SetHandler sets the handler of frames that peers send on connections this
@@ -278,7 +363,7 @@ func (p *Pool) Get(ctx context.Context, addr string) (*Conn, error) {
 		select {
 		case <-e.ready:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: dial %s: %v", api.ErrTimeout, addr, ctx.Err())
+			return nil, fmt.Errorf("%w: dial %s: %w", api.ErrUnavailable, addr, ctx.Err())
 		}
 		if e.err != nil {
 			return nil, e.err
@@ -300,22 +385,24 @@ func (p *Pool) Get(ctx context.Context, addr string) (*Conn, error) {
 }
 
 func (p *Pool) dial(ctx context.Context, addr string) (*Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := p.dialFn(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("%w: dial %s: %v", api.ErrUnavailable, addr, err)
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		return nil, fmt.Errorf("%w: dial %s: %w", api.ErrUnavailable, addr, err)
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
 	if _, err := nc.Write([]byte{PreambleGrid}); err != nil {
 		_ = nc.Close()
-		return nil, fmt.Errorf("%w: dial %s: %v", api.ErrUnavailable, addr, err)
+		return nil, fmt.Errorf("%w: dial %s: %w", api.ErrUnavailable, addr, err)
 	}
 	p.mu.Lock()
 	h := p.h
 	p.mu.Unlock()
-	return NewConn(nc, h, p.maxFrame, p.log), nil
+	return NewConnWith(nc, h, ConnConfig{MaxFrame: p.maxFrame, Logger: p.log, PeerTimeout: p.peerTO}), nil
 }
 
 // Close closes every pooled connection.

@@ -41,6 +41,7 @@ package cluster
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -163,6 +164,7 @@ type msim struct {
 	leases       map[string]int // the leader's last renewal per name
 	leadingSince int
 	reports      []mreport
+	idle         *StepInput // the last inputs without reports that changed nothing
 	conns        []*mconn
 	connSeq      int
 	fills        []mfill
@@ -374,11 +376,19 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 		}
 	}
 	cur := s.newest()
-	next, res := Next(StepInput{Cur: cur, Live: live, Partitions: s.cfg.partitions, Backups: s.cfg.backups, Reports: reports,
-		MaxInFlight: s.cfg.maxInFlight, Draining: draining, Leased: s.leased(live), Gone: gone})
+	in := StepInput{Cur: cur, Live: live, Partitions: s.cfg.partitions, Backups: s.cfg.backups, Reports: reports,
+		MaxInFlight: s.cfg.maxInFlight, Draining: draining, Leased: s.leased(live), Gone: gone}
+	if len(reports) == 0 && s.idle != nil && sameInput(*s.idle, in) {
+		return // Next is pure: it left the table unchanged for these inputs
+	}
+	next, res := Next(in)
 	if next == cur {
+		if len(reports) == 0 {
+			s.idle = &in
+		}
 		return
 	}
+	s.idle = nil
 	s.stats.tables++
 	s.stats.promoted += res.Promoted
 	s.stats.switched += res.Switched
@@ -393,6 +403,11 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 	s.tables = append(s.tables, next)
 	s.committed = append(s.committed, s.now)
 	s.updateBudget()
+}
+
+func sameInput(a, b StepInput) bool {
+	return a.Cur == b.Cur && slices.Equal(a.Live, b.Live) && maps.Equal(a.Draining, b.Draining) &&
+		maps.Equal(a.Leased, b.Leased) && maps.Equal(a.Gone, b.Gone)
 }
 
 // checkLoss: a partition restarted empty (Fresh at a new epoch) loses its

@@ -372,3 +372,81 @@ func TestReportOfPredecessorIgnored(t *testing.T) {
 		t.Fatal("reports about b-2 were ignored")
 	}
 }
+
+// A member that failed and then restarted under the same name is a new,
+// empty incarnation even though the tables in between no longer listed it
+// as live: partitions that waited for its lease promote a backup, and a
+// partition whose only copy it held is declared lost, never handed to the
+// empty successor at the same epoch.
+func TestRestartAfterFailureIsNewIncarnation(t *testing.T) {
+	ids := func(ids ...string) []wire.Member {
+		var out []wire.Member
+		for _, id := range ids {
+			out = append(out, wire.Member{Name: id[:1], RPC: id[:1] + ":1", ID: id})
+		}
+		return out
+	}
+	for _, backups := range []int{1, 0} {
+		tab := converge(t, nil, ids("a-1", "b-1", "c-1"), 16, backups)
+		// b fails; its lease may still be valid, so its partitions wait.
+		held, _ := Next(StepInput{Cur: tab, Live: ids("a-1", "c-1"), Partitions: 16, Backups: backups, MaxInFlight: 16, Leased: map[string]bool{"b": true}})
+		// b restarts, empty, before its lease lapsed.
+		after, res := Next(StepInput{Cur: held, Live: ids("a-1", "b-2", "c-1"), Partitions: 16, Backups: backups, MaxInFlight: 16})
+		n := 0
+		for p, part := range after.Partitions {
+			old := tab.Partitions[p]
+			if old.Primary != "b" {
+				continue
+			}
+			n++
+			if part.Epoch == old.Epoch || (part.Primary == "b" && !part.Fresh) {
+				t.Fatalf("backups=%d: partition %d handed b-1's primacy to the empty b-2: %+v -> %+v", backups, p, old, part)
+			}
+		}
+		if n == 0 {
+			t.Fatalf("backups=%d: b led no partition", backups)
+		}
+		if backups == 0 && res.Lost != n {
+			t.Fatalf("backups=0: lost %d of b's %d partitions: %+v", res.Lost, n, res)
+		}
+	}
+}
+
+// When a primary and its in-sync backup fail together, the backup's copy
+// is complete (nothing commits without it). If the primary then comes back
+// empty, the partition must wait for the backup, not restart empty: its
+// copy is not certainly gone.
+func TestFailedBackupKeptWhilePrimaryDown(t *testing.T) {
+	ids := func(ids ...string) []wire.Member {
+		var out []wire.Member
+		for _, id := range ids {
+			out = append(out, wire.Member{Name: id[:1], RPC: id[:1] + ":1", ID: id})
+		}
+		return out
+	}
+	tab := converge(t, nil, ids("a-1", "b-1", "c-1"), 32, 1)
+	var bc []int // partitions led by b with their only backup on c
+	for p, part := range tab.Partitions {
+		if part.Primary == "b" && slices.Equal(part.Backups, []string{"c"}) {
+			bc = append(bc, p)
+		}
+	}
+	if len(bc) == 0 {
+		t.Fatal("no partition led by b and backed up by c")
+	}
+	down, _ := Next(StepInput{Cur: tab, Live: ids("a-1"), Partitions: 32, Backups: 1, MaxInFlight: 32})
+	// b restarts empty; c's copy may still come back.
+	reborn, res := Next(StepInput{Cur: down, Live: ids("a-1", "b-2"), Partitions: 32, Backups: 1, MaxInFlight: 32})
+	for _, p := range bc {
+		if part := reborn.Partitions[p]; part.Fresh || part.Primary != "c" {
+			t.Fatalf("partition %d restarted empty while c may hold its copy (lost %d): %+v", p, res.Lost, part)
+		}
+	}
+	// c returns: it serves what it held.
+	back := converge(t, reborn, ids("a-1", "b-2", "c-1"), 32, 1)
+	for _, p := range bc {
+		if part := back.Partitions[p]; part.Fresh || part.Epoch <= tab.Partitions[p].Epoch {
+			t.Fatalf("partition %d after c returned: %+v", p, part)
+		}
+	}
+}

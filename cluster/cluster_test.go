@@ -131,8 +131,8 @@ func TestAuthorityVotersAndLeaderFailure(t *testing.T) {
 			return
 		}
 		tab := l.c.Table()
-		for p, part := range tab.Partitions {
-			for _, r := range reportsFor(p, part) {
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
 				_ = l.c.HandleSynced(r)
 			}
 		}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -114,6 +115,7 @@ func Clone(t *wire.Table) *wire.Table {
 		c.Partitions[i] = p
 		c.Partitions[i].Backups = slices.Clone(p.Backups)
 		c.Partitions[i].Pending = slices.Clone(p.Pending)
+		c.Partitions[i].PendingSince = maps.Clone(p.PendingSince)
 	}
 	return &c
 }
@@ -171,6 +173,7 @@ type stepper struct {
 	names  []string          // target members (live, not draining)
 	want   int               // backups wanted per partition
 	tgt    Placement
+	next   uint64 // the version the next table gets if anything changes
 }
 
 // Next computes the next table. It returns in.Cur itself, unchanged, if
@@ -206,7 +209,10 @@ type stepper struct {
 // migration or drop touches them, so a paused primary never serves a read
 // after its backup took over.
 func Next(in StepInput) (*wire.Table, StepResult) {
-	s := &stepper{in: in, alive: map[string]bool{}, reborn: map[string]bool{}, ids: map[string]string{}}
+	s := &stepper{in: in, alive: map[string]bool{}, reborn: map[string]bool{}, ids: map[string]string{}, next: 1}
+	if in.Cur != nil {
+		s.next = in.Cur.Version + 1
+	}
 	curIDs := map[string]string{}
 	if in.Cur != nil {
 		for _, m := range in.Cur.Members {
@@ -270,8 +276,10 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 		}
 		s.dropUnwanted(p)
 	}
-	for _, part := range s.t.Partitions {
+	for i := range s.t.Partitions {
+		part := &s.t.Partitions[i]
 		s.res.InFlight += len(part.Pending)
+		prunePendingSince(part)
 	}
 	s.res.Converged = Converged(s.t, s.names, in.Backups)
 	s.setMembers()
@@ -307,6 +315,18 @@ func named(t *wire.Table, name string) bool {
 		}
 	}
 	return false
+}
+
+// prunePendingSince forgets the versions of members no longer pending.
+func prunePendingSince(part *wire.Part) {
+	for n := range part.PendingSince {
+		if !slices.Contains(part.Pending, n) {
+			delete(part.PendingSince, n)
+		}
+	}
+	if len(part.PendingSince) == 0 {
+		part.PendingSince = nil
+	}
 }
 
 // waiting: the partition's primary failed and its lease may be valid.
@@ -427,7 +447,10 @@ func (s *stepper) applyReports() {
 			s.res.Changed = true
 			continue
 		}
-		if !slices.Contains(part.Pending, r.Node) {
+		if !slices.Contains(part.Pending, r.Node) || r.Version < part.PendingSince[r.Node] {
+			// Not pending, or a report about an earlier fill of this
+			// member, sent before the table that last added it: writes
+			// acknowledged while it was out of the table may be missing.
 			continue
 		}
 		part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == r.Node })
@@ -470,6 +493,10 @@ func (s *stepper) addMigrations(p, inFlight int) int {
 			continue
 		}
 		part.Pending = append(part.Pending, n)
+		if part.PendingSince == nil {
+			part.PendingSince = map[string]uint64{}
+		}
+		part.PendingSince[n] = s.next
 		inFlight++
 		s.res.Added++
 		s.res.Changed = true

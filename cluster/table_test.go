@@ -23,8 +23,8 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 	for i := 0; i < 100; i++ {
 		var reps []wire.SyncedReport
 		if cur != nil {
-			for p, part := range cur.Partitions {
-				reps = append(reps, reportsFor(p, part)...)
+			for p := range cur.Partitions {
+				reps = append(reps, reportsFor(cur, p)...)
 			}
 		}
 		next, res := Step(cur, live, parts, backups, reps, 64, nil)
@@ -46,13 +46,14 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 // reportsFor is what a partition's primary reports once every replica
 // acknowledged its snapshot: its pending replicas are filled and its former
 // primary is fenced.
-func reportsFor(p int, part wire.Part) []wire.SyncedReport {
+func reportsFor(t *wire.Table, p int) []wire.SyncedReport {
 	var reps []wire.SyncedReport
+	part := t.Partitions[p]
 	for _, n := range part.Pending {
-		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n, Version: t.Version})
 	}
 	if part.Former != "" {
-		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: part.Former})
+		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: part.Former, Version: t.Version})
 	}
 	return reps
 }
@@ -165,8 +166,8 @@ func TestDrainingMemberHandsEverythingOver(t *testing.T) {
 	drain := map[string]bool{"b": true}
 	for i := 0; i < 50; i++ {
 		var reps []wire.SyncedReport
-		for p, part := range tab.Partitions {
-			reps = append(reps, reportsFor(p, part)...)
+		for p := range tab.Partitions {
+			reps = append(reps, reportsFor(tab, p)...)
 		}
 		next, res := Step(tab, live, 271, 1, reps, 64, drain)
 		if res.Lost > 0 || res.Promoted > 0 {
@@ -273,8 +274,8 @@ func TestPlannedMoveKeepsFormerUntilFenced(t *testing.T) {
 				// Report pending replicas filled, but no former fenced
 				// before the step after its switch.
 				var reps []wire.SyncedReport
-				for p, part := range tab.Partitions {
-					reps = append(reps, reportsFor(p, part)...)
+				for p := range tab.Partitions {
+					reps = append(reps, reportsFor(tab, p)...)
 				}
 				next, res := Step(tab, tc.live, 64, 1, reps, 64, tc.drain)
 				if !res.Changed {
@@ -346,7 +347,7 @@ func TestReportOfPredecessorIgnored(t *testing.T) {
 	var reps []wire.SyncedReport
 	for p, part := range next.Partitions {
 		if slices.Contains(part.Pending, "b") {
-			reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: "b", ID: "b-1"})
+			reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: "b", ID: "b-1", Version: next.Version})
 		}
 	}
 	if len(reps) == 0 {
@@ -448,5 +449,31 @@ func TestFailedBackupKeptWhilePrimaryDown(t *testing.T) {
 		if part := back.Partitions[p]; part.Fresh || part.Epoch <= tab.Partitions[p].Epoch {
 			t.Fatalf("partition %d after c returned: %+v", p, part)
 		}
+	}
+}
+
+// A fill report sent under a table older than the one that last added the
+// replica as pending describes an earlier fill (before the replica was
+// dropped and re-added): writes acknowledged in between may be missing, so
+// it must not make the replica in-sync. Found by the model test.
+func TestStaleFillReportAfterReAddIgnored(t *testing.T) {
+	tab := converge(t, nil, members("a", "b", "c"), 8, 1)
+	cur := Clone(tab)
+	cur.Version = 20
+	part := &cur.Partitions[0]
+	r := part.Backups[0] // the target's backup, dropped and re-added
+	part.Backups = nil
+	part.Pending = []string{r}
+	part.PendingSince = map[string]uint64{r: 18}
+	stale := wire.SyncedReport{Partition: 0, Epoch: part.Epoch, Node: r, Version: 17}
+	next, _ := Step(cur, members("a", "b", "c"), 8, 1, []wire.SyncedReport{stale}, 64, nil)
+	if slices.Contains(next.Partitions[0].Backups, r) {
+		t.Fatalf("a report from table 17 made %s in-sync; it was re-added at 18", r)
+	}
+	fresh := stale
+	fresh.Version = 18
+	next, _ = Step(cur, members("a", "b", "c"), 8, 1, []wire.SyncedReport{fresh}, 64, nil)
+	if !slices.Contains(next.Partitions[0].Backups, r) || next.Partitions[0].PendingSince != nil {
+		t.Fatalf("a current report was ignored: %+v", next.Partitions[0])
 	}
 }

@@ -219,6 +219,13 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	p.syncedEpoch = ch.Epoch
 	p.complete = true
 	p.incoming = nil
+	if p.orphanSince != 0 {
+		// The snapshot came before the table naming this node a replica:
+		// the data is new, and its grace period starts now, or the next
+		// orphan sweep could wipe a copy the primary is about to report
+		// filled.
+		p.orphanSince = nowNano()
+	}
 	return ch.LSN, nil
 }
 

@@ -451,6 +451,10 @@ type Part struct {
 	// a loss the authority accepted). A replica takes primacy without a
 	// complete copy only of a Fresh partition.
 	Fresh bool
+	// PendingSince is the table version that (last) added each Pending
+	// member: a synced report sent under an older table describes an
+	// earlier fill of that member and is ignored.
+	PendingSince map[string]uint64
 }
 
 // Table is a committed partition table. Version grows with every commit.

@@ -1,0 +1,239 @@
+package grid_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/grid/gridtest"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// Review attacks (h-review): tests that try to break the replication
+// guarantees. A test that fails here pins a defect; see its comment.
+
+// bigPartitions writes perPart values of size bytes into every partition
+// of a cluster with few partitions, through nd, and returns them.
+func bigPartitions(t *testing.T, nd *grid.Node, keys, size int) map[string]string {
+	t.Helper()
+	ctx := ctxT(t, 120*time.Second)
+	m := nd.Map("big")
+	want := make(map[string]string, keys)
+	for i := range keys {
+		k := fmt.Sprintf("big-%d", i)
+		v := fmt.Sprintf("%s-%0*d", k, size, i)
+		if err := m.Put(ctx, k, []byte(v)); err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+		want[k] = v
+	}
+	return want
+}
+
+func checkMap(t *testing.T, nd *grid.Node, name string, want map[string]string) {
+	t.Helper()
+	ctx := ctxT(t, 60*time.Second)
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	got, err := nd.Map(name).GetAll(ctx, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := 0
+	for k, v := range want {
+		if string(got[k]) != v {
+			if lost < 5 {
+				t.Errorf("acknowledged %s: got %d bytes, want %d", k, len(got[k]), len(v))
+			}
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of %d acknowledged keys lost", lost, len(want))
+	}
+}
+
+// Defect: snapshot chunks are cut at a fixed 1 MiB (snapshotChunkBytes in
+// grid/replicate.go) whatever Config.MaxFrame is. Validate accepts any
+// MaxFrame >= 64 KiB, so with MaxFrame below ~1.1 MiB a partition holding
+// more than MaxFrame of data can never be copied: conn.Start refuses the
+// chunk (ErrFrameTooLarge), syncStream gives up and the fill retries every
+// 100 ms forever. A join never converges and a lost backup is never
+// replaced.
+func TestBreakSnapshotChunkExceedsSmallMaxFrame(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	small := func(cfg *grid.Config) {
+		cfg.Partitions = 4
+		cfg.MaxFrame = 256 << 10 // valid: >= 64 KiB
+		cfg.MaxValueSize = 64 << 10
+	}
+	c := gridtest.New(t, 2, func(_ int, cfg *grid.Config) { small(cfg) })
+	c.WaitStable(30 * time.Second)
+	// 2 MiB of 16 KiB values: every write is far below the limits.
+	want := bigPartitions(t, c.Nodes[0], 128, 16<<10)
+	c.Add(small)
+	// Fails: the new member's fills never complete (a control run with
+	// the default MaxFrame converges in a few seconds).
+	c.WaitStable(60 * time.Second)
+	checkMap(t, c.Nodes[2], "big", want)
+}
+
+// Defect: a replication record is checked only by the sender name it
+// claims (checkSender with checkHost=false, and no tie to the connection
+// that delivered the epoch's snapshot). One forged record naming the real
+// primary at the current epoch with the next LSN is applied by the backup;
+// the primary's real record at that LSN is then taken as a duplicate and
+// acknowledged without being applied, so the backup silently diverges and
+// the acknowledged write is lost when the primary fails.
+// Expected: the forged frame is refused (not over the primary's stream).
+// Observed: accepted; CheckReplicas reports a digest difference.
+func TestBreakForgedRecordAtCurrentEpoch(t *testing.T) {
+	c := threeNodes(t)
+	target := c.Nodes[1]
+	tab := target.Table()
+	pid := -1
+	for p, part := range tab.Partitions {
+		if len(part.Backups) > 0 && part.Backups[0] == target.Name() && part.Primary != c.Nodes[0].Name() {
+			pid = p
+			break
+		}
+	}
+	if pid < 0 {
+		t.Fatal("no partition backed up by n1 and led by n2")
+	}
+	primary := c.Node(tab.Partitions[pid].Primary)
+	bi := target.Inspect(pid)
+	conn := rawConn(t, target.RPCAddr())
+	forged := &wire.ReplicateRequest{Partition: int32(pid), Epoch: bi.Epoch, From: primary.Name(), Record: wire.Record{
+		LSN:  bi.LSN + 1,
+		Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "forged", Key: keyIn(pid, tab), Value: []byte("evil")}},
+	}}
+	ferr := conn.Call(ctxT(t, 10*time.Second), wire.MsgReplicate, forged, nil)
+	// The real write at that LSN, acknowledged by the primary.
+	key := keyIn(pid, tab)
+	if err := primary.Map("real").Put(ctxT(t, 10*time.Second), key, []byte("acked")); err != nil {
+		t.Fatal(err)
+	}
+	if ferr == nil {
+		t.Errorf("forged record from a non-member connection accepted (partition %d epoch %d lsn %d)", pid, bi.Epoch, bi.LSN+1)
+	}
+	if err := c.CheckReplicas(5 * time.Second); err != nil {
+		t.Fatalf("after a forged record: %v", err)
+	}
+}
+
+// Attack: a join moves primaries; the former primaries are stalled (they
+// never ack the new primary's fencing snapshot), the new member is killed
+// before any former was fenced, then the formers wake up. No acknowledged
+// write may be lost, no write may be acknowledged while a former is
+// unfenced, and the cluster converges.
+func TestBreakJoinKillNewPrimaryBeforeFormerFenced(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	cfg := func(cfg *grid.Config) { cfg.Partitions = 16; cfg.RequestTimeout = 2 * time.Second }
+	c := gridtest.New(t, 2, func(_ int, c *grid.Config) { cfg(c) })
+	c.WaitStable(30 * time.Second)
+	want := writeIdle(t, c.Nodes[0], 400)
+	c.Nodes[0].StallReplication(true)
+	c.Nodes[1].StallReplication(true)
+	stalled := true
+	defer func() {
+		if stalled {
+			c.Nodes[0].StallReplication(false)
+			c.Nodes[1].StallReplication(false)
+		}
+	}()
+	i := c.Add(cfg)
+	newName := c.Nodes[i].Name()
+	// Wait until the authority moved some primary to the new member with an
+	// unfenced former.
+	var moved []int
+	deadline := time.Now().Add(30 * time.Second)
+	for len(moved) == 0 && time.Now().Before(deadline) {
+		tab := c.Nodes[0].Cluster().Table()
+		for p, part := range tab.Partitions {
+			if part.Primary == newName && part.Former != "" {
+				moved = append(moved, p)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(moved) == 0 {
+		t.Fatal("no primary moved to the new member")
+	}
+	// A write to a moved partition must not be acknowledged while its
+	// former is unfenced (the former is an in-sync backup).
+	tab := c.Nodes[0].Cluster().Table()
+	pid := moved[0]
+	key := keyIn(pid, tab)
+	deadlineCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	perr := c.Nodes[i].Map("idle").Put(deadlineCtx, key, []byte("during"))
+	cancel()
+	if perr == nil {
+		t.Logf("write to partition %d acknowledged while former %s is stalled", pid, tab.Partitions[pid].Former)
+		want[key] = "during"
+	} else if !errors.Is(perr, grid.ErrTimeout) && !errors.Is(perr, grid.ErrReplication) {
+		t.Errorf("write during unfenced former: %v, want outcome unknown", perr)
+	}
+	c.Kill(i)
+	c.Nodes[0].StallReplication(false)
+	c.Nodes[1].StallReplication(false)
+	stalled = false
+	c.WaitStable(60 * time.Second)
+	checkIdle(t, c.Nodes[0], want)
+	if err := c.CheckReplicas(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Attack: a large partition is being copied to a joining member when its
+// source (the primary) is killed mid-transfer. The joiner must not be
+// promoted with a partial copy; every acknowledged key survives.
+func TestBreakKillSourceMidSnapshot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	cfg := func(cfg *grid.Config) { cfg.Partitions = 4; cfg.Backups = 1 }
+	c := gridtest.New(t, 2, func(_ int, c *grid.Config) { cfg(c) })
+	c.WaitStable(30 * time.Second)
+	// 4 partitions x ~6 MiB: several chunks each.
+	want := bigPartitions(t, c.Nodes[0], 384, 64<<10)
+	i := c.Add(cfg)
+	newName := c.Nodes[i].Name()
+	var victim string
+	deadline := time.Now().Add(30 * time.Second)
+	for victim == "" && time.Now().Before(deadline) {
+		for _, part := range c.Nodes[0].Cluster().Table().Partitions {
+			for _, pn := range part.Pending {
+				if pn == newName {
+					victim = part.Primary
+				}
+			}
+		}
+		if victim == "" {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if victim == "" {
+		t.Fatal("no fill towards the new member seen")
+	}
+	for j, nd := range c.Nodes {
+		if nd != nil && nd.Name() == victim {
+			c.Kill(j)
+			break
+		}
+	}
+	c.WaitStable(90 * time.Second)
+	checkMap(t, c.Nodes[i], "big", want)
+	if err := c.CheckReplicas(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -125,7 +125,17 @@ func TestBreakForgedRecordAtCurrentEpoch(t *testing.T) {
 		t.Errorf("forged record from a non-member connection accepted (partition %d epoch %d lsn %d)", pid, bi.Epoch, bi.LSN+1)
 	}
 	if err := c.CheckReplicas(5 * time.Second); err != nil {
-		t.Fatalf("after a forged record: %v", err)
+		t.Errorf("after a forged record: %v", err)
+	}
+	// The primary fails: the backup takes over without the acknowledged write.
+	for j, nd := range c.Nodes {
+		if nd == primary {
+			c.Kill(j)
+		}
+	}
+	c.WaitStable(60 * time.Second)
+	if v, err := target.Map("real").Get(ctxT(t, 10*time.Second), key); err != nil || string(v) != "acked" {
+		t.Fatalf("acknowledged write after failover: %q, %v", v, err)
 	}
 }
 

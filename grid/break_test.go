@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/wire"
@@ -245,5 +246,111 @@ func TestBreakKillSourceMidSnapshot(t *testing.T) {
 	checkMap(t, c.Nodes[i], "big", want)
 	if err := c.CheckReplicas(30 * time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Attack: a primary dies; its backup is promoted and starts the
+// promotion snapshot of the other backup (a large partition); the new
+// primary is killed as soon as the table names it, mid-transfer. The last
+// backup must keep (and be promoted with) its previous complete copy.
+// Five nodes, and the first victim is not a raft voter (n3 or n4), so the
+// authority keeps its majority after the two kills.
+func TestBreakKillNewPrimaryMidPromotionSnapshot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	cfg := func(_ int, cfg *grid.Config) { cfg.Partitions = 8; cfg.Backups = 2 }
+	c := gridtest.New(t, 5, cfg)
+	c.WaitStable(60 * time.Second)
+	want := bigPartitions(t, c.Nodes[0], 512, 64<<10)
+	tab := c.Nodes[0].Table()
+	pid := -1
+	for p, part := range tab.Partitions {
+		if part.Primary == "n3" || part.Primary == "n4" {
+			pid = p
+			break
+		}
+	}
+	if pid < 0 {
+		t.Skip("no partition led by a non-voter")
+	}
+	first := tab.Partitions[pid].Primary
+	idx := map[string]int{}
+	for j, nd := range c.Nodes {
+		idx[nd.Name()] = j
+	}
+	c.Kill(idx[first])
+	watcher := c.Nodes[0]
+	var second string
+	deadline := time.Now().Add(30 * time.Second)
+	for second == "" && time.Now().Before(deadline) {
+		if tb := watcher.Cluster().Table(); tb != nil && tb.Partitions[pid].Primary != first {
+			second = tb.Partitions[pid].Primary
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if second == "" {
+		t.Fatal("partition never promoted")
+	}
+	t.Logf("partition %d: killed %s, then the promoted %s", pid, first, second)
+	c.Kill(idx[second])
+	c.WaitStable(90 * time.Second)
+	checkMap(t, c.Live()[0], "big", want)
+	if err := c.CheckReplicas(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Attack on the dedup bounds: client X's INCR is applied, its answer is
+// lost, and before X retries (same session, as the router does) another
+// client's SET ... GET returns an old value above the partition's 1 MiB
+// session budget. trimSessions then drops every other session of the
+// partition, so X's retry applies a second time and answers success.
+// ARCHITECTURE.md documents that a dropped session's retry "would apply
+// again", but here one ordinary write (a 1.1 MiB value, far below
+// MaxValueSize) suffices to wipe every client's dedup state at once: the
+// budget is spent by the newest session, and the others pay.
+// Expected: the retry answers the first result (INCR = 1). Observed: 2.
+func TestBreakLargeResultEvictsOtherSessions(t *testing.T) {
+	c := gridtest.New(t, 1, nil)
+	nd := c.Nodes[0]
+	if err := nd.WaitReady(ctxT(t, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	tab := nd.Table()
+	pid := 3
+	key := keyIn(pid, tab)
+	var big string
+	for i := 0; big == ""; i++ {
+		if k := fmt.Sprintf("big%d", i); affinity.Partition(k, len(tab.Partitions)) == pid {
+			big = k
+		}
+	}
+	incr := &wire.MapRequest{Version: tab.Version, Partition: int32(pid), Op: wire.OpIncr, Map: "ctr", Key: key, Delta: 1,
+		Session: wire.Session{Client: 7, Seq: 1, Low: 1}}
+	var r1 wire.MapResponse
+	if err := rawCall(t, nd.RPCAddr(), wire.MsgMap, incr, &r1); err != nil || r1.Int != 1 {
+		t.Fatalf("first incr: %+v %v", r1, err)
+	}
+	// Another client: put a 1.1 MiB value, then SET ... GET it.
+	val := make([]byte, 1100<<10)
+	put := &wire.MapRequest{Version: tab.Version, Partition: int32(pid), Op: wire.OpPut, Map: "ctr", Key: big, Value: val,
+		Session: wire.Session{Client: 8, Seq: 1, Low: 1}}
+	if err := rawCall(t, nd.RPCAddr(), wire.MsgMap, put, &wire.MapResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	setGet := &wire.MapRequest{Version: tab.Version, Partition: int32(pid), Op: wire.OpSet, Flags: wire.SetReturnOld, Map: "ctr", Key: big, Value: []byte("x"),
+		Session: wire.Session{Client: 8, Seq: 2, Low: 2}}
+	if err := rawCall(t, nd.RPCAddr(), wire.MsgMap, setGet, &wire.MapResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	var r2 wire.MapResponse
+	err := rawCall(t, nd.RPCAddr(), wire.MsgMap, incr, &r2)
+	if err == nil && r2.Int != r1.Int {
+		t.Fatalf("retry of (client 7, seq 1) applied twice: first answer %d, retry %d", r1.Int, r2.Int)
+	}
+	if err != nil && !errors.Is(err, grid.ErrStaleSequence) {
+		t.Fatalf("retry: %v", err)
 	}
 }

@@ -16,8 +16,8 @@ import (
 // Review attacks (h-review): tests that try to break the replication
 // guarantees. A test that fails here pins a defect; see its comment.
 
-// bigPartitions writes perPart values of size bytes into every partition
-// of a cluster with few partitions, through nd, and returns them.
+// bigPartitions writes keys values of about size bytes through nd (into a
+// cluster with few partitions, so each partition is large) and returns them.
 func bigPartitions(t *testing.T, nd *grid.Node, keys, size int) map[string]string {
 	t.Helper()
 	ctx := ctxT(t, 120*time.Second)
@@ -207,7 +207,9 @@ func TestBreakJoinKillNewPrimaryBeforeFormerFenced(t *testing.T) {
 
 // Attack: a large partition is being copied to a joining member when its
 // source (the primary) is killed mid-transfer. The joiner must not be
-// promoted with a partial copy; every acknowledged key survives.
+// promoted with a partial copy; every acknowledged key survives. The kill
+// follows the first table naming the joiner pending, so it usually lands
+// during the transfer, but nothing guarantees it.
 func TestBreakKillSourceMidSnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")

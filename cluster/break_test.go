@@ -20,7 +20,7 @@ import (
 // stream when it installs j; the re-added replica gets a new stream whose
 // snapshot may still be in flight). Promoting it then loses the writes
 // committed between j and its new snapshot.
-// Expected: the stale report is ignored. Observed: n becomes a backup.
+// Expected: the stale report is ignored. Observed before the fix: n becomes a backup.
 // The schedule is found by a random walk of joins and kills with no report
 // delivered (so pending replicas stay pending while the target moves).
 func TestBreakStaleReportAfterPendingDroppedAndReadded(t *testing.T) {

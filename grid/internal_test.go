@@ -181,7 +181,7 @@ func TestSnapshotChunksBoundedByEncodedSize(t *testing.T) {
 		lsn++
 		p.applyRecord(rec(c, 1, 0, lsn, make([]byte, 1<<10)), 1)
 	}
-	chunks := p.snapshot("n0", 1)
+	chunks := p.snapshot("n0", snapshotChunkBytes, 1)
 	if len(chunks) < 3 {
 		t.Fatalf("%d chunks", len(chunks))
 	}

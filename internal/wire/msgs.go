@@ -341,7 +341,8 @@ type SnapSession struct {
 	Seqs     []uint64
 	Results  []MapResponse
 	Seen     int64
-	Last     uint64 // LSN of the session's latest result (eviction order)
+	Last     uint64   // LSN of the session's latest result (eviction order)
+	NoValue  []uint64 // seqs whose returned value was not kept
 }
 
 // SnapshotChunk carries part of a partition's state at LSN. First resets

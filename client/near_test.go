@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -17,16 +18,7 @@ func TestNearCacheInvalidation(t *testing.T) {
 	c := gridtest.New(t, 3, nil)
 	c.WaitStable(30 * time.Second)
 	ctx := ctxT(t, 60*time.Second)
-	reader, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[0].RPCAddr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close()
-	writer, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[1].RPCAddr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer writer.Close()
+	reader, writer := readerWriter(t, ctx, c)
 	near := reader.Map("nc", client.WithNearCache(client.NearCacheConfig{}))
 	other := writer.Map("nc")
 
@@ -107,16 +99,7 @@ func TestNearCacheNotStaleAfterJoin(t *testing.T) {
 	c := gridtest.New(t, 2, nil)
 	c.WaitStable(30 * time.Second)
 	ctx := ctxT(t, 90*time.Second)
-	reader, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[0].RPCAddr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close()
-	writer, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[1].RPCAddr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer writer.Close()
+	reader, writer := readerWriter(t, ctx, c)
 	near := reader.Map("nj", client.WithNearCache(client.NearCacheConfig{MaxStaleness: time.Minute}))
 	other := writer.Map("nj")
 	const n = 300
@@ -180,4 +163,19 @@ func TestNearCacheNotStaleAfterJoin(t *testing.T) {
 	if stale > 0 {
 		t.Fatalf("%d of %d near-cached reads stale after the reader installed the table naming the joined member", stale, n)
 	}
+}
+
+// readerWriter dials one client through node 0 and one through node 1,
+// closed when the test ends.
+func readerWriter(t *testing.T, ctx context.Context, c *gridtest.Cluster) (reader, writer *client.Client) {
+	t.Helper()
+	for i, p := range []**client.Client{&reader, &writer} {
+		cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.Nodes[i].RPCAddr()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close() })
+		*p = cl
+	}
+	return reader, writer
 }

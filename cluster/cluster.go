@@ -571,6 +571,16 @@ func (c *Cluster) reconcileVoters() {
 	for _, s := range servers {
 		id := string(s.ID)
 		if _, ok := byID[id]; !ok && id != c.raftID {
+			if s.Suffrage == raft.Voter && !keepsMajority(servers, s.ID, byID, c.raftID) {
+				// Membership may wrongly see a live voter as gone (a
+				// slow node, a view not yet merged): removing it while
+				// another voter is dead would leave a configuration
+				// whose majority is dead, and the table frozen for good.
+				c.log.Warn("keeping raft voter: removing it would leave no live majority", "id", id)
+				known[id] = s.Suffrage
+				voters++
+				continue
+			}
 			if err := c.raft.RemoveServer(s.ID, 0, 5*time.Second).Error(); err != nil {
 				c.log.Warn("remove raft server", "id", id, "err", err)
 				return
@@ -602,6 +612,22 @@ func (c *Cluster) reconcileVoters() {
 			c.log.Info("added raft nonvoter", "member", m.Name, "id", m.RaftID)
 		}
 	}
+}
+
+// keepsMajority reports whether the voters left after removing id still
+// have a live majority (self counts as live).
+func keepsMajority(servers []raft.Server, id raft.ServerID, live map[string]MemberInfo, self string) bool {
+	total, alive := 0, 0
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter || s.ID == id {
+			continue
+		}
+		total++
+		if _, ok := live[string(s.ID)]; ok || string(s.ID) == self {
+			alive++
+		}
+	}
+	return alive > total/2
 }
 
 func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"github.com/hashicorp/raft"
 	"slices"
 	"sync"
 	"testing"
@@ -131,8 +132,8 @@ func TestAuthorityVotersAndLeaderFailure(t *testing.T) {
 			return
 		}
 		tab := l.c.Table()
-		for p, part := range tab.Partitions {
-			for _, r := range reportsFor(p, part) {
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
 				_ = l.c.HandleSynced(r)
 			}
 		}
@@ -183,4 +184,25 @@ func TestAuthorityVotersAndLeaderFailure(t *testing.T) {
 		}
 	}
 	t.Logf("final table version %d, voters %v", tab.Version, leader().c.Voters())
+}
+
+// The leader removes a voter membership does not see only if the voters
+// left keep a live majority: with one voter dead, removing a second one
+// that membership wrongly missed would leave a dead majority (seen under
+// load: the table froze after the authority leader was killed).
+func TestVoterRemovalKeepsLiveMajority(t *testing.T) {
+	servers := []raft.Server{
+		{ID: "a", Suffrage: raft.Voter}, {ID: "b", Suffrage: raft.Voter}, {ID: "c", Suffrage: raft.Voter},
+		{ID: "d", Suffrage: raft.Nonvoter},
+	}
+	live := map[string]MemberInfo{"b": {}, "d": {}} // a dead, c not seen
+	if keepsMajority(servers, "c", live, "b") {
+		t.Fatal("removing c leaves {a dead, b}: no live majority, must keep c")
+	}
+	if !keepsMajority(servers, "a", map[string]MemberInfo{"b": {}, "c": {}}, "b") {
+		t.Fatal("removing dead a leaves {b, c} alive: allowed")
+	}
+	if keepsMajority(servers, "a", live, "b") {
+		t.Fatal("removing a leaves {b, c unseen}: one of two is not a majority")
+	}
 }

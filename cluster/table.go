@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -114,6 +115,7 @@ func Clone(t *wire.Table) *wire.Table {
 		c.Partitions[i] = p
 		c.Partitions[i].Backups = slices.Clone(p.Backups)
 		c.Partitions[i].Pending = slices.Clone(p.Pending)
+		c.Partitions[i].PendingSince = maps.Clone(p.PendingSince)
 	}
 	return &c
 }
@@ -171,6 +173,7 @@ type stepper struct {
 	names  []string          // target members (live, not draining)
 	want   int               // backups wanted per partition
 	tgt    Placement
+	next   uint64 // the version the next table gets if anything changes
 }
 
 // Next computes the next table. It returns in.Cur itself, unchanged, if
@@ -179,10 +182,14 @@ type stepper struct {
 // each rule says what it must not undo of the earlier ones:
 //
 //  1. dropFailed: members that are not live leave every replica set, except
-//     an unfenced Former whose lease may still be valid.
+//     an unfenced Former whose lease may still be valid, and the in-sync
+//     backups of a partition whose primary is down (their copies are
+//     complete and may be the only ones left).
 //  2. promote: a partition whose primary is gone promotes an in-sync backup
-//     (epoch+1); with no backup left it stays unavailable unless every copy
-//     is certainly gone (then it restarts empty: Fresh, counted in Lost).
+//     (epoch+1): a live one, else, if the primary's copy is certainly gone,
+//     a failed one, which the partition then waits for. With no backup left
+//     it stays unavailable unless every copy is certainly gone (then it
+//     restarts empty: Fresh, counted in Lost).
 //  3. applyReports: synced reports for the current epoch and incarnation
 //     move pending replicas to the backups, and clear a fenced Former.
 //  4. switchPlanned: a target primary that is an in-sync backup takes over
@@ -193,12 +200,19 @@ type stepper struct {
 //  6. dropUnwanted: pending replicas the target no longer wants, and in-sync
 //     backups beyond the wanted count, are dropped; never a Former.
 //
+// The table's Members are the live members plus the failed members it still
+// names, with the incarnation id they had (setMembers): a name that comes
+// back is its own successor only under the same id.
+//
 // Partitions whose failed primary may still hold a read lease are left to
 // rules 1 and 2 only, which wait for the lease: no report, switch,
 // migration or drop touches them, so a paused primary never serves a read
 // after its backup took over.
 func Next(in StepInput) (*wire.Table, StepResult) {
-	s := &stepper{in: in, alive: map[string]bool{}, reborn: map[string]bool{}, ids: map[string]string{}}
+	s := &stepper{in: in, alive: map[string]bool{}, reborn: map[string]bool{}, ids: map[string]string{}, next: 1}
+	if in.Cur != nil {
+		s.next = in.Cur.Version + 1
+	}
 	curIDs := map[string]string{}
 	if in.Cur != nil {
 		for _, m := range in.Cur.Members {
@@ -229,13 +243,8 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 	} else {
 		s.t = Clone(in.Cur)
 	}
-	members := slices.Clone(in.Live)
-	slices.SortFunc(members, func(a, b wire.Member) int { return strings.Compare(a.Name, b.Name) })
-	if !slices.Equal(members, s.t.Members) {
-		s.t.Members = members
-		s.res.Changed = true
-	}
 	if len(in.Live) == 0 {
+		s.setMembers()
 		return finish(in.Cur, s.t, s.res)
 	}
 	s.want = min(in.Backups, len(s.names)-1)
@@ -267,11 +276,57 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 		}
 		s.dropUnwanted(p)
 	}
-	for _, part := range s.t.Partitions {
+	for i := range s.t.Partitions {
+		part := &s.t.Partitions[i]
 		s.res.InFlight += len(part.Pending)
+		prunePendingSince(part)
 	}
 	s.res.Converged = Converged(s.t, s.names, in.Backups)
+	s.setMembers()
 	return finish(in.Cur, s.t, s.res)
+}
+
+// setMembers lists the live members, and keeps the entry of every failed
+// member the table still names (a primary whose lease or return a partition
+// waits for, a former primary held under its lease). Without it a name that
+// failed and came back would look like the incarnation the table means
+// even when it restarted empty: only the kept id tells them apart.
+func (s *stepper) setMembers() {
+	members := slices.Clone(s.in.Live)
+	if s.in.Cur != nil {
+		for _, m := range s.in.Cur.Members {
+			if _, live := s.ids[m.Name]; !live && named(s.t, m.Name) {
+				members = append(members, m)
+			}
+		}
+	}
+	slices.SortFunc(members, func(a, b wire.Member) int { return strings.Compare(a.Name, b.Name) })
+	if !slices.Equal(members, s.t.Members) {
+		s.t.Members = members
+		s.res.Changed = true
+	}
+}
+
+// named reports whether t gives name any role in any partition.
+func named(t *wire.Table, name string) bool {
+	for _, p := range t.Partitions {
+		if p.Primary == name || p.Former == name || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// prunePendingSince forgets the versions of members no longer pending.
+func prunePendingSince(part *wire.Part) {
+	for n := range part.PendingSince {
+		if !slices.Contains(part.Pending, n) {
+			delete(part.PendingSince, n)
+		}
+	}
+	if len(part.PendingSince) == 0 {
+		part.PendingSince = nil
+	}
 }
 
 // waiting: the partition's primary failed and its lease may be valid.
@@ -284,10 +339,23 @@ func (s *stepper) formerHeld(part *wire.Part, n string) bool {
 	return n == part.Former && !s.alive[n] && !s.reborn[n] && s.in.Leased[n]
 }
 
-// Rule 1: members that are not live leave every replica set.
+// mayHoldCopy: a failed member whose copy may still exist (it did not
+// leave, and did not come back as a new incarnation).
+func (s *stepper) mayHoldCopy(n string) bool { return !s.reborn[n] && !s.in.Gone[n] }
+
+// keepBackup: a backup that stays in the replica set. Failed ones stay only
+// while their copy may be needed: a held former primary, or any backup of
+// a partition whose primary is down (nothing commits without the backups
+// then, so their copies are complete and may be the only ones left).
+func (s *stepper) keepBackup(part *wire.Part, n string) bool {
+	return s.alive[n] || s.formerHeld(part, n) || (!s.alive[part.Primary] && s.mayHoldCopy(n))
+}
+
+// Rule 1: members that are not live leave every replica set, except the
+// backups keepBackup keeps.
 func (s *stepper) dropFailed(p int) {
 	part := &s.t.Partitions[p]
-	nb := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] && !s.formerHeld(part, n) })
+	nb := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.keepBackup(part, n) })
 	np := slices.DeleteFunc(slices.Clone(part.Pending), func(n string) bool { return !s.alive[n] })
 	if len(nb) != len(part.Backups) || len(np) != len(part.Pending) {
 		s.res.Changed = true
@@ -299,7 +367,9 @@ func (s *stepper) dropFailed(p int) {
 	}
 }
 
-// Rule 2: a partition whose primary is gone promotes an in-sync backup.
+// Rule 2: a partition whose primary is gone promotes an in-sync backup: a
+// live one, or, when the primary's copy is certainly gone, a failed one
+// whose copy may return (the partition then waits for it).
 func (s *stepper) promote(p int) {
 	part := &s.t.Partitions[p]
 	if part.Primary != "" && (s.alive[part.Primary] || s.in.Leased[part.Primary]) {
@@ -309,22 +379,27 @@ func (s *stepper) promote(p int) {
 		return
 	}
 	cands := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] })
+	gone := s.in.Cur == nil || part.Primary == "" || !s.mayHoldCopy(part.Primary)
 	switch {
 	case len(cands) > 0:
 		pick := cands[0]
 		if slices.Contains(cands, s.tgt.Primary[p]) {
 			pick = s.tgt.Primary[p]
 		}
-		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == pick })
-		if part.Former == pick {
-			part.Former = ""
-		}
-		part.Primary = pick
-		part.Fresh = false
+		s.promoteBackup(part, pick)
+		// The failed backups kept while the primary was down leave now.
+		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return !s.alive[n] && !s.formerHeld(part, n) })
 		if s.in.Cur != nil {
 			s.res.Promoted++
 		}
-	case s.in.Cur == nil || part.Primary == "" || s.reborn[part.Primary] || s.in.Gone[part.Primary]:
+	case gone && len(part.Backups) > 0:
+		// Only failed backups are left, kept by rule 1 because their
+		// copies may return: the first becomes primary and the
+		// partition waits for it.
+		s.promoteBackup(part, part.Backups[0])
+		s.res.Promoted++
+		s.res.Unavailable++
+	case gone:
 		// Bootstrap, or every copy is certainly gone: start empty.
 		if s.in.Cur != nil && part.Primary != "" {
 			s.res.Lost++
@@ -342,6 +417,15 @@ func (s *stepper) promote(p int) {
 	}
 	s.res.Changed = true
 	part.Epoch++
+}
+
+func (s *stepper) promoteBackup(part *wire.Part, pick string) {
+	part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == pick })
+	if part.Former == pick {
+		part.Former = ""
+	}
+	part.Primary = pick
+	part.Fresh = false
 }
 
 // Rule 3: synced reports move pending replicas to the backups and clear a
@@ -363,7 +447,10 @@ func (s *stepper) applyReports() {
 			s.res.Changed = true
 			continue
 		}
-		if !slices.Contains(part.Pending, r.Node) {
+		if !slices.Contains(part.Pending, r.Node) || r.Version < part.PendingSince[r.Node] {
+			// Not pending, or a report about an earlier fill of this
+			// member, sent before the table that last added it: writes
+			// acknowledged while it was out of the table may be missing.
 			continue
 		}
 		part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == r.Node })
@@ -406,6 +493,10 @@ func (s *stepper) addMigrations(p, inFlight int) int {
 			continue
 		}
 		part.Pending = append(part.Pending, n)
+		if part.PendingSince == nil {
+			part.PendingSince = map[string]uint64{}
+		}
+		part.PendingSince[n] = s.next
 		inFlight++
 		s.res.Added++
 		s.res.Changed = true

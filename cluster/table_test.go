@@ -23,8 +23,8 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 	for i := 0; i < 100; i++ {
 		var reps []wire.SyncedReport
 		if cur != nil {
-			for p, part := range cur.Partitions {
-				reps = append(reps, reportsFor(p, part)...)
+			for p := range cur.Partitions {
+				reps = append(reps, reportsFor(cur, p)...)
 			}
 		}
 		next, res := Step(cur, live, parts, backups, reps, 64, nil)
@@ -46,13 +46,14 @@ func converge(t *testing.T, cur *wire.Table, live []wire.Member, parts, backups 
 // reportsFor is what a partition's primary reports once every replica
 // acknowledged its snapshot: its pending replicas are filled and its former
 // primary is fenced.
-func reportsFor(p int, part wire.Part) []wire.SyncedReport {
+func reportsFor(t *wire.Table, p int) []wire.SyncedReport {
 	var reps []wire.SyncedReport
+	part := t.Partitions[p]
 	for _, n := range part.Pending {
-		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n})
+		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: n, Version: t.Version})
 	}
 	if part.Former != "" {
-		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: part.Former})
+		reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: part.Former, Version: t.Version})
 	}
 	return reps
 }
@@ -165,8 +166,8 @@ func TestDrainingMemberHandsEverythingOver(t *testing.T) {
 	drain := map[string]bool{"b": true}
 	for i := 0; i < 50; i++ {
 		var reps []wire.SyncedReport
-		for p, part := range tab.Partitions {
-			reps = append(reps, reportsFor(p, part)...)
+		for p := range tab.Partitions {
+			reps = append(reps, reportsFor(tab, p)...)
 		}
 		next, res := Step(tab, live, 271, 1, reps, 64, drain)
 		if res.Lost > 0 || res.Promoted > 0 {
@@ -273,8 +274,8 @@ func TestPlannedMoveKeepsFormerUntilFenced(t *testing.T) {
 				// Report pending replicas filled, but no former fenced
 				// before the step after its switch.
 				var reps []wire.SyncedReport
-				for p, part := range tab.Partitions {
-					reps = append(reps, reportsFor(p, part)...)
+				for p := range tab.Partitions {
+					reps = append(reps, reportsFor(tab, p)...)
 				}
 				next, res := Step(tab, tc.live, 64, 1, reps, 64, tc.drain)
 				if !res.Changed {
@@ -346,7 +347,7 @@ func TestReportOfPredecessorIgnored(t *testing.T) {
 	var reps []wire.SyncedReport
 	for p, part := range next.Partitions {
 		if slices.Contains(part.Pending, "b") {
-			reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: "b", ID: "b-1"})
+			reps = append(reps, wire.SyncedReport{Partition: int32(p), Epoch: part.Epoch, Node: "b", ID: "b-1", Version: next.Version})
 		}
 	}
 	if len(reps) == 0 {
@@ -370,5 +371,109 @@ func TestReportOfPredecessorIgnored(t *testing.T) {
 	}
 	if in == 0 {
 		t.Fatal("reports about b-2 were ignored")
+	}
+}
+
+// A member that failed and then restarted under the same name is a new,
+// empty incarnation even though the tables in between no longer listed it
+// as live: partitions that waited for its lease promote a backup, and a
+// partition whose only copy it held is declared lost, never handed to the
+// empty successor at the same epoch.
+func TestRestartAfterFailureIsNewIncarnation(t *testing.T) {
+	ids := func(ids ...string) []wire.Member {
+		var out []wire.Member
+		for _, id := range ids {
+			out = append(out, wire.Member{Name: id[:1], RPC: id[:1] + ":1", ID: id})
+		}
+		return out
+	}
+	for _, backups := range []int{1, 0} {
+		tab := converge(t, nil, ids("a-1", "b-1", "c-1"), 16, backups)
+		// b fails; its lease may still be valid, so its partitions wait.
+		held, _ := Next(StepInput{Cur: tab, Live: ids("a-1", "c-1"), Partitions: 16, Backups: backups, MaxInFlight: 16, Leased: map[string]bool{"b": true}})
+		// b restarts, empty, before its lease lapsed.
+		after, res := Next(StepInput{Cur: held, Live: ids("a-1", "b-2", "c-1"), Partitions: 16, Backups: backups, MaxInFlight: 16})
+		n := 0
+		for p, part := range after.Partitions {
+			old := tab.Partitions[p]
+			if old.Primary != "b" {
+				continue
+			}
+			n++
+			if part.Epoch == old.Epoch || (part.Primary == "b" && !part.Fresh) {
+				t.Fatalf("backups=%d: partition %d handed b-1's primacy to the empty b-2: %+v -> %+v", backups, p, old, part)
+			}
+		}
+		if n == 0 {
+			t.Fatalf("backups=%d: b led no partition", backups)
+		}
+		if backups == 0 && res.Lost != n {
+			t.Fatalf("backups=0: lost %d of b's %d partitions: %+v", res.Lost, n, res)
+		}
+	}
+}
+
+// When a primary and its in-sync backup fail together, the backup's copy
+// is complete (nothing commits without it). If the primary then comes back
+// empty, the partition must wait for the backup, not restart empty: its
+// copy is not certainly gone.
+func TestFailedBackupKeptWhilePrimaryDown(t *testing.T) {
+	ids := func(ids ...string) []wire.Member {
+		var out []wire.Member
+		for _, id := range ids {
+			out = append(out, wire.Member{Name: id[:1], RPC: id[:1] + ":1", ID: id})
+		}
+		return out
+	}
+	tab := converge(t, nil, ids("a-1", "b-1", "c-1"), 32, 1)
+	var bc []int // partitions led by b with their only backup on c
+	for p, part := range tab.Partitions {
+		if part.Primary == "b" && slices.Equal(part.Backups, []string{"c"}) {
+			bc = append(bc, p)
+		}
+	}
+	if len(bc) == 0 {
+		t.Fatal("no partition led by b and backed up by c")
+	}
+	down, _ := Next(StepInput{Cur: tab, Live: ids("a-1"), Partitions: 32, Backups: 1, MaxInFlight: 32})
+	// b restarts empty; c's copy may still come back.
+	reborn, res := Next(StepInput{Cur: down, Live: ids("a-1", "b-2"), Partitions: 32, Backups: 1, MaxInFlight: 32})
+	for _, p := range bc {
+		if part := reborn.Partitions[p]; part.Fresh || part.Primary != "c" {
+			t.Fatalf("partition %d restarted empty while c may hold its copy (lost %d): %+v", p, res.Lost, part)
+		}
+	}
+	// c returns: it serves what it held.
+	back := converge(t, reborn, ids("a-1", "b-2", "c-1"), 32, 1)
+	for _, p := range bc {
+		if part := back.Partitions[p]; part.Fresh || part.Epoch <= tab.Partitions[p].Epoch {
+			t.Fatalf("partition %d after c returned: %+v", p, part)
+		}
+	}
+}
+
+// A fill report sent under a table older than the one that last added the
+// replica as pending describes an earlier fill (before the replica was
+// dropped and re-added): writes acknowledged in between may be missing, so
+// it must not make the replica in-sync. Found by the model test.
+func TestStaleFillReportAfterReAddIgnored(t *testing.T) {
+	tab := converge(t, nil, members("a", "b", "c"), 8, 1)
+	cur := Clone(tab)
+	cur.Version = 20
+	part := &cur.Partitions[0]
+	r := part.Backups[0] // the target's backup, dropped and re-added
+	part.Backups = nil
+	part.Pending = []string{r}
+	part.PendingSince = map[string]uint64{r: 18}
+	stale := wire.SyncedReport{Partition: 0, Epoch: part.Epoch, Node: r, Version: 17}
+	next, _ := Step(cur, members("a", "b", "c"), 8, 1, []wire.SyncedReport{stale}, 64, nil)
+	if slices.Contains(next.Partitions[0].Backups, r) {
+		t.Fatalf("a report from table 17 made %s in-sync; it was re-added at 18", r)
+	}
+	fresh := stale
+	fresh.Version = 18
+	next, _ = Step(cur, members("a", "b", "c"), 8, 1, []wire.SyncedReport{fresh}, 64, nil)
+	if !slices.Contains(next.Partitions[0].Backups, r) || next.Partitions[0].PendingSince != nil {
+		t.Fatalf("a current report was ignored: %+v", next.Partitions[0])
 	}
 }

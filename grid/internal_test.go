@@ -181,7 +181,7 @@ func TestSnapshotChunksBoundedByEncodedSize(t *testing.T) {
 		lsn++
 		p.applyRecord(rec(c, 1, 0, lsn, make([]byte, 1<<10)), 1)
 	}
-	chunks := p.snapshot("n0", 1)
+	chunks := p.snapshot("n0", snapshotChunkBytes, 1)
 	if len(chunks) < 3 {
 		t.Fatalf("%d chunks", len(chunks))
 	}
@@ -327,5 +327,21 @@ func TestScanIndexSeesEveryStableKey(t *testing.T) {
 		if c != 1 {
 			t.Fatalf("%s seen %d times", k, c)
 		}
+	}
+}
+
+// BenchmarkScanPage: one 10-key page of a hash-order scan of a partition
+// holding 100k keys of one map (the index is built before timing).
+func BenchmarkScanPage(b *testing.B) {
+	p := newPartition(0, time.Second)
+	for i := range 100_000 {
+		p.applyMut(&wire.Mutation{Kind: wire.MutSet, Map: "m", Key: fmt.Sprint("key-", i), Value: []byte("v")}, uint64(i+1))
+	}
+	req := &wire.ScanRequest{Map: "m", Hashed: true, KeysOnly: true}
+	_ = p.scanHashed("m", req, 10, 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		resp := p.scanHashed("m", req, 10, 1)
+		req.From = resp.Next
 	}
 }

@@ -62,6 +62,10 @@ func (p *partition) account(m string, entries, bytes int64) {
 type sessResult struct {
 	resp wire.MapResponse
 	lsn  uint64
+	// noValue: the returned value (GETDEL, SET GET) was not kept (too
+	// large, or over the byte bounds): a retry learns the request was
+	// applied, not its answer.
+	noValue bool
 }
 
 // session is one client's remembered mutation results in a partition.
@@ -74,24 +78,28 @@ type session struct {
 }
 
 // Dedup state bounds. They are applied inside applyRecord, on the primary
-// and on every backup alike, so replicas evict the same results.
+// and on every backup alike, so replicas keep and evict the same results.
 const (
 	// maxSessionResults bounds one client's remembered results in a
 	// partition. Past it the oldest are forgotten and the session's low
-	// rises above them: their retries get ErrStaleSequence, never a second
-	// application.
+	// rises above them: their retries get ErrStaleSequence (outcome
+	// unknown), never a second application.
 	maxSessionResults = 128
-	// maxSessionBytes bounds one client's remembered values (GETDEL, SET
-	// GET); the newest result is always kept.
-	maxSessionBytes = 256 << 10
-	// maxSessions, maxSessionsResults and maxSessionsBytes bound a
-	// partition's sessions; past them the least recently used session is
-	// dropped whole (a retry of its requests would apply again, as after
-	// SessionIdle). Worst case per node: partitions x (1 MiB of values +
-	// 16384 results + the newest session's values).
+	// maxKeptValue: a returned value larger than this is not kept with
+	// its result (the result is; a retry gets ErrStaleSequence).
+	maxKeptValue = 64 << 10
+	// maxSessionBytes and maxSessionsBytes bound the returned values kept
+	// per session and per partition; past them the oldest values (of the
+	// session, then of the least recently used sessions) are dropped, the
+	// results themselves stay: a retry is never applied twice.
+	maxSessionBytes  = 256 << 10
+	maxSessionsBytes = 1 << 20
+	// maxSessions and maxSessionsResults bound a partition's sessions;
+	// past them the least recently used session is dropped whole (a retry
+	// of its requests would apply again, as after SessionIdle). Worst case
+	// per node: partitions x (1 MiB of values + 16384 results).
 	maxSessions        = 1024
 	maxSessionsResults = 16384
-	maxSessionsBytes   = 1 << 20
 )
 
 func resultBytes(r *wire.MapResponse) int { return len(r.Value) }
@@ -145,6 +153,8 @@ type partition struct {
 	// Backup side: the epoch whose primary gave us a complete snapshot; records
 	// of any other epoch mean a gap.
 	syncedEpoch uint64
+	// syncedConn delivered that snapshot; records are accepted only on it.
+	syncedConn *transport.Conn
 	// complete: this replica holds a complete copy (it installed a whole
 	// snapshot, or was primary); a prefix of some primary's history that,
 	// while it is in-sync, holds every acknowledged write. Only a complete
@@ -282,8 +292,12 @@ func (p *partition) remember(rec *wire.Record, now int64) {
 	if old, ok := s.results[rec.Session.Seq]; ok {
 		s.bytes -= resultBytes(&old.resp)
 	}
-	s.results[rec.Session.Seq] = sessResult{resp: rec.Result, lsn: rec.LSN}
-	s.bytes += resultBytes(&rec.Result)
+	r := sessResult{resp: rec.Result, lsn: rec.LSN}
+	if len(r.resp.Value) > maxKeptValue {
+		r.resp.Value, r.noValue = nil, true
+	}
+	s.results[rec.Session.Seq] = r
+	s.bytes += resultBytes(&r.resp)
 	s.last = rec.LSN
 	s.trim(rec.Session.Seq)
 	p.sessBytes += s.bytes
@@ -291,16 +305,11 @@ func (p *partition) remember(rec *wire.Record, now int64) {
 	p.trimSessions(rec.Session.Client)
 }
 
-// trim forgets s's oldest results beyond the per-session bounds, keeping
-// keep, and raises low above them.
+// trim forgets s's oldest results beyond maxSessionResults, raising low
+// above them, and drops the oldest kept values beyond maxSessionBytes.
 func (s *session) trim(keep uint64) {
-	for len(s.results) > maxSessionResults || (s.bytes > maxSessionBytes && len(s.results) > 1) {
-		oldest := keep
-		for seq := range s.results {
-			if seq < oldest {
-				oldest = seq
-			}
-		}
+	for len(s.results) > maxSessionResults {
+		oldest := s.oldest(keep, false)
 		if oldest == keep {
 			return
 		}
@@ -311,6 +320,34 @@ func (s *session) trim(keep uint64) {
 			s.low = oldest + 1
 		}
 	}
+	for s.bytes > maxSessionBytes && s.dropOldestValue() {
+	}
+}
+
+// oldest returns the smallest seq of s's results (only those still holding
+// a value if withValue), or keep if there is none smaller.
+func (s *session) oldest(keep uint64, withValue bool) uint64 {
+	oldest := keep
+	for seq, r := range s.results {
+		if seq < oldest && (!withValue || len(r.resp.Value) > 0) {
+			oldest = seq
+		}
+	}
+	return oldest
+}
+
+// dropOldestValue drops the value of s's oldest result that holds one;
+// false if none does.
+func (s *session) dropOldestValue() bool {
+	seq := s.oldest(^uint64(0), true)
+	r, ok := s.results[seq]
+	if !ok || len(r.resp.Value) == 0 {
+		return false
+	}
+	s.bytes -= resultBytes(&r.resp)
+	r.resp.Value, r.noValue = nil, true
+	s.results[seq] = r
+	return true
 }
 
 func (p *partition) session(client uint64, now int64) *session {
@@ -338,6 +375,9 @@ func (p *partition) seen(sess wire.Session) (*sessResult, error) {
 		return nil, fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, sess.Seq, s.low)
 	}
 	if r, ok := s.results[sess.Seq]; ok {
+		if r.noValue {
+			return nil, fmt.Errorf("%w: seq %d was applied; its returned value was too large to keep", api.ErrStaleSequence, sess.Seq)
+		}
 		return &r, nil
 	}
 	return nil, nil
@@ -361,19 +401,40 @@ func (s *session) forget(low uint64) {
 // replica drops the same ones) beyond the partition's bounds, never keep.
 // Caller holds mu.
 func (p *partition) trimSessions(keep uint64) {
-	for len(p.sessions) > maxSessions || ((p.sessBytes > maxSessionsBytes || p.sessResults > maxSessionsResults) && len(p.sessions) > 1) {
-		var victim uint64
-		var oldest *session
-		for c, s := range p.sessions {
-			if c != keep && (oldest == nil || s.last < oldest.last || (s.last == oldest.last && c < victim)) {
-				victim, oldest = c, s
-			}
-		}
-		if oldest == nil {
-			return
+	for len(p.sessions) > maxSessions || (p.sessResults > maxSessionsResults && len(p.sessions) > 1) {
+		victim, ok := p.lruSession(keep, false)
+		if !ok {
+			break
 		}
 		p.dropSession(victim)
 	}
+	for p.sessBytes > maxSessionsBytes {
+		victim, ok := p.lruSession(0, true)
+		if !ok {
+			return
+		}
+		s := p.sessions[victim]
+		before := s.bytes
+		for s.dropOldestValue() && p.sessBytes-(before-s.bytes) > maxSessionsBytes {
+		}
+		p.sessBytes -= before - s.bytes
+	}
+}
+
+// lruSession returns the least recently used session (by LSN, then client
+// id) other than keep, only among sessions holding values if withValues.
+func (p *partition) lruSession(keep uint64, withValues bool) (uint64, bool) {
+	var victim uint64
+	var oldest *session
+	for c, s := range p.sessions {
+		if c == keep || (withValues && s.bytes == 0) {
+			continue
+		}
+		if oldest == nil || s.last < oldest.last || (s.last == oldest.last && c < victim) {
+			victim, oldest = c, s
+		}
+	}
+	return victim, oldest != nil
 }
 
 // dropSession forgets a client's session. Caller holds mu.

@@ -114,7 +114,9 @@ func (n *Node) handleReplicate(c *transport.Conn, f wire.Frame) {
 	}
 	rec := &req.Record
 	switch {
-	case p.syncedEpoch != req.Epoch:
+	case p.syncedEpoch != req.Epoch || p.syncedConn != c:
+		// Records follow their epoch's snapshot on the connection that
+		// delivered it; any other connection is not that primary's stream.
 		p.mu.Unlock()
 		c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: partition %d has no snapshot of epoch %d", api.ErrGap, p.id, req.Epoch))
 		return
@@ -201,6 +203,12 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 				s.bytes += resultBytes(&ss.Results[i])
 			}
 		}
+		for _, seq := range ss.NoValue {
+			if r, ok := s.results[seq]; ok {
+				r.noValue = true
+				s.results[seq] = r
+			}
+		}
 	}
 	if !ch.Last {
 		return 0, nil
@@ -217,17 +225,30 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	p.commit, p.ready = 0, 0
 	p.lsn = ch.LSN
 	p.syncedEpoch = ch.Epoch
+	p.syncedConn = c
 	p.complete = true
 	p.incoming = nil
+	if p.orphanSince != 0 {
+		// The snapshot came before the table naming this node a replica:
+		// the data is new, and its grace period starts now, or the next
+		// orphan sweep could wipe a copy the primary is about to report
+		// filled.
+		p.orphanSince = nowNano()
+	}
 	return ch.LSN, nil
 }
 
 // Primary side: filling replicas.
 
-// snapshotChunkBytes is the payload size a snapshot chunk is cut at. An
-// entry or a result larger than it travels in a chunk of its own; values
-// are bounded by Config.MaxValueSize, so every chunk fits in a frame.
+// snapshotChunkBytes is the payload size a snapshot chunk is cut at, at
+// most MaxFrame/4 (snapshotChunkLimit). An entry or a result larger than
+// the rest of a chunk's room ends that chunk; entries are bounded by
+// Config.MaxValueSize (at most MaxFrame/4), so every chunk encodes within
+// about MaxFrame/2.
 const snapshotChunkBytes = 1 << 20
+
+// snapshotChunkLimit is the chunk size for frames of maxFrame bytes.
+func snapshotChunkLimit(maxFrame int) int { return min(snapshotChunkBytes, maxFrame/4) }
 
 // snapEntryOverhead and snapResultOverhead over-estimate the encoding of an
 // entry's or a session result's fixed fields.
@@ -240,13 +261,14 @@ const (
 // snapshotChunkBytes, counting encoded sizes of entries and session results.
 type snapshotCutter struct {
 	p      *partition
+	limit  int
 	chunks []wire.SnapshotChunk
 	cur    wire.SnapshotChunk
 	size   int
 }
 
 func (c *snapshotCutter) room(n int) {
-	if c.size > 0 && c.size+n > snapshotChunkBytes {
+	if c.size > 0 && c.size+n > c.limit {
 		c.chunks = append(c.chunks, c.cur)
 		c.cur = wire.SnapshotChunk{Partition: int32(c.p.id), Epoch: c.p.epoch, LSN: c.p.lsn, From: c.cur.From}
 		c.size = 0
@@ -255,8 +277,8 @@ func (c *snapshotCutter) room(n int) {
 }
 
 // snapshot cuts p's state into chunks. Caller holds p.mu.
-func (p *partition) snapshot(from string, now int64) []wire.SnapshotChunk {
-	c := &snapshotCutter{p: p, cur: wire.SnapshotChunk{Partition: int32(p.id), Epoch: p.epoch, LSN: p.lsn, First: true, From: from}}
+func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotChunk {
+	c := &snapshotCutter{p: p, limit: limit, cur: wire.SnapshotChunk{Partition: int32(p.id), Epoch: p.epoch, LSN: p.lsn, First: true, From: from}}
 	for m, kv := range p.maps {
 		for k, e := range kv {
 			if !e.live(now) {
@@ -277,6 +299,9 @@ func (p *partition) snapshot(from string, now int64) []wire.SnapshotChunk {
 			}
 			c.cur.Sessions[ss].Seqs = append(c.cur.Sessions[ss].Seqs, seq)
 			c.cur.Sessions[ss].Results = append(c.cur.Sessions[ss].Results, r.resp)
+			if r.noValue {
+				c.cur.Sessions[ss].NoValue = append(c.cur.Sessions[ss].NoValue, seq)
+			}
 		}
 		if ss < 0 {
 			c.room(snapResultOverhead)
@@ -318,7 +343,7 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 		return
 	}
 	epoch, lsn := p.epoch, p.lsn
-	chunks := p.snapshot(n.name, nowNano())
+	chunks := p.snapshot(n.name, snapshotChunkLimit(n.cfg.MaxFrame), nowNano())
 	futs := make([]*transport.Future, 0, len(chunks))
 	for i := range chunks {
 		fut, err := conn.Start(wire.MsgSnapshot, &chunks[i])

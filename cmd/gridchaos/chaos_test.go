@@ -27,7 +27,7 @@ func TestChaosShort(t *testing.T) {
 		t.Skip("process chaos test")
 	}
 	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 37946, Out: t.TempDir(), Log: testWriter{t},
-		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}}
+		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}, MinFaults: 3}
 	if d, err := time.ParseDuration(os.Getenv("GRID_CHAOS_DURATION")); err == nil {
 		cfg.Duration = d
 	}

@@ -40,6 +40,7 @@ type Config struct {
 	Nodes     int           // initial members
 	Backups   int           // synchronous backups
 	Duration  time.Duration // how long the nemesis runs
+	MinFaults int           // the nemesis runs past Duration (up to 2x) until this many faults
 	Seed      uint64        // replays the same fault schedule
 	Gridnode  string        // path to the gridnode binary ("" builds it)
 	Out       string        // where failure artifacts go

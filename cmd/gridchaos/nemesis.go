@@ -64,7 +64,14 @@ func (n *nemesis) next() string {
 func (n *nemesis) run(ctx context.Context, deadline time.Time) bool {
 	h := n.h
 	pause := func() time.Duration { return time.Duration(500+h.rng.IntN(1500)) * time.Millisecond }
-	for time.Now().Before(deadline) && ctx.Err() == nil {
+	// A slow machine may spend the whole duration on one fault: the run
+	// goes on until MinFaults were injected, within twice the duration.
+	hard := deadline.Add(h.cfg.Duration)
+	more := func() bool {
+		now := time.Now()
+		return now.Before(deadline) || (len(n.faults) < h.cfg.MinFaults && now.Before(hard))
+	}
+	for more() && ctx.Err() == nil {
 		time.Sleep(pause())
 		kind := n.next()
 		converged := h.unsafe(ctx) == ""

@@ -113,16 +113,10 @@ func (c *Cluster) Leave(i int) {
 }
 
 // Restart starts node i again with the same name, as a fresh empty member
-// joining a live node.
+// joining a live node, on new addresses.
 func (c *Cluster) Restart(i int) {
 	c.T.Helper()
-	cfg := c.cfgs[i]
-	cfg.Seeds = nil
-	for _, n := range c.Live() {
-		cfg.Seeds = append(cfg.Seeds, n.GossipAddr())
-	}
-	cfg.GossipAddr, cfg.RPCAddr = "127.0.0.1:0", "127.0.0.1:0"
-	c.Nodes[i] = c.start(cfg)
+	c.restart(i, "127.0.0.1:0", "127.0.0.1:0")
 }
 
 // RestartSameAddr starts node i again with the same name and the same RPC
@@ -130,12 +124,17 @@ func (c *Cluster) Restart(i int) {
 // empty incarnation that peers reach where its predecessor was.
 func (c *Cluster) RestartSameAddr(i int) {
 	c.T.Helper()
+	c.restart(i, c.addrs[i][0], c.addrs[i][1])
+}
+
+func (c *Cluster) restart(i int, gossip, rpc string) {
+	c.T.Helper()
 	cfg := c.cfgs[i]
 	cfg.Seeds = nil
 	for _, n := range c.Live() {
 		cfg.Seeds = append(cfg.Seeds, n.GossipAddr())
 	}
-	cfg.GossipAddr, cfg.RPCAddr = c.addrs[i][0], c.addrs[i][1]
+	cfg.GossipAddr, cfg.RPCAddr = gossip, rpc
 	c.Nodes[i] = c.start(cfg)
 }
 

@@ -341,7 +341,8 @@ type SnapSession struct {
 	Seqs     []uint64
 	Results  []MapResponse
 	Seen     int64
-	Last     uint64 // LSN of the session's latest result (eviction order)
+	Last     uint64   // LSN of the session's latest result (eviction order)
+	NoValue  []uint64 // seqs whose returned value was not kept
 }
 
 // SnapshotChunk carries part of a partition's state at LSN. First resets
@@ -451,6 +452,10 @@ type Part struct {
 	// a loss the authority accepted). A replica takes primacy without a
 	// complete copy only of a Fresh partition.
 	Fresh bool
+	// PendingSince is the table version that (last) added each Pending
+	// member: a synced report sent under an older table describes an
+	// earlier fill of that member and is ignored.
+	PendingSince map[string]uint64
 }
 
 // Table is a committed partition table. Version grows with every commit.

@@ -115,7 +115,7 @@ type Cluster struct {
 	// draining: members that asked to leave gracefully (leader's memory;
 	// a leaving member repeats its request, so a new leader learns it).
 	drainMu  sync.Mutex
-	draining map[string]bool
+	draining map[string]string // name -> raft id of the incarnation that asked
 	// leases: leader's monotonic time of each member's last renewal, and
 	// when this member became leader (it knows no renewals from before).
 	leaseMu      sync.Mutex
@@ -149,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		log:      lg,
 		raftID:   cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
 		reports:  make(chan wire.SyncedReport, 1024),
-		draining: map[string]bool{},
+		draining: map[string]string{},
 		leases:   map[string]time.Time{},
 		done:     make(chan struct{}),
 	}
@@ -399,16 +399,21 @@ func (c *Cluster) leased(now time.Time) map[string]bool {
 
 // HandleDrain records that node wants to leave gracefully, if this member
 // leads the authority.
-func (c *Cluster) HandleDrain(node string) error {
+//
+// A drain belongs to the incarnation that asked (id, its raft id): a process
+// restarted under the same name right after a graceful leave is a new
+// member, not a leaving one.
+func (c *Cluster) HandleDrain(node, id string) error {
 	if !c.IsLeader() {
 		return fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
 	}
 	c.drainMu.Lock()
-	added := !c.draining[node]
-	c.draining[node] = true
+	prev, had := c.draining[node]
+	added := !had || prev != id
+	c.draining[node] = id
 	staying := 0
 	for _, m := range c.liveMembers() {
-		if !c.draining[m.Name] {
+		if !c.drainingMember(m) {
 			staying++
 		}
 	}
@@ -428,6 +433,13 @@ func (c *Cluster) HandleDrain(node string) error {
 	return nil
 }
 
+// drainingMember reports whether live member m is the incarnation that
+// asked to drain. Caller holds drainMu.
+func (c *Cluster) drainingMember(m MemberInfo) bool {
+	id, ok := c.draining[m.Name]
+	return ok && (id == "" || id == m.RaftID)
+}
+
 // requestDrain sends a drain request for this member to the leader.
 func (c *Cluster) requestDrain(ctx context.Context) error {
 	addr, id := c.raft.LeaderWithID()
@@ -435,13 +447,13 @@ func (c *Cluster) requestDrain(ctx context.Context) error {
 		return fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
 	}
 	if string(id) == c.raftID {
-		return c.HandleDrain(c.cfg.Name)
+		return c.HandleDrain(c.cfg.Name, c.raftID)
 	}
 	conn, err := c.cfg.Pool.Get(ctx, string(addr))
 	if err != nil {
 		return err
 	}
-	return conn.Call(ctx, wire.MsgDrain, &wire.DrainRequest{Node: c.cfg.Name}, nil)
+	return conn.Call(ctx, wire.MsgDrain, &wire.DrainRequest{Node: c.cfg.Name, ID: c.raftID}, nil)
 }
 
 // holds reports whether the table still places anything on member name.
@@ -639,6 +651,9 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	for _, m := range live {
 		wm = append(wm, wire.Member{Name: m.Name, RPC: m.RPC, ID: m.RaftID})
 		liveNames[m.Name] = true
+		if c.drainingMember(m) {
+			draining[m.Name] = true
+		}
 	}
 	// Members that left gracefully took their copies with them.
 	gone := map[string]bool{}
@@ -648,10 +663,8 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 		}
 	}
 	for n := range c.draining {
-		if liveNames[n] {
-			draining[n] = true
-		} else {
-			delete(c.draining, n) // gone: forget it
+		if !draining[n] {
+			delete(c.draining, n) // gone, or back as a new incarnation: forget it
 		}
 	}
 	c.drainMu.Unlock()

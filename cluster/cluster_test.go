@@ -206,3 +206,19 @@ func TestVoterRemovalKeepsLiveMajority(t *testing.T) {
 		t.Fatal("removing a leaves {b, c unseen}: one of two is not a majority")
 	}
 }
+
+// A drain belongs to the incarnation that asked: a member restarted under
+// the same name right after a graceful leave is not left out of the table
+// (found by the chaos suite: the restarted member was never used again).
+func TestDrainBelongsToItsIncarnation(t *testing.T) {
+	c := &Cluster{draining: map[string]string{"b": "b-1"}}
+	if !c.drainingMember(MemberInfo{Name: "b", RaftID: "b-1"}) {
+		t.Fatal("the incarnation that asked is not draining")
+	}
+	if c.drainingMember(MemberInfo{Name: "b", RaftID: "b-2"}) {
+		t.Fatal("a new incarnation of b inherited its predecessor's drain")
+	}
+	if c.drainingMember(MemberInfo{Name: "a", RaftID: "a-1"}) {
+		t.Fatal("a member that never asked is draining")
+	}
+}

@@ -719,7 +719,7 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 		if err := wire.Decode(f.Body, &req); err != nil {
 			return nil, bad(err)
 		}
-		return &wire.Ack{}, n.cluster.HandleDrain(req.Node)
+		return &wire.Ack{}, n.cluster.HandleDrain(req.Node, req.ID)
 	case wire.MsgLease:
 		var req wire.LeaseRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

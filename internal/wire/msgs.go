@@ -377,6 +377,7 @@ type SyncedReport struct {
 type DrainRequest struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Node     string
+	ID       string // the incarnation (raft id) that drains
 }
 
 // SubscribeRequest asks a node to push invalidations of Map's keys, for

@@ -557,10 +557,17 @@ func (c *Cluster) run() {
 	}
 }
 
+// liveMembers are the members that run: alive, or leaving. A leaving
+// member still runs (a graceful leave drains first, through MsgDrain, and
+// only then announces its leave); and serf may keep a member that left and
+// came back under the same name as "leaving" on some nodes although it is
+// alive (a late leave intent). Counting it out would drop its replicas
+// from the table while it holds them (a chaos run lost acknowledged writes
+// that way after a later kill).
 func (c *Cluster) liveMembers() []MemberInfo {
 	var live []MemberInfo
 	for _, m := range c.ms.Members() {
-		if m.Status == StatusAlive && m.RPC != "" && m.RaftID != "" {
+		if (m.Status == StatusAlive || m.Status == StatusLeaving) && m.RPC != "" && m.RaftID != "" {
 			live = append(live, m)
 		}
 	}

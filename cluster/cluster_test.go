@@ -222,3 +222,23 @@ func TestDrainBelongsToItsIncarnation(t *testing.T) {
 		t.Fatal("a member that never asked is draining")
 	}
 }
+
+// A member that membership reports "leaving" still runs (serf may keep a
+// member that left and came back as leaving on some nodes): it stays live
+// for the table, so its replicas are not dropped while it holds them.
+func TestLeavingMemberCountsAsLive(t *testing.T) {
+	net := NewFakeNetwork()
+	self := net.Add(MemberInfo{Name: "a", RPC: "a:1", RaftID: "a-1"})
+	net.Add(MemberInfo{Name: "b", RPC: "b:1", RaftID: "b-1"})
+	net.Add(MemberInfo{Name: "c", RPC: "c:1", RaftID: "c-1"})
+	net.SetStatus("b", StatusLeaving)
+	net.Fail("c")
+	c := &Cluster{ms: self}
+	var names []string
+	for _, m := range c.liveMembers() {
+		names = append(names, m.Name)
+	}
+	if !slices.Equal(names, []string{"a", "b"}) {
+		t.Fatalf("live members %v, want [a b]", names)
+	}
+}

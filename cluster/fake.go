@@ -37,6 +37,9 @@ func (n *FakeNetwork) Add(info MemberInfo) Membership {
 // Fail marks a member failed, as failure detection would.
 func (n *FakeNetwork) Fail(name string) { n.set(name, StatusFailed) }
 
+// SetStatus sets name's status as every member sees it.
+func (n *FakeNetwork) SetStatus(name string, s Status) { n.set(name, s) }
+
 func (n *FakeNetwork) set(name string, s Status) {
 	n.mu.Lock()
 	if m, ok := n.members[name]; ok {

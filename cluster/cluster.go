@@ -633,6 +633,33 @@ func (c *Cluster) reconcileVoters() {
 	}
 }
 
+// leftIncarnations names the members whose copies are certainly gone
+// because they left gracefully: membership says left, and the incarnation
+// that left is the one the table knows. A process restarted under the same
+// name after its leave may be in the table already (another leader saw it
+// join) while this member's membership still shows only the old one's
+// leave: that name is failed here, not gone, or its data would be thrown
+// away (a chaos run lost acknowledged writes that way).
+func leftIncarnations(ms []MemberInfo, live map[string]bool, t *wire.Table) map[string]bool {
+	ids := map[string]string{}
+	if t != nil {
+		for _, m := range t.Members {
+			ids[m.Name] = m.ID
+		}
+	}
+	gone := map[string]bool{}
+	for _, m := range ms {
+		if m.Status != StatusLeft || live[m.Name] {
+			continue
+		}
+		if id, ok := ids[m.Name]; ok && id != "" && m.RaftID != "" && id != m.RaftID {
+			continue
+		}
+		gone[m.Name] = true
+	}
+	return gone
+}
+
 // keepsMajority reports whether the voters left after removing id still
 // have a live majority (self counts as live).
 func keepsMajority(servers []raft.Server, id raft.ServerID, live map[string]MemberInfo, self string) bool {
@@ -663,12 +690,7 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 		}
 	}
 	// Members that left gracefully took their copies with them.
-	gone := map[string]bool{}
-	for _, m := range c.ms.Members() {
-		if m.Status == StatusLeft && !liveNames[m.Name] {
-			gone[m.Name] = true
-		}
-	}
+	gone := leftIncarnations(c.ms.Members(), liveNames, c.fsm.table.Load())
 	for n := range c.draining {
 		if !draining[n] {
 			delete(c.draining, n) // gone, or back as a new incarnation: forget it

@@ -242,3 +242,24 @@ func TestLeavingMemberCountsAsLive(t *testing.T) {
 		t.Fatalf("live members %v, want [a b]", names)
 	}
 }
+
+// A name whose old incarnation left is gone only if the table still knows
+// that incarnation: a restart after the leave that another leader already
+// put in the table is failed (not yet seen here), not gone.
+func TestLeftIncarnationIsGoneOnlyIfTheTableKnowsIt(t *testing.T) {
+	ms := []MemberInfo{{Name: "a", RaftID: "a-1", Status: StatusLeft}, {Name: "b", RaftID: "b-1", Status: StatusLeft}, {Name: "c", RaftID: "c-1", Status: StatusLeft}}
+	tab := &wire.Table{Members: []wire.Member{{Name: "a", ID: "a-1"}, {Name: "b", ID: "b-2"}}}
+	gone := leftIncarnations(ms, map[string]bool{}, tab)
+	if !gone["a"] {
+		t.Fatal("a left and the table knows that incarnation: gone")
+	}
+	if gone["b"] {
+		t.Fatal("b's table incarnation b-2 is not the one that left: not gone")
+	}
+	if !gone["c"] {
+		t.Fatal("c left and the table no longer lists it: gone")
+	}
+	if g := leftIncarnations(ms, map[string]bool{"a": true}, tab); g["a"] {
+		t.Fatal("a live name is never gone")
+	}
+}

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,17 +24,34 @@ type Cluster struct {
 	Nodes []*grid.Node
 	cfgs  []grid.Config
 	addrs [][2]string // gossip and RPC address each node first bound
-	done  atomic.Bool
+	logs  logGate
+}
+
+// logGate stops log lines once the test ended: goroutines that outlive a
+// node's shutdown (raft's transport) may still log, and t.Log after the
+// test completed panics. The check and the write hold mu, so no line slips
+// in after end.
+type logGate struct {
+	mu   sync.Mutex
+	done bool
+}
+
+func (g *logGate) end() {
+	g.mu.Lock()
+	g.done = true
+	g.mu.Unlock()
 }
 
 // tWriter sends log lines to t.Log until the test ends.
 type tWriter struct {
 	t    testing.TB
-	done *atomic.Bool
+	gate *logGate
 }
 
 func (w tWriter) Write(p []byte) (int, error) {
-	if !w.done.Load() {
+	w.gate.mu.Lock()
+	defer w.gate.mu.Unlock()
+	if !w.gate.done {
 		w.t.Log(string(p[:len(p)-1]))
 	}
 	return len(p), nil
@@ -42,7 +59,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 // Logger returns a logger writing to t.Log at level.
 func (c *Cluster) Logger(level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{c.T, &c.done}, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(tWriter{c.T, &c.logs}, &slog.HandlerOptions{Level: level}))
 }
 
 // New starts n nodes: node 0 bootstraps, the others join it. configure,
@@ -52,7 +69,7 @@ func New(t testing.TB, n int, configure func(i int, cfg *grid.Config)) *Cluster 
 	c := &Cluster{T: t}
 	t.Cleanup(func() {
 		c.Close()
-		c.done.Store(true)
+		c.logs.end()
 	})
 	for i := range n {
 		cfg := grid.DefaultConfig()

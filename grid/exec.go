@@ -20,8 +20,9 @@ import (
 
 // This file serves requests at a partition's primary. A write runs in two
 // phases: prepare (under the partition lock: decide, apply, give it the
-// next LSN, queue it to every replica) and finish (outside the lock: collect
-// the replicas' acks and wait for the commit point to pass the write).
+// next LSN, queue it to every replica) and finish (outside the lock: wait
+// for the commit point to pass the write; the replicas' acks raise it from
+// callbacks on their connections, see onAck).
 
 const maxTableWait = 2 * time.Second
 

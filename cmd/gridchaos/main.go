@@ -16,6 +16,9 @@
 // backup equal to its primary. It prints a one-line JSON summary and exits
 // non-zero on any violation, writing the history, porcupine's visualization
 // and the node logs to -out.
+//
+// `gridchaos failover [flags] kill|stop|netns|isolate|sets|fp ...` measures
+// instead what writers see when one member fails (failover.go).
 package main
 
 import (
@@ -115,6 +118,9 @@ type Summary struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "failover" {
+		os.Exit(failoverMain(os.Args[2:])) // failover.go
+	}
 	var cfg Config
 	var script string
 	flag.IntVar(&cfg.Nodes, "nodes", 5, "initial members (3 or more)")

@@ -59,6 +59,9 @@ type harness struct {
 	// safeAt are the times (ns since t0) at which the cluster was seen
 	// safe; faults' recovery points are taken from it.
 	safeAt []int64
+	// nodeArgs, if set, returns p's flags after the common ones, in place
+	// of "-profile test" (the failover mode runs gridnode's defaults).
+	nodeArgs func(p *proc) []string
 }
 
 func (h *harness) now() int64 { return time.Since(h.t0).Nanoseconds() }
@@ -123,7 +126,12 @@ func (h *harness) start(p *proc) error {
 		}
 	}
 	args := []string{"-name", p.name, "-gossip", p.gossip, "-rpc", p.rpc, "-http", strings.TrimPrefix(p.httpURL, "http://"),
-		"-backups", fmt.Sprint(h.cfg.Backups), "-profile", "test", "-log-level", "info", "-leave-timeout", "15s"}
+		"-backups", fmt.Sprint(h.cfg.Backups), "-log-level", "info", "-leave-timeout", "15s"}
+	if h.nodeArgs != nil {
+		args = append(args, h.nodeArgs(p)...)
+	} else {
+		args = append(args, "-profile", "test")
+	}
 	if len(join) > 0 {
 		args = append(args, "-join", strings.Join(join, ","))
 	}

@@ -129,6 +129,7 @@ type failoverSummary struct {
 	Sets       *setsSummary             `json:"sets,omitempty"`
 	FP         []fpRun                  `json:"false_positives,omitempty"`
 	Skipped    map[string]string        `json:"skipped,omitempty"`
+	Load       map[string]string        `json:"loadavg,omitempty"` // per mode: 1-minute load average at its start and end (the machine may be shared)
 	Errors     map[string]string        `json:"errors,omitempty"`
 }
 
@@ -177,6 +178,7 @@ func RunFailover(ctx context.Context, cfg failoverConfig) (*failoverSummary, err
 	f := &failover{cfg: cfg, sum: &failoverSummary{
 		Date: time.Now().UTC().Format(time.RFC3339), Profile: profile, Nodes: cfg.Nodes, Backups: cfg.Backups,
 		Writers: cfg.Writers, Faults: map[string]*faultSummary{}, Skipped: map[string]string{}, Errors: map[string]string{},
+		Load: map[string]string{},
 	}}
 	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
 		f.sum.Commit = strings.TrimSpace(string(out))
@@ -204,12 +206,24 @@ func RunFailover(ctx context.Context, cfg failoverConfig) (*failoverSummary, err
 			fmt.Fprintf(cfg.Log, "failover %s: skipped: %s\n", mode, why)
 			continue
 		}
-		if err := f.runMode(ctx, mode); err != nil {
+		before := loadavg()
+		err := f.runMode(ctx, mode)
+		f.sum.Load[mode] = before + " -> " + loadavg()
+		if err != nil {
 			f.sum.Errors[mode] = err.Error()
 			fmt.Fprintf(cfg.Log, "failover %s: %v\n", mode, err)
 		}
 	}
 	return f.sum, ctx.Err()
+}
+
+// loadavg returns the 1-minute load average, or "?".
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 // cannotRun says why mode cannot run on this machine, or "".

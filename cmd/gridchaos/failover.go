@@ -10,10 +10,10 @@ package main
 //
 //   - kill, stop, netns, isolate: -writers goroutines rewrite a key of their
 //     own (each in its own partition) through one default client; after
-//     -warmup one member (round-robin over the runs, so the raft leader is
-//     hit too) is SIGKILLed (then restarted), SIGSTOPped for -hold, cut off
-//     from its peers by a network partition for -hold (netns; the harness
-//     still reaches it) or cut off from everyone (isolate). Per run: the
+//     -warmup one member (the raft leader and a follower in turn) is
+//     SIGKILLed (then restarted), SIGSTOPped for -hold, cut off from its
+//     peers by a network partition for -hold (netns; the harness still
+//     reaches it) or cut off from everyone (isolate). Per run: the
 //     longest wait of any writer between acknowledged writes spanning the
 //     fault, writers stalled longer than 0.5 s, errors by kind, and the time
 //     until a write issued at the fault was acknowledged in every partition.
@@ -359,7 +359,7 @@ func failoverMain(args []string) int {
 	fs.StringVar(&cfg.Profile, "profile", "", "gridnode -profile (default: none, gridnode's default)")
 	fs.IntVar(&cfg.Runs, "runs", 10, "faults per fault mode (kill, stop, netns, isolate)")
 	fs.IntVar(&cfg.SetsRuns, "sets-runs", 3, "sets: rounds, each a concurrent and a sequential phase")
-	fs.IntVar(&cfg.FPRuns, "fp-runs", 2, "fp: pause trains (the victim goes round-robin; the first is usually the leader)")
+	fs.IntVar(&cfg.FPRuns, "fp-runs", 2, "fp: pause trains (on the raft leader and a follower in turn)")
 	fs.IntVar(&cfg.Writers, "writers", 32, "writers, each rewriting a key of its own")
 	fs.DurationVar(&cfg.Warmup, "warmup", 3*time.Second, "writes before each fault")
 	fs.DurationVar(&cfg.Hold, "hold", 10*time.Second, "how long a stop, a network cut and the sets' pause last")

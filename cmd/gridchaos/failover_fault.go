@@ -13,10 +13,13 @@ import (
 
 // faultSummary is one fault kind's runs and their distributions.
 type faultSummary struct {
-	MaxGapMs   dist       `json:"max_gap_ms"`      // per run: the longest wait of any writer
-	WritableMs dist       `json:"all_writable_ms"` // per run: until every partition took a write
-	Stalled    dist       `json:"stalled_writers"` // per run: writers that waited > 0.5 s
-	Runs       []faultRun `json:"runs"`
+	MaxGapMs   dist `json:"max_gap_ms"`      // per run: the longest wait of any writer
+	WritableMs dist `json:"all_writable_ms"` // per run: until every partition took a write
+	Stalled    dist `json:"stalled_writers"` // per run: writers that waited > 0.5 s
+	// The per-run max gap split by whether the victim led raft.
+	MaxGapLeaderMs   dist       `json:"max_gap_ms_leader_killed"`
+	MaxGapFollowerMs dist       `json:"max_gap_ms_follower_killed"`
+	Runs             []faultRun `json:"runs"`
 }
 
 // faultRun is one fault: what the victim held, what the writers saw from
@@ -42,8 +45,8 @@ type faultRun struct {
 	Note            string         `json:"note,omitempty"`
 }
 
-// faultMode runs cfg.Runs faults of kind, the victim going round-robin
-// over the initial members.
+// faultMode runs cfg.Runs faults of kind, on the raft leader and on a
+// follower in turn (pickVictim).
 func (f *failover) faultMode(ctx context.Context, h *harness, kind string) (*faultSummary, error) {
 	parts := f.sum.Partitions
 	wp, err := startWriters(ctx, h, f.cfg.Writers, parts)
@@ -64,7 +67,7 @@ func (f *failover) faultMode(ctx context.Context, h *harness, kind string) (*fau
 		if ctx.Err() != nil {
 			return fs, ctx.Err()
 		}
-		victim := initial[run%len(initial)]
+		victim := h.pickVictim(ctx, run, initial)
 		r, err := f.faultRun(ctx, h, wp, pc.Map("failover-probe"), probeKeys, kind, victim)
 		if err != nil {
 			return fs, fmt.Errorf("run %d (%s %s): %w", run+1, kind, victim.name, err)
@@ -77,13 +80,19 @@ func (f *failover) faultMode(ctx context.Context, h *harness, kind string) (*fau
 }
 
 func (fs *faultSummary) summarize() {
-	var gaps, writable, stalled []float64
+	var gaps, writable, stalled, leader, follower []float64
 	for _, r := range fs.Runs {
 		gaps = append(gaps, r.MaxGapMs)
+		if r.Leader {
+			leader = append(leader, r.MaxGapMs)
+		} else {
+			follower = append(follower, r.MaxGapMs)
+		}
 		writable = append(writable, r.WritableMs)
 		stalled = append(stalled, float64(r.Stalled))
 	}
 	fs.MaxGapMs, fs.WritableMs, fs.Stalled = distOf(gaps), distOf(writable), distOf(stalled)
+	fs.MaxGapLeaderMs, fs.MaxGapFollowerMs = distOf(leader), distOf(follower)
 }
 
 // victimRoles returns the victim's role in every partition of cv:
@@ -101,6 +110,26 @@ func victimRoles(cv *clusterView, victim string) []string {
 		}
 	}
 	return roles
+}
+
+// pickVictim returns run's victim among members: the raft leader on even
+// runs, a follower (each in turn) on odd ones, so that both cases are
+// measured as often. Without a known leader it takes a follower.
+func (h *harness) pickVictim(ctx context.Context, run int, members []*proc) *proc {
+	var leader *proc
+	if cv, err := h.latest(ctx); err == nil {
+		leader = h.leaderOf(cv)
+	}
+	if run%2 == 0 && leader != nil {
+		return leader
+	}
+	var followers []*proc
+	for _, p := range members {
+		if p != leader {
+			followers = append(followers, p)
+		}
+	}
+	return followers[(run/2)%len(followers)]
 }
 
 // sleepCtx sleeps d or until ctx ends.

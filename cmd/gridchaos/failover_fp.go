@@ -46,8 +46,8 @@ type fpWatch struct {
 	flaps, tables, movedAway, primaries, backups, leaderChanges int
 }
 
-// fpMode runs cfg.Runs pause trains, the victim going round-robin over
-// the members (the first is usually the raft leader).
+// fpMode runs cfg.FPRuns pause trains, on the raft leader and on a
+// follower in turn.
 func (f *failover) fpMode(ctx context.Context, h *harness) ([]fpRun, error) {
 	wp, err := startWriters(ctx, h, f.cfg.Writers, f.sum.Partitions)
 	if err != nil {
@@ -60,7 +60,7 @@ func (f *failover) fpMode(ctx context.Context, h *harness) ([]fpRun, error) {
 		if ctx.Err() != nil {
 			return runs, ctx.Err()
 		}
-		r, err := f.fpRun(ctx, h, wp, initial[run%len(initial)])
+		r, err := f.fpRun(ctx, h, wp, h.pickVictim(ctx, run, initial))
 		if err != nil {
 			return runs, fmt.Errorf("run %d: %w", run+1, err)
 		}

@@ -125,14 +125,14 @@ func (o *setOutcomes) merge(p setOutcomes) {
 	}
 }
 
-// setsMode runs cfg.Runs rounds, the victim going round-robin over the
-// members; each round pauses it twice: once for concurrent SETs, once for
+// setsMode runs cfg.SetsRuns rounds, on the raft leader and on a follower
+// in turn; each round pauses it twice: once for concurrent SETs, once for
 // sequential ones.
 func (f *failover) setsMode(ctx context.Context, h *harness) (*setsSummary, error) {
 	s := &setsSummary{}
 	initial := slices.Clone(h.procs[:f.cfg.Nodes])
 	for run := range f.cfg.SetsRuns {
-		victim := initial[run%len(initial)]
+		victim := h.pickVictim(ctx, run, initial)
 		r := setsRun{Victim: victim.name}
 		for _, concurrent := range []bool{true, false} {
 			o, leader, err := f.setsPhase(ctx, h, victim, run, concurrent, &r.Note)

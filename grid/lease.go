@@ -50,6 +50,10 @@ func (n *Node) leaseLoop() {
 			return
 		case <-t.C:
 		}
+		if n.leaseStalled.Load() {
+			t.Reset(dur / 8)
+			continue
+		}
 		sent := time.Since(n.base)
 		ctx, cancel := context.WithTimeout(n.ctx, dur/4)
 		version, d, err := n.cluster.RenewLease(ctx)

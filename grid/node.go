@@ -157,6 +157,7 @@ type Node struct {
 
 	snapshotsSent atomic.Int64
 	stalled       atomic.Bool // see StallReplication
+	leaseStalled  atomic.Bool // see StallLeases
 	started       atomic.Bool // n.cluster is set: requests may use it
 
 	ctx     context.Context // cancelled when the node stops
@@ -768,6 +769,12 @@ func (n *Node) Inspect(id int) PartitionInfo {
 // frames while keeping its connections open: a SIGSTOPped backup as its
 // primary sees it. For tests.
 func (n *Node) StallReplication(on bool) { n.stalled.Store(on) }
+
+// StallLeases makes this node stop renewing its lease, as a paused or cut
+// off process would; together with StallReplication, a SIGSTOPped node as
+// the rest of the cluster sees it, except that membership still finds it
+// alive. For tests.
+func (n *Node) StallLeases(on bool) { n.leaseStalled.Store(on) }
 
 // Stats are counters for tests and status pages.
 type Stats struct {

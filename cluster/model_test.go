@@ -496,11 +496,15 @@ func (s *msim) failedNames() []string {
 }
 
 // updateBudget forgets past failures once the layout is complete again:
-// membership sees the truth and every partition has backups+1 replicas.
+// membership sees the truth, every partition has backups+1 replicas, and no
+// member is slow.
 func (s *msim) updateBudget() {
 	t := s.newest()
 	var alive []string
 	for _, name := range s.names {
+		if n := s.cur[name]; n != nil && n.up && n.slow {
+			return // an ongoing fault: its silence may start any time
+		}
 		tr := s.truth(name)
 		if tr != s.view[name] && !(tr.status == vLeft && s.view[name].status == vLeft) {
 			return

@@ -662,6 +662,10 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) time.Time {
 		c.log.Warn("commit table", "version", tbl.Version, "err", err)
 		return next
 	}
+	// Followers learn that the table committed from the next AppendEntries
+	// that carries the commit index: send one now (a barrier entry) rather
+	// than at the next commit timeout. Nothing waits for it.
+	_ = c.raft.Barrier(time.Second)
 	lvl := slog.LevelDebug
 	if res.Promoted+res.Lost+res.Switched+res.Added > 0 || res.Converged {
 		lvl = slog.LevelInfo

@@ -48,7 +48,7 @@ func TestNewLeaderAndJoinerGetAWholeLease(t *testing.T) {
 	b := newLeaseBook(d, t0)
 	b.renew("b", t0)
 	lead := t0.Add(5 * time.Second)
-	b.lead(lead) // renewals granted before are unknown
+	b.lead(lead)                              // renewals granted before are unknown
 	b.suspects(lead, []string{"a", "b"}, "a") // its first step
 	if sus, _, _, _ := b.suspects(lead.Add(999*time.Millisecond), []string{"a", "b"}, "a"); len(sus) != 0 {
 		t.Fatalf("a new leader suspected %v before a lease of its own passed", sus)

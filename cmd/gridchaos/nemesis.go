@@ -22,6 +22,7 @@ func isFaultKind(k string) bool { return slices.Contains(faultKinds, k) }
 type nemesis struct {
 	h         *harness
 	faults    []faultRec
+	hits      []hit // the faults' disruptive actions, in order (unavail.go)
 	script    []string
 	sum       *Summary
 	violation func(format string, args ...any)
@@ -130,6 +131,7 @@ func (n *nemesis) inject(ctx context.Context, kind string) (faultRec, error) {
 	begin := func(desc string) {
 		rec.desc = desc
 		rec.start = h.now()
+		n.hits = append(n.hits, hit{fault: len(n.faults) + 1, kind: kind, at: rec.start})
 		h.logf("fault %d: %s", len(n.faults)+1, desc)
 	}
 	var err error
@@ -181,6 +183,19 @@ func (n *nemesis) victim(ctx context.Context, want *proc) (*proc, error) {
 	return nil, fmt.Errorf("for 60 s every member held the last valid copy of some partition (re-replication stalled)")
 }
 
+// mark records a disruptive action of the fault being injected, after
+// its first (begin records that one).
+func (n *nemesis) mark(kind string) {
+	n.hits = append(n.hits, hit{fault: len(n.faults) + 1, kind: kind, at: n.h.now()})
+}
+
+// rejoin restarts p after the cluster recovered from its loss: the grid
+// moves partitions back to it, a hit of kind "rejoin".
+func (n *nemesis) rejoin(ctx context.Context, p *proc) error {
+	n.mark("rejoin")
+	return n.h.restart(ctx, p)
+}
+
 // restart starts p again with the same name and flags. If p restarts
 // empty while the newest table still names it, the cluster is safe again
 // only at a later table (one that can know the new incarnation); if the
@@ -219,7 +234,7 @@ func (n *nemesis) kill(ctx context.Context, kind string, begin func(string)) err
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", p.name, err)
 	}
-	return h.restart(ctx, p)
+	return n.rejoin(ctx, p)
 }
 
 // restartNow SIGKILLs a member and restarts it at once with the same name
@@ -279,11 +294,12 @@ func (n *nemesis) restartChain(ctx context.Context, begin func(string)) error {
 		}
 	}
 	h.logf("restart-chain: SIGKILL %s (primary of %d partitions backed up by %s)", b.name, backed[b.name], a.name)
+	n.mark("restart-chain")
 	h.kill(b)
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", b.name, err)
 	}
-	return h.restart(ctx, b)
+	return n.rejoin(ctx, b)
 }
 
 // primaryOfBackups returns the member (not a) that is primary of most
@@ -330,7 +346,7 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	if cv, err := h.latest(ctx); err == nil {
 		leader = h.byName(cv.Leader)
 	}
-	if err := h.restart(ctx, x); err != nil {
+	if err := n.rejoin(ctx, x); err != nil {
 		return err
 	}
 	v, desc := n.fillVictim(ctx, sender, leader, 15*time.Second)
@@ -341,11 +357,12 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	}
 	h.logf("kill-fill-%s: SIGKILL %s (%s)", role, v.name, desc)
 	n.sum.FillKills++
+	n.mark("kill-fill-" + role)
 	h.kill(v)
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing fill %s %s: %v", role, v.name, err)
 	}
-	return h.restart(ctx, v)
+	return n.rejoin(ctx, v)
 }
 
 // fillVictim polls the newest table until it shows pending replicas and
@@ -452,7 +469,7 @@ func (n *nemesis) killTwo(ctx context.Context, begin func(string)) error {
 		return fmt.Errorf("no failover after killing %s and %s: %v", pair[0].name, pair[1].name, err)
 	}
 	for _, p := range pair {
-		if err := h.restart(ctx, p); err != nil {
+		if err := n.rejoin(ctx, p); err != nil {
 			return err
 		}
 	}
@@ -500,7 +517,7 @@ func (n *nemesis) leave(ctx context.Context, begin func(string)) error {
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("not safe after %s left: %v", p.name, err)
 	}
-	return h.restart(ctx, p)
+	return n.rejoin(ctx, p)
 }
 
 // partition cuts a minority (1 .. (n-1)/2 members) off for 4-7 s: past

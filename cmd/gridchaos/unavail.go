@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -12,10 +13,13 @@ import (
 // cluster recovered from its loss is a hit of its own, of kind "rejoin"
 // (the grid moves partitions back to it). Each hit's window lasts until
 // the cluster is first seen safe after it, or until the next hit,
-// whichever comes first. Every gap between two consecutive acknowledged
-// writes of a writer (the workloads' own records, nothing more) that
-// overlaps one of a fault's windows counts for that fault: a gap that
-// spans two windows counts for both.
+// whichever comes first. A gap between two consecutive acknowledged
+// writes of a writer (the workloads' own records, nothing more) belongs
+// to the first hit inside it (a failover's gap starts just before its
+// kill), or, if none is, to the hit whose window it overlaps (a
+// rebalancing's gap starts after the join): each gap counts for one fault
+// only, so a join followed 0.3 s later by a kill does not inherit the
+// kill's failover.
 
 // stallThreshold is the gap above which a writer counts as stalled.
 const stallThreshold = 500 * time.Millisecond
@@ -58,30 +62,40 @@ func (pc *progressCheck) windowEnd(hits []hit, j int) int64 {
 	return max(end, hits[j].at)
 }
 
-// longestGap returns the longest gap between consecutive acknowledged
+// gapsOverlapping calls f with every gap between consecutive acknowledged
 // writes (begin and stop bound the first and the last) that overlaps
 // [from, to]: it ends after from and starts before to (a window of length
 // zero still has the gap around it).
-func longestGap(writes []int64, begin, stop, from, to int64) int64 {
+func gapsOverlapping(writes []int64, begin, stop, from, to int64, f func(prev, next int64)) {
 	i, _ := slices.BinarySearch(writes, from+1) // first write after from
 	prev := begin
 	if i > 0 {
 		prev = writes[i-1]
 	}
-	worst := int64(0)
 	for ; i < len(writes); i++ {
-		worst = max(worst, writes[i]-prev)
+		f(prev, writes[i])
 		prev = writes[i]
 		if prev >= to {
-			return worst
+			return
 		}
 	}
-	return max(worst, stop-prev)
+	f(prev, stop)
+}
+
+// owner returns the hit a gap belongs to: the first hit in [prev, next),
+// or else the last hit before prev.
+func owner(hits []hit, prev, next int64) int {
+	f, _ := slices.BinarySearchFunc(hits, prev, func(x hit, t int64) int { return cmp.Compare(x.at, t) })
+	if f < len(hits) && hits[f].at < next {
+		return f
+	}
+	return f - 1
 }
 
 // faultGaps returns, per fault (and per fault's rejoins), in the order of
-// their first hits, the longest writer gap over the windows of its hits
-// and the number of writers that stalled.
+// their first hits, the longest writer gap that belongs to one of its
+// hits' windows and the number of writers that stalled. hits are in time
+// order.
 func (pc *progressCheck) faultGaps(hits []hit) []faultGap {
 	type key struct {
 		fault int
@@ -102,7 +116,11 @@ func (pc *progressCheck) faultGaps(hits []hit) []faultGap {
 		for _, w := range pc.workers {
 			mine := int64(0)
 			for _, j := range group[k] {
-				mine = max(mine, longestGap(w.writes, pc.begin, pc.stop, hits[j].at, pc.windowEnd(hits, j)))
+				gapsOverlapping(w.writes, pc.begin, pc.stop, hits[j].at, pc.windowEnd(hits, j), func(prev, next int64) {
+					if owner(hits, prev, next) == j {
+						mine = max(mine, next-prev)
+					}
+				})
 			}
 			if mine > g.worst {
 				g.worst, g.writer = mine, w.name

@@ -10,7 +10,14 @@ func without(ticks []int64, from, to int64) []int64 {
 	return slices.DeleteFunc(slices.Clone(ticks), func(t int64) bool { return t >= from && t < to })
 }
 
-func TestLongestGapOverlapsTheWindow(t *testing.T) {
+// longestGap returns the longest gap overlapping [from, to].
+func longestGap(writes []int64, begin, stop, from, to int64) int64 {
+	worst := int64(0)
+	gapsOverlapping(writes, begin, stop, from, to, func(prev, next int64) { worst = max(worst, next-prev) })
+	return worst
+}
+
+func TestGapsOverlappingTheWindow(t *testing.T) {
 	w := without(ticks(0, 40*s, s/10), 10*s+s/10, 16*s) // last before: 10.0 s, next: 16.0 s
 	for _, c := range []struct {
 		name     string
@@ -48,8 +55,9 @@ func TestFaultGapsPerFaultAndKind(t *testing.T) {
 			{name: "set-1", writes: without(all, 15*s+6*s/10, 16*s+6*s/10)},
 			// Waits 0.5 s after fault 2's pause: not above the threshold.
 			{name: "append-0", writes: without(all, 30*s+s/10, 30*s+s/2)},
-			// Stalls from 40.5 s to 50 s: after fault 2's window, which
-			// ends at the next hit (fault 3, 40 s).
+			// Stalls from 40.5 s to 50 s: the kill of fault 4 (40.55 s), not
+			// the join 0.55 s before it, nor the pause whose window ended
+			// at the join.
 			{name: "counter-0", writes: without(all, 40*s+6*s/10, 50*s)},
 		},
 		safeAt: []int64{6 * s, 12 * s, 17 * s, 45 * s, 55 * s},
@@ -61,7 +69,8 @@ func TestFaultGapsPerFaultAndKind(t *testing.T) {
 		{1, "kill-fill-sender", 9 * s}, // to 12 s
 		{1, "rejoin", 15 * s},          // to 17 s
 		{2, "pause", 30 * s},           // to 40 s (next hit)
-		{3, "join", 40 * s},            // to 45 s
+		{3, "join", 40 * s},            // to the next hit
+		{4, "kill", 40*s + 55*s/100},   // to 45 s
 	}
 	gaps := pc.faultGaps(hits)
 	type row struct {
@@ -79,7 +88,8 @@ func TestFaultGapsPerFaultAndKind(t *testing.T) {
 		{1, "kill-fill-sender", 3 * s, "set-0", 1},
 		{1, "rejoin", 11 * s / 10, "set-1", 1},
 		{2, "pause", 5 * s / 10, "append-0", 0},
-		{3, "join", 95 * s / 10, "counter-0", 1},
+		{3, "join", s / 10, "set-0", 0},
+		{4, "kill", 95 * s / 10, "counter-0", 1},
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("fault gaps\n got %+v\nwant %+v", got, want)
@@ -89,7 +99,7 @@ func TestFaultGapsPerFaultAndKind(t *testing.T) {
 	if p := k["pause"]; p != (KindUnavail{Faults: 3, GapP50ms: 1000, GapMaxms: 2000, StalledP50: 2, StalledMax: 3}) {
 		t.Fatalf("pause aggregate %+v", p)
 	}
-	if j := k["join"]; j != (KindUnavail{Faults: 1, GapP50ms: 9500, GapMaxms: 9500, StalledP50: 1, StalledMax: 1}) {
-		t.Fatalf("join aggregate %+v", j)
+	if j := k["kill"]; j != (KindUnavail{Faults: 1, GapP50ms: 9500, GapMaxms: 9500, StalledP50: 1, StalledMax: 1}) {
+		t.Fatalf("kill aggregate %+v", j)
 	}
 }

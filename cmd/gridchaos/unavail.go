@@ -147,11 +147,12 @@ func byKind(gaps []faultGap) map[string]KindUnavail {
 		s := stalled[kind]
 		slices.Sort(w)
 		slices.Sort(s)
+		mid := (len(w) - 1) / 2 // nearest rank: of two faults, the lower
 		out[kind] = KindUnavail{
 			Faults:     len(w),
-			GapP50ms:   ms(w[len(w)/2]),
+			GapP50ms:   ms(w[mid]),
 			GapMaxms:   ms(w[len(w)-1]),
-			StalledP50: s[len(s)/2],
+			StalledP50: s[mid],
 			StalledMax: s[len(s)-1],
 		}
 	}

@@ -95,11 +95,15 @@ func TestFaultGapsPerFaultAndKind(t *testing.T) {
 		t.Fatalf("fault gaps\n got %+v\nwant %+v", got, want)
 	}
 
-	k := byKind(append(gaps, faultGap{fault: 4, kind: "pause", worst: 2 * s, stalled: 3}, faultGap{fault: 5, kind: "pause", worst: s, stalled: 2}))
+	k := byKind(append(gaps, faultGap{fault: 5, kind: "pause", worst: 2 * s, stalled: 3}, faultGap{fault: 6, kind: "pause", worst: s, stalled: 2},
+		faultGap{fault: 7, kind: "leave", worst: 3 * s, stalled: 4}, faultGap{fault: 8, kind: "leave", worst: s, stalled: 1}))
 	if p := k["pause"]; p != (KindUnavail{Faults: 3, GapP50ms: 1000, GapMaxms: 2000, StalledP50: 2, StalledMax: 3}) {
 		t.Fatalf("pause aggregate %+v", p)
 	}
 	if j := k["kill"]; j != (KindUnavail{Faults: 1, GapP50ms: 9500, GapMaxms: 9500, StalledP50: 1, StalledMax: 1}) {
 		t.Fatalf("kill aggregate %+v", j)
+	}
+	if l := k["leave"]; l != (KindUnavail{Faults: 2, GapP50ms: 1000, GapMaxms: 3000, StalledP50: 1, StalledMax: 4}) {
+		t.Fatalf("leave aggregate %+v (of two faults, p50 is the lower)", l)
 	}
 }

@@ -129,10 +129,10 @@ func (n *nemesis) inject(ctx context.Context, kind string) (faultRec, error) {
 	h := n.h
 	rec := faultRec{kind: kind, desc: kind}
 	begin := func(desc string) {
-		rec.desc = desc
+		rec.desc = desc + n.leader(ctx)
 		rec.start = h.now()
 		n.hits = append(n.hits, hit{fault: len(n.faults) + 1, kind: kind, at: rec.start})
-		h.logf("fault %d: %s", len(n.faults)+1, desc)
+		h.logf("fault %d: %s", len(n.faults)+1, rec.desc)
 	}
 	var err error
 	switch kind {
@@ -181,6 +181,16 @@ func (n *nemesis) victim(ctx context.Context, want *proc) (*proc, error) {
 		return p, nil
 	}
 	return nil, fmt.Errorf("for 60 s every member held the last valid copy of some partition (re-replication stalled)")
+}
+
+// leader names the raft leader of the newest table, so that a fault's
+// unavailability can be read knowing whether it hit the table's authority.
+func (n *nemesis) leader(ctx context.Context) string {
+	cv, err := n.h.latest(ctx)
+	if err != nil || cv.Leader == "" {
+		return ""
+	}
+	return "; raft leader " + cv.Leader
 }
 
 // mark records a disruptive action of the fault being injected, after
@@ -293,7 +303,7 @@ func (n *nemesis) restartChain(ctx context.Context, begin func(string)) error {
 			return fmt.Errorf("converged three times, yet killing %s would lose data by design each time: %s", b.name, w)
 		}
 	}
-	h.logf("restart-chain: SIGKILL %s (primary of %d partitions backed up by %s)", b.name, backed[b.name], a.name)
+	h.logf("restart-chain: SIGKILL %s (primary of %d partitions backed up by %s%s)", b.name, backed[b.name], a.name, n.leader(ctx))
 	n.mark("restart-chain")
 	h.kill(b)
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
@@ -417,7 +427,7 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, leader *proc, d t
 			}
 		}
 		if best != nil {
-			return best, fmt.Sprintf("%d pending partitions at table %d", counts[best.name], cv.Version)
+			return best, fmt.Sprintf("%d pending partitions at table %d; raft leader %s", counts[best.name], cv.Version, cv.Leader)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

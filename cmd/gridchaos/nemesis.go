@@ -183,14 +183,31 @@ func (n *nemesis) victim(ctx context.Context, want *proc) (*proc, error) {
 	return nil, fmt.Errorf("for 60 s every member held the last valid copy of some partition (re-replication stalled)")
 }
 
+// leaderOf returns the process the view names as raft leader (by its RPC
+// address, which is what raft knows), or nil.
+func (h *harness) leaderOf(cv *clusterView) *proc {
+	if cv.Leader == "" {
+		return nil
+	}
+	for _, p := range h.procs {
+		if p.rpc == cv.Leader {
+			return p
+		}
+	}
+	return nil
+}
+
 // leader names the raft leader of the newest table, so that a fault's
 // unavailability can be read knowing whether it hit the table's authority.
 func (n *nemesis) leader(ctx context.Context) string {
 	cv, err := n.h.latest(ctx)
-	if err != nil || cv.Leader == "" {
+	if err != nil {
 		return ""
 	}
-	return "; raft leader " + cv.Leader
+	if p := n.h.leaderOf(cv); p != nil {
+		return "; raft leader " + p.name
+	}
+	return "; no raft leader known"
 }
 
 // mark records a disruptive action of the fault being injected, after
@@ -354,7 +371,7 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	// the restart.
 	var leader *proc
 	if cv, err := h.latest(ctx); err == nil {
-		leader = h.byName(cv.Leader)
+		leader = h.leaderOf(cv)
 	}
 	if err := n.rejoin(ctx, x); err != nil {
 		return err
@@ -398,7 +415,7 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, leader *proc, d t
 			continue
 		}
 		polls++
-		if l := h.byName(cv.Leader); l != nil && l.running && !l.paused {
+		if l := h.leaderOf(cv); l != nil && l.running && !l.paused {
 			from = l
 		}
 		counts := map[string]int{}
@@ -427,7 +444,11 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, leader *proc, d t
 			}
 		}
 		if best != nil {
-			return best, fmt.Sprintf("%d pending partitions at table %d; raft leader %s", counts[best.name], cv.Version, cv.Leader)
+			polled := "the newest table"
+			if from != nil {
+				polled = from.name
+			}
+			return best, fmt.Sprintf("%d pending partitions at table %d, polled on %s after %d polls", counts[best.name], cv.Version, polled, polls)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -123,7 +123,7 @@ func (h *harness) start(p *proc) error {
 		}
 	}
 	args := []string{"-name", p.name, "-gossip", p.gossip, "-rpc", p.rpc, "-http", strings.TrimPrefix(p.httpURL, "http://"),
-		"-backups", fmt.Sprint(h.cfg.Backups), "-profile", "test", "-log-level", "info", "-leave-timeout", "15s"}
+		"-backups", fmt.Sprint(h.cfg.Backups), "-profile", h.cfg.Profile, "-log-level", "info", "-leave-timeout", "15s"}
 	if len(join) > 0 {
 		args = append(args, "-join", strings.Join(join, ","))
 	}

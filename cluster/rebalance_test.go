@@ -189,6 +189,15 @@ func (r *rbRun) idealBackups() float64 {
 	return float64(r.leavingHeld * max(0, 1+r.want-min(r.backups, r.from-1)))
 }
 
+// idealCopies is the fewest copies the change needs: the joining member's
+// share of primaries and backups, or the replicas the leaver held.
+func (r *rbRun) idealCopies() float64 {
+	if r.kind == "join" {
+		return float64((1+r.want)*rebalanceParts) / float64(r.from+1)
+	}
+	return r.idealBackups()
+}
+
 // rebalanceRuns grows a table from 1 to maxN members by joins (measuring
 // each join), and from each converged size makes every member fail and
 // drain in turn (measuring each leave).
@@ -286,7 +295,7 @@ func TestRebalanceTable(t *testing.T) {
 	var b strings.Builder
 	for _, backups := range []int{1, 2} {
 		fmt.Fprintf(&b, "\nbackups=%d (MaxInFlight 64; leaves: the worst member of each size)\n\n", backups)
-		b.WriteString("| change | primaries moved (ideal) | backup copies (ideal) | copies started | max/mean primaries | max/mean backups |\n")
+		b.WriteString("| change | primaries moved (ideal) | backup copies (ideal) | copies started (ideal) | max/mean primaries | max/mean backups |\n")
 		b.WriteString("|---|---|---|---|---|---|\n")
 		runs := rebalanceRuns(t, backups, 10, 64)
 		for _, kind := range []string{"join", "fail", "drain"} {
@@ -304,8 +313,8 @@ func TestRebalanceTable(t *testing.T) {
 				if kind != "join" {
 					what = fmt.Sprintf("%s %d->%d", kind, n, n-1)
 				}
-				fmt.Fprintf(&b, "| %s | %d (%.1f) | %d (%.1f) | %d | %.3f | %.3f |\n", what, worst.primMoved, worst.idealPrim(),
-					worst.backupCopies, worst.idealBackups(), worst.added, maxOverMean(worst.prim), maxOverMean(worst.back))
+				fmt.Fprintf(&b, "| %s | %d (%.1f) | %d (%.1f) | %d (%.1f) | %.3f | %.3f |\n", what, worst.primMoved, worst.idealPrim(),
+					worst.backupCopies, worst.idealBackups(), worst.added, worst.idealCopies(), maxOverMean(worst.prim), maxOverMean(worst.back))
 			}
 		}
 	}
@@ -314,8 +323,8 @@ func TestRebalanceTable(t *testing.T) {
 
 // rbWorse orders runs by excess movement, then by imbalance.
 func rbWorse(a, b *rbRun) bool {
-	ea := float64(a.primMoved)/a.idealPrim() + float64(a.added)/max(1, a.idealBackups())
-	eb := float64(b.primMoved)/b.idealPrim() + float64(b.added)/max(1, b.idealBackups())
+	ea := float64(a.primMoved)/a.idealPrim() + float64(a.added)/max(1, a.idealCopies())
+	eb := float64(b.primMoved)/b.idealPrim() + float64(b.added)/max(1, b.idealCopies())
 	if ea != eb {
 		return ea > eb
 	}

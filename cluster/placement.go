@@ -66,7 +66,8 @@ const (
 // assigner is one Target computation. Members are indices into names.
 type assigner struct {
 	names   []string
-	seeds   []uint64 // hash of each member's name
+	ids     map[string]int // index of each name
+	seeds   []uint64       // hash of each member's name
 	parts   int
 	cur     []wire.Part // the current partitions, len parts (zero where cur had none)
 	primary []int       // target primary of each partition
@@ -77,8 +78,10 @@ type assigner struct {
 func newAssigner(members []string, partitions int, cur *wire.Table) *assigner {
 	a := &assigner{names: members, parts: partitions, cur: make([]wire.Part, partitions)}
 	a.seeds = make([]uint64, len(members))
+	a.ids = make(map[string]int, len(members))
 	for i, m := range members {
 		a.seeds[i] = xxhash.Sum64String(m)
+		a.ids[m] = i
 	}
 	if cur != nil {
 		copy(a.cur, cur.Partitions)
@@ -88,7 +91,7 @@ func newAssigner(members []string, partitions int, cur *wire.Table) *assigner {
 
 // index returns the member index of name, or -1.
 func (a *assigner) index(name string) int {
-	if i, ok := slices.BinarySearch(a.names, name); ok {
+	if i, ok := a.ids[name]; ok {
 		return i
 	}
 	return -1

@@ -230,17 +230,7 @@ func TestWriteWithoutDeadlineReturnsWhenBackupStalls(t *testing.T) {
 	}
 	c := gridtest.New(t, 3, func(i int, cfg *grid.Config) { cfg.RequestTimeout = 2 * time.Second })
 	c.WaitStable(30 * time.Second)
-	nd := c.Nodes[0]
-	tab := nd.Table()
-	var pid = -1
-	for p, part := range tab.Partitions {
-		if part.Primary == nd.Name() {
-			pid = p
-			break
-		}
-	}
-	backup := c.Node(tab.Partitions[pid].Backups[0])
-	key := keyIn(pid, tab)
+	nd, backup, _, key := primaryWithBackup(c)
 	m := nd.Map("stall")
 	if err := m.Put(ctxT(t, 10*time.Second), key, []byte("v0")); err != nil {
 		t.Fatal(err)
@@ -318,17 +308,7 @@ func TestSilentBackupIsFailedOverWithinALease(t *testing.T) {
 	}
 	c := gridtest.New(t, 3, nil)
 	c.WaitStable(30 * time.Second)
-	nd := c.Nodes[0]
-	tab := nd.Table()
-	pid := -1
-	for p, part := range tab.Partitions {
-		if part.Primary == nd.Name() {
-			pid = p
-			break
-		}
-	}
-	backup := c.Node(tab.Partitions[pid].Backups[0])
-	key := keyIn(pid, tab)
+	nd, backup, pid, key := primaryWithBackup(c)
 	m := nd.Map("silent")
 	if err := m.Put(ctxT(t, 10*time.Second), key, []byte("v0")); err != nil {
 		t.Fatal(err)
@@ -354,4 +334,17 @@ func TestSilentBackupIsFailedOverWithinALease(t *testing.T) {
 	if err != nil || string(got) != "v1" {
 		t.Fatalf("read back %q, %v", got, err)
 	}
+}
+
+// primaryWithBackup returns the cluster's first node, the backup of the
+// first partition it leads, that partition and a key in it.
+func primaryWithBackup(c *gridtest.Cluster) (nd, backup *grid.Node, pid int, key string) {
+	nd = c.Nodes[0]
+	tab := nd.Table()
+	for p, part := range tab.Partitions {
+		if part.Primary == nd.Name() {
+			return nd, c.Node(part.Backups[0]), p, keyIn(p, tab)
+		}
+	}
+	panic("the first node leads no partition")
 }

@@ -310,12 +310,18 @@ func (c *Client) refresher() {
 	defer c.wg.Done()
 	tick := time.NewTicker(c.cfg.RefreshInterval)
 	defer tick.Stop()
+	pulse := time.NewTicker(slowPulse)
+	defer pulse.Stop()
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-tick.C:
 		case <-c.refreshCh:
+		case <-pulse.C:
+			if !c.router.Pulse() {
+				continue
+			}
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
 		if err := c.fetch(ctx); err != nil {
@@ -327,6 +333,12 @@ func (c *Client) refresher() {
 		cancel()
 	}
 }
+
+// slowPulse is how often the refresher checks for requests that have been
+// waiting for at least that long; if any, it fetches a table (a primary that
+// stopped answering is failed over by the authority within about a lease,
+// and only a new table lets those requests move to the new primary).
+const slowPulse = 200 * time.Millisecond
 
 // Table fetch timing: a member that has not answered within tableHedge is
 // joined by the next one, and no member is waited on longer than

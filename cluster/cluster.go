@@ -46,9 +46,10 @@ type Config struct {
 	Profile Profile
 	// MaxMigrations bounds the pending replicas in the table at once. Default 64.
 	MaxMigrations int
-	// LeaseDuration is how long a member may serve reads after a lease
-	// renewal; the leader promotes a failed primary's backup only once the
-	// primary's lease must have lapsed. Default: 5s (LAN), 1.5s (test).
+	// LeaseDuration is how long a member may serve after a lease renewal;
+	// the leader promotes a failed primary's backup only once the primary's
+	// lease must have lapsed, and treats a member that has not renewed for
+	// this long as failed (lease.go). Default: see defaultLease.
 	LeaseDuration time.Duration
 	// Logger receives the layer's logs; nil discards them.
 	Logger *slog.Logger
@@ -116,15 +117,11 @@ type Cluster struct {
 	// a leaving member repeats its request, so a new leader learns it).
 	drainMu  sync.Mutex
 	draining map[string]string // name -> raft id of the incarnation that asked
-	// leases: leader's monotonic time of each member's last renewal, and
-	// when this member became leader (it knows no renewals from before).
-	leaseMu      sync.Mutex
-	leases       map[string]time.Time
-	leadingSince time.Time
-	done         chan struct{}
-	wg           sync.WaitGroup
-	closeMu      sync.Mutex
-	closed       bool
+	leases   *leaseBook        // the leader's record of renewals (lease.go)
+	done     chan struct{}
+	wg       sync.WaitGroup
+	closeMu  sync.Mutex
+	closed   bool
 }
 
 // Start joins (or bootstraps) the cluster. It returns once this member is
@@ -134,10 +131,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	if cfg.LeaseDuration == 0 {
-		cfg.LeaseDuration = 5 * time.Second
-		if cfg.Profile == ProfileTest {
-			cfg.LeaseDuration = 1500 * time.Millisecond
-		}
+		cfg.LeaseDuration = defaultLease(cfg.Profile)
 	}
 	lg := cfg.Logger
 	if lg == nil {
@@ -150,7 +144,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		raftID:   cfg.Name + "-" + strconv.FormatInt(start.UnixNano(), 36),
 		reports:  make(chan wire.SyncedReport, 1024),
 		draining: map[string]string{},
-		leases:   map[string]time.Time{},
+		leases:   newLeaseBook(cfg.LeaseDuration, start),
 		done:     make(chan struct{}),
 	}
 	c.fsm = &fsm{onTable: cfg.OnTable}
@@ -181,8 +175,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go c.run()
+	go c.watchPauses()
 	return c, nil
 }
 
@@ -222,12 +217,7 @@ func (c *Cluster) startRaft(bootstrap bool) error {
 	rc.SnapshotThreshold = 64
 	rc.TrailingLogs = 128
 	rc.SnapshotInterval = 10 * time.Second
-	if c.cfg.Profile == ProfileTest {
-		rc.HeartbeatTimeout = 400 * time.Millisecond
-		rc.ElectionTimeout = 400 * time.Millisecond
-		rc.LeaderLeaseTimeout = 200 * time.Millisecond
-		rc.CommitTimeout = 5 * time.Millisecond
-	}
+	setRaftTiming(rc, c.cfg.Profile)
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: raftStream{c.cfg.RaftLayer}, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
 	})
@@ -317,84 +307,6 @@ func (c *Cluster) HandleSynced(r wire.SyncedReport) error {
 	default:
 		return fmt.Errorf("%w: authority busy", api.ErrUnavailable)
 	}
-}
-
-// LeaseDuration is the read lease length.
-func (c *Cluster) LeaseDuration() time.Duration { return c.cfg.LeaseDuration }
-
-// HandleLease renews node's lease if this member leads the authority and
-// membership sees node alive. It returns the table version the lease is
-// bound to: the holder may serve only once it installed that version.
-func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
-	if !c.IsLeader() {
-		return 0, 0, fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
-	}
-	alive := false
-	for _, m := range c.liveMembers() {
-		if m.Name == node {
-			alive = true
-		}
-	}
-	if !alive {
-		return 0, 0, fmt.Errorf("%w: %s is not a live member", api.ErrUnavailable, node)
-	}
-	c.leaseMu.Lock()
-	c.leases[node] = time.Now()
-	c.leaseMu.Unlock()
-	var version uint64
-	if t := c.Table(); t != nil {
-		version = t.Version
-	}
-	return version, c.cfg.LeaseDuration, nil
-}
-
-// RenewLease renews this member's lease with the leader.
-func (c *Cluster) RenewLease(ctx context.Context) (uint64, time.Duration, error) {
-	addr, id := c.raft.LeaderWithID()
-	if id == "" {
-		return 0, 0, fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
-	}
-	if string(id) == c.raftID {
-		return c.HandleLease(c.cfg.Name)
-	}
-	conn, err := c.cfg.Pool.Get(ctx, string(addr))
-	if err != nil {
-		return 0, 0, err
-	}
-	var resp wire.LeaseResponse
-	if err := conn.Call(ctx, wire.MsgLease, &wire.LeaseRequest{Node: c.cfg.Name}, &resp); err != nil {
-		return 0, 0, err
-	}
-	return resp.Version, time.Duration(resp.Duration), nil
-}
-
-// leased returns the members whose lease may still be valid: the leader
-// must not promote their backups yet.
-func (c *Cluster) leased(now time.Time) map[string]bool {
-	c.leaseMu.Lock()
-	defer c.leaseMu.Unlock()
-	out := map[string]bool{}
-	young := now.Sub(c.leadingSince) < c.cfg.LeaseDuration
-	for name, at := range c.leases {
-		if now.Sub(at) < c.cfg.LeaseDuration {
-			out[name] = true
-		} else if !young {
-			delete(c.leases, name)
-		}
-	}
-	if young {
-		// A new leader has not seen the renewals granted by its
-		// predecessor: every member may hold a lease.
-		if t := c.Table(); t != nil {
-			for _, p := range t.Partitions {
-				out[p.Primary] = true
-				if p.Former != "" {
-					out[p.Former] = true
-				}
-			}
-		}
-	}
-	return out
 }
 
 // HandleDrain records that node wants to leave gracefully, if this member
@@ -509,6 +421,10 @@ func (c *Cluster) run() {
 	defer c.wg.Done()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	// due fires when a silent member's lease lapses: its suspicion must not
+	// wait for the next tick.
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
 	var reports []wire.SyncedReport
 	leading := false
 	for {
@@ -517,6 +433,7 @@ func (c *Cluster) run() {
 			return
 		case <-c.ms.Notify():
 		case <-tick.C:
+		case <-due.C:
 		case r := <-c.reports:
 			reports = append(reports, r)
 			// Coalesce a burst of reports into one commit.
@@ -545,15 +462,15 @@ func (c *Cluster) run() {
 				continue
 			}
 			leading = true
-			c.leaseMu.Lock()
-			c.leadingSince = time.Now()
-			c.leases = map[string]time.Time{}
-			c.leaseMu.Unlock()
+			c.leases.lead(time.Now())
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()
-		c.reconcileTable(reports)
+		next := c.reconcileTable(reports)
 		reports = reports[:0]
+		if !next.IsZero() {
+			due.Reset(max(time.Until(next), 0) + time.Millisecond)
+		}
 	}
 }
 
@@ -676,7 +593,35 @@ func keepsMajority(servers []raft.Server, id raft.ServerID, live map[string]Memb
 	return alive > total/2
 }
 
-func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
+// dropSuspects leaves out of the live members those whose lease lapsed at
+// this leader (lease.go), and returns when the next one would.
+func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member, time.Time) {
+	names := make([]string, len(live))
+	for i, m := range live {
+		names[i] = m.Name
+	}
+	sus, next, began, ended := c.leases.suspects(now, names, c.cfg.Name)
+	for _, n := range began {
+		c.log.Warn("member silent for a whole lease; failing it over", "member", n, "lease", c.cfg.LeaseDuration)
+	}
+	for _, n := range ended {
+		c.log.Info("suspected member renewed its lease again", "member", n)
+	}
+	if len(sus) == 0 {
+		return live, next
+	}
+	kept := live[:0:0]
+	for _, m := range live {
+		if !sus[m.Name] {
+			kept = append(kept, m)
+		}
+	}
+	return kept, next
+}
+
+// reconcileTable commits the next table if it differs, and returns when a
+// silent member would next become suspect (zero: none).
+func (c *Cluster) reconcileTable(reports []wire.SyncedReport) time.Time {
 	live := c.liveMembers()
 	wm := make([]wire.Member, 0, len(live))
 	c.drainMu.Lock()
@@ -697,24 +642,30 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 		}
 	}
 	c.drainMu.Unlock()
+	now := time.Now()
+	wm, next := c.dropSuspects(now, wm)
 	cur := c.fsm.table.Load()
-	leased := c.leased(time.Now())
+	leased := c.leased(now)
 	for _, m := range wm {
 		delete(leased, m.Name) // live members are not waited for
 	}
-	next, res := Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports, MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone})
-	if next == cur {
-		return
+	tbl, res := Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports, MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone})
+	if tbl == cur {
+		return next
 	}
-	data, err := wire.Marshal(next)
+	data, err := wire.Marshal(tbl)
 	if err != nil {
 		c.log.Error("encode table", "err", err)
-		return
+		return next
 	}
 	if err := c.raft.Apply(data, 5*time.Second).Error(); err != nil {
-		c.log.Warn("commit table", "version", next.Version, "err", err)
-		return
+		c.log.Warn("commit table", "version", tbl.Version, "err", err)
+		return next
 	}
+	// Followers learn that the table committed from the next AppendEntries
+	// that carries the commit index: send one now (a barrier entry) rather
+	// than at the next commit timeout. Nothing waits for it.
+	_ = c.raft.Barrier(time.Second)
 	lvl := slog.LevelDebug
 	if res.Promoted+res.Lost+res.Switched+res.Added > 0 || res.Converged {
 		lvl = slog.LevelInfo
@@ -722,10 +673,11 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) {
 	if res.Lost > 0 {
 		lvl = slog.LevelError
 	}
-	c.log.Log(context.Background(), lvl, "committed partition table", "version", next.Version,
+	c.log.Log(context.Background(), lvl, "committed partition table", "version", tbl.Version,
 		"members", len(wm), "promoted", res.Promoted, "lost", res.Lost, "migrations_started", res.Added,
 		"primaries_moved", res.Switched, "replicas_dropped", res.Dropped, "migrations_in_flight", res.InFlight,
 		"unavailable", res.Unavailable, "awaiting_lease", res.AwaitingLease, "converged", res.Converged)
+	return next
 }
 
 // Leave leaves gracefully: the member drains (see Drain, bounded by ctx),

@@ -23,9 +23,13 @@ type member struct {
 	pool *transport.Pool
 	mu   sync.Mutex
 	seen []uint64
+	done chan struct{}
+	wg   sync.WaitGroup
 }
 
 func (m *member) stop() {
+	close(m.done)
+	m.wg.Wait()
 	_ = m.c.Close()
 	_ = m.srv.Close()
 	m.pool.Close()
@@ -35,6 +39,22 @@ func (m *member) stop() {
 type handler struct{ m *member }
 
 func (h handler) HandleFrame(c *transport.Conn, f wire.Frame) {
+	if f.Type == wire.MsgLease {
+		var req wire.LeaseRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			c.ReplyError(f.Type, f.ID, err)
+			return
+		}
+		go func() { // VerifyLeader waits for a quorum: not on the reader
+			v, d, err := h.m.c.HandleLease(req.Node)
+			if err != nil {
+				c.ReplyError(f.Type, f.ID, err)
+				return
+			}
+			c.Reply(f.Type, f.ID, &wire.LeaseResponse{Version: v, Duration: int64(d)})
+		}()
+		return
+	}
 	var r wire.SyncedReport
 	if err := wire.Decode(f.Body, &r); err != nil {
 		c.ReplyError(f.Type, f.ID, err)
@@ -76,7 +96,28 @@ func startMember(t *testing.T, net *FakeNetwork, name string, bootstrap bool) *m
 		t.Fatal(err)
 	}
 	m.c = c
+	m.done = make(chan struct{})
+	m.wg.Add(1)
+	go m.renewLeases()
 	return m
+}
+
+// renewLeases renews the member's lease as a grid node does: the leader
+// fails over members that stop renewing.
+func (m *member) renewLeases() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.c.LeaseDuration() / 8)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), m.c.LeaseDuration()/4)
+			_, _, _ = m.c.RenewLease(ctx)
+			cancel()
+		}
+	}
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {

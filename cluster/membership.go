@@ -80,9 +80,12 @@ type Membership interface {
 // Profile is a failure detection and consensus timing preset.
 type Profile string
 
-// Profiles. ProfileLAN is memberlist's LAN default (a SIGKILLed node is
-// declared failed in about 5 s); ProfileTest detects in about 1 s on
-// loopback (probe 200 ms, timeout 100 ms, suspicion multiplier 3).
+// Profiles. Both fail a silent member over within about a lease (1 s, see
+// profile.go); they differ in membership's own failure detection, which
+// confirms a failure and changes the raft voters: ProfileLAN is
+// memberlist's LAN default (a SIGKILLed node is declared failed in about
+// 5 s), ProfileTest detects in about 1 s on loopback (probe 200 ms, timeout
+// 100 ms, suspicion multiplier 3).
 const (
 	ProfileLAN  Profile = "lan"
 	ProfileTest Profile = "test"

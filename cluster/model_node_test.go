@@ -55,6 +55,7 @@ type mnode struct {
 	up        bool // the process runs
 	cut       bool // isolated from the network (and from the authority)
 	suspected bool // membership calls it failed although it runs
+	slow      bool // runs, but its lease renewals do not reach the leader
 	draining  bool
 	table     *wire.Table // installed
 	// leaseUntil and leaseVer: the node serves while now < leaseUntil and
@@ -575,7 +576,7 @@ func (s *msim) maintain(n *mnode, lossy bool) {
 }
 
 func (s *msim) renew(n *mnode) {
-	if n.cut || s.view[n.name].status != vAlive {
+	if n.cut || n.slow || s.view[n.name].status != vAlive {
 		return // HandleLease: only the leader's live members renew
 	}
 	s.leases[n.name] = s.now

@@ -106,10 +106,14 @@ type modelStats struct {
 	schedules, events, writes, acked, reads, oldReads, promoted, switched, fenced, lost, lostWrites int
 	crashes, restarts, isolations, suspicions, drains, leaves, joins, leaderChanges, tables         int
 	healRounds                                                                                      int // the most rounds a heal took
+	silent                                                                                          int // live members left out of a step for a lapsed lease
+	slowed                                                                                          int // members whose renewals stopped
 }
 
 func (a *modelStats) add(b modelStats) {
 	a.schedules += b.schedules
+	a.silent += b.silent
+	a.slowed += b.slowed
 	a.events += b.events
 	a.writes += b.writes
 	a.acked += b.acked
@@ -164,6 +168,7 @@ type msim struct {
 	view         map[string]mview // the membership view the authority reads
 	draining     map[string]bool
 	leases       map[string]int // the leader's last renewal per name
+	seenAt       map[string]int // when the leader first saw a name live without a renewal
 	leadingSince int
 	reports      []mreport
 	idle         *StepInput // the last inputs without reports that changed nothing
@@ -201,7 +206,7 @@ func newModel(seed uint64, tracing bool) *msim {
 		cfg: cfg, rng: rng, tracing: tracing, now: 1, orphanAsIs: os.Getenv("GRID_MODEL_ORPHAN_AS_IS") != "",
 		longReports: os.Getenv("GRID_MODEL_SHORT_REPORTS") == "",
 		cur:         map[string]*mnode{}, incs: map[string]int{}, view: map[string]mview{},
-		draining: map[string]bool{}, leases: map[string]int{},
+		draining: map[string]bool{}, leases: map[string]int{}, seenAt: map[string]int{},
 		acked: make([]wset, cfg.partitions), ackedKey: make([][modelKeys]wset, cfg.partitions),
 		wids: make([]int, cfg.partitions), maxEpoch: make([]uint64, cfg.partitions),
 		owner: map[[2]uint64]string{}, failed: map[string]bool{},
@@ -328,14 +333,42 @@ func (s *msim) truth(name string) mview {
 
 // ---- The authority ----
 
+// live mirrors Cluster.liveMembers less Cluster.dropSuspects: the members
+// membership calls alive, except those silent for a whole lease.
 func (s *msim) live() []wire.Member {
 	var out []wire.Member
 	for _, name := range s.names {
-		if v, ok := s.view[name]; ok && v.status == vAlive {
+		v, ok := s.view[name]
+		if !ok || v.status != vAlive {
+			delete(s.seenAt, name)
+			continue
+		}
+		if !s.silent(name) {
 			out = append(out, wire.Member{Name: name, RPC: name, ID: v.id})
 		}
 	}
 	return out
+}
+
+// silent mirrors leaseBook.suspects: name's last renewal, or when this
+// leader first saw it, or when it started leading, is a lease old.
+func (s *msim) silent(name string) bool {
+	heard, ok := s.leases[name]
+	if !ok {
+		if heard, ok = s.seenAt[name]; !ok {
+			heard = s.now
+			s.seenAt[name] = heard
+		}
+	}
+	heard = max(heard, s.leadingSince)
+	if s.now-heard >= modelLease {
+		// Left out of the table: a failure for the budget, each time
+		// (a slow member can be back between two silences).
+		s.stats.silent++
+		s.failed[name] = true
+		return true
+	}
+	return false
 }
 
 // leased mirrors Cluster.leased: members whose lease may be valid, and every
@@ -463,11 +496,15 @@ func (s *msim) failedNames() []string {
 }
 
 // updateBudget forgets past failures once the layout is complete again:
-// membership sees the truth and every partition has backups+1 replicas.
+// membership sees the truth, every partition has backups+1 replicas, and no
+// member is slow.
 func (s *msim) updateBudget() {
 	t := s.newest()
 	var alive []string
 	for _, name := range s.names {
+		if n := s.cur[name]; n != nil && n.up && n.slow {
+			return // an ongoing fault: its silence may start any time
+		}
 		tr := s.truth(name)
 		if tr != s.view[name] && !(tr.status == vLeft && s.view[name].status == vLeft) {
 			return
@@ -654,6 +691,9 @@ func (s *msim) event() {
 // install the newest table if one older than modelTableLag is missing.
 func (s *msim) tick() {
 	s.now++
+	for _, n := range s.running() {
+		s.renew(n) // every member renews several times per lease
+	}
 	if !s.longReports {
 		s.reports = slices.DeleteFunc(s.reports, func(r mreport) bool { return s.now-r.at > modelReportAge })
 	}
@@ -756,7 +796,7 @@ func (s *msim) fault() {
 	}
 	name, _ := pick(s.rng, up)
 	n := s.cur[name]
-	switch s.rng.IntN(10) {
+	switch s.rng.IntN(11) {
 	case 0, 1: // crash
 		if n != nil && s.canFail(name) {
 			s.failed[name] = true
@@ -791,6 +831,13 @@ func (s *msim) fault() {
 			}
 			n.pool = nil
 		}
+	case 10: // a running member's lease renewals stop reaching the leader
+		if n != nil && !n.slow && s.canFail(name) {
+			s.failed[name] = true
+			s.stats.slowed++
+			s.logf("renewals of %s stop", n.id)
+			n.slow = true
+		}
 	case 5: // membership calls a running member failed
 		if n != nil && !n.suspected && s.canFail(name) {
 			s.failed[name] = true
@@ -800,9 +847,9 @@ func (s *msim) fault() {
 			s.setView(name)
 		}
 	case 6: // heal
-		if name, ok := pick(s.rng, slices.DeleteFunc(slices.Clone(up), func(x string) bool { return !s.cur[x].cut && !s.cur[x].suspected })); ok {
+		if name, ok := pick(s.rng, slices.DeleteFunc(slices.Clone(up), func(x string) bool { return !s.cur[x].cut && !s.cur[x].suspected && !s.cur[x].slow })); ok {
 			s.logf("heal %s", s.cur[name].id)
-			s.cur[name].cut, s.cur[name].suspected = false, false
+			s.cur[name].cut, s.cur[name].suspected, s.cur[name].slow = false, false, false
 		}
 	case 7: // drain
 		if n != nil && !n.draining && s.canDrain(name) {
@@ -817,6 +864,7 @@ func (s *msim) fault() {
 		s.stats.leaderChanges++
 		s.logf("authority leader changes")
 		clear(s.leases)
+		clear(s.seenAt)
 		s.leadingSince = s.now
 	}
 	s.leave()
@@ -1047,7 +1095,7 @@ func (s *msim) heal() {
 		switch {
 		case n == nil:
 		case n.up:
-			n.cut, n.suspected = false, false
+			n.cut, n.suspected, n.slow = false, false, false
 		case s.view[name].status == vLeft:
 		case s.cfg.unbounded || s.rng.IntN(2) == 0:
 			s.stats.restarts++

@@ -2,109 +2,14 @@ package cluster
 
 import (
 	"maps"
-	"math"
 	"slices"
 	"strings"
 
-	"github.com/buraksezer/consistent"
-	"github.com/cespare/xxhash/v2"
 	"github.com/collocate/grid/internal/wire"
 )
 
 // Table functions are pure: no I/O, no clocks, no goroutines. The leader
 // calls them; tests call them directly.
-
-type hasher struct{}
-
-func (hasher) Sum64(b []byte) uint64 { return xxhash.Sum64(b) }
-
-type cmember string
-
-func (m cmember) String() string { return string(m) }
-
-// Placement is the layout a table converges on: for each partition the
-// desired primary and backups.
-type Placement struct {
-	Primary []string
-	Backups [][]string
-}
-
-// Target computes the desired layout for members (sorted, deduplicated) and
-// the current table cur (may be nil). Primaries come from consistent
-// hashing with bounded loads (load factor 1.25). Backups are placed with
-// their own bounded spread: a replica that already holds the partition stays
-// while its node is under the bound, the rest go to the least loaded nodes,
-// so one node's backups spread over all the others instead of landing on its
-// hash-ring successor.
-func Target(members []string, partitions, backups int, cur *wire.Table) Placement {
-	pl := Placement{Primary: make([]string, partitions), Backups: make([][]string, partitions)}
-	if len(members) == 0 || partitions <= 0 {
-		return pl
-	}
-	cms := make([]consistent.Member, len(members))
-	for i, m := range members {
-		cms[i] = cmember(m)
-	}
-	ring := consistent.New(cms, consistent.Config{
-		PartitionCount:    partitions,
-		ReplicationFactor: 40,
-		Load:              1.25,
-		Hasher:            hasher{},
-	})
-	for p := range partitions {
-		pl.Primary[p] = ring.GetPartitionOwner(p).String()
-	}
-	want := min(backups, len(members)-1)
-	if want <= 0 {
-		return pl
-	}
-	bound := int(math.Ceil(float64(partitions*want) / float64(len(members)) * 1.25))
-	load := make(map[string]int, len(members))
-	alive := make(map[string]bool, len(members))
-	for _, m := range members {
-		alive[m] = true
-	}
-	// Pass 1: keep current replicas as backups where possible.
-	for p := range partitions {
-		var keep []string
-		if cur != nil && p < len(cur.Partitions) {
-			cp := cur.Partitions[p]
-			cands := append(append([]string{cp.Primary}, cp.Backups...), cp.Pending...)
-			for _, n := range cands {
-				if len(keep) == want {
-					break
-				}
-				if n == "" || !alive[n] || n == pl.Primary[p] || slices.Contains(keep, n) || load[n] >= bound {
-					continue
-				}
-				keep = append(keep, n)
-				load[n]++
-			}
-		}
-		pl.Backups[p] = keep
-	}
-	// Pass 2: fill the remaining slots from the least loaded nodes.
-	for p := range partitions {
-		for len(pl.Backups[p]) < want {
-			best, bestLoad, bestTie := "", math.MaxInt, uint64(0)
-			for _, n := range members {
-				if n == pl.Primary[p] || slices.Contains(pl.Backups[p], n) {
-					continue
-				}
-				tie := xxhash.Sum64String(n) ^ uint64(p)*0x9e3779b97f4a7c15
-				if load[n] < bestLoad || (load[n] == bestLoad && tie < bestTie) {
-					best, bestLoad, bestTie = n, load[n], tie
-				}
-			}
-			if best == "" {
-				break
-			}
-			pl.Backups[p] = append(pl.Backups[p], best)
-			load[best]++
-		}
-	}
-	return pl
-}
 
 // Clone returns a deep copy of t.
 func Clone(t *wire.Table) *wire.Table {
@@ -172,8 +77,9 @@ type stepper struct {
 	ids    map[string]string // live member name -> incarnation id
 	names  []string          // target members (live, not draining)
 	want   int               // backups wanted per partition
-	tgt    Placement
-	next   uint64 // the version the next table gets if anything changes
+	tgt    Placement         // the target, after failovers
+	pre    *Placement        // the target of in.Cur, for promote's choice
+	next   uint64            // the version the next table gets if anything changes
 }
 
 // Next computes the next table. It returns in.Cur itself, unchanged, if
@@ -199,6 +105,10 @@ type stepper struct {
 //     MaxInFlight pending across the table.
 //  6. dropUnwanted: pending replicas the target no longer wants, and in-sync
 //     backups beyond the wanted count, are dropped; never a Former.
+//
+// Rules 3 to 6 move towards Target, computed on the table as rules 1 and 2
+// left it: the next step sees those failovers too, so a migration keeps
+// one target from its first step to its last.
 //
 // The table's Members are the live members plus the failed members it still
 // names, with the incarnation id they had (setMembers): a name that comes
@@ -248,11 +158,13 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 		return finish(in.Cur, s.t, s.res)
 	}
 	s.want = min(in.Backups, len(s.names)-1)
-	s.tgt = Target(s.names, in.Partitions, in.Backups, s.t)
 	for p := range s.t.Partitions {
 		s.dropFailed(p)
 		s.promote(p)
 	}
+	// The target is computed after the failovers: the next step sees them
+	// too, so the migration it starts keeps the same target.
+	s.tgt = Target(s.names, in.Partitions, in.Backups, s.t)
 	s.applyReports()
 	for p := range s.t.Partitions {
 		if s.waiting(p) {
@@ -383,8 +295,8 @@ func (s *stepper) promote(p int) {
 	switch {
 	case len(cands) > 0:
 		pick := cands[0]
-		if slices.Contains(cands, s.tgt.Primary[p]) {
-			pick = s.tgt.Primary[p]
+		if len(cands) > 1 && slices.Contains(cands, s.promotionTarget().Primary[p]) {
+			pick = s.promotionTarget().Primary[p]
 		}
 		s.promoteBackup(part, pick)
 		// The failed backups kept while the primary was down leave now.
@@ -404,7 +316,8 @@ func (s *stepper) promote(p int) {
 		if s.in.Cur != nil && part.Primary != "" {
 			s.res.Lost++
 		}
-		part.Primary = s.tgt.Primary[p]
+		part.Primary = s.promotionTarget().Primary[p]
+		part.Since = s.next
 		part.Pending = slices.DeleteFunc(part.Pending, func(n string) bool { return n == part.Primary })
 		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == part.Primary })
 		part.Former = ""
@@ -425,7 +338,19 @@ func (s *stepper) promoteBackup(part *wire.Part, pick string) {
 		part.Former = ""
 	}
 	part.Primary = pick
+	part.Since = s.next
 	part.Fresh = false
+}
+
+// promotionTarget is the target of the table before this step, computed
+// once and only when promote must choose: among several in-sync backups it
+// prefers the one the placement wants as primary.
+func (s *stepper) promotionTarget() Placement {
+	if s.pre == nil {
+		pl := Target(s.names, s.in.Partitions, s.in.Backups, s.in.Cur)
+		s.pre = &pl
+	}
+	return *s.pre
 }
 
 // Rule 3: synced reports move pending replicas to the backups and clear a
@@ -476,6 +401,7 @@ func (s *stepper) switchPlanned(p int) {
 	part.Backups[i] = part.Primary
 	part.Former = part.Primary
 	part.Primary = tp
+	part.Since = s.next
 	part.Fresh = false
 	part.Epoch++
 	s.res.Switched++

@@ -34,8 +34,11 @@ func (n *Node) checkLease() error {
 	return nil
 }
 
-// leaseLoop renews the lease every quarter of its duration, and every 50 ms
-// while the node has none.
+// leaseLoop renews the lease every eighth of its duration (a renewal that
+// failed is retried after 50 ms), so that a leader election, which stops
+// renewals for up to two raft heartbeat timeouts, rarely outlasts a lease.
+// The leader counts a member that has not renewed for a whole lease as
+// failed (cluster/lease.go).
 func (n *Node) leaseLoop() {
 	defer n.wg.Done()
 	dur := n.cluster.LeaseDuration()
@@ -47,16 +50,18 @@ func (n *Node) leaseLoop() {
 			return
 		case <-t.C:
 		}
+		if n.leaseStalled.Load() {
+			t.Reset(dur / 8)
+			continue
+		}
 		sent := time.Since(n.base)
 		ctx, cancel := context.WithTimeout(n.ctx, dur/4)
 		version, d, err := n.cluster.RenewLease(ctx)
 		cancel()
-		next := dur / 4
+		next := dur / 8
 		if err != nil {
 			n.log.Debug("lease renewal failed", "err", err)
-			if !n.leaseValid() {
-				next = 50 * time.Millisecond
-			}
+			next = 50 * time.Millisecond
 		} else {
 			n.leaseVersion.Store(version)
 			n.leaseUntil.Store((sent + d*9/10).Nanoseconds())

@@ -53,6 +53,10 @@ type Config struct {
 	// Profile is the failure detection and raft timing preset. Default
 	// cluster.ProfileLAN.
 	Profile cluster.Profile
+	// LeaseDuration is the read lease, which is also how long a member may
+	// stay silent before it is failed over (docs/operations.md). Zero: the
+	// cluster default (1 s).
+	LeaseDuration time.Duration
 	// RequestTimeout bounds a request whose ctx has no deadline, and every
 	// request served for a peer or client. Default 10s.
 	RequestTimeout time.Duration
@@ -109,6 +113,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("grid: Backups %d out of range [0, 6]", c.Backups)
 	case c.RequestTimeout <= 0:
 		return errors.New("grid: RequestTimeout must be positive")
+	case c.LeaseDuration < 0 || c.LeaseDuration > 0 && c.LeaseDuration < 100*time.Millisecond:
+		return fmt.Errorf("grid: LeaseDuration %v must be zero (default) or at least 100ms", c.LeaseDuration)
 	case c.MaxFrame < 1<<16:
 		return errors.New("grid: MaxFrame must be at least 64 KiB")
 	case c.MaxValueSize < 1 || c.MaxValueSize > c.MaxFrame/4:
@@ -157,6 +163,7 @@ type Node struct {
 
 	snapshotsSent atomic.Int64
 	stalled       atomic.Bool // see StallReplication
+	leaseStalled  atomic.Bool // see StallLeases
 	started       atomic.Bool // n.cluster is set: requests may use it
 
 	ctx     context.Context // cancelled when the node stops
@@ -258,6 +265,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	ccfg.Partitions = cfg.Partitions
 	ccfg.Backups = cfg.Backups
 	ccfg.Profile = cfg.Profile
+	ccfg.LeaseDuration = cfg.LeaseDuration
 	ccfg.MaxMigrations = cfg.MaxMigrations
 	ccfg.Logger = n.log
 	ccfg.RaftLayer = srv.RaftLayer(nil)
@@ -768,6 +776,12 @@ func (n *Node) Inspect(id int) PartitionInfo {
 // frames while keeping its connections open: a SIGSTOPped backup as its
 // primary sees it. For tests.
 func (n *Node) StallReplication(on bool) { n.stalled.Store(on) }
+
+// StallLeases makes this node stop renewing its lease, as a paused or cut
+// off process would; together with StallReplication, a SIGSTOPped node as
+// the rest of the cluster sees it, except that membership still finds it
+// alive. For tests.
+func (n *Node) StallLeases(on bool) { n.leaseStalled.Store(on) }
 
 // Stats are counters for tests and status pages.
 type Stats struct {

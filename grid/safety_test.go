@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -229,17 +230,7 @@ func TestWriteWithoutDeadlineReturnsWhenBackupStalls(t *testing.T) {
 	}
 	c := gridtest.New(t, 3, func(i int, cfg *grid.Config) { cfg.RequestTimeout = 2 * time.Second })
 	c.WaitStable(30 * time.Second)
-	nd := c.Nodes[0]
-	tab := nd.Table()
-	var pid = -1
-	for p, part := range tab.Partitions {
-		if part.Primary == nd.Name() {
-			pid = p
-			break
-		}
-	}
-	backup := c.Node(tab.Partitions[pid].Backups[0])
-	key := keyIn(pid, tab)
+	nd, backup, _, key := primaryWithBackup(c)
 	m := nd.Map("stall")
 	if err := m.Put(ctxT(t, 10*time.Second), key, []byte("v0")); err != nil {
 		t.Fatal(err)
@@ -305,4 +296,55 @@ func TestBatchStopsPartitionAfterRetryableFailure(t *testing.T) {
 	if _, err := nd.Map("b").Get(ctxT(t, 5*time.Second), "k"); !errors.Is(err, grid.ErrNotFound) {
 		t.Fatalf("k was written: %v", err)
 	}
+}
+
+// Issue 16, part 2: a backup that stops answering and stops renewing its
+// lease (a SIGSTOPped process, while membership still finds it alive) holds
+// writes up only until the leader fails it over, about one lease; the write
+// then succeeds, and the backup is out of the partition's in-sync set.
+func TestSilentBackupIsFailedOverWithinALease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, nil)
+	c.WaitStable(30 * time.Second)
+	nd, backup, pid, key := primaryWithBackup(c)
+	m := nd.Map("silent")
+	if err := m.Put(ctxT(t, 10*time.Second), key, []byte("v0")); err != nil {
+		t.Fatal(err)
+	}
+	backup.StallReplication(true)
+	backup.StallLeases(true)
+	defer backup.StallReplication(false)
+	defer backup.StallLeases(false)
+	start := time.Now()
+	if err := m.Put(context.Background(), key, []byte("v1")); err != nil {
+		t.Fatalf("write while a backup is silent: %v, want success once it is failed over", err)
+	}
+	took := time.Since(start)
+	t.Logf("write waited %v for the silent backup to be failed over (lease %v)", took.Round(time.Millisecond), time.Second)
+	if took > 5*time.Second {
+		t.Fatalf("the write waited %v: the silent backup was not failed over within a lease", took)
+	}
+	part := nd.Table().Partitions[pid]
+	if slices.Contains(part.Backups, backup.Name()) {
+		t.Fatalf("the silent backup %s is still in sync for p%d: %+v", backup.Name(), pid, part)
+	}
+	got, err := m.Get(ctxT(t, 5*time.Second), key)
+	if err != nil || string(got) != "v1" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+}
+
+// primaryWithBackup returns the cluster's first node, the backup of the
+// first partition it leads, that partition and a key in it.
+func primaryWithBackup(c *gridtest.Cluster) (nd, backup *grid.Node, pid int, key string) {
+	nd = c.Nodes[0]
+	tab := nd.Table()
+	for p, part := range tab.Partitions {
+		if part.Primary == nd.Name() {
+			return nd, c.Node(part.Backups[0]), p, keyIn(p, tab)
+		}
+	}
+	panic("the first node leads no partition")
 }

@@ -19,15 +19,17 @@ func TestMain(m *testing.M) {
 // TestChaosShort is the CI variant: 4 real gridnode processes, about 20 s
 // of faults with a fixed seed, starting with a same-name restart chain;
 // 3000 idle keys and 8 MiB of bulk data; appends and counters through a
-// default client. GRID_CHAOS_DURATION, GRID_CHAOS_SEED, GRID_CHAOS_NODES,
-// GRID_CHAOS_PORT and GRID_CHAOS_SCRIPT (comma-separated fault kinds)
+// default client. It runs the nodes with -profile test (failure detection
+// in about 1 s) to keep CI short; the command's default is lan.
+// GRID_CHAOS_DURATION, GRID_CHAOS_SEED, GRID_CHAOS_NODES, GRID_CHAOS_PORT,
+// GRID_CHAOS_PROFILE and GRID_CHAOS_SCRIPT (comma-separated fault kinds)
 // override it (the long run: go run ./cmd/gridchaos).
 func TestChaosShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process chaos test")
 	}
 	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 37946, Out: t.TempDir(), Log: testWriter{t},
-		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}, MinFaults: 3}
+		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}, MinFaults: 3, Profile: "test"}
 	if d, err := time.ParseDuration(os.Getenv("GRID_CHAOS_DURATION")); err == nil {
 		cfg.Duration = d
 	}
@@ -39,6 +41,9 @@ func TestChaosShort(t *testing.T) {
 	}
 	if p, err := strconv.Atoi(os.Getenv("GRID_CHAOS_PORT")); err == nil {
 		cfg.BasePort = p
+	}
+	if p := os.Getenv("GRID_CHAOS_PROFILE"); p != "" {
+		cfg.Profile = p
 	}
 	if s := os.Getenv("GRID_CHAOS_SCRIPT"); s != "" {
 		cfg.Script = strings.Split(s, ",")
@@ -70,6 +75,14 @@ func TestChaosShort(t *testing.T) {
 		t.Fatalf("idle data not loaded: %d idle keys, %d bulk keys", sum.IdleKeys, sum.BulkKeys)
 	case sum.AckedAppends == 0 || sum.AckedIncrs == 0 || sum.AckedWrites == 0 || sum.RegisterReads == 0:
 		t.Fatalf("a workload made no progress: %s", b)
+	case sum.Profile != cfg.Profile:
+		t.Fatalf("summary profile %q, want %q", sum.Profile, cfg.Profile)
+	}
+	// Every injected fault has its unavailability, per kind.
+	for kind, c := range sum.Faults {
+		if u := sum.UnavailByKind[kind]; u.Faults != c || u.GapMaxms <= 0 || u.GapP50ms > u.GapMaxms {
+			t.Errorf("unavailability of %s: %+v, for %d faults", kind, u, c)
+		}
 	}
 }
 

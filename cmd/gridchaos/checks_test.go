@@ -181,3 +181,17 @@ func TestIdleKeysCoverEveryPartition(t *testing.T) {
 		t.Fatalf("keys cover %d of 271 partitions", len(seen))
 	}
 }
+
+func TestLeaderOfIsFoundByRPCAddress(t *testing.T) {
+	h := &harness{cfg: Config{BasePort: 27946}, amnesiac: map[string]bool{}}
+	for i := range 3 {
+		h.slot(i).running = true
+	}
+	// raft knows its servers by RPC address: /v1/cluster's leader is one.
+	if p := h.leaderOf(&clusterView{Leader: "127.0.0.2:27947"}); p == nil || p.name != "n2" {
+		t.Fatalf("leader 127.0.0.2:27947 is %v, want n2", p)
+	}
+	if p := h.leaderOf(&clusterView{Leader: ""}); p != nil {
+		t.Fatalf("no leader is %s", p.name)
+	}
+}

@@ -180,7 +180,7 @@ func RunFailover(ctx context.Context, cfg failoverConfig) (*failoverSummary, err
 		Writers: cfg.Writers, Faults: map[string]*faultSummary{}, Skipped: map[string]string{}, Errors: map[string]string{},
 		Load: map[string]string{},
 	}}
-	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
 		f.sum.Commit = strings.TrimSpace(string(out))
 	}
 	f.bin = cfg.Gridnode
@@ -333,17 +333,6 @@ func (f *failover) stopCluster(h *harness, netns bool) {
 // respAddrOf is p's Redis endpoint: the port after its HTTP port.
 func respAddrOf(h *harness, p *proc) string {
 	return fmt.Sprintf("%s:%d", p.ip, h.cfg.BasePort+3)
-}
-
-// leaderOf returns the member the view names as raft leader (the view
-// gives its RPC address), or nil.
-func (h *harness) leaderOf(cv *clusterView) *proc {
-	for _, p := range h.procs {
-		if cv.Leader != "" && (p.rpc == cv.Leader || p.name == cv.Leader) {
-			return p
-		}
-	}
-	return nil
 }
 
 // failoverMain is `gridchaos failover [flags] mode...`.

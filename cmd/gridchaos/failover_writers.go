@@ -141,10 +141,8 @@ type writerWindow struct {
 	gaps    []int64        // per writer
 	acks    int            // acknowledged writes in the window
 	errs    map[string]int // errors by kind in the window
-	stalled []int          // writers whose wait passed 0.5 s
+	stalled []int          // writers whose wait passed stallThreshold (unavail.go, 0.5 s)
 }
-
-const stallThreshold = 500 * time.Millisecond
 
 // window measures the writers over [from, to]: per writer, the longest
 // interval between consecutive acknowledged writes that ends after from

@@ -52,6 +52,9 @@ type Config struct {
 	Writers   int  // workers of the register and set workloads (half as many appenders)
 	Netns     bool // one network namespace per node; adds network partitions
 	Log       io.Writer
+	// Profile is the gridnode processes' -profile: "lan" (default, the
+	// product default) or "test" (faster failure detection).
+	Profile string
 
 	// IdleKeys are written once, spread over every partition, before the
 	// faults start, and checked at the end. Default 3000.
@@ -81,6 +84,8 @@ type Config struct {
 type Summary struct {
 	Seed          uint64         `json:"seed"`
 	Nodes         int            `json:"nodes"`
+	Profile       string         `json:"profile"`
+	Writers       int            `json:"writers"`
 	Seconds       float64        `json:"seconds"`
 	Ops           int            `json:"ops"`
 	AckedWrites   int            `json:"acked_writes"`
@@ -113,8 +118,12 @@ type Summary struct {
 	UnavailP50ms  float64        `json:"unavailability_p50_ms"`
 	UnavailP99ms  float64        `json:"unavailability_p99_ms"`
 	UnavailMaxms  float64        `json:"unavailability_max_ms"`
-	Violations    []string       `json:"violations"`
-	OK            bool           `json:"ok"`
+	// UnavailByKind is, per fault kind (and "rejoin"), the longest gap
+	// between consecutive acknowledged writes of any writer around each
+	// fault, and the writers stalled more than 0.5 s (unavail.go).
+	UnavailByKind map[string]KindUnavail `json:"unavailability_by_kind"`
+	Violations    []string               `json:"violations"`
+	OK            bool                   `json:"ok"`
 }
 
 func main() {
@@ -132,6 +141,7 @@ func main() {
 	flag.IntVar(&cfg.BasePort, "port", 27946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
 	flag.IntVar(&cfg.Registers, "registers", 8, "registers in the linearizability workload")
 	flag.IntVar(&cfg.Writers, "writers", 8, "workers of the register and set workloads")
+	flag.StringVar(&cfg.Profile, "profile", "lan", "gridnode -profile: lan (the product default) or test (faster failure detection)")
 	flag.BoolVar(&cfg.Netns, "netns", false, "run each node in its own network namespace (root) and add network partitions to the faults")
 	flag.IntVar(&cfg.IdleKeys, "idle-keys", 3000, "keys written once before the faults and checked at the end")
 	flag.IntVar(&cfg.BulkMB, "bulk-mb", 32, "MiB of 16 KiB values written once before the faults (makes fills slow enough to hit)")
@@ -170,6 +180,13 @@ func withDefaults(cfg Config) (Config, error) {
 		if k == "partition" && !cfg.Netns {
 			return cfg, errors.New("-script: partition needs -netns")
 		}
+	}
+	switch cfg.Profile {
+	case "":
+		cfg.Profile = "lan"
+	case "lan", "test":
+	default:
+		return cfg, fmt.Errorf("-profile %q: want lan or test", cfg.Profile)
 	}
 	if cfg.Log == nil {
 		cfg.Log = io.Discard

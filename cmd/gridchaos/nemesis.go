@@ -22,6 +22,7 @@ func isFaultKind(k string) bool { return slices.Contains(faultKinds, k) }
 type nemesis struct {
 	h         *harness
 	faults    []faultRec
+	hits      []hit // the faults' disruptive actions, in order (unavail.go)
 	script    []string
 	sum       *Summary
 	violation func(format string, args ...any)
@@ -128,9 +129,10 @@ func (n *nemesis) inject(ctx context.Context, kind string) (faultRec, error) {
 	h := n.h
 	rec := faultRec{kind: kind, desc: kind}
 	begin := func(desc string) {
-		rec.desc = desc
+		rec.desc = desc + n.leader(ctx)
 		rec.start = h.now()
-		h.logf("fault %d: %s", len(n.faults)+1, desc)
+		n.hits = append(n.hits, hit{fault: len(n.faults) + 1, kind: kind, at: rec.start})
+		h.logf("fault %d: %s", len(n.faults)+1, rec.desc)
 	}
 	var err error
 	switch kind {
@@ -181,6 +183,46 @@ func (n *nemesis) victim(ctx context.Context, want *proc) (*proc, error) {
 	return nil, fmt.Errorf("for 60 s every member held the last valid copy of some partition (re-replication stalled)")
 }
 
+// leaderOf returns the process the view names as raft leader (by its RPC
+// address, which is what raft knows), or nil.
+func (h *harness) leaderOf(cv *clusterView) *proc {
+	if cv.Leader == "" {
+		return nil
+	}
+	for _, p := range h.procs {
+		if p.rpc == cv.Leader {
+			return p
+		}
+	}
+	return nil
+}
+
+// leader names the raft leader of the newest table, so that a fault's
+// unavailability can be read knowing whether it hit the table's authority.
+func (n *nemesis) leader(ctx context.Context) string {
+	cv, err := n.h.latest(ctx)
+	if err != nil {
+		return ""
+	}
+	if p := n.h.leaderOf(cv); p != nil {
+		return "; raft leader " + p.name
+	}
+	return "; no raft leader known"
+}
+
+// mark records a disruptive action of the fault being injected, after
+// its first (begin records that one).
+func (n *nemesis) mark(kind string) {
+	n.hits = append(n.hits, hit{fault: len(n.faults) + 1, kind: kind, at: n.h.now()})
+}
+
+// rejoin restarts p after the cluster recovered from its loss: the grid
+// moves partitions back to it, a hit of kind "rejoin".
+func (n *nemesis) rejoin(ctx context.Context, p *proc) error {
+	n.mark("rejoin")
+	return n.h.restart(ctx, p)
+}
+
 // restart starts p again with the same name and flags. If p restarts
 // empty while the newest table still names it, the cluster is safe again
 // only at a later table (one that can know the new incarnation); if the
@@ -219,7 +261,7 @@ func (n *nemesis) kill(ctx context.Context, kind string, begin func(string)) err
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", p.name, err)
 	}
-	return h.restart(ctx, p)
+	return n.rejoin(ctx, p)
 }
 
 // restartNow SIGKILLs a member and restarts it at once with the same name
@@ -278,12 +320,13 @@ func (n *nemesis) restartChain(ctx context.Context, begin func(string)) error {
 			return fmt.Errorf("converged three times, yet killing %s would lose data by design each time: %s", b.name, w)
 		}
 	}
-	h.logf("restart-chain: SIGKILL %s (primary of %d partitions backed up by %s)", b.name, backed[b.name], a.name)
+	h.logf("restart-chain: SIGKILL %s (primary of %d partitions backed up by %s%s)", b.name, backed[b.name], a.name, n.leader(ctx))
+	n.mark("restart-chain")
 	h.kill(b)
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing %s: %v", b.name, err)
 	}
-	return h.restart(ctx, b)
+	return n.rejoin(ctx, b)
 }
 
 // primaryOfBackups returns the member (not a) that is primary of most
@@ -328,9 +371,9 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	// the restart.
 	var leader *proc
 	if cv, err := h.latest(ctx); err == nil {
-		leader = h.byName(cv.Leader)
+		leader = h.leaderOf(cv)
 	}
-	if err := h.restart(ctx, x); err != nil {
+	if err := n.rejoin(ctx, x); err != nil {
 		return err
 	}
 	v, desc := n.fillVictim(ctx, sender, leader, 15*time.Second)
@@ -341,11 +384,12 @@ func (n *nemesis) killFill(ctx context.Context, sender bool, begin func(string))
 	}
 	h.logf("kill-fill-%s: SIGKILL %s (%s)", role, v.name, desc)
 	n.sum.FillKills++
+	n.mark("kill-fill-" + role)
 	h.kill(v)
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("no failover after killing fill %s %s: %v", role, v.name, err)
 	}
-	return h.restart(ctx, v)
+	return n.rejoin(ctx, v)
 }
 
 // fillVictim polls the newest table until it shows pending replicas and
@@ -371,7 +415,7 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, leader *proc, d t
 			continue
 		}
 		polls++
-		if l := h.byName(cv.Leader); l != nil && l.running && !l.paused {
+		if l := h.leaderOf(cv); l != nil && l.running && !l.paused {
 			from = l
 		}
 		counts := map[string]int{}
@@ -400,7 +444,11 @@ func (n *nemesis) fillVictim(ctx context.Context, sender bool, leader *proc, d t
 			}
 		}
 		if best != nil {
-			return best, fmt.Sprintf("%d pending partitions at table %d", counts[best.name], cv.Version)
+			polled := "the newest table"
+			if from != nil {
+				polled = from.name
+			}
+			return best, fmt.Sprintf("%d pending partitions at table %d, polled on %s after %d polls", counts[best.name], cv.Version, polled, polls)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -452,7 +500,7 @@ func (n *nemesis) killTwo(ctx context.Context, begin func(string)) error {
 		return fmt.Errorf("no failover after killing %s and %s: %v", pair[0].name, pair[1].name, err)
 	}
 	for _, p := range pair {
-		if err := h.restart(ctx, p); err != nil {
+		if err := n.rejoin(ctx, p); err != nil {
 			return err
 		}
 	}
@@ -500,7 +548,7 @@ func (n *nemesis) leave(ctx context.Context, begin func(string)) error {
 	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
 		return fmt.Errorf("not safe after %s left: %v", p.name, err)
 	}
-	return h.restart(ctx, p)
+	return n.rejoin(ctx, p)
 }
 
 // partition cuts a minority (1 .. (n-1)/2 members) off for 4-7 s: past

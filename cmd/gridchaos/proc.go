@@ -60,7 +60,8 @@ type harness struct {
 	// safe; faults' recovery points are taken from it.
 	safeAt []int64
 	// nodeArgs, if set, returns p's flags after the common ones, in place
-	// of "-profile test" (the failover mode runs gridnode's defaults).
+	// of "-profile <cfg.Profile>" (the failover mode runs gridnode's
+	// defaults).
 	nodeArgs func(p *proc) []string
 }
 
@@ -130,7 +131,7 @@ func (h *harness) start(p *proc) error {
 	if h.nodeArgs != nil {
 		args = append(args, h.nodeArgs(p)...)
 	} else {
-		args = append(args, "-profile", "test")
+		args = append(args, "-profile", h.cfg.Profile)
 	}
 	if len(join) > 0 {
 		args = append(args, "-join", strings.Join(join, ","))

@@ -13,7 +13,7 @@ import (
 // lets the workloads show progress for one more window, stops them and
 // checks everything.
 func (h *harness) run(ctx context.Context) (*Summary, error) {
-	sum := &Summary{Seed: h.cfg.Seed, Nodes: h.cfg.Nodes, Faults: map[string]int{}}
+	sum := &Summary{Seed: h.cfg.Seed, Nodes: h.cfg.Nodes, Profile: h.cfg.Profile, Faults: map[string]int{}}
 	violation := func(format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
 		sum.Violations = append(sum.Violations, msg)
@@ -68,6 +68,12 @@ func (h *harness) run(ctx context.Context) (*Summary, error) {
 		sum.UnavailP99ms = u[min(len(u)-1, len(u)*99/100)]
 		sum.UnavailMaxms = u[len(u)-1]
 	}
+	sum.Writers = len(w.workers)
+	gaps := pc.faultGaps(nem.hits)
+	for _, g := range gaps {
+		h.logf("%s", g.describe(nem.faults, len(w.workers)))
+	}
+	sum.UnavailByKind = byKind(gaps)
 	for _, p := range w.workers {
 		sum.Ops += p.ops
 		sum.RegisterReads += len(p.reads)

@@ -172,6 +172,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	backups := fs.Int("backups", cfg.Backups, "synchronous backups per partition")
 	maxValue := fs.Int("max-value", cfg.MaxValueSize, "largest entry in bytes (map, key and value); larger writes fail with ErrValueTooLarge (at most 16 MiB with the default 64 MiB frames)")
 	profile := fs.String("profile", string(cluster.ProfileLAN), "failure detection profile: lan or test")
+	lease := fs.Duration("lease", 0, "read lease, and how long a silent member waits before it is failed over (0: 1s); longer for slow or lossy networks")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	pprofOn := fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP address")
 	leave := fs.Duration("leave-timeout", 20*time.Second, "how long a graceful leave may take to hand data over")
@@ -230,6 +231,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	cfg.Backups = *backups
 	cfg.MaxValueSize = *maxValue
 	cfg.Profile = cluster.Profile(*profile)
+	cfg.LeaseDuration = *lease
 	if cfg.Profile != cluster.ProfileLAN && cfg.Profile != cluster.ProfileTest {
 		return o, fmt.Errorf("-profile %q: want lan or test", *profile)
 	}

@@ -166,6 +166,9 @@ func (r *Router) remote(ctx context.Context, owner, addr string, typ uint8, req,
 	if r.cfg.TableChanged == nil {
 		return fut.Wait(ctx, resp)
 	}
+	slot := &r.waiting[r.waitGen.Load()&1]
+	slot.Add(1)
+	defer slot.Add(-1)
 	for {
 		changed := r.cfg.TableChanged()
 		if r.moved(owner, parts) {
@@ -197,4 +200,20 @@ func (r *Router) moved(owner string, parts []int32) bool {
 		}
 	}
 	return false
+}
+
+// Pulse reports whether a remote request has been waiting since before the
+// previous call, and starts a new period. A client whose table is not
+// pushed to it calls Pulse periodically and fetches a table when it reports
+// true: a primary that stopped answering (paused, cut off) gives no error,
+// and the new table the authority commits once it failed that primary over
+// is what lets the waiting requests move on (remote). It allocates nothing
+// per request: requests count themselves in one of two slots, by the parity
+// of the period they started in, and Pulse looks at the slot of the
+// previous period before new requests reuse it.
+func (r *Router) Pulse() bool {
+	g := r.waitGen.Load()
+	slow := r.waiting[(g+1)&1].Load() > 0
+	r.waitGen.Store(g + 1)
+	return slow
 }

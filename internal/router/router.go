@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"sync/atomic"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -67,6 +68,10 @@ type Config struct {
 type Router struct {
 	cfg  Config
 	seqs seqTracker
+	// Remote requests waiting for an answer, by the parity of the Pulse
+	// period they started in (see Pulse).
+	waitGen atomic.Uint32
+	waiting [2]atomic.Int32
 }
 
 // New returns a router.

@@ -457,6 +457,10 @@ type Part struct {
 	// member: a synced report sent under an older table describes an
 	// earlier fill of that member and is ignored.
 	PendingSince map[string]uint64
+	// Since is the table version at which Primary took the partition. The
+	// authority's placement moves a member's most recent partitions first
+	// when it leads more than its share (after a failover put them there).
+	Since uint64
 }
 
 // Table is a committed partition table. Version grows with every commit.

@@ -1,0 +1,259 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// Leases are the table's failure detector as well as its read fence.
+//
+// Every member renews its lease with the authority's leader every eighth of
+// LeaseDuration (grid/lease.go); the leader confirms its leadership with a
+// quorum before it grants (VerifyLeader), so a leader that was paused or cut
+// off cannot hand out a lease after its successor took over. A member holds
+// its lease for 90% of LeaseDuration from the moment it sent the renewal,
+// by its own monotonic clock.
+//
+// The leader suspects a live member whose last renewal is LeaseDuration
+// old: that member's lease has lapsed, so it serves nothing, and the table
+// treats it as failed (its backups are promoted, it leaves every in-sync
+// set). Membership's own failure detection (seconds) then only confirms.
+// A member that renews again is live again and refills its copies. A false
+// suspicion therefore costs a failover and a refill, never data: promotion
+// still waits for the lease, and writes still need every in-sync replica.
+//
+// What the leader cannot tell apart from a silent member is its own
+// silence: after a pause of the leader process (a GC pause, CPU starvation),
+// every renewal looks old. A watcher notes when the process resumed from a
+// pause, and a member's silence counts only from then. Likewise a new
+// leader counts silences only from when it took over, and members it saw
+// first (a join) from when it first saw them.
+
+// leaseBook is the leader's record of renewals.
+type leaseBook struct {
+	d            time.Duration
+	mu           sync.Mutex
+	renewed      map[string]time.Time // name -> leader's time of the last renewal
+	seen         map[string]time.Time // name -> when first seen live without a renewal
+	leadingSince time.Time            // when this member became leader
+	awakeSince   time.Time            // when this process last resumed from a pause
+	suspected    map[string]bool      // members suspected at the last look (for logs)
+}
+
+func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
+	return &leaseBook{d: d, renewed: map[string]time.Time{}, seen: map[string]time.Time{}, suspected: map[string]bool{}, leadingSince: now, awakeSince: now}
+}
+
+// lead starts a leadership term: renewals granted by predecessors are
+// unknown here.
+func (b *leaseBook) lead(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.leadingSince = now
+	clear(b.renewed)
+	clear(b.seen)
+	b.suspected = nil
+}
+
+// renew records a renewal by name.
+func (b *leaseBook) renew(name string, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.renewed[name] = now
+}
+
+// resumed records that the process ran again after a pause.
+func (b *leaseBook) resumed(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.awakeSince = now
+}
+
+// leased returns the members whose lease may still be valid: the leader
+// must not promote their backups yet. primaries lists the table's primaries
+// and former primaries: while the leader is younger than a lease, any of
+// them may hold one granted by its predecessor.
+func (b *leaseBook) leased(now time.Time, primaries []string) map[string]bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[string]bool{}
+	young := now.Sub(b.leadingSince) < b.d
+	for name, at := range b.renewed {
+		if now.Sub(at) < b.d {
+			out[name] = true
+		}
+	}
+	if young {
+		for _, n := range primaries {
+			out[n] = true
+		}
+	}
+	return out
+}
+
+// suspects returns the live members (self excluded) whose silence is a
+// whole lease long, when the next live member would become suspect if it
+// stays silent (zero if none can), and the members whose suspicion began or
+// ended since the last call.
+func (b *leaseBook) suspects(now time.Time, live []string, self string) (out map[string]bool, next time.Time, began, ended []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	isLive := make(map[string]bool, len(live))
+	for _, n := range live {
+		isLive[n] = true
+		if n == self {
+			continue
+		}
+		heard := b.lastHeard(n, now)
+		if now.Sub(heard) >= b.d {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[n] = true
+			continue
+		}
+		if due := heard.Add(b.d); next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	for n := range b.seen {
+		if !isLive[n] {
+			delete(b.seen, n)
+		}
+	}
+	for n, at := range b.renewed {
+		if !isLive[n] && now.Sub(at) >= b.d {
+			delete(b.renewed, n)
+		}
+	}
+	for n := range out {
+		if !b.suspected[n] {
+			began = append(began, n)
+		}
+	}
+	for n := range b.suspected {
+		if !out[n] {
+			ended = append(ended, n)
+		}
+	}
+	b.suspected = out
+	return out, next, began, ended
+}
+
+// lastHeard is the latest of: name's last renewal, when this leader first
+// saw it, when this member became leader, when this process resumed.
+// Caller holds mu.
+func (b *leaseBook) lastHeard(name string, now time.Time) time.Time {
+	at, ok := b.renewed[name]
+	if !ok {
+		if at, ok = b.seen[name]; !ok {
+			at = now
+			b.seen[name] = now
+		}
+	}
+	for _, t := range []time.Time{b.leadingSince, b.awakeSince} {
+		if t.After(at) {
+			at = t
+		}
+	}
+	return at
+}
+
+// Pause watching: the watcher ticks every pauseTick; a tick later than
+// pauseGap means the process did not run for a while.
+const (
+	pauseTick = 50 * time.Millisecond
+	pauseGap  = 200 * time.Millisecond
+)
+
+// watchPauses notes in the lease book when this process resumes from a
+// pause, until the cluster closes.
+func (c *Cluster) watchPauses() {
+	defer c.wg.Done()
+	t := time.NewTicker(pauseTick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			if now.Sub(last) > pauseGap {
+				c.leases.resumed(now)
+				c.log.Info("process resumed after a pause; silences count from now", "paused", now.Sub(last).Round(time.Millisecond))
+			}
+			last = now
+		}
+	}
+}
+
+// LeaseDuration is the read lease length.
+func (c *Cluster) LeaseDuration() time.Duration { return c.cfg.LeaseDuration }
+
+// HandleLease renews node's lease if this member leads the authority (a
+// quorum confirms it) and membership sees node alive. It returns the table
+// version the lease is bound to: the holder may serve only once it
+// installed that version.
+func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
+	if !c.IsLeader() {
+		return 0, 0, fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
+	}
+	alive := false
+	for _, m := range c.liveMembers() {
+		if m.Name == node {
+			alive = true
+		}
+	}
+	if !alive {
+		return 0, 0, fmt.Errorf("%w: %s is not a live member", api.ErrUnavailable, node)
+	}
+	if err := c.raft.VerifyLeader().Error(); err != nil {
+		return 0, 0, fmt.Errorf("%w: leadership not confirmed by a quorum: %v", api.ErrUnavailable, err)
+	}
+	c.leases.renew(node, time.Now())
+	var version uint64
+	if t := c.Table(); t != nil {
+		version = t.Version
+	}
+	return version, c.cfg.LeaseDuration, nil
+}
+
+// RenewLease renews this member's lease with the leader.
+func (c *Cluster) RenewLease(ctx context.Context) (uint64, time.Duration, error) {
+	addr, id := c.raft.LeaderWithID()
+	if id == "" {
+		return 0, 0, fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
+	}
+	if string(id) == c.raftID {
+		return c.HandleLease(c.cfg.Name)
+	}
+	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	if err != nil {
+		return 0, 0, err
+	}
+	var resp wire.LeaseResponse
+	if err := conn.Call(ctx, wire.MsgLease, &wire.LeaseRequest{Node: c.cfg.Name}, &resp); err != nil {
+		return 0, 0, err
+	}
+	return resp.Version, time.Duration(resp.Duration), nil
+}
+
+// leased returns the members whose lease may still be valid: the leader
+// must not promote their backups yet.
+func (c *Cluster) leased(now time.Time) map[string]bool {
+	var primaries []string
+	if t := c.Table(); t != nil {
+		for _, p := range t.Partitions {
+			primaries = append(primaries, p.Primary)
+			if p.Former != "" {
+				primaries = append(primaries, p.Former)
+			}
+		}
+	}
+	return c.leases.leased(now, primaries)
+}

@@ -1,0 +1,115 @@
+package cluster
+
+import (
+	"maps"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestSuspectsAfterAWholeLeaseOfSilence(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	live := []string{"a", "b", "c"}
+	b.renew("b", t0.Add(100*time.Millisecond))
+	b.renew("c", t0.Add(300*time.Millisecond))
+
+	// "a" is the leader itself: never suspected.
+	sus, next, began, _ := b.suspects(t0.Add(1099*time.Millisecond), live, "a")
+	if len(sus) != 0 || len(began) != 0 {
+		t.Fatalf("suspects %v before a lease passed", sus)
+	}
+	if want := t0.Add(1100 * time.Millisecond); !next.Equal(want) {
+		t.Fatalf("next deadline %v, want %v (b's renewal + lease)", next, want)
+	}
+	sus, next, began, _ = b.suspects(t0.Add(1100*time.Millisecond), live, "a")
+	if !maps.Equal(sus, map[string]bool{"b": true}) || !slices.Equal(began, []string{"b"}) {
+		t.Fatalf("suspects %v began %v, want b", sus, began)
+	}
+	if want := t0.Add(1300 * time.Millisecond); !next.Equal(want) {
+		t.Fatalf("next deadline %v, want %v (c's)", next, want)
+	}
+	// Still suspected: not announced again. A renewal ends it.
+	_, _, began, _ = b.suspects(t0.Add(1200*time.Millisecond), live, "a")
+	if len(began) != 0 {
+		t.Fatalf("suspicion of b announced twice: %v", began)
+	}
+	b.renew("b", t0.Add(1250*time.Millisecond))
+	sus, _, _, ended := b.suspects(t0.Add(1260*time.Millisecond), live, "a")
+	if len(sus) != 0 || !slices.Equal(ended, []string{"b"}) {
+		t.Fatalf("after b renewed: suspects %v ended %v", sus, ended)
+	}
+}
+
+func TestNewLeaderAndJoinerGetAWholeLease(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	b.renew("b", t0)
+	lead := t0.Add(5 * time.Second)
+	b.lead(lead)                              // renewals granted before are unknown
+	b.suspects(lead, []string{"a", "b"}, "a") // its first step
+	if sus, _, _, _ := b.suspects(lead.Add(999*time.Millisecond), []string{"a", "b"}, "a"); len(sus) != 0 {
+		t.Fatalf("a new leader suspected %v before a lease of its own passed", sus)
+	}
+	if sus, _, _, _ := b.suspects(lead.Add(d), []string{"a", "b"}, "a"); !sus["b"] {
+		t.Fatal("b never renewed with the new leader and is not suspected after a lease")
+	}
+	// A member seen for the first time counts from then.
+	seen := lead.Add(2 * time.Second)
+	if sus, _, _, _ := b.suspects(seen, []string{"a", "b", "c"}, "a"); sus["c"] {
+		t.Fatal("a joiner was suspected at first sight")
+	}
+	if sus, _, _, _ := b.suspects(seen.Add(d-time.Millisecond), []string{"a", "b", "c"}, "a"); sus["c"] {
+		t.Fatal("a joiner was suspected before a lease passed since first sight")
+	}
+	if sus, _, _, _ := b.suspects(seen.Add(d), []string{"a", "b", "c"}, "a"); !sus["c"] {
+		t.Fatal("a silent joiner is not suspected a lease after first sight")
+	}
+	// A member that left and comes back is seen anew.
+	b.suspects(seen.Add(2*d), []string{"a", "b"}, "a")
+	back := seen.Add(3 * d)
+	if sus, _, _, _ := b.suspects(back, []string{"a", "b", "c"}, "a"); sus["c"] {
+		t.Fatal("a member that came back was suspected from its earlier sighting")
+	}
+}
+
+func TestLeaderPauseDoesNotSuspectEveryone(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	b.renew("b", t0)
+	b.renew("c", t0)
+	// The leader process stops for 3 s; when it runs again, its first
+	// look must not blame the members for its own silence.
+	wake := t0.Add(3 * time.Second)
+	b.resumed(wake)
+	if sus, _, _, _ := b.suspects(wake.Add(10*time.Millisecond), []string{"a", "b", "c"}, "a"); len(sus) != 0 {
+		t.Fatalf("suspects %v right after the leader's own pause", sus)
+	}
+	b.renew("c", wake.Add(100*time.Millisecond))
+	sus, _, _, _ := b.suspects(wake.Add(d), []string{"a", "b", "c"}, "a")
+	if !maps.Equal(sus, map[string]bool{"b": true}) {
+		t.Fatalf("suspects %v a lease after the pause, want only the silent b", sus)
+	}
+}
+
+func TestLeasedWhileYoungCoversEveryPrimary(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	b.lead(t0)
+	b.renew("x", t0.Add(100*time.Millisecond))
+	got := b.leased(t0.Add(500*time.Millisecond), []string{"p1", "p2"})
+	if !maps.Equal(got, map[string]bool{"x": true, "p1": true, "p2": true}) {
+		t.Fatalf("young leader's leased %v", got)
+	}
+	got = b.leased(t0.Add(d), []string{"p1", "p2"})
+	if !maps.Equal(got, map[string]bool{"x": true}) {
+		t.Fatalf("leased %v once no longer young, want x only", got)
+	}
+	if got := b.leased(t0.Add(1100*time.Millisecond), nil); len(got) != 0 {
+		t.Fatalf("leased %v after x's lease lapsed", got)
+	}
+}

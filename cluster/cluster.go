@@ -118,6 +118,7 @@ type Cluster struct {
 	drainMu  sync.Mutex
 	draining map[string]string // name -> raft id of the incarnation that asked
 	leases   *leaseBook        // the leader's record of renewals (lease.go)
+	act      activity          // leaders heard from and leases granted (activity.go)
 	done     chan struct{}
 	wg       sync.WaitGroup
 	closeMu  sync.Mutex
@@ -175,9 +176,11 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	c.wg.Add(2)
+	c.act.heard = map[string]time.Time{}
+	c.wg.Add(3)
 	go c.run()
 	go c.watchPauses()
+	go c.trackActivity()
 	return c, nil
 }
 
@@ -434,6 +437,7 @@ func (c *Cluster) run() {
 		case <-c.ms.Notify():
 		case <-tick.C:
 		case <-due.C:
+		case <-c.raft.LeaderCh():
 		case r := <-c.reports:
 			reports = append(reports, r)
 			// Coalesce a burst of reports into one commit.
@@ -462,7 +466,8 @@ func (c *Cluster) run() {
 				continue
 			}
 			leading = true
-			c.leases.lead(time.Now())
+			now := time.Now()
+			c.leases.lead(now, c.predecessorsLapse(context.Background(), now))
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()

@@ -39,6 +39,16 @@ func (m *member) stop() {
 type handler struct{ m *member }
 
 func (h handler) HandleFrame(c *transport.Conn, f wire.Frame) {
+	if f.Type == wire.MsgActivity {
+		var req wire.ActivityRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			c.ReplyError(f.Type, f.ID, err)
+			return
+		}
+		resp := h.m.c.HandleActivity(req)
+		c.Reply(f.Type, f.ID, &resp)
+		return
+	}
 	if f.Type == wire.MsgLease {
 		var req wire.LeaseRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

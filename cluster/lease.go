@@ -39,22 +39,26 @@ type leaseBook struct {
 	d            time.Duration
 	mu           sync.Mutex
 	renewed      map[string]time.Time // name -> leader's time of the last renewal
-	seen         map[string]time.Time // name -> when first seen live without a renewal
+	seen         map[string]time.Time // name -> when first seen live without a renewal (zero: live at takeover)
 	leadingSince time.Time            // when this member became leader
+	youngUntil   time.Time            // when its predecessors' leases lapsed (activity.go)
 	awakeSince   time.Time            // when this process last resumed from a pause
 	suspected    map[string]bool      // members suspected at the last look (for logs)
+	firstLook    bool                 // no look since this member became leader
 }
 
 func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
-	return &leaseBook{d: d, renewed: map[string]time.Time{}, seen: map[string]time.Time{}, suspected: map[string]bool{}, leadingSince: now, awakeSince: now}
+	return &leaseBook{d: d, renewed: map[string]time.Time{}, seen: map[string]time.Time{}, suspected: map[string]bool{}, leadingSince: now, youngUntil: now.Add(d), awakeSince: now}
 }
 
-// lead starts a leadership term: renewals granted by predecessors are
-// unknown here.
-func (b *leaseBook) lead(now time.Time) {
+// lead starts a leadership term at now: renewals granted by predecessors
+// are unknown here, and may be valid until youngUntil.
+func (b *leaseBook) lead(now, youngUntil time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.leadingSince = now
+	b.youngUntil = youngUntil
+	b.firstLook = true
 	clear(b.renewed)
 	clear(b.seen)
 	b.suspected = nil
@@ -82,7 +86,7 @@ func (b *leaseBook) leased(now time.Time, primaries []string) map[string]bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := map[string]bool{}
-	young := now.Sub(b.leadingSince) < b.d
+	young := now.Before(b.youngUntil)
 	for name, at := range b.renewed {
 		if now.Sub(at) < b.d {
 			out[name] = true
@@ -103,6 +107,14 @@ func (b *leaseBook) leased(now time.Time, primaries []string) map[string]bool {
 func (b *leaseBook) suspects(now time.Time, live []string, self string) (out map[string]bool, next time.Time, began, ended []string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.firstLook {
+		// Members live when this leader took over are no joiners: their
+		// silence counts from leaderBase, not from first sight.
+		b.firstLook = false
+		for _, n := range live {
+			b.seen[n] = time.Time{}
+		}
+	}
 	isLive := make(map[string]bool, len(live))
 	for _, n := range live {
 		isLive[n] = true
@@ -146,7 +158,7 @@ func (b *leaseBook) suspects(now time.Time, live []string, self string) (out map
 }
 
 // lastHeard is the latest of: name's last renewal, when this leader first
-// saw it, when this member became leader, when this process resumed.
+// saw it, leaderBase, when this process resumed.
 // Caller holds mu.
 func (b *leaseBook) lastHeard(name string, now time.Time) time.Time {
 	at, ok := b.renewed[name]
@@ -156,12 +168,23 @@ func (b *leaseBook) lastHeard(name string, now time.Time) time.Time {
 			b.seen[name] = now
 		}
 	}
-	for _, t := range []time.Time{b.leadingSince, b.awakeSince} {
+	for _, t := range []time.Time{b.leaderBase(), b.awakeSince} {
 		if t.After(at) {
 			at = t
 		}
 	}
 	return at
+}
+
+// leaderBase is when a member that never renewed with this leader counts
+// as last heard: its predecessors' leases lapsed a lease later, and live
+// members had renewGrace to find this leader. Caller holds mu.
+func (b *leaseBook) leaderBase() time.Time {
+	base := b.youngUntil.Add(-b.d)
+	if g := b.leadingSince.Add(renewGrace - b.d); g.After(base) {
+		base = g
+	}
+	return base
 }
 
 // Pause watching: the watcher ticks every pauseTick; a tick later than
@@ -215,7 +238,9 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	if err := c.raft.VerifyLeader().Error(); err != nil {
 		return 0, 0, fmt.Errorf("%w: leadership not confirmed by a quorum: %v", api.ErrUnavailable, err)
 	}
-	c.leases.renew(node, time.Now())
+	now := time.Now()
+	c.leases.renew(node, now)
+	c.noteGrant(now)
 	var version uint64
 	if t := c.Table(); t != nil {
 		version = t.Version

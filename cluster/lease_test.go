@@ -48,7 +48,7 @@ func TestNewLeaderAndJoinerGetAWholeLease(t *testing.T) {
 	b := newLeaseBook(d, t0)
 	b.renew("b", t0)
 	lead := t0.Add(5 * time.Second)
-	b.lead(lead)                              // renewals granted before are unknown
+	b.lead(lead, lead.Add(d))                 // renewals granted before are unknown
 	b.suspects(lead, []string{"a", "b"}, "a") // its first step
 	if sus, _, _, _ := b.suspects(lead.Add(999*time.Millisecond), []string{"a", "b"}, "a"); len(sus) != 0 {
 		t.Fatalf("a new leader suspected %v before a lease of its own passed", sus)
@@ -99,7 +99,7 @@ func TestLeasedWhileYoungCoversEveryPrimary(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	d := time.Second
 	b := newLeaseBook(d, t0)
-	b.lead(t0)
+	b.lead(t0, t0.Add(d))
 	b.renew("x", t0.Add(100*time.Millisecond))
 	got := b.leased(t0.Add(500*time.Millisecond), []string{"p1", "p2"})
 	if !maps.Equal(got, map[string]bool{"x": true, "p1": true, "p2": true}) {
@@ -111,5 +111,35 @@ func TestLeasedWhileYoungCoversEveryPrimary(t *testing.T) {
 	}
 	if got := b.leased(t0.Add(1100*time.Millisecond), nil); len(got) != 0 {
 		t.Fatalf("leased %v after x's lease lapsed", got)
+	}
+}
+
+// A new leader that bounded its predecessors' grants (activity.go) fails a
+// silent member over once those lapsed, but not before live members had
+// renewGrace to find it.
+func TestBoundedPredecessorsShortenTheWait(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	lead := t0.Add(5 * time.Second)
+	b.lead(lead, lead.Add(100*time.Millisecond))
+	b.suspects(lead, []string{"a", "b"}, "a")
+	if got := b.leased(lead.Add(99*time.Millisecond), []string{"b"}); !got["b"] {
+		t.Fatal("a primary is not leased before its predecessors' grants lapsed")
+	}
+	if got := b.leased(lead.Add(100*time.Millisecond), []string{"b"}); got["b"] {
+		t.Fatal("a primary is still leased after its predecessors' grants lapsed")
+	}
+	if sus, _, _, _ := b.suspects(lead.Add(renewGrace-time.Millisecond), []string{"a", "b"}, "a"); sus["b"] {
+		t.Fatal("b suspected before it had renewGrace to find the new leader")
+	}
+	if sus, _, _, _ := b.suspects(lead.Add(renewGrace), []string{"a", "b"}, "a"); !sus["b"] {
+		t.Fatal("a silent b is not suspected once grace and predecessors' leases are over")
+	}
+	// Without a bound the wait is a whole lease.
+	b.lead(lead, lead.Add(d))
+	b.suspects(lead, []string{"a", "b"}, "a")
+	if sus, _, _, _ := b.suspects(lead.Add(d-time.Millisecond), []string{"a", "b"}, "a"); sus["b"] {
+		t.Fatal("b suspected before a lease passed without a bound")
 	}
 }

@@ -738,6 +738,13 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 			return nil, err
 		}
 		return &wire.LeaseResponse{Version: v, Duration: int64(d)}, nil
+	case wire.MsgActivity:
+		var req wire.ActivityRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		resp := n.cluster.HandleActivity(req)
+		return &resp, nil
 	case wire.MsgTable:
 		var req wire.TableRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

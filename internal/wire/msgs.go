@@ -24,6 +24,7 @@ const (
 	MsgLease      uint8 = 15 // LeaseRequest -> LeaseResponse (to the table authority's leader)
 	MsgDeleteAll  uint8 = 16 // DeleteAllRequest -> DeleteAllResponse
 	MsgMapBatch   uint8 = 17 // MapBatchRequest -> MapBatchResponse
+	MsgActivity   uint8 = 18 // ActivityRequest -> ActivityResponse (a new authority leader asks the voters)
 )
 
 // Map operations carried by MapRequest.Op.
@@ -394,6 +395,22 @@ type Invalidation struct {
 	Map      string
 	Keys     []string
 	All      bool
+}
+
+// ActivityRequest asks a raft voter when it last heard from, or acted as,
+// a leader other than Asker (cluster/activity.go).
+type ActivityRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Asker    string // raft id of the new leader
+}
+
+// ActivityResponse: Known is false if the voter cannot bound it (it just
+// started, or its voter set changed lately); else the activity was at most
+// AgoNanos before the voter answered.
+type ActivityResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Known    bool
+	AgoNanos int64
 }
 
 // LeaseRequest renews Node's read lease with the authority's leader.

@@ -338,13 +338,13 @@ func (c *Client) refresher() {
 // waiting for at least that long; if any, it fetches a table (a primary that
 // stopped answering is failed over by the authority within about a lease,
 // and only a new table lets those requests move to the new primary).
-const slowPulse = 200 * time.Millisecond
+const slowPulse = 100 * time.Millisecond
 
 // Table fetch timing: a member that has not answered within tableHedge is
 // joined by the next one, and no member is waited on longer than
 // tableAskTimeout, so one unresponsive member cannot stall a refresh.
 const (
-	tableHedge      = 200 * time.Millisecond
+	tableHedge      = 100 * time.Millisecond
 	tableAskTimeout = time.Second
 )
 

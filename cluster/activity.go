@@ -76,6 +76,11 @@ func (c *Cluster) trackActivity() {
 		if voters != c.act.voters {
 			c.act.voters, c.act.votersSince = voters, now
 		}
+		for id, t := range c.act.heard {
+			if now.Sub(t) > 2*c.cfg.LeaseDuration {
+				delete(c.act.heard, id) // bounds nothing any more
+			}
+		}
 		c.act.mu.Unlock()
 	}
 }

@@ -121,14 +121,21 @@ func (r *Router) afterError(ctx context.Context, err error) {
 	}
 }
 
-// backoff sleeps before retry attempt a; false if ctx ended or the router
-// closed.
+// backoff sleeps before retry attempt a, or until the table changes (a
+// failover just ended: the retry should go to the new primary at once);
+// false if ctx ended or the router closed.
 func (r *Router) backoff(ctx context.Context, a int) bool {
 	d := time.Duration(min(5<<min(a, 6), 200)) * time.Millisecond
 	t := time.NewTimer(d)
 	defer t.Stop()
+	var changed <-chan struct{}
+	if r.cfg.TableChanged != nil {
+		changed = r.cfg.TableChanged()
+	}
 	select {
 	case <-t.C:
+		return true
+	case <-changed:
 		return true
 	case <-ctx.Done():
 		return false

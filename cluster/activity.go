@@ -37,7 +37,7 @@ const (
 	activityAsk    = 300 * time.Millisecond
 	// renewGrace is how long a new leader gives live members to find it
 	// and renew before their silence counts.
-	renewGrace = 300 * time.Millisecond
+	renewGrace = 500 * time.Millisecond
 )
 
 // activity is this member's record of leaders it heard from and leases it
@@ -164,6 +164,8 @@ func (c *Cluster) predecessorsLapse(ctx context.Context, leadingSince time.Time)
 	}
 	answers := make(chan answer, len(others))
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // the asks still running give up at once
 	for _, s := range others {
 		wg.Add(1)
 		go func() {
@@ -172,20 +174,22 @@ func (c *Cluster) predecessorsLapse(ctx context.Context, leadingSince time.Time)
 			answers <- answer{at, ok}
 		}()
 	}
-	wg.Wait()
-	close(answers)
-	missing := 0
-	for a := range answers {
+	// All voters but one must answer: the one that does not (a failed
+	// predecessor) granted only what the others acknowledged. Waiting for
+	// it would only delay the failover of a voter that stopped.
+	known, missing := 0, 0
+	for known < len(others)-1 {
+		a := <-answers
 		if !a.ok {
-			missing++
+			if missing++; missing > 1 {
+				return full
+			}
 			continue
 		}
+		known++
 		if a.at.After(latest) {
 			latest = a.at
 		}
-	}
-	if missing > 1 {
-		return full
 	}
 	if bound := latest.Add(c.cfg.LeaseDuration + activityMargin); bound.Before(full) {
 		return bound

@@ -466,8 +466,8 @@ func (c *Cluster) run() {
 				continue
 			}
 			leading = true
-			now := time.Now()
-			c.leases.lead(now, c.predecessorsLapse(context.Background(), now))
+			lapse := c.predecessorsLapse(context.Background(), time.Now())
+			c.leases.lead(time.Now(), lapse)
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()

@@ -539,7 +539,7 @@ func (c *Conn) serve(f wire.Frame) {
 func neverRefused(typ uint8) bool {
 	switch typ {
 	case wire.MsgReplicate, wire.MsgSnapshot, wire.MsgPing, wire.MsgSynced,
-		wire.MsgTable, wire.MsgDrain, wire.MsgLease:
+		wire.MsgTable, wire.MsgDrain, wire.MsgLease, wire.MsgActivity:
 		return true
 	}
 	return false

@@ -37,13 +37,14 @@ const (
 	activityAsk    = 300 * time.Millisecond
 	// renewGrace is how long a new leader gives live members to find it
 	// and renew before their silence counts.
-	renewGrace = 500 * time.Millisecond
+	renewGrace = 300 * time.Millisecond
 )
 
 // activity is this member's record of leaders it heard from and leases it
 // granted.
 type activity struct {
 	mu          sync.Mutex
+	leader      string               // raft id of the last leader other than this member
 	heard       map[string]time.Time // raft id of a leader -> last contact from it
 	granted     time.Time            // last lease granted while leading
 	voters      string               // the voter set last seen
@@ -70,8 +71,11 @@ func (c *Cluster) trackActivity() {
 		voters := voterKey(c.raft)
 		now := time.Now()
 		c.act.mu.Lock()
-		if id != "" && string(id) != c.raftID && !last.IsZero() && last.After(c.act.heard[string(id)]) {
-			c.act.heard[string(id)] = last
+		if id != "" && string(id) != c.raftID {
+			c.act.leader = string(id)
+			if !last.IsZero() && last.After(c.act.heard[string(id)]) {
+				c.act.heard[string(id)] = last
+			}
 		}
 		if voters != c.act.voters {
 			c.act.voters, c.act.votersSince = voters, now
@@ -209,4 +213,18 @@ func (c *Cluster) askActivity(ctx context.Context, addr string) (time.Time, bool
 		return time.Time{}, false
 	}
 	return time.Now().Add(-time.Duration(resp.AgoNanos)), true
+}
+
+// predecessor names the member that led before this member, if it is
+// still a member.
+func (c *Cluster) predecessor() string {
+	c.act.mu.Lock()
+	id := c.act.leader
+	c.act.mu.Unlock()
+	for _, m := range c.ms.Members() {
+		if id != "" && m.RaftID == id {
+			return m.Name
+		}
+	}
+	return ""
 }

@@ -467,7 +467,7 @@ func (c *Cluster) run() {
 			}
 			leading = true
 			lapse := c.predecessorsLapse(context.Background(), time.Now())
-			c.leases.lead(time.Now(), lapse)
+			c.leases.lead(time.Now(), lapse, c.predecessor())
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()

@@ -52,14 +52,16 @@ func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
 }
 
 // lead starts a leadership term at now: renewals granted by predecessors
-// are unknown here, and may be valid until youngUntil.
+// are unknown here, and may be valid until youngUntil. The renewals this
+// member granted itself stay: raft made it leader before its run loop
+// calls lead (barrier, asking the voters), and what it granted meanwhile,
+// or in an earlier term, are leases like any other (suspects prunes them).
 func (b *leaseBook) lead(now, youngUntil time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.leadingSince = now
 	b.youngUntil = youngUntil
 	b.firstLook = true
-	clear(b.renewed)
 	clear(b.seen)
 	b.suspected = nil
 }

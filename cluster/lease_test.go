@@ -143,3 +143,26 @@ func TestBoundedPredecessorsShortenTheWait(t *testing.T) {
 		t.Fatal("b suspected before a lease passed without a bound")
 	}
 }
+
+// A leader's raft state turns Leader before its run loop calls lead
+// (barrier, asking the voters): renewals it grants meanwhile are leases
+// like any other. lead must not forget them, or a member that renewed
+// then and went silent is failed over (renewGrace after takeover) while
+// the lease it was just granted still runs.
+func TestLeadKeepsItsOwnEarlierGrants(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	grant := t0.Add(5 * time.Second)
+	b.renew("c", grant) // while asking the voters
+	lead := grant.Add(10 * time.Millisecond)
+	b.lead(lead, lead.Add(100*time.Millisecond)) // bounded by answers read before the grant
+	b.suspects(lead, []string{"a", "c"}, "a")
+	at := lead.Add(renewGrace + 100*time.Millisecond) // c's lease still runs
+	if got := b.leased(at, nil); !got["c"] {
+		t.Fatalf("leased %v at %v after a grant to c, want c", got, at.Sub(grant))
+	}
+	if sus, _, _, _ := b.suspects(at, []string{"a", "c"}, "a"); sus["c"] {
+		t.Fatalf("c suspected %v after the leader granted it a lease", at.Sub(grant))
+	}
+}

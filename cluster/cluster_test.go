@@ -5,6 +5,7 @@ import (
 	"github.com/hashicorp/raft"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,8 @@ type member struct {
 	seen []uint64
 	done chan struct{}
 	wg   sync.WaitGroup
+	// silent stops lease renewals, as a paused or cut-off process.
+	silent atomic.Bool
 }
 
 func (m *member) stop() {
@@ -123,6 +126,9 @@ func (m *member) renewLeases() {
 		case <-m.done:
 			return
 		case <-t.C:
+			if m.silent.Load() {
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), m.c.LeaseDuration()/4)
 			_, _, _ = m.c.RenewLease(ctx)
 			cancel()
@@ -313,4 +319,95 @@ func TestLeftIncarnationIsGoneOnlyIfTheTableKnowsIt(t *testing.T) {
 	if g := leftIncarnations(ms, map[string]bool{"a": true}, tab); g["a"] {
 		t.Fatal("a live name is never gone")
 	}
+}
+
+// A lease granted while the leader commits the table that fails its holder
+// over (a member silent for a lease that renews again just then) must be
+// bound to that table: bound to the one before, the holder would serve as
+// primary from it while its promoted backup takes writes.
+func TestLeaseGrantedDuringFailoverIsBoundToIt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	}()
+	var leader, victim *member
+	waitFor(t, 20*time.Second, "a table with every member as a primary", func() bool {
+		leader, victim = nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		if !Converged(tab, names, 1) {
+			return false
+		}
+		for _, m := range ms {
+			if m != leader && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }) {
+				victim = m
+			}
+		}
+		return victim != nil
+	})
+	vname := victim.c.Name()
+	type grant struct {
+		version, failover uint64
+		err               error
+	}
+	granted := make(chan grant, 1)
+	var once sync.Once
+	hook := func(next *wire.Table) {
+		cur := leader.c.Table()
+		if cur == nil || !slices.ContainsFunc(cur.Partitions, func(p wire.Part) bool { return p.Primary == vname }) ||
+			slices.ContainsFunc(next.Partitions, func(p wire.Part) bool { return p.Primary == vname }) {
+			return
+		}
+		once.Do(func() {
+			// The victim's renewal arrives now; give it time to be
+			// answered before the commit goes on.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				v, _, err := leader.c.HandleLease(vname)
+				granted <- grant{v, next.Version, err}
+			}()
+			select {
+			case <-done:
+			case <-time.After(500 * time.Millisecond):
+			}
+		})
+	}
+	leader.c.beforeCommit.Store(&hook)
+	victim.silent.Store(true)
+	var g grant
+	select {
+	case g = <-granted:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the silent member was never failed over")
+	}
+	if g.err == nil && g.version < g.failover {
+		t.Fatalf("lease granted to %s during the commit of version %d (its failover) is bound to version %d", vname, g.failover, g.version)
+	}
+	t.Logf("grant during failover: version %d, failover %d, err %v", g.version, g.failover, g.err)
 }

@@ -228,6 +228,10 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	if !c.IsLeader() {
 		return 0, 0, fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
 	}
+	// Not during a table step: the step either sees this grant, or the
+	// grant is bound to the table the step commits (grantMu).
+	c.grantMu.RLock()
+	defer c.grantMu.RUnlock()
 	alive := false
 	for _, m := range c.liveMembers() {
 		if m.Name == node {

@@ -166,3 +166,22 @@ func TestLeadKeepsItsOwnEarlierGrants(t *testing.T) {
 		t.Fatalf("c suspected %v after the leader granted it a lease", at.Sub(grant))
 	}
 }
+
+// A contact from a leader that the poller missed (it ran late, and raft
+// moved on to the next leader meanwhile) must still bound that leader's
+// grants: a stalled poll counts the last contact for every leader.
+func TestActivityPollThatRanLateBoundsEveryLeader(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	c := &Cluster{cfg: Config{LeaseDuration: d}}
+	c.act.heard, c.act.voters, c.act.votersSince = map[string]time.Time{}, "a,b,c", t0.Add(-time.Hour)
+	c.act.observe(t0, "a", "c", t0, "a,b,c", 2*d)
+	// The poller stalls for 300 ms; a acknowledged a lease verification
+	// at +280 ms, then b took over and contacted c at +290 ms.
+	late := t0.Add(300 * time.Millisecond)
+	c.act.observe(late, "b", "c", t0.Add(290*time.Millisecond), "a,b,c", 2*d)
+	at, ok := c.lastActivity("b", late)
+	if !ok || at.Before(t0.Add(280*time.Millisecond)) {
+		t.Fatalf("b asks after a late poll: last activity %v (ok %v), want at least a's contact at +280ms", at.Sub(t0), ok)
+	}
+}

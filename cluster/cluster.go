@@ -439,6 +439,7 @@ func (c *Cluster) run() {
 	defer due.Stop()
 	var reports []wire.SyncedReport
 	leading := false
+	var term uint64 // the raft term this member leads in
 	for {
 		select {
 		case <-c.done:
@@ -468,19 +469,23 @@ func (c *Cluster) run() {
 			reports = reports[:0]
 			continue
 		}
-		if !leading {
+		// A new term is a new leadership even if this loop never saw the
+		// one in between (it was busy, and LeaderCh keeps only the last
+		// signal): another leader may have granted leases meanwhile.
+		if t := c.raft.CurrentTerm(); !leading || t != term {
 			// Apply everything earlier leaders committed before deciding.
 			if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
 				c.log.Warn("authority barrier failed", "err", err)
+				leading = false
 				continue
 			}
-			leading = true
+			leading, term = true, t
 			lapse := c.predecessorsLapse(context.Background(), time.Now())
 			c.leases.lead(time.Now(), lapse)
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()
-		next := c.reconcileTable(reports)
+		next := c.reconcileTable(reports, term)
 		reports = reports[:0]
 		if !next.IsZero() {
 			due.Reset(max(time.Until(next), 0) + time.Millisecond)
@@ -635,8 +640,8 @@ func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member
 
 // reconcileTable commits the next table if it differs, and returns when a
 // silent member would next become suspect (zero: none).
-func (c *Cluster) reconcileTable(reports []wire.SyncedReport) time.Time {
-	tbl, res, next, ok := c.stepTable(reports)
+func (c *Cluster) reconcileTable(reports []wire.SyncedReport, term uint64) time.Time {
+	tbl, res, next, ok := c.stepTable(reports, term)
 	if !ok {
 		return next
 	}
@@ -660,8 +665,10 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) time.Time {
 
 // stepTable computes the next table and commits it if it differs (ok),
 // with lease grants held off (grantMu); next is when a silent member would
-// next become suspect (zero: none).
-func (c *Cluster) stepTable(reports []wire.SyncedReport) (tbl *wire.Table, res StepResult, next time.Time, ok bool) {
+// next become suspect (zero: none). It commits nothing if the raft term is
+// no longer term: the step was computed from a lease book that does not
+// know what the leaders in between granted.
+func (c *Cluster) stepTable(reports []wire.SyncedReport, term uint64) (tbl *wire.Table, res StepResult, next time.Time, ok bool) {
 	c.grantMu.Lock()
 	defer c.grantMu.Unlock()
 	live := c.liveMembers()
@@ -698,6 +705,10 @@ func (c *Cluster) stepTable(reports []wire.SyncedReport) (tbl *wire.Table, res S
 	data, err := wire.Marshal(tbl)
 	if err != nil {
 		c.log.Error("encode table", "err", err)
+		return tbl, res, next, false
+	}
+	if t := c.raft.CurrentTerm(); t != term {
+		c.log.Info("leadership changed during a table step; not committing it", "version", tbl.Version, "term", t, "step_term", term)
 		return tbl, res, next, false
 	}
 	if f := c.beforeCommit.Load(); f != nil {

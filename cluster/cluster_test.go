@@ -2,8 +2,9 @@ package cluster
 
 import (
 	"context"
-	"github.com/hashicorp/raft"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
+	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
 )
 
@@ -410,4 +412,124 @@ func TestLeaseGrantedDuringFailoverIsBoundToIt(t *testing.T) {
 		t.Fatalf("lease granted to %s during the commit of version %d (its failover) is bound to version %d", vname, g.failover, g.version)
 	}
 	t.Logf("grant during failover: version %d, failover %d, err %v", g.version, g.failover, g.err)
+}
+
+// A leader that lost the authority and won it back while its run loop was
+// busy (a step in progress; LeaderCh keeps only the last signal) must lead
+// anew: its lease book does not know the leases the leader in between
+// granted, so a member that renewed with that one and went silent would be
+// failed over while its lease still runs.
+func TestLeaderBackAfterAnotherLeadsAnew(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	}()
+	var leader, victim, other *member
+	waitFor(t, 20*time.Second, "a converged table", func() bool {
+		leader, victim, other = nil, nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil || len(leader.c.Voters()) != len(names) {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		for _, m := range ms {
+			switch {
+			case m == leader:
+			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
+				victim = m
+			default:
+				other = m
+			}
+		}
+		return Converged(tab, names, 1) && victim != nil && other != nil
+	})
+	vname := victim.c.Name()
+	d := leader.c.LeaseDuration()
+	server := func(m *member) raft.Server {
+		for _, s := range leader.c.raft.GetConfiguration().Configuration().Servers {
+			if string(s.ID) == m.c.raftID {
+				return s
+			}
+		}
+		t.Fatalf("%s is not in the raft configuration", m.c.Name())
+		return raft.Server{}
+	}
+	toOther, toLeader := server(other), server(leader)
+	var failedOver atomic.Int64
+	hook := func(next *wire.Table) {
+		if !slices.ContainsFunc(next.Partitions, func(p wire.Part) bool { return p.Primary == vname }) {
+			failedOver.CompareAndSwap(0, time.Now().UnixNano())
+		}
+	}
+	leader.c.beforeCommit.Store(&hook)
+
+	// The leader's run loop blocks in its next step (the victim stops
+	// renewing first: renewals the leader takes while its step is blocked
+	// would be granted once it goes on).
+	victim.silent.Store(true)
+	leader.c.drainMu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			leader.c.drainMu.Unlock()
+		}
+	}()
+	waitFor(t, 5*time.Second, "the leader's step to block", func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*Cluster).stepTable")
+	})
+	// The authority moves to the other member; the victim renews with it
+	// for a while, then goes silent.
+	if err := leader.c.raft.LeadershipTransferToServer(toOther.ID, toOther.Address).Error(); err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now()
+	waitFor(t, 5*time.Second, "the other member to lead", func() bool { return other.c.IsLeader() })
+	victim.silent.Store(false)
+	waitFor(t, 5*time.Second, "the other member to grant the victim a lease", func() bool {
+		other.c.leases.mu.Lock()
+		defer other.c.leases.mu.Unlock()
+		return other.c.leases.renewed[vname].After(moved.Add(400 * time.Millisecond))
+	})
+	victim.silent.Store(true)
+	silenced := time.Now()
+	waitFor(t, 5*time.Second, "in-flight renewals", func() bool { return time.Since(silenced) > 200*time.Millisecond })
+	other.c.leases.mu.Lock()
+	granted := other.c.leases.renewed[vname]
+	other.c.leases.mu.Unlock()
+	// The authority comes back; the blocked step goes on.
+	if err := other.c.raft.LeadershipTransferToServer(toLeader.ID, toLeader.Address).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the leader back", func() bool { return leader.c.IsLeader() })
+	leader.c.drainMu.Unlock()
+	locked = false
+	waitFor(t, 10*time.Second, "the silent victim failed over", func() bool { return failedOver.Load() != 0 })
+	at := time.Unix(0, failedOver.Load())
+	if lapse := granted.Add(d * 9 / 10); at.Before(lapse) {
+		t.Fatalf("%s failed over %v before the lease the other leader granted it lapsed", vname, lapse.Sub(at))
+	}
+	t.Logf("failed over %v after the other leader's last grant", at.Sub(granted))
 }

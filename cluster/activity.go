@@ -50,7 +50,7 @@ type activity struct {
 	granted     time.Time            // last lease granted while leading
 	voters      string               // the voter set last seen
 	votersSince time.Time            // when it was first seen
-	polled      time.Time            // when raft was last polled
+	polled      time.Time            // when raft's leader and contact were last read
 }
 
 // anyLeader keys, in activity.heard, contacts that may have come from any
@@ -73,16 +73,18 @@ func (c *Cluster) trackActivity() {
 		// Leader first, then contact: a contact from a newer leader may be
 		// attributed to the older one (later than the truth: safe), never
 		// the reverse.
+		read := time.Now()
 		_, id := c.raft.LeaderWithID()
 		last := c.raft.LastContact()
-		voters := voterKey(c.raft)
-		c.act.observe(time.Now(), string(id), c.raftID, last, voters, 2*c.cfg.LeaseDuration)
+		voters := voterKey(c.raft) // through raft's loop: may take a while
+		c.act.observe(read, time.Now(), string(id), c.raftID, last, voters, 2*c.cfg.LeaseDuration)
 	}
 }
 
-// observe records one poll: raft's leader (empty if none) and its last
-// contact, and the voter set; entries older than keep are dropped.
-func (a *activity) observe(now time.Time, leader, self string, last time.Time, voters string, keep time.Duration) {
+// observe records one poll, which read raft's leader (empty if none) and
+// its last contact at read, and the voter set by now; entries older than
+// keep are dropped.
+func (a *activity) observe(read, now time.Time, leader, self string, last time.Time, voters string, keep time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if leader != "" && leader != self && !last.IsZero() && last.After(a.heard[leader]) {
@@ -91,10 +93,10 @@ func (a *activity) observe(now time.Time, leader, self string, last time.Time, v
 	// A poll later than half the margin may have missed the last contact
 	// of a leader raft has since replaced (its contacts were then
 	// attributed to the next one): count it for every leader.
-	if !a.polled.IsZero() && now.Sub(a.polled) > activityMargin/2 && !last.IsZero() && last.After(a.heard[anyLeader]) {
+	if !a.polled.IsZero() && read.Sub(a.polled) > activityMargin/2 && !last.IsZero() && last.After(a.heard[anyLeader]) {
 		a.heard[anyLeader] = last
 	}
-	a.polled = now
+	a.polled = read
 	if voters != a.voters {
 		a.voters, a.votersSince = voters, now
 	}

@@ -175,11 +175,11 @@ func TestActivityPollThatRanLateBoundsEveryLeader(t *testing.T) {
 	d := time.Second
 	c := &Cluster{cfg: Config{LeaseDuration: d}}
 	c.act.heard, c.act.voters, c.act.votersSince = map[string]time.Time{}, "a,b,c", t0.Add(-time.Hour)
-	c.act.observe(t0, "a", "c", t0, "a,b,c", 2*d)
+	c.act.observe(t0, t0, "a", "c", t0, "a,b,c", 2*d)
 	// The poller stalls for 300 ms; a acknowledged a lease verification
 	// at +280 ms, then b took over and contacted c at +290 ms.
 	late := t0.Add(300 * time.Millisecond)
-	c.act.observe(late, "b", "c", t0.Add(290*time.Millisecond), "a,b,c", 2*d)
+	c.act.observe(late, late, "b", "c", t0.Add(290*time.Millisecond), "a,b,c", 2*d)
 	at, ok := c.lastActivity("b", late)
 	if !ok || at.Before(t0.Add(280*time.Millisecond)) {
 		t.Fatalf("b asks after a late poll: last activity %v (ok %v), want at least a's contact at +280ms", at.Sub(t0), ok)

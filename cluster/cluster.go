@@ -127,11 +127,15 @@ type Cluster struct {
 	// it. Otherwise a member failed over while it renews again would be
 	// granted a lease on the table it is still primary in.
 	grantMu sync.RWMutex
-	act     activity // leaders heard from and leases granted (activity.go)
-	done    chan struct{}
-	wg      sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
+	// readyTerm is the raft term in which this member, leading, applied
+	// every table committed before (its barrier): only then is its table
+	// one a lease may be bound to.
+	readyTerm atomic.Uint64
+	act       activity // leaders heard from and leases granted (activity.go)
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeMu   sync.Mutex
+	closed    bool
 }
 
 // Start joins (or bootstraps) the cluster. It returns once this member is
@@ -480,6 +484,7 @@ func (c *Cluster) run() {
 				continue
 			}
 			leading, term = true, t
+			c.readyTerm.Store(t)
 			lapse := c.predecessorsLapse(context.Background(), time.Now())
 			c.leases.lead(time.Now(), lapse)
 			c.log.Info("leading the table authority", "raft_id", c.raftID)

@@ -533,3 +533,103 @@ func TestLeaderBackAfterAnotherLeadsAnew(t *testing.T) {
 	}
 	t.Logf("failed over %v after the other leader's last grant", at.Sub(granted))
 }
+
+// A new leader grants a lease only once it applied every table committed
+// before its term: bound to an older table, the lease would let a member
+// that an earlier leader failed over serve from the table it was primary
+// in (the new leader learns that the failover committed only when it
+// commits an entry of its own).
+func TestNewLeaderGrantsOnlyAfterItCaughtUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	}()
+	var leader, victim, other *member
+	waitFor(t, 20*time.Second, "a converged table", func() bool {
+		leader, victim, other = nil, nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil || len(leader.c.Voters()) != len(names) {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		for _, m := range ms {
+			switch {
+			case m == leader:
+			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
+				victim = m
+			default:
+				other = m
+			}
+		}
+		return Converged(tab, names, 1) && victim != nil && other != nil
+	})
+	vname := victim.c.Name()
+	var failover atomic.Uint64
+	hook := func(next *wire.Table) {
+		if !slices.ContainsFunc(next.Partitions, func(p wire.Part) bool { return p.Primary == vname }) {
+			failover.CompareAndSwap(0, next.Version)
+		}
+	}
+	leader.c.beforeCommit.Store(&hook)
+
+	// The other member's state machine falls behind: it stops in the
+	// next table it applies (a join), before the failover.
+	other.mu.Lock()
+	locked := true
+	unlock := func() {
+		if locked {
+			locked = false
+			other.mu.Unlock()
+		}
+	}
+	defer unlock()
+	before := leader.c.Table().Version
+	ms = append(ms, startMember(t, net, "d", false))
+	waitFor(t, 10*time.Second, "a table with the joiner", func() bool { return leader.c.Table().Version > before })
+	victim.silent.Store(true)
+	waitFor(t, 10*time.Second, "the silent victim failed over", func() bool {
+		v := failover.Load()
+		return v != 0 && leader.c.Table().Version >= v
+	})
+	if got := other.c.Table().Version; got >= failover.Load() {
+		t.Fatalf("the other member applied version %d, want it behind the failover (%d)", got, failover.Load())
+	}
+	var toOther raft.Server
+	for _, s := range leader.c.raft.GetConfiguration().Configuration().Servers {
+		if string(s.ID) == other.c.raftID {
+			toOther = s
+		}
+	}
+	if err := leader.c.raft.LeadershipTransferToServer(toOther.ID, toOther.Address).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the other member to lead", func() bool { return other.c.IsLeader() })
+	version, _, err := other.c.HandleLease(vname)
+	unlock()
+	if err == nil && version < failover.Load() {
+		t.Fatalf("the new leader granted %s a lease bound to version %d, before its failover in version %d", vname, version, failover.Load())
+	}
+	t.Logf("renewal at the new leader before it caught up: version %d, err %v", version, err)
+}

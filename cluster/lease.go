@@ -244,6 +244,11 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	if err := c.raft.VerifyLeader().Error(); err != nil {
 		return 0, 0, fmt.Errorf("%w: leadership not confirmed by a quorum: %v", api.ErrUnavailable, err)
 	}
+	if c.readyTerm.Load() != c.raft.CurrentTerm() {
+		// Tables its predecessors committed may not be applied here yet:
+		// a lease bound to this member's table could predate a failover.
+		return 0, 0, fmt.Errorf("%w: the new table authority leader is still applying earlier tables", api.ErrUnavailable)
+	}
 	now := time.Now()
 	c.leases.renew(node, now)
 	c.noteGrant(now)

@@ -761,6 +761,11 @@ func (c *Cluster) shutdown() {
 	close(c.done)
 	c.closeMu.Unlock()
 	c.wg.Wait()
+	// Lease grants under way finish first, and later ones see done
+	// closed: raft never answers a verification that reaches it after its
+	// shutdown (HandleLease).
+	c.grantMu.Lock()
+	c.grantMu.Unlock()
 	if err := c.raft.Shutdown().Error(); err != nil {
 		c.log.Warn("raft shutdown", "err", err)
 	}

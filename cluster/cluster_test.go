@@ -633,3 +633,44 @@ func TestNewLeaderGrantsOnlyAfterItCaughtUp(t *testing.T) {
 	}
 	t.Logf("renewal at the new leader before it caught up: version %d, err %v", version, err)
 }
+
+// Lease renewals handled while the leader shuts down return: raft answers
+// a leadership verification that reached it after its shutdown never (a
+// node's Close then waited forever for the worker that asked).
+func TestLeaseRenewalsDuringCloseReturn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	m := startMember(t, net, "a", true)
+	waitFor(t, 10*time.Second, "a ready leader", func() bool {
+		_, _, err := m.c.HandleLease("a")
+		return err == nil
+	})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _, _ = m.c.HandleLease("a")
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // renewals running
+	m.stop()
+	close(stop)
+	returned := make(chan struct{})
+	go func() { wg.Wait(); close(returned) }()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("lease renewals handled during Close never returned")
+	}
+}

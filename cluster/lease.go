@@ -232,6 +232,12 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	// grant is bound to the table the step commits (grantMu).
 	c.grantMu.RLock()
 	defer c.grantMu.RUnlock()
+	select {
+	case <-c.done:
+		// Raft may be shut down: it would never answer VerifyLeader.
+		return 0, 0, fmt.Errorf("%w: closing", api.ErrUnavailable)
+	default:
+	}
 	alive := false
 	for _, m := range c.liveMembers() {
 		if m.Name == node {

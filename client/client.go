@@ -352,7 +352,8 @@ const (
 // addresses) for their table and installs the newest it sees. It asks one
 // member at a time, starting the next one when no ask is in flight or
 // tableHedge passed without an answer, and stops at the first answer newer
-// than the current table, or when every member answered or gave up.
+// than the current table, or when every member was asked and one answered
+// (without waiting for the others).
 func (c *Client) fetch(ctx context.Context) error {
 	var addrs []string
 	cur := c.table.Load()
@@ -414,6 +415,12 @@ func (c *Client) fetch(ctx context.Context) error {
 				return nil
 			}
 			answered = true
+			if next >= len(addrs) {
+				// Every member was asked and one answered with nothing
+				// newer: a member that has not answered yet (paused, cut
+				// off) is not waited for; the next fetch asks it again.
+				return nil
+			}
 		case <-ctx.Done():
 			if answered {
 				return nil

@@ -39,13 +39,14 @@ const (
 	activityAsk    = 300 * time.Millisecond
 	// renewGrace is how long a new leader gives live members to find it
 	// and renew before their silence counts.
-	renewGrace = 500 * time.Millisecond
+	renewGrace = 300 * time.Millisecond
 )
 
 // activity is this member's record of leaders it heard from and leases it
 // granted.
 type activity struct {
 	mu          sync.Mutex
+	leader      string               // raft id of the last leader other than this member
 	heard       map[string]time.Time // raft id of a leader -> last contact from it
 	granted     time.Time            // last lease granted while leading
 	voters      string               // the voter set last seen
@@ -87,8 +88,11 @@ func (c *Cluster) trackActivity() {
 func (a *activity) observe(read, now time.Time, leader, self string, last time.Time, voters string, keep time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if leader != "" && leader != self && !last.IsZero() && last.After(a.heard[leader]) {
-		a.heard[leader] = last
+	if leader != "" && leader != self {
+		a.leader = leader
+		if !last.IsZero() && last.After(a.heard[leader]) {
+			a.heard[leader] = last
+		}
 	}
 	// A poll later than half the margin may have missed the last contact
 	// of a leader raft has since replaced (its contacts were then
@@ -231,4 +235,18 @@ func (c *Cluster) askActivity(ctx context.Context, addr string) (time.Time, bool
 		return time.Time{}, false
 	}
 	return time.Now().Add(-time.Duration(resp.AgoNanos)), true
+}
+
+// predecessor names the member that led before this member, if it is
+// still a member.
+func (c *Cluster) predecessor() string {
+	c.act.mu.Lock()
+	id := c.act.leader
+	c.act.mu.Unlock()
+	for _, m := range c.ms.Members() {
+		if id != "" && m.RaftID == id {
+			return m.Name
+		}
+	}
+	return ""
 }

@@ -486,7 +486,7 @@ func (c *Cluster) run() {
 			leading, term = true, t
 			c.readyTerm.Store(t)
 			lapse := c.predecessorsLapse(context.Background(), time.Now())
-			c.leases.lead(time.Now(), lapse)
+			c.leases.lead(time.Now(), lapse, c.predecessor())
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()

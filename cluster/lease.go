@@ -45,6 +45,7 @@ type leaseBook struct {
 	awakeSince   time.Time            // when this process last resumed from a pause
 	suspected    map[string]bool      // members suspected at the last look (for logs)
 	firstLook    bool                 // no look since this member became leader
+	predecessor  string               // the member that led before (no grace to find this leader)
 }
 
 func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
@@ -56,11 +57,12 @@ func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
 // member granted itself stay: raft made it leader before its run loop
 // calls lead (barrier, asking the voters), and what it granted meanwhile,
 // or in an earlier term, are leases like any other (suspects prunes them).
-func (b *leaseBook) lead(now, youngUntil time.Time) {
+func (b *leaseBook) lead(now, youngUntil time.Time, predecessor string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.leadingSince = now
 	b.youngUntil = youngUntil
+	b.predecessor = predecessor
 	b.firstLook = true
 	clear(b.seen)
 	b.suspected = nil
@@ -170,7 +172,7 @@ func (b *leaseBook) lastHeard(name string, now time.Time) time.Time {
 			b.seen[name] = now
 		}
 	}
-	for _, t := range []time.Time{b.leaderBase(), b.awakeSince} {
+	for _, t := range []time.Time{b.leaderBase(name), b.awakeSince} {
 		if t.After(at) {
 			at = t
 		}
@@ -180,9 +182,14 @@ func (b *leaseBook) lastHeard(name string, now time.Time) time.Time {
 
 // leaderBase is when a member that never renewed with this leader counts
 // as last heard: its predecessors' leases lapsed a lease later, and live
-// members had renewGrace to find this leader. Caller holds mu.
-func (b *leaseBook) leaderBase() time.Time {
+// members had renewGrace to find this leader, except the predecessor
+// itself (it stopped leading by not answering: it is failed over as soon
+// as its leases lapsed). Caller holds mu.
+func (b *leaseBook) leaderBase(name string) time.Time {
 	base := b.youngUntil.Add(-b.d)
+	if name == b.predecessor {
+		return base
+	}
 	if g := b.leadingSince.Add(renewGrace - b.d); g.After(base) {
 		base = g
 	}

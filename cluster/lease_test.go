@@ -48,7 +48,7 @@ func TestNewLeaderAndJoinerGetAWholeLease(t *testing.T) {
 	b := newLeaseBook(d, t0)
 	b.renew("b", t0)
 	lead := t0.Add(5 * time.Second)
-	b.lead(lead, lead.Add(d))                 // renewals granted before are unknown
+	b.lead(lead, lead.Add(d), "")             // renewals granted before are unknown
 	b.suspects(lead, []string{"a", "b"}, "a") // its first step
 	if sus, _, _, _ := b.suspects(lead.Add(999*time.Millisecond), []string{"a", "b"}, "a"); len(sus) != 0 {
 		t.Fatalf("a new leader suspected %v before a lease of its own passed", sus)
@@ -99,7 +99,7 @@ func TestLeasedWhileYoungCoversEveryPrimary(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	d := time.Second
 	b := newLeaseBook(d, t0)
-	b.lead(t0, t0.Add(d))
+	b.lead(t0, t0.Add(d), "")
 	b.renew("x", t0.Add(100*time.Millisecond))
 	got := b.leased(t0.Add(500*time.Millisecond), []string{"p1", "p2"})
 	if !maps.Equal(got, map[string]bool{"x": true, "p1": true, "p2": true}) {
@@ -122,7 +122,7 @@ func TestBoundedPredecessorsShortenTheWait(t *testing.T) {
 	d := time.Second
 	b := newLeaseBook(d, t0)
 	lead := t0.Add(5 * time.Second)
-	b.lead(lead, lead.Add(100*time.Millisecond))
+	b.lead(lead, lead.Add(100*time.Millisecond), "")
 	b.suspects(lead, []string{"a", "b"}, "a")
 	if got := b.leased(lead.Add(99*time.Millisecond), []string{"b"}); !got["b"] {
 		t.Fatal("a primary is not leased before its predecessors' grants lapsed")
@@ -137,7 +137,7 @@ func TestBoundedPredecessorsShortenTheWait(t *testing.T) {
 		t.Fatal("a silent b is not suspected once grace and predecessors' leases are over")
 	}
 	// Without a bound the wait is a whole lease.
-	b.lead(lead, lead.Add(d))
+	b.lead(lead, lead.Add(d), "")
 	b.suspects(lead, []string{"a", "b"}, "a")
 	if sus, _, _, _ := b.suspects(lead.Add(d-time.Millisecond), []string{"a", "b"}, "a"); sus["b"] {
 		t.Fatal("b suspected before a lease passed without a bound")
@@ -156,7 +156,7 @@ func TestLeadKeepsItsOwnEarlierGrants(t *testing.T) {
 	grant := t0.Add(5 * time.Second)
 	b.renew("c", grant) // while asking the voters
 	lead := grant.Add(10 * time.Millisecond)
-	b.lead(lead, lead.Add(100*time.Millisecond)) // bounded by answers read before the grant
+	b.lead(lead, lead.Add(100*time.Millisecond), "") // bounded by answers read before the grant
 	b.suspects(lead, []string{"a", "c"}, "a")
 	at := lead.Add(renewGrace + 100*time.Millisecond) // c's lease still runs
 	if got := b.leased(at, nil); !got["c"] {
@@ -183,5 +183,21 @@ func TestActivityPollThatRanLateBoundsEveryLeader(t *testing.T) {
 	at, ok := c.lastActivity("b", late)
 	if !ok || at.Before(t0.Add(280*time.Millisecond)) {
 		t.Fatalf("b asks after a late poll: last activity %v (ok %v), want at least a's contact at +280ms", at.Sub(t0), ok)
+	}
+}
+
+// The member that led before is failed over once its grants lapsed, with
+// no grace to find the new leader: it stopped answering.
+func TestPredecessorGetsNoGrace(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	lead := t0.Add(5 * time.Second)
+	b.lead(lead, lead.Add(100*time.Millisecond), "x")
+	live := []string{"a", "b", "x"}
+	b.suspects(lead, live, "a")
+	sus, _, _, _ := b.suspects(lead.Add(100*time.Millisecond), live, "a")
+	if !maps.Equal(sus, map[string]bool{"x": true}) {
+		t.Fatalf("suspects %v once the predecessor's grants lapsed, want x only", sus)
 	}
 }

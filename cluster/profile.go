@@ -12,15 +12,17 @@ import (
 // A member that stops (killed, paused, cut off) stops renewing its lease;
 // one lease after its last renewal the leader fails it over (lease.go).
 // If the stopped member led the raft group, the others elect a new leader
-// after a heartbeat timeout (between one and two of them), which then waits
-// one lease (it does not know what its predecessor granted) before it
-// fails anyone over. With the defaults: about 1 s for a member, 1.5 to 2 s
-// for the leader. Raft's leader lease (how long the leader keeps leading
-// without hearing from a quorum) equals the heartbeat timeout, so that a
-// 300 ms pause of the leader does not depose it.
+// after one to three heartbeat timeouts (raft's randomised timer), which
+// fails it over once its grants lapsed (activity.go), about a lease after
+// anyone last heard from it. Measured with the defaults (docs/benchmarks.md,
+// "Failover"): 1.0-1.4 s for a member, up to 2 s for the leader. Raft's
+// leader lease (how long the leader keeps leading without hearing from a
+// quorum) equals the heartbeat timeout, so that a 300 ms pause of the
+// leader does not depose it (measured: no election under 300 ms pauses
+// every second).
 const (
 	lanLease            = time.Second
-	lanHeartbeatTimeout = 500 * time.Millisecond
+	lanHeartbeatTimeout = 400 * time.Millisecond
 	// lanCommitTimeout is raft's default: every commit timeout the leader
 	// sends each follower an AppendEntries even when idle (at 5 ms that
 	// tripled an idle node's CPU). Followers learn a table's commit at once

@@ -281,15 +281,25 @@ type PoolConfig struct {
 	// a stopped process whose sockets stay open. Default 3s; negative:
 	// never.
 	PeerTimeout time.Duration
+	// DialTimeout bounds one dial, whatever the caller's deadline: a peer
+	// whose host stopped answering (its link is down, a network cut)
+	// leaves a dial waiting for SYN retransmissions, and a request stuck
+	// there sees no table change. Default 1s; negative: only the caller's
+	// ctx.
+	DialTimeout time.Duration
 }
 
 // DefaultPeerTimeout is PoolConfig.PeerTimeout's default.
 const DefaultPeerTimeout = 3 * time.Second
 
+// DefaultDialTimeout is PoolConfig.DialTimeout's default.
+const DefaultDialTimeout = time.Second
+
 // Pool keeps one multiplexed connection per peer address.
 type Pool struct {
 	log      *slog.Logger
 	maxFrame int
+	dialTO   time.Duration
 	peerTO   time.Duration
 	dialFn   func(ctx context.Context, addr string) (net.Conn, error)
 	h        Handler // serves frames the peers push on dialed connections
@@ -320,7 +330,10 @@ func NewPoolWith(cfg PoolConfig) *Pool {
 	if cfg.PeerTimeout == 0 {
 		cfg.PeerTimeout = DefaultPeerTimeout
 	}
-	return &Pool{log: cfg.Logger, maxFrame: cfg.MaxFrame, peerTO: max(cfg.PeerTimeout, 0), dialFn: cfg.Dial, conns: make(map[string]*poolEntry)}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	return &Pool{log: cfg.Logger, maxFrame: cfg.MaxFrame, peerTO: max(cfg.PeerTimeout, 0), dialTO: cfg.DialTimeout, dialFn: cfg.Dial, conns: make(map[string]*poolEntry)}
 }
 
 // SetHandler sets the handler of frames that peers send on connections this
@@ -385,6 +398,11 @@ func (p *Pool) Get(ctx context.Context, addr string) (*Conn, error) {
 }
 
 func (p *Pool) dial(ctx context.Context, addr string) (*Conn, error) {
+	if p.dialTO > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.dialTO)
+		defer cancel()
+	}
 	nc, err := p.dialFn(ctx, addr)
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {

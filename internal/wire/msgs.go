@@ -401,7 +401,7 @@ type Invalidation struct {
 // a leader other than Asker (cluster/activity.go).
 type ActivityRequest struct {
 	_msgpack struct{} `msgpack:",as_array"`
-	Asker    string // raft id of the new leader
+	Asker    string   // raft id of the new leader
 }
 
 // ActivityResponse: Known is false if the voter cannot bound it (it just

@@ -28,8 +28,10 @@ import (
 // but at most one (with at most 3 voters: the failed predecessor, whose
 // grants the others' answers bound), the predecessors' leases lapse by the
 // latest answer plus a lease plus activityMargin (polling delay, message
-// flight). Without them (a voter did not answer in time, the voter set
-// changed within the last lease) it waits a whole lease from its election.
+// flight; a poll that ran later than half the margin counts its contact
+// for every leader, see observe). Without them (a voter did not answer in
+// time, the voter set changed within the last lease) it waits a whole
+// lease from its election.
 
 const (
 	activityPoll   = 10 * time.Millisecond
@@ -49,7 +51,13 @@ type activity struct {
 	granted     time.Time            // last lease granted while leading
 	voters      string               // the voter set last seen
 	votersSince time.Time            // when it was first seen
+	polled      time.Time            // when raft's leader and contact were last read
 }
+
+// anyLeader keys, in activity.heard, contacts that may have come from any
+// leader: raft keeps only the last contact, so a poll that ran late may
+// have missed a leader's last contact before the next leader's.
+const anyLeader = ""
 
 // trackActivity polls raft for the current leader and its last contact,
 // and for voter set changes, until the cluster closes.
@@ -66,26 +74,40 @@ func (c *Cluster) trackActivity() {
 		// Leader first, then contact: a contact from a newer leader may be
 		// attributed to the older one (later than the truth: safe), never
 		// the reverse.
+		read := time.Now()
 		_, id := c.raft.LeaderWithID()
 		last := c.raft.LastContact()
-		voters := voterKey(c.raft)
-		now := time.Now()
-		c.act.mu.Lock()
-		if id != "" && string(id) != c.raftID {
-			c.act.leader = string(id)
-			if !last.IsZero() && last.After(c.act.heard[string(id)]) {
-				c.act.heard[string(id)] = last
-			}
+		voters := voterKey(c.raft) // through raft's loop: may take a while
+		c.act.observe(read, time.Now(), string(id), c.raftID, last, voters, 2*c.cfg.LeaseDuration)
+	}
+}
+
+// observe records one poll, which read raft's leader (empty if none) and
+// its last contact at read, and the voter set by now; entries older than
+// keep are dropped.
+func (a *activity) observe(read, now time.Time, leader, self string, last time.Time, voters string, keep time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if leader != "" && leader != self {
+		a.leader = leader
+		if !last.IsZero() && last.After(a.heard[leader]) {
+			a.heard[leader] = last
 		}
-		if voters != c.act.voters {
-			c.act.voters, c.act.votersSince = voters, now
+	}
+	// A poll later than half the margin may have missed the last contact
+	// of a leader raft has since replaced (its contacts were then
+	// attributed to the next one): count it for every leader.
+	if !a.polled.IsZero() && read.Sub(a.polled) > activityMargin/2 && !last.IsZero() && last.After(a.heard[anyLeader]) {
+		a.heard[anyLeader] = last
+	}
+	a.polled = read
+	if voters != a.voters {
+		a.voters, a.votersSince = voters, now
+	}
+	for id, t := range a.heard {
+		if now.Sub(t) > keep {
+			delete(a.heard, id) // bounds nothing any more
 		}
-		for id, t := range c.act.heard {
-			if now.Sub(t) > 2*c.cfg.LeaseDuration {
-				delete(c.act.heard, id) // bounds nothing any more
-			}
-		}
-		c.act.mu.Unlock()
 	}
 }
 

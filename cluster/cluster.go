@@ -118,11 +118,24 @@ type Cluster struct {
 	drainMu  sync.Mutex
 	draining map[string]string // name -> raft id of the incarnation that asked
 	leases   *leaseBook        // the leader's record of renewals (lease.go)
-	act      activity          // leaders heard from and leases granted (activity.go)
-	done     chan struct{}
-	wg       sync.WaitGroup
-	closeMu  sync.Mutex
-	closed   bool
+	// beforeCommit, if set, is called with each table the authority is
+	// about to commit. For tests.
+	beforeCommit atomic.Pointer[func(*wire.Table)]
+	// grantMu orders lease grants (readers) with table steps (the
+	// writer, from reading membership and renewals to the commit): a
+	// grant is either seen by the step, or bound to a table that shows
+	// it. Otherwise a member failed over while it renews again would be
+	// granted a lease on the table it is still primary in.
+	grantMu sync.RWMutex
+	// readyTerm is the raft term in which this member, leading, applied
+	// every table committed before (its barrier): only then is its table
+	// one a lease may be bound to.
+	readyTerm atomic.Uint64
+	act       activity // leaders heard from and leases granted (activity.go)
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeMu   sync.Mutex
+	closed    bool
 }
 
 // Start joins (or bootstraps) the cluster. It returns once this member is
@@ -430,6 +443,7 @@ func (c *Cluster) run() {
 	defer due.Stop()
 	var reports []wire.SyncedReport
 	leading := false
+	var term uint64 // the raft term this member leads in
 	for {
 		select {
 		case <-c.done:
@@ -459,19 +473,24 @@ func (c *Cluster) run() {
 			reports = reports[:0]
 			continue
 		}
-		if !leading {
+		// A new term is a new leadership even if this loop never saw the
+		// one in between (it was busy, and LeaderCh keeps only the last
+		// signal): another leader may have granted leases meanwhile.
+		if t := c.raft.CurrentTerm(); !leading || t != term {
 			// Apply everything earlier leaders committed before deciding.
 			if err := c.raft.Barrier(5 * time.Second).Error(); err != nil {
 				c.log.Warn("authority barrier failed", "err", err)
+				leading = false
 				continue
 			}
-			leading = true
+			leading, term = true, t
+			c.readyTerm.Store(t)
 			lapse := c.predecessorsLapse(context.Background(), time.Now())
 			c.leases.lead(time.Now(), lapse, c.predecessor())
 			c.log.Info("leading the table authority", "raft_id", c.raftID)
 		}
 		c.reconcileVoters()
-		next := c.reconcileTable(reports)
+		next := c.reconcileTable(reports, term)
 		reports = reports[:0]
 		if !next.IsZero() {
 			due.Reset(max(time.Until(next), 0) + time.Millisecond)
@@ -626,7 +645,37 @@ func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member
 
 // reconcileTable commits the next table if it differs, and returns when a
 // silent member would next become suspect (zero: none).
-func (c *Cluster) reconcileTable(reports []wire.SyncedReport) time.Time {
+func (c *Cluster) reconcileTable(reports []wire.SyncedReport, term uint64) time.Time {
+	tbl, res, next, ok := c.stepTable(reports, term)
+	if !ok {
+		return next
+	}
+	// Followers learn that the table committed from the next AppendEntries
+	// that carries the commit index: send one now (a barrier entry) rather
+	// than at the next commit timeout. Nothing waits for it.
+	_ = c.raft.Barrier(time.Second)
+	lvl := slog.LevelDebug
+	if res.Promoted+res.Lost+res.Switched+res.Added > 0 || res.Converged {
+		lvl = slog.LevelInfo
+	}
+	if res.Lost > 0 {
+		lvl = slog.LevelError
+	}
+	c.log.Log(context.Background(), lvl, "committed partition table", "version", tbl.Version,
+		"members", len(tbl.Members), "promoted", res.Promoted, "lost", res.Lost, "migrations_started", res.Added,
+		"primaries_moved", res.Switched, "replicas_dropped", res.Dropped, "migrations_in_flight", res.InFlight,
+		"unavailable", res.Unavailable, "awaiting_lease", res.AwaitingLease, "converged", res.Converged)
+	return next
+}
+
+// stepTable computes the next table and commits it if it differs (ok),
+// with lease grants held off (grantMu); next is when a silent member would
+// next become suspect (zero: none). It commits nothing if the raft term is
+// no longer term: the step was computed from a lease book that does not
+// know what the leaders in between granted.
+func (c *Cluster) stepTable(reports []wire.SyncedReport, term uint64) (tbl *wire.Table, res StepResult, next time.Time, ok bool) {
+	c.grantMu.Lock()
+	defer c.grantMu.Unlock()
 	live := c.liveMembers()
 	wm := make([]wire.Member, 0, len(live))
 	c.drainMu.Lock()
@@ -648,41 +697,33 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport) time.Time {
 	}
 	c.drainMu.Unlock()
 	now := time.Now()
-	wm, next := c.dropSuspects(now, wm)
+	wm, next = c.dropSuspects(now, wm)
 	cur := c.fsm.table.Load()
 	leased := c.leased(now)
 	for _, m := range wm {
 		delete(leased, m.Name) // live members are not waited for
 	}
-	tbl, res := Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports, MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone})
+	tbl, res = Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports, MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone})
 	if tbl == cur {
-		return next
+		return tbl, res, next, false
 	}
 	data, err := wire.Marshal(tbl)
 	if err != nil {
 		c.log.Error("encode table", "err", err)
-		return next
+		return tbl, res, next, false
+	}
+	if t := c.raft.CurrentTerm(); t != term {
+		c.log.Info("leadership changed during a table step; not committing it", "version", tbl.Version, "term", t, "step_term", term)
+		return tbl, res, next, false
+	}
+	if f := c.beforeCommit.Load(); f != nil {
+		(*f)(tbl)
 	}
 	if err := c.raft.Apply(data, 5*time.Second).Error(); err != nil {
 		c.log.Warn("commit table", "version", tbl.Version, "err", err)
-		return next
+		return tbl, res, next, false
 	}
-	// Followers learn that the table committed from the next AppendEntries
-	// that carries the commit index: send one now (a barrier entry) rather
-	// than at the next commit timeout. Nothing waits for it.
-	_ = c.raft.Barrier(time.Second)
-	lvl := slog.LevelDebug
-	if res.Promoted+res.Lost+res.Switched+res.Added > 0 || res.Converged {
-		lvl = slog.LevelInfo
-	}
-	if res.Lost > 0 {
-		lvl = slog.LevelError
-	}
-	c.log.Log(context.Background(), lvl, "committed partition table", "version", tbl.Version,
-		"members", len(wm), "promoted", res.Promoted, "lost", res.Lost, "migrations_started", res.Added,
-		"primaries_moved", res.Switched, "replicas_dropped", res.Dropped, "migrations_in_flight", res.InFlight,
-		"unavailable", res.Unavailable, "awaiting_lease", res.AwaitingLease, "converged", res.Converged)
-	return next
+	return tbl, res, next, true
 }
 
 // Leave leaves gracefully: the member drains (see Drain, bounded by ctx),
@@ -720,6 +761,11 @@ func (c *Cluster) shutdown() {
 	close(c.done)
 	c.closeMu.Unlock()
 	c.wg.Wait()
+	// Lease grants under way finish first, and later ones see done
+	// closed: raft never answers a verification that reaches it after its
+	// shutdown (HandleLease).
+	c.grantMu.Lock()
+	c.grantMu.Unlock()
 	if err := c.raft.Shutdown().Error(); err != nil {
 		c.log.Warn("raft shutdown", "err", err)
 	}

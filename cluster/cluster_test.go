@@ -2,14 +2,17 @@ package cluster
 
 import (
 	"context"
-	"github.com/hashicorp/raft"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
+	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
 )
 
@@ -25,6 +28,8 @@ type member struct {
 	seen []uint64
 	done chan struct{}
 	wg   sync.WaitGroup
+	// silent stops lease renewals, as a paused or cut-off process.
+	silent atomic.Bool
 }
 
 func (m *member) stop() {
@@ -123,6 +128,9 @@ func (m *member) renewLeases() {
 		case <-m.done:
 			return
 		case <-t.C:
+			if m.silent.Load() {
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), m.c.LeaseDuration()/4)
 			_, _, _ = m.c.RenewLease(ctx)
 			cancel()
@@ -312,5 +320,357 @@ func TestLeftIncarnationIsGoneOnlyIfTheTableKnowsIt(t *testing.T) {
 	}
 	if g := leftIncarnations(ms, map[string]bool{"a": true}, tab); g["a"] {
 		t.Fatal("a live name is never gone")
+	}
+}
+
+// A lease granted while the leader commits the table that fails its holder
+// over (a member silent for a lease that renews again just then) must be
+// bound to that table: bound to the one before, the holder would serve as
+// primary from it while its promoted backup takes writes.
+func TestLeaseGrantedDuringFailoverIsBoundToIt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	}()
+	var leader, victim *member
+	waitFor(t, 20*time.Second, "a table with every member as a primary", func() bool {
+		leader, victim = nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		if !Converged(tab, names, 1) {
+			return false
+		}
+		for _, m := range ms {
+			if m != leader && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }) {
+				victim = m
+			}
+		}
+		return victim != nil
+	})
+	vname := victim.c.Name()
+	type grant struct {
+		version, failover uint64
+		err               error
+	}
+	granted := make(chan grant, 1)
+	var once sync.Once
+	hook := func(next *wire.Table) {
+		cur := leader.c.Table()
+		if cur == nil || !slices.ContainsFunc(cur.Partitions, func(p wire.Part) bool { return p.Primary == vname }) ||
+			slices.ContainsFunc(next.Partitions, func(p wire.Part) bool { return p.Primary == vname }) {
+			return
+		}
+		once.Do(func() {
+			// The victim's renewal arrives now; give it time to be
+			// answered before the commit goes on.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				v, _, err := leader.c.HandleLease(vname)
+				granted <- grant{v, next.Version, err}
+			}()
+			select {
+			case <-done:
+			case <-time.After(500 * time.Millisecond):
+			}
+		})
+	}
+	leader.c.beforeCommit.Store(&hook)
+	victim.silent.Store(true)
+	var g grant
+	select {
+	case g = <-granted:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the silent member was never failed over")
+	}
+	if g.err == nil && g.version < g.failover {
+		t.Fatalf("lease granted to %s during the commit of version %d (its failover) is bound to version %d", vname, g.failover, g.version)
+	}
+	t.Logf("grant during failover: version %d, failover %d, err %v", g.version, g.failover, g.err)
+}
+
+// A leader that lost the authority and won it back while its run loop was
+// busy (a step in progress; LeaderCh keeps only the last signal) must lead
+// anew: its lease book does not know the leases the leader in between
+// granted, so a member that renewed with that one and went silent would be
+// failed over while its lease still runs.
+func TestLeaderBackAfterAnotherLeadsAnew(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	}()
+	var leader, victim, other *member
+	waitFor(t, 20*time.Second, "a converged table", func() bool {
+		leader, victim, other = nil, nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil || len(leader.c.Voters()) != len(names) {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		for _, m := range ms {
+			switch {
+			case m == leader:
+			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
+				victim = m
+			default:
+				other = m
+			}
+		}
+		return Converged(tab, names, 1) && victim != nil && other != nil
+	})
+	vname := victim.c.Name()
+	d := leader.c.LeaseDuration()
+	server := func(m *member) raft.Server {
+		for _, s := range leader.c.raft.GetConfiguration().Configuration().Servers {
+			if string(s.ID) == m.c.raftID {
+				return s
+			}
+		}
+		t.Fatalf("%s is not in the raft configuration", m.c.Name())
+		return raft.Server{}
+	}
+	toOther, toLeader := server(other), server(leader)
+	var failedOver atomic.Int64
+	hook := func(next *wire.Table) {
+		if !slices.ContainsFunc(next.Partitions, func(p wire.Part) bool { return p.Primary == vname }) {
+			failedOver.CompareAndSwap(0, time.Now().UnixNano())
+		}
+	}
+	leader.c.beforeCommit.Store(&hook)
+
+	// The leader's run loop blocks in its next step (the victim stops
+	// renewing first: renewals the leader takes while its step is blocked
+	// would be granted once it goes on).
+	victim.silent.Store(true)
+	leader.c.drainMu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			leader.c.drainMu.Unlock()
+		}
+	}()
+	waitFor(t, 5*time.Second, "the leader's step to block", func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*Cluster).stepTable")
+	})
+	// The authority moves to the other member; the victim renews with it
+	// for a while, then goes silent.
+	if err := leader.c.raft.LeadershipTransferToServer(toOther.ID, toOther.Address).Error(); err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now()
+	waitFor(t, 5*time.Second, "the other member to lead", func() bool { return other.c.IsLeader() })
+	victim.silent.Store(false)
+	waitFor(t, 5*time.Second, "the other member to grant the victim a lease", func() bool {
+		other.c.leases.mu.Lock()
+		defer other.c.leases.mu.Unlock()
+		return other.c.leases.renewed[vname].After(moved.Add(400 * time.Millisecond))
+	})
+	victim.silent.Store(true)
+	silenced := time.Now()
+	waitFor(t, 5*time.Second, "in-flight renewals", func() bool { return time.Since(silenced) > 200*time.Millisecond })
+	other.c.leases.mu.Lock()
+	granted := other.c.leases.renewed[vname]
+	other.c.leases.mu.Unlock()
+	// The authority comes back; the blocked step goes on.
+	if err := other.c.raft.LeadershipTransferToServer(toLeader.ID, toLeader.Address).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the leader back", func() bool { return leader.c.IsLeader() })
+	leader.c.drainMu.Unlock()
+	locked = false
+	waitFor(t, 10*time.Second, "the silent victim failed over", func() bool { return failedOver.Load() != 0 })
+	at := time.Unix(0, failedOver.Load())
+	if lapse := granted.Add(d * 9 / 10); at.Before(lapse) {
+		t.Fatalf("%s failed over %v before the lease the other leader granted it lapsed", vname, lapse.Sub(at))
+	}
+	t.Logf("failed over %v after the other leader's last grant", at.Sub(granted))
+}
+
+// A new leader grants a lease only once it applied every table committed
+// before its term: bound to an older table, the lease would let a member
+// that an earlier leader failed over serve from the table it was primary
+// in (the new leader learns that the failover committed only when it
+// commits an entry of its own).
+func TestNewLeaderGrantsOnlyAfterItCaughtUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms := []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	defer func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	}()
+	var leader, victim, other *member
+	waitFor(t, 20*time.Second, "a converged table", func() bool {
+		leader, victim, other = nil, nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil || len(leader.c.Voters()) != len(names) {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		for _, m := range ms {
+			switch {
+			case m == leader:
+			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
+				victim = m
+			default:
+				other = m
+			}
+		}
+		return Converged(tab, names, 1) && victim != nil && other != nil
+	})
+	vname := victim.c.Name()
+	var failover atomic.Uint64
+	hook := func(next *wire.Table) {
+		if !slices.ContainsFunc(next.Partitions, func(p wire.Part) bool { return p.Primary == vname }) {
+			failover.CompareAndSwap(0, next.Version)
+		}
+	}
+	leader.c.beforeCommit.Store(&hook)
+
+	// The other member's state machine falls behind: it stops in the
+	// next table it applies (a join), before the failover.
+	other.mu.Lock()
+	locked := true
+	unlock := func() {
+		if locked {
+			locked = false
+			other.mu.Unlock()
+		}
+	}
+	defer unlock()
+	before := leader.c.Table().Version
+	ms = append(ms, startMember(t, net, "d", false))
+	waitFor(t, 10*time.Second, "a table with the joiner", func() bool { return leader.c.Table().Version > before })
+	victim.silent.Store(true)
+	waitFor(t, 10*time.Second, "the silent victim failed over", func() bool {
+		v := failover.Load()
+		return v != 0 && leader.c.Table().Version >= v
+	})
+	if got := other.c.Table().Version; got >= failover.Load() {
+		t.Fatalf("the other member applied version %d, want it behind the failover (%d)", got, failover.Load())
+	}
+	var toOther raft.Server
+	for _, s := range leader.c.raft.GetConfiguration().Configuration().Servers {
+		if string(s.ID) == other.c.raftID {
+			toOther = s
+		}
+	}
+	if err := leader.c.raft.LeadershipTransferToServer(toOther.ID, toOther.Address).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the other member to lead", func() bool { return other.c.IsLeader() })
+	version, _, err := other.c.HandleLease(vname)
+	unlock()
+	if err == nil && version < failover.Load() {
+		t.Fatalf("the new leader granted %s a lease bound to version %d, before its failover in version %d", vname, version, failover.Load())
+	}
+	t.Logf("renewal at the new leader before it caught up: version %d, err %v", version, err)
+}
+
+// Lease renewals handled while the leader shuts down return: raft answers
+// a leadership verification that reached it after its shutdown never (a
+// node's Close then waited forever for the worker that asked).
+func TestLeaseRenewalsDuringCloseReturn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	net := NewFakeNetwork()
+	m := startMember(t, net, "a", true)
+	waitFor(t, 10*time.Second, "a ready leader", func() bool {
+		_, _, err := m.c.HandleLease("a")
+		return err == nil
+	})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _, _ = m.c.HandleLease("a")
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // renewals running
+	m.stop()
+	close(stop)
+	returned := make(chan struct{})
+	go func() { wg.Wait(); close(returned) }()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("lease renewals handled during Close never returned")
 	}
 }

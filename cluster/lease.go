@@ -53,7 +53,10 @@ func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
 }
 
 // lead starts a leadership term at now: renewals granted by predecessors
-// are unknown here, and may be valid until youngUntil.
+// are unknown here, and may be valid until youngUntil. The renewals this
+// member granted itself stay: raft made it leader before its run loop
+// calls lead (barrier, asking the voters), and what it granted meanwhile,
+// or in an earlier term, are leases like any other (suspects prunes them).
 func (b *leaseBook) lead(now, youngUntil time.Time, predecessor string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -61,7 +64,6 @@ func (b *leaseBook) lead(now, youngUntil time.Time, predecessor string) {
 	b.youngUntil = youngUntil
 	b.predecessor = predecessor
 	b.firstLook = true
-	clear(b.renewed)
 	clear(b.seen)
 	b.suspected = nil
 }
@@ -233,6 +235,16 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	if !c.IsLeader() {
 		return 0, 0, fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
 	}
+	// Not during a table step: the step either sees this grant, or the
+	// grant is bound to the table the step commits (grantMu).
+	c.grantMu.RLock()
+	defer c.grantMu.RUnlock()
+	select {
+	case <-c.done:
+		// Raft may be shut down: it would never answer VerifyLeader.
+		return 0, 0, fmt.Errorf("%w: closing", api.ErrUnavailable)
+	default:
+	}
 	alive := false
 	for _, m := range c.liveMembers() {
 		if m.Name == node {
@@ -244,6 +256,11 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	}
 	if err := c.raft.VerifyLeader().Error(); err != nil {
 		return 0, 0, fmt.Errorf("%w: leadership not confirmed by a quorum: %v", api.ErrUnavailable, err)
+	}
+	if c.readyTerm.Load() != c.raft.CurrentTerm() {
+		// Tables its predecessors committed may not be applied here yet:
+		// a lease bound to this member's table could predate a failover.
+		return 0, 0, fmt.Errorf("%w: the new table authority leader is still applying earlier tables", api.ErrUnavailable)
 	}
 	now := time.Now()
 	c.leases.renew(node, now)

@@ -144,6 +144,48 @@ func TestBoundedPredecessorsShortenTheWait(t *testing.T) {
 	}
 }
 
+// A leader's raft state turns Leader before its run loop calls lead
+// (barrier, asking the voters): renewals it grants meanwhile are leases
+// like any other. lead must not forget them, or a member that renewed
+// then and went silent is failed over (renewGrace after takeover) while
+// the lease it was just granted still runs.
+func TestLeadKeepsItsOwnEarlierGrants(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	grant := t0.Add(5 * time.Second)
+	b.renew("c", grant) // while asking the voters
+	lead := grant.Add(10 * time.Millisecond)
+	b.lead(lead, lead.Add(100*time.Millisecond), "") // bounded by answers read before the grant
+	b.suspects(lead, []string{"a", "c"}, "a")
+	at := lead.Add(renewGrace + 100*time.Millisecond) // c's lease still runs
+	if got := b.leased(at, nil); !got["c"] {
+		t.Fatalf("leased %v at %v after a grant to c, want c", got, at.Sub(grant))
+	}
+	if sus, _, _, _ := b.suspects(at, []string{"a", "c"}, "a"); sus["c"] {
+		t.Fatalf("c suspected %v after the leader granted it a lease", at.Sub(grant))
+	}
+}
+
+// A contact from a leader that the poller missed (it ran late, and raft
+// moved on to the next leader meanwhile) must still bound that leader's
+// grants: a stalled poll counts the last contact for every leader.
+func TestActivityPollThatRanLateBoundsEveryLeader(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	c := &Cluster{cfg: Config{LeaseDuration: d}}
+	c.act.heard, c.act.voters, c.act.votersSince = map[string]time.Time{}, "a,b,c", t0.Add(-time.Hour)
+	c.act.observe(t0, t0, "a", "c", t0, "a,b,c", 2*d)
+	// The poller stalls for 300 ms; a acknowledged a lease verification
+	// at +280 ms, then b took over and contacted c at +290 ms.
+	late := t0.Add(300 * time.Millisecond)
+	c.act.observe(late, late, "b", "c", t0.Add(290*time.Millisecond), "a,b,c", 2*d)
+	at, ok := c.lastActivity("b", late)
+	if !ok || at.Before(t0.Add(280*time.Millisecond)) {
+		t.Fatalf("b asks after a late poll: last activity %v (ok %v), want at least a's contact at +280ms", at.Sub(t0), ok)
+	}
+}
+
 // The member that led before is failed over once its grants lapsed, with
 // no grace to find the new leader: it stopped answering.
 func TestPredecessorGetsNoGrace(t *testing.T) {

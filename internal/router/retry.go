@@ -217,10 +217,13 @@ func (r *Router) moved(owner string, parts []int32) bool {
 // is what lets the waiting requests move on (remote). It allocates nothing
 // per request: requests count themselves in one of two slots, by the parity
 // of the period they started in, and Pulse looks at the slot of the
-// previous period before new requests reuse it.
+// previous period before new requests reuse it. A request still waiting
+// then counts in the slot of the current period, which the next call does
+// not look at: a call after one that reported true reports true as well
+// (one spare report once the wait ended).
 func (r *Router) Pulse() bool {
 	g := r.waitGen.Load()
 	slow := r.waiting[(g+1)&1].Load() > 0
 	r.waitGen.Store(g + 1)
-	return slow
+	return r.pulseSlow.Swap(slow) || slow
 }

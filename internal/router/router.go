@@ -70,8 +70,9 @@ type Router struct {
 	seqs seqTracker
 	// Remote requests waiting for an answer, by the parity of the Pulse
 	// period they started in (see Pulse).
-	waitGen atomic.Uint32
-	waiting [2]atomic.Int32
+	waitGen   atomic.Uint32
+	waiting   [2]atomic.Int32
+	pulseSlow atomic.Bool // the last Pulse reported a waiting request
 }
 
 // New returns a router.

@@ -355,3 +355,37 @@ func TestStaleSequenceIsOutcomeUnknown(t *testing.T) {
 		t.Fatalf("n1 got %d requests, want 1 (not retried)", n)
 	}
 }
+
+// Pulse reports a request that waits at every call once it has waited a
+// whole period, not every other call: a client fetches a table at each
+// pulse while a primary is silent (ARCHITECTURE.md).
+func TestPulseReportsAWaitingRequestEveryTime(t *testing.T) {
+	h := newHarness(t)
+	n1 := h.node("n1")
+	n1.setScript(always(silence, nil)) // stopped, its connection open
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, 1)
+	go func() { errs <- h.r.Map("m").Put(ctx, "k", []byte("v")) }()
+	<-n1.received
+	deadline := time.Now().Add(5 * time.Second)
+	for !h.r.Pulse() {
+		if time.Now().After(deadline) {
+			t.Fatal("the waiting request is never reported")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := range 5 {
+		if !h.r.Pulse() {
+			t.Fatalf("pulse %d after the first report: the request still waits but is not reported", i+1)
+		}
+	}
+	cancel()
+	<-errs
+	h.r.Pulse() // may still count the period in which it ended
+	for i := range 3 {
+		if h.r.Pulse() {
+			t.Fatalf("pulse %d after the request ended: reported", i+1)
+		}
+	}
+}

@@ -160,6 +160,11 @@ func (c *Cluster) HandleActivity(req wire.ActivityRequest) wire.ActivityResponse
 	if !ok {
 		return wire.ActivityResponse{}
 	}
+	if c.IsLeader() || c.granting.Load() > 0 {
+		// A grant under way, or one whose quorum's confirmation is still
+		// on its way here, is not in `granted` yet: say "now".
+		at = now
+	}
 	return wire.ActivityResponse{Known: true, AgoNanos: int64(now.Sub(at))}
 }
 

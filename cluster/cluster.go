@@ -127,6 +127,8 @@ type Cluster struct {
 	// it. Otherwise a member failed over while it renews again would be
 	// granted a lease on the table it is still primary in.
 	grantMu sync.RWMutex
+	// granting counts lease grants under way (HandleActivity).
+	granting atomic.Int32
 	// readyTerm is the raft term in which this member, leading, applied
 	// every table committed before (its barrier): only then is its table
 	// one a lease may be bound to.

@@ -674,3 +674,25 @@ func TestLeaseRenewalsDuringCloseReturn(t *testing.T) {
 		t.Fatal("lease renewals handled during Close never returned")
 	}
 }
+
+// A voter that still leads answers a new leader's MsgActivity with "now":
+// a grant whose confirmation is on its way is not recorded yet, and the new
+// leader's bound must cover it (the same holds for a grant under way).
+func TestActivityAnswersNowWhileLeadingOrGranting(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	net := NewFakeNetwork()
+	m := startMember(t, net, "a", true)
+	defer m.stop()
+	waitFor(t, 10*time.Second, "leadership", m.c.IsLeader)
+	// An answer is known only once the voter set is a lease old.
+	var resp wire.ActivityResponse
+	waitFor(t, 10*time.Second, "a known answer", func() bool {
+		resp = m.c.HandleActivity(wire.ActivityRequest{Asker: "other"})
+		return resp.Known
+	})
+	if time.Duration(resp.AgoNanos) > 10*time.Millisecond {
+		t.Fatalf("the leader answered that its last activity was %v ago, want now", time.Duration(resp.AgoNanos))
+	}
+}

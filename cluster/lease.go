@@ -239,6 +239,8 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	// grant is bound to the table the step commits (grantMu).
 	c.grantMu.RLock()
 	defer c.grantMu.RUnlock()
+	c.granting.Add(1) // MsgActivity answers "now" meanwhile
+	defer c.granting.Add(-1)
 	select {
 	case <-c.done:
 		// Raft may be shut down: it would never answer VerifyLeader.

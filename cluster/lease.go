@@ -24,8 +24,10 @@ import (
 // treats it as failed (its backups are promoted, it leaves every in-sync
 // set). Membership's own failure detection (seconds) then only confirms.
 // A member that renews again is live again and refills its copies. A false
-// suspicion therefore costs a failover and a refill, never data: promotion
-// still waits for the lease, and writes still need every in-sync replica.
+// suspicion therefore costs a failover and a refill, and counts as a
+// failure until the refill ends (like a crash, for the backups' budget),
+// never more: promotion still waits for the lease, and writes still need
+// every in-sync replica.
 //
 // What the leader cannot tell apart from a silent member is its own
 // silence: after a pause of the leader process (a GC pause, CPU starvation),

@@ -51,7 +51,11 @@ func TestCallsToStoppedPrimaryCompleteAfterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")
 	}
-	c, cl, proxies := proxiedCluster(t, 3, Config{})
+	// The calls have no deadline of their own; RequestTimeout is raised
+	// from its 10 s default so that a failover slowed by a loaded CI
+	// machine (seen: 6 s under -race with other packages running) is
+	// waited out: the test is about the calls moving to the new primary.
+	c, cl, proxies := proxiedCluster(t, 3, Config{RequestTimeout: 25 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	m := cl.Map("m")

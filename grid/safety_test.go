@@ -326,9 +326,11 @@ func TestSilentBackupIsFailedOverWithinALease(t *testing.T) {
 	if took > 5*time.Second {
 		t.Fatalf("the write waited %v: the silent backup was not failed over within a lease", took)
 	}
-	part := nd.Table().Partitions[pid]
+	tab := nd.Table()
+	part := tab.Partitions[pid]
 	if slices.Contains(part.Backups, backup.Name()) {
-		t.Fatalf("the silent backup %s is still in sync for p%d: %+v", backup.Name(), pid, part)
+		t.Fatalf("the silent backup %s is still in sync for p%d in table v%d (members %+v): %+v; partition at the primary: %+v",
+			backup.Name(), pid, tab.Version, tab.Members, part, nd.Inspect(pid))
 	}
 	got, err := m.Get(ctxT(t, 5*time.Second), key)
 	if err != nil || string(got) != "v1" {

@@ -45,6 +45,7 @@ type leaseBook struct {
 	leadingSince time.Time            // when this member became leader
 	youngUntil   time.Time            // when its predecessors' leases lapsed (activity.go)
 	awakeSince   time.Time            // when this process last resumed from a pause
+	lastTick     time.Time            // the pause watcher's last tick (zero: no watcher)
 	suspected    map[string]bool      // members suspected at the last look (for logs)
 	firstLook    bool                 // no look since this member became leader
 	predecessor  string               // the member that led before (no grace to find this leader)
@@ -84,6 +85,21 @@ func (b *leaseBook) resumed(now time.Time) {
 	b.awakeSince = now
 }
 
+// tick records the pause watcher's tick.
+func (b *leaseBook) tick(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lastTick = now
+}
+
+// checkPause: a step that runs right after a pause, before the watcher's
+// next tick noticed it, must not blame the members either. Caller holds mu.
+func (b *leaseBook) checkPause(now time.Time) {
+	if !b.lastTick.IsZero() && now.Sub(b.lastTick) > pauseGap && now.After(b.awakeSince) {
+		b.awakeSince = now
+	}
+}
+
 // leased returns the members whose lease may still be valid: the leader
 // must not promote their backups yet. primaries lists the table's primaries
 // and former primaries: while the leader is younger than a lease, any of
@@ -113,6 +129,7 @@ func (b *leaseBook) leased(now time.Time, primaries []string) map[string]bool {
 func (b *leaseBook) suspects(now time.Time, live []string, self string) (out map[string]bool, next time.Time, began, ended []string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.checkPause(now)
 	if b.firstLook {
 		// Members live when this leader took over are no joiners: their
 		// silence counts from leaderBase, not from first sight.
@@ -212,11 +229,13 @@ func (c *Cluster) watchPauses() {
 	t := time.NewTicker(pauseTick)
 	defer t.Stop()
 	last := time.Now()
+	c.leases.tick(last)
 	for {
 		select {
 		case <-c.done:
 			return
 		case now := <-t.C:
+			c.leases.tick(now)
 			if now.Sub(last) > pauseGap {
 				c.leases.resumed(now)
 				c.log.Info("process resumed after a pause; silences count from now", "paused", now.Sub(last).Round(time.Millisecond))

@@ -201,3 +201,23 @@ func TestPredecessorGetsNoGrace(t *testing.T) {
 		t.Fatalf("suspects %v once the predecessor's grants lapsed, want x only", sus)
 	}
 }
+
+// A step that runs right after the leader resumed, before the pause
+// watcher's next tick, must not blame the members for the pause.
+func TestStepBeforeTheWatcherNoticedAPause(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	d := time.Second
+	b := newLeaseBook(d, t0)
+	b.renew("b", t0)
+	b.tick(t0) // the watcher's last tick before the process stopped
+	wake := t0.Add(3 * time.Second)
+	if sus, _, _, _ := b.suspects(wake, []string{"a", "b"}, "a"); len(sus) != 0 {
+		t.Fatalf("suspects %v at the first step after a pause the watcher had not seen", sus)
+	}
+	for at := wake; !at.After(wake.Add(d)); at = at.Add(pauseTick) {
+		b.tick(at) // the watcher runs again
+	}
+	if sus, _, _, _ := b.suspects(wake.Add(d), []string{"a", "b"}, "a"); !sus["b"] {
+		t.Fatal("b, silent a lease after the pause, is not suspected")
+	}
+}

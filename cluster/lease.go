@@ -172,7 +172,7 @@ func (b *leaseBook) suspects(now time.Time, live []string, self string) (out map
 		}
 	}
 	for n := range b.suspected {
-		if !out[n] {
+		if !out[n] && isLive[n] { // not one that membership now calls failed
 			ended = append(ended, n)
 		}
 	}

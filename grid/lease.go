@@ -34,41 +34,65 @@ func (n *Node) checkLease() error {
 	return nil
 }
 
-// leaseLoop renews the lease every eighth of its duration (a renewal that
-// failed is retried after 50 ms), so that a leader election, which stops
-// renewals for up to two raft heartbeat timeouts, rarely outlasts a lease.
-// The leader counts a member that has not renewed for a whole lease as
-// failed (cluster/lease.go).
+// Lease renewal. The loop starts a renewal every eighth of the lease (50 ms
+// after one failed), each on its own goroutine with half a lease to
+// answer, at most maxRenewals at once: a slow renewal (a loaded leader
+// confirming its leadership, a leader that stopped answering) neither
+// delays the next one, which may reach a new leader, nor counts as silence
+// while a later one gets through. The leader fails over a member that has
+// not renewed for a whole lease (cluster/lease.go), so a renewal path that
+// is merely slow must not look silent.
+const maxRenewals = 3
+
 func (n *Node) leaseLoop() {
 	defer n.wg.Done()
 	dur := n.cluster.LeaseDuration()
 	t := time.NewTimer(0)
 	defer t.Stop()
+	results := make(chan bool, maxRenewals)
+	inflight := 0
 	for {
 		select {
 		case <-n.done:
-			return
+			return // attempts under way end with n.ctx; n.wg waits for them
+		case ok := <-results:
+			inflight--
+			if !ok {
+				t.Reset(50 * time.Millisecond)
+			}
+			continue
 		case <-t.C:
 		}
-		if n.leaseStalled.Load() {
-			t.Reset(dur / 8)
+		t.Reset(dur / 8)
+		if n.leaseStalled.Load() || inflight >= maxRenewals {
 			continue
 		}
-		sent := time.Since(n.base)
-		// A renewal that takes an eighth of a lease has failed: retrying
-		// soon finds a new leader sooner (a leader that stopped answers
-		// nothing).
-		ctx, cancel := context.WithTimeout(n.ctx, dur/8)
-		version, d, err := n.cluster.RenewLease(ctx)
-		cancel()
-		next := dur / 8
-		if err != nil {
-			n.log.Debug("lease renewal failed", "err", err)
-			next = 50 * time.Millisecond
-		} else {
-			n.leaseVersion.Store(version)
-			n.leaseUntil.Store((sent + d*9/10).Nanoseconds())
-		}
-		t.Reset(next)
+		inflight++
+		n.wg.Add(1)
+		go n.renewOnce(dur, results)
 	}
+}
+
+// renewOnce is one renewal attempt; it reports success on results (which
+// has room for every attempt under way).
+func (n *Node) renewOnce(dur time.Duration, results chan<- bool) {
+	defer n.wg.Done()
+	sent := time.Since(n.base)
+	ctx, cancel := context.WithTimeout(n.ctx, dur/2)
+	version, d, err := n.cluster.RenewLease(ctx)
+	cancel()
+	if err != nil {
+		n.log.Debug("lease renewal failed", "err", err)
+		results <- false
+		return
+	}
+	n.leaseMu.Lock()
+	if sent > n.leaseSent {
+		// A later-sent renewal answered first: keep its lease.
+		n.leaseSent = sent
+		n.leaseVersion.Store(version)
+		n.leaseUntil.Store((sent + d*9/10).Nanoseconds())
+	}
+	n.leaseMu.Unlock()
+	results <- true
 }

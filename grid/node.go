@@ -160,6 +160,8 @@ type Node struct {
 	base         time.Time    // monotonic reference for the lease
 	leaseUntil   atomic.Int64 // nanoseconds since base; see lease.go
 	leaseVersion atomic.Uint64
+	leaseMu      sync.Mutex    // orders renewals' answers (lease.go)
+	leaseSent    time.Duration // when the renewal behind leaseUntil was sent
 
 	snapshotsSent atomic.Int64
 	stalled       atomic.Bool // see StallReplication

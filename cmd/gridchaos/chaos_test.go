@@ -30,6 +30,9 @@ func TestChaosShort(t *testing.T) {
 	}
 	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 37946, Out: t.TempDir(), Log: testWriter{t},
 		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}, MinFaults: 3, Profile: "test"}
+	if out := os.Getenv("GRID_CHAOS_OUT"); out != "" {
+		cfg.Out = out // keep the node logs after the test
+	}
 	if d, err := time.ParseDuration(os.Getenv("GRID_CHAOS_DURATION")); err == nil {
 		cfg.Duration = d
 	}

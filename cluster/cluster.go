@@ -134,7 +134,6 @@ type Cluster struct {
 	// one a lease may be bound to.
 	readyTerm atomic.Uint64
 	act       activity // leaders heard from and leases granted (activity.go)
-	absent    absence  // raft servers missing from membership (run loop only)
 	done      chan struct{}
 	wg        sync.WaitGroup
 	closeMu   sync.Mutex
@@ -193,7 +192,6 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 	c.act.heard = map[string]time.Time{}
-	c.absent = absence{}
 	c.wg.Add(3)
 	go c.run()
 	go c.watchPauses()
@@ -530,22 +528,11 @@ func (c *Cluster) reconcileVoters() {
 		byID[m.RaftID] = m
 	}
 	servers := f.Configuration().Servers
-	c.absent.update(byID, servers)
 	voters := 0
 	known := map[string]raft.ServerSuffrage{}
 	for _, s := range servers {
 		id := string(s.ID)
 		if _, ok := byID[id]; !ok && id != c.raftID {
-			if !c.absent.longEnough(id, time.Now()) {
-				// Membership may call a loaded member failed for a moment
-				// (a leader that removed such a voter while another was
-				// dead left a configuration no one could elect in).
-				known[id] = s.Suffrage
-				if s.Suffrage == raft.Voter {
-					voters++
-				}
-				continue
-			}
 			if s.Suffrage == raft.Voter && !keepsMajority(servers, s.ID, byID, c.raftID) {
 				// Membership may wrongly see a live voter as gone (a
 				// slow node, a view not yet merged): removing it while
@@ -587,35 +574,6 @@ func (c *Cluster) reconcileVoters() {
 			c.log.Info("added raft nonvoter", "member", m.Name, "id", m.RaftID)
 		}
 	}
-}
-
-// voterGrace is how long a raft server must be missing from the live
-// members before the leader removes it from the configuration.
-const voterGrace = 3 * time.Second
-
-// absence tracks since when raft servers are missing from the live
-// members. Only the run loop uses it.
-type absence map[string]time.Time
-
-// update forgets the servers that are live again or no longer configured.
-func (a absence) update(live map[string]MemberInfo, servers []raft.Server) {
-	for id := range a {
-		_, isLive := live[id]
-		if isLive || !slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == id }) {
-			delete(a, id)
-		}
-	}
-}
-
-// longEnough reports whether server id has been missing for voterGrace,
-// starting its clock at the first call.
-func (a absence) longEnough(id string, now time.Time) bool {
-	since, ok := a[id]
-	if !ok {
-		a[id] = now
-		return false
-	}
-	return now.Sub(since) >= voterGrace
 }
 
 // leftIncarnations names the members whose copies are certainly gone

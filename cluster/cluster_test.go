@@ -696,31 +696,3 @@ func TestActivityAnswersNowWhileLeadingOrGranting(t *testing.T) {
 		t.Fatalf("the leader answered that its last activity was %v ago, want now", time.Duration(resp.AgoNanos))
 	}
 }
-
-// A raft server missing from membership is removed only once it has been
-// missing for voterGrace: a loaded member that membership calls failed for
-// a moment keeps its vote (a leader that removed one while another voter
-// was dead left a configuration no one could elect in).
-func TestVoterRemovedOnlyAfterGrace(t *testing.T) {
-	a := absence{}
-	t0 := time.Unix(1000, 0)
-	servers := []raft.Server{{ID: "x"}, {ID: "y"}}
-	live := map[string]MemberInfo{"y": {}}
-	a.update(live, servers)
-	if a.longEnough("x", t0) || a.longEnough("x", t0.Add(voterGrace-time.Millisecond)) {
-		t.Fatal("a server missing for less than voterGrace may be removed")
-	}
-	if !a.longEnough("x", t0.Add(voterGrace)) {
-		t.Fatal("a server missing for voterGrace may not be removed")
-	}
-	// Back in membership: the clock starts again.
-	a.update(map[string]MemberInfo{"x": {}, "y": {}}, servers)
-	if a.longEnough("x", t0.Add(2*voterGrace)) {
-		t.Fatal("a server that came back kept its old absence")
-	}
-	// No longer configured: forgotten.
-	a.update(live, []raft.Server{{ID: "y"}})
-	if _, ok := a["x"]; ok {
-		t.Fatal("an unconfigured server's absence is kept")
-	}
-}

@@ -423,48 +423,12 @@ func TestLeaderBackAfterAnotherLeadsAnew(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster")
 	}
-	net := NewFakeNetwork()
-	names := []string{"a", "b", "c"}
-	ms := []*member{startMember(t, net, "a", true)}
-	for _, n := range names[1:] {
-		ms = append(ms, startMember(t, net, n, false))
-	}
+	_, ms, leader, victim, other := convergedTrio(t)
 	defer func() {
 		for _, m := range ms {
 			m.stop()
 		}
 	}()
-	var leader, victim, other *member
-	waitFor(t, 20*time.Second, "a converged table", func() bool {
-		leader, victim, other = nil, nil, nil
-		for _, m := range ms {
-			if m.c.IsLeader() {
-				leader = m
-			}
-		}
-		if leader == nil || len(leader.c.Voters()) != len(names) {
-			return false
-		}
-		tab := leader.c.Table()
-		if tab == nil {
-			return false
-		}
-		for p := range tab.Partitions {
-			for _, r := range reportsFor(tab, p) {
-				_ = leader.c.HandleSynced(r)
-			}
-		}
-		for _, m := range ms {
-			switch {
-			case m == leader:
-			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
-				victim = m
-			default:
-				other = m
-			}
-		}
-		return Converged(tab, names, 1) && victim != nil && other != nil
-	})
 	vname := victim.c.Name()
 	d := leader.c.LeaseDuration()
 	server := func(m *member) raft.Server {
@@ -543,48 +507,12 @@ func TestNewLeaderGrantsOnlyAfterItCaughtUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster")
 	}
-	net := NewFakeNetwork()
-	names := []string{"a", "b", "c"}
-	ms := []*member{startMember(t, net, "a", true)}
-	for _, n := range names[1:] {
-		ms = append(ms, startMember(t, net, n, false))
-	}
+	net, ms, leader, victim, other := convergedTrio(t)
 	defer func() {
 		for _, m := range ms {
 			m.stop()
 		}
 	}()
-	var leader, victim, other *member
-	waitFor(t, 20*time.Second, "a converged table", func() bool {
-		leader, victim, other = nil, nil, nil
-		for _, m := range ms {
-			if m.c.IsLeader() {
-				leader = m
-			}
-		}
-		if leader == nil || len(leader.c.Voters()) != len(names) {
-			return false
-		}
-		tab := leader.c.Table()
-		if tab == nil {
-			return false
-		}
-		for p := range tab.Partitions {
-			for _, r := range reportsFor(tab, p) {
-				_ = leader.c.HandleSynced(r)
-			}
-		}
-		for _, m := range ms {
-			switch {
-			case m == leader:
-			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
-				victim = m
-			default:
-				other = m
-			}
-		}
-		return Converged(tab, names, 1) && victim != nil && other != nil
-	})
 	vname := victim.c.Name()
 	var failover atomic.Uint64
 	hook := func(next *wire.Table) {
@@ -695,4 +623,48 @@ func TestActivityAnswersNowWhileLeadingOrGranting(t *testing.T) {
 	if time.Duration(resp.AgoNanos) > 10*time.Millisecond {
 		t.Fatalf("the leader answered that its last activity was %v ago, want now", time.Duration(resp.AgoNanos))
 	}
+}
+
+// convergedTrio starts members a, b and c and waits for a converged table;
+// it returns the network, the members, the leader, a member that leads a
+// partition (victim) and the third one. The caller stops them.
+func convergedTrio(t *testing.T) (net *FakeNetwork, ms []*member, leader, victim, other *member) {
+	t.Helper()
+	net = NewFakeNetwork()
+	names := []string{"a", "b", "c"}
+	ms = []*member{startMember(t, net, "a", true)}
+	for _, n := range names[1:] {
+		ms = append(ms, startMember(t, net, n, false))
+	}
+	waitFor(t, 20*time.Second, "a converged table", func() bool {
+		leader, victim, other = nil, nil, nil
+		for _, m := range ms {
+			if m.c.IsLeader() {
+				leader = m
+			}
+		}
+		if leader == nil || len(leader.c.Voters()) != len(names) {
+			return false
+		}
+		tab := leader.c.Table()
+		if tab == nil {
+			return false
+		}
+		for p := range tab.Partitions {
+			for _, r := range reportsFor(tab, p) {
+				_ = leader.c.HandleSynced(r)
+			}
+		}
+		for _, m := range ms {
+			switch {
+			case m == leader:
+			case victim == nil && slices.ContainsFunc(tab.Partitions, func(p wire.Part) bool { return p.Primary == m.c.Name() }):
+				victim = m
+			default:
+				other = m
+			}
+		}
+		return Converged(tab, names, 1) && victim != nil && other != nil
+	})
+	return net, ms, leader, victim, other
 }

@@ -61,7 +61,7 @@ func (h handler) HandleFrame(c *transport.Conn, f wire.Frame) {
 			return
 		}
 		go func() { // VerifyLeader waits for a quorum: not on the reader
-			v, d, err := h.m.c.HandleLease(req.Node)
+			v, d, err := h.m.c.HandleLease(req.Node, req.ID)
 			if err != nil {
 				c.ReplyError(f.Type, f.ID, err)
 				return
@@ -391,7 +391,7 @@ func TestLeaseGrantedDuringFailoverIsBoundToIt(t *testing.T) {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				v, _, err := leader.c.HandleLease(vname)
+				v, _, err := leader.c.HandleLease(vname, "")
 				granted <- grant{v, next.Version, err}
 			}()
 			select {
@@ -554,7 +554,7 @@ func TestNewLeaderGrantsOnlyAfterItCaughtUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the other member to lead", func() bool { return other.c.IsLeader() })
-	version, _, err := other.c.HandleLease(vname)
+	version, _, err := other.c.HandleLease(vname, "")
 	unlock()
 	if err == nil && version < failover.Load() {
 		t.Fatalf("the new leader granted %s a lease bound to version %d, before its failover in version %d", vname, version, failover.Load())
@@ -572,7 +572,7 @@ func TestLeaseRenewalsDuringCloseReturn(t *testing.T) {
 	net := NewFakeNetwork()
 	m := startMember(t, net, "a", true)
 	waitFor(t, 10*time.Second, "a ready leader", func() bool {
-		_, _, err := m.c.HandleLease("a")
+		_, _, err := m.c.HandleLease("a", "")
 		return err == nil
 	})
 	var wg sync.WaitGroup
@@ -587,7 +587,7 @@ func TestLeaseRenewalsDuringCloseReturn(t *testing.T) {
 					return
 				default:
 				}
-				_, _, _ = m.c.HandleLease("a")
+				_, _, _ = m.c.HandleLease("a", "")
 			}
 		}()
 	}

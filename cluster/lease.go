@@ -252,7 +252,7 @@ func (c *Cluster) LeaseDuration() time.Duration { return c.cfg.LeaseDuration }
 // quorum confirms it) and membership sees node alive. It returns the table
 // version the lease is bound to: the holder may serve only once it
 // installed that version.
-func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
+func (c *Cluster) HandleLease(node, id string) (uint64, time.Duration, error) {
 	if !c.IsLeader() {
 		return 0, 0, fmt.Errorf("%w: not the table authority leader", api.ErrUnavailable)
 	}
@@ -270,12 +270,15 @@ func (c *Cluster) HandleLease(node string) (uint64, time.Duration, error) {
 	}
 	alive := false
 	for _, m := range c.liveMembers() {
-		if m.Name == node {
+		// The incarnation membership knows: a process restarted under
+		// the same name renews only once membership shows its id, or it
+		// would keep its dead predecessor looking alive.
+		if m.Name == node && (id == "" || m.RaftID == id) {
 			alive = true
 		}
 	}
 	if !alive {
-		return 0, 0, fmt.Errorf("%w: %s is not a live member", api.ErrUnavailable, node)
+		return 0, 0, fmt.Errorf("%w: %s (%s) is not a live member", api.ErrUnavailable, node, id)
 	}
 	if err := c.raft.VerifyLeader().Error(); err != nil {
 		return 0, 0, fmt.Errorf("%w: leadership not confirmed by a quorum: %v", api.ErrUnavailable, err)
@@ -302,14 +305,14 @@ func (c *Cluster) RenewLease(ctx context.Context) (uint64, time.Duration, error)
 		return 0, 0, fmt.Errorf("%w: no table authority leader", api.ErrUnavailable)
 	}
 	if string(id) == c.raftID {
-		return c.HandleLease(c.cfg.Name)
+		return c.HandleLease(c.cfg.Name, c.raftID)
 	}
 	conn, err := c.cfg.Pool.Get(ctx, string(addr))
 	if err != nil {
 		return 0, 0, err
 	}
 	var resp wire.LeaseResponse
-	if err := conn.Call(ctx, wire.MsgLease, &wire.LeaseRequest{Node: c.cfg.Name}, &resp); err != nil {
+	if err := conn.Call(ctx, wire.MsgLease, &wire.LeaseRequest{Node: c.cfg.Name, ID: c.raftID}, &resp); err != nil {
 		return 0, 0, err
 	}
 	return resp.Version, time.Duration(resp.Duration), nil

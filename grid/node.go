@@ -735,7 +735,7 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 		if err := wire.Decode(f.Body, &req); err != nil {
 			return nil, bad(err)
 		}
-		v, d, err := n.cluster.HandleLease(req.Node)
+		v, d, err := n.cluster.HandleLease(req.Node, req.ID)
 		if err != nil {
 			return nil, err
 		}

@@ -413,10 +413,13 @@ type ActivityResponse struct {
 	AgoNanos int64
 }
 
-// LeaseRequest renews Node's read lease with the authority's leader.
+// LeaseRequest renews Node's read lease with the authority's leader. ID is
+// the incarnation's raft id: a process restarted under the same name must
+// not renew its predecessor's lease.
 type LeaseRequest struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Node     string
+	ID       string
 }
 
 // LeaseResponse grants a lease of Duration nanoseconds, valid once the

@@ -127,6 +127,8 @@ type Cluster struct {
 	// it. Otherwise a member failed over while it renews again would be
 	// granted a lease on the table it is still primary in.
 	grantMu sync.RWMutex
+	// seatWake: a lease grant lets the next step confirm a seat (spare.go).
+	seatWake chan struct{}
 	// granting counts lease grants under way (HandleActivity).
 	granting atomic.Int32
 	// readyTerm is the raft term in which this member, leading, applied
@@ -162,6 +164,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		draining: map[string]string{},
 		leases:   newLeaseBook(cfg.LeaseDuration, start),
 		done:     make(chan struct{}),
+		seatWake: make(chan struct{}, 1),
 	}
 	c.fsm = &fsm{onTable: cfg.OnTable}
 
@@ -453,6 +456,7 @@ func (c *Cluster) run() {
 		case <-c.ms.Notify():
 		case <-tick.C:
 		case <-due.C:
+		case <-c.seatWake:
 		case <-c.raft.LeaderCh():
 		case r := <-c.reports:
 			reports = append(reports, r)
@@ -620,8 +624,8 @@ func keepsMajority(servers []raft.Server, id raft.ServerID, live map[string]Memb
 }
 
 // dropSuspects leaves out of the live members those whose lease lapsed at
-// this leader (lease.go), and returns when the next one would.
-func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member, time.Time) {
+// this leader (lease.go), and returns them and when the next one would.
+func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member, map[string]bool, time.Time) {
 	names := make([]string, len(live))
 	for i, m := range live {
 		names[i] = m.Name
@@ -634,7 +638,7 @@ func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member
 		c.log.Info("suspected member renewed its lease again", "member", n)
 	}
 	if len(sus) == 0 {
-		return live, next
+		return live, nil, next
 	}
 	kept := live[:0:0]
 	for _, m := range live {
@@ -642,7 +646,7 @@ func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member
 			kept = append(kept, m)
 		}
 	}
-	return kept, next
+	return kept, sus, next
 }
 
 // reconcileTable commits the next table if it differs, and returns when a
@@ -666,7 +670,7 @@ func (c *Cluster) reconcileTable(reports []wire.SyncedReport, term uint64) time.
 	c.log.Log(context.Background(), lvl, "committed partition table", "version", tbl.Version,
 		"members", len(tbl.Members), "promoted", res.Promoted, "lost", res.Lost, "migrations_started", res.Added,
 		"primaries_moved", res.Switched, "replicas_dropped", res.Dropped, "migrations_in_flight", res.InFlight,
-		"unavailable", res.Unavailable, "awaiting_lease", res.AwaitingLease, "converged", res.Converged)
+		"unavailable", res.Unavailable, "awaiting_lease", res.AwaitingLease, "from_spare", res.FromSpare, "converged", res.Converged)
 	return next
 }
 
@@ -699,13 +703,16 @@ func (c *Cluster) stepTable(reports []wire.SyncedReport, term uint64) (tbl *wire
 	}
 	c.drainMu.Unlock()
 	now := time.Now()
-	wm, next = c.dropSuspects(now, wm)
+	wm, silent, next := c.dropSuspects(now, wm)
 	cur := c.fsm.table.Load()
 	leased := c.leased(now)
 	for _, m := range wm {
 		delete(leased, m.Name) // live members are not waited for
 	}
-	tbl, res = Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports, MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone})
+	granted := c.leases.grants(wm)
+	tbl, res = Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports,
+		MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone,
+		Silent: silent, Granted: granted})
 	if tbl == cur {
 		return tbl, res, next, false
 	}

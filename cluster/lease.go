@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -49,10 +50,11 @@ type leaseBook struct {
 	suspected    map[string]bool      // members suspected at the last look (for logs)
 	firstLook    bool                 // no look since this member became leader
 	predecessor  string               // the member that led before (no grace to find this leader)
+	granted      map[string]uint64    // incarnation id (or name, without one) -> highest table version of a lease this member granted it
 }
 
 func newLeaseBook(d time.Duration, now time.Time) *leaseBook {
-	return &leaseBook{d: d, renewed: map[string]time.Time{}, seen: map[string]time.Time{}, suspected: map[string]bool{}, leadingSince: now, youngUntil: now.Add(d), awakeSince: now}
+	return &leaseBook{d: d, renewed: map[string]time.Time{}, seen: map[string]time.Time{}, suspected: map[string]bool{}, granted: map[string]uint64{}, leadingSince: now, youngUntil: now.Add(d), awakeSince: now}
 }
 
 // lead starts a leadership term at now: renewals granted by predecessors
@@ -71,11 +73,32 @@ func (b *leaseBook) lead(now, youngUntil time.Time, predecessor string) {
 	b.suspected = nil
 }
 
-// renew records a renewal by name.
-func (b *leaseBook) renew(name string, now time.Time) {
+// renew records a renewal by name and incarnation id, bound to table
+// version.
+func (b *leaseBook) renew(name, id string, now time.Time, version uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.renewed[name] = now
+	key := id
+	if key == "" {
+		key = name
+	}
+	if version > b.granted[key] {
+		b.granted[key] = version
+	}
+}
+
+// grants returns a copy of the granted versions of the live incarnations
+// (StepInput.Granted) and forgets the others.
+func (b *leaseBook) grants(live []wire.Member) map[string]uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	keep := make(map[string]bool, 2*len(live))
+	for _, m := range live {
+		keep[m.ID], keep[m.Name] = true, true
+	}
+	maps.DeleteFunc(b.granted, func(k string, _ uint64) bool { return !keep[k] })
+	return maps.Clone(b.granted)
 }
 
 // resumed records that the process ran again after a pause.
@@ -289,13 +312,33 @@ func (c *Cluster) HandleLease(node, id string) (uint64, time.Duration, error) {
 		return 0, 0, fmt.Errorf("%w: the new table authority leader is still applying earlier tables", api.ErrUnavailable)
 	}
 	now := time.Now()
-	c.leases.renew(node, now)
-	c.noteGrant(now)
 	var version uint64
 	if t := c.Table(); t != nil {
 		version = t.Version
 	}
+	c.leases.renew(node, id, now, version)
+	c.noteGrant(now)
+	if awaitsSeat(c.Table(), node, version) {
+		select {
+		case c.seatWake <- struct{}{}: // the step confirms the seat at once
+		default:
+		}
+	}
 	return version, c.cfg.LeaseDuration, nil
+}
+
+// awaitsSeat: t names node primary of a partition whose Seat this grant
+// reaches (spare.go): the next step confirms it.
+func awaitsSeat(t *wire.Table, node string, version uint64) bool {
+	if t == nil {
+		return false
+	}
+	for i := range t.Partitions {
+		if p := &t.Partitions[i]; p.Seat != 0 && p.Primary == node && version >= p.Seat {
+			return true
+		}
+	}
+	return false
 }
 
 // RenewLease renews this member's lease with the leader.

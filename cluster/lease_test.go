@@ -12,8 +12,8 @@ func TestSuspectsAfterAWholeLeaseOfSilence(t *testing.T) {
 	d := time.Second
 	b := newLeaseBook(d, t0)
 	live := []string{"a", "b", "c"}
-	b.renew("b", t0.Add(100*time.Millisecond))
-	b.renew("c", t0.Add(300*time.Millisecond))
+	b.renew("b", "", t0.Add(100*time.Millisecond), 0)
+	b.renew("c", "", t0.Add(300*time.Millisecond), 0)
 
 	// "a" is the leader itself: never suspected.
 	sus, next, began, _ := b.suspects(t0.Add(1099*time.Millisecond), live, "a")
@@ -35,7 +35,7 @@ func TestSuspectsAfterAWholeLeaseOfSilence(t *testing.T) {
 	if len(began) != 0 {
 		t.Fatalf("suspicion of b announced twice: %v", began)
 	}
-	b.renew("b", t0.Add(1250*time.Millisecond))
+	b.renew("b", "", t0.Add(1250*time.Millisecond), 0)
 	sus, _, _, ended := b.suspects(t0.Add(1260*time.Millisecond), live, "a")
 	if len(sus) != 0 || !slices.Equal(ended, []string{"b"}) {
 		t.Fatalf("after b renewed: suspects %v ended %v", sus, ended)
@@ -46,7 +46,7 @@ func TestNewLeaderAndJoinerGetAWholeLease(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	d := time.Second
 	b := newLeaseBook(d, t0)
-	b.renew("b", t0)
+	b.renew("b", "", t0, 0)
 	lead := t0.Add(5 * time.Second)
 	b.lead(lead, lead.Add(d), "")             // renewals granted before are unknown
 	b.suspects(lead, []string{"a", "b"}, "a") // its first step
@@ -79,8 +79,8 @@ func TestLeaderPauseDoesNotSuspectEveryone(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	d := time.Second
 	b := newLeaseBook(d, t0)
-	b.renew("b", t0)
-	b.renew("c", t0)
+	b.renew("b", "", t0, 0)
+	b.renew("c", "", t0, 0)
 	// The leader process stops for 3 s; when it runs again, its first
 	// look must not blame the members for its own silence.
 	wake := t0.Add(3 * time.Second)
@@ -88,7 +88,7 @@ func TestLeaderPauseDoesNotSuspectEveryone(t *testing.T) {
 	if sus, _, _, _ := b.suspects(wake.Add(10*time.Millisecond), []string{"a", "b", "c"}, "a"); len(sus) != 0 {
 		t.Fatalf("suspects %v right after the leader's own pause", sus)
 	}
-	b.renew("c", wake.Add(100*time.Millisecond))
+	b.renew("c", "", wake.Add(100*time.Millisecond), 0)
 	sus, _, _, _ := b.suspects(wake.Add(d), []string{"a", "b", "c"}, "a")
 	if !maps.Equal(sus, map[string]bool{"b": true}) {
 		t.Fatalf("suspects %v a lease after the pause, want only the silent b", sus)
@@ -100,7 +100,7 @@ func TestLeasedWhileYoungCoversEveryPrimary(t *testing.T) {
 	d := time.Second
 	b := newLeaseBook(d, t0)
 	b.lead(t0, t0.Add(d), "")
-	b.renew("x", t0.Add(100*time.Millisecond))
+	b.renew("x", "", t0.Add(100*time.Millisecond), 0)
 	got := b.leased(t0.Add(500*time.Millisecond), []string{"p1", "p2"})
 	if !maps.Equal(got, map[string]bool{"x": true, "p1": true, "p2": true}) {
 		t.Fatalf("young leader's leased %v", got)
@@ -154,7 +154,7 @@ func TestLeadKeepsItsOwnEarlierGrants(t *testing.T) {
 	d := time.Second
 	b := newLeaseBook(d, t0)
 	grant := t0.Add(5 * time.Second)
-	b.renew("c", grant) // while asking the voters
+	b.renew("c", "", grant, 0) // while asking the voters
 	lead := grant.Add(10 * time.Millisecond)
 	b.lead(lead, lead.Add(100*time.Millisecond), "") // bounded by answers read before the grant
 	b.suspects(lead, []string{"a", "c"}, "a")
@@ -208,7 +208,7 @@ func TestStepBeforeTheWatcherNoticedAPause(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	d := time.Second
 	b := newLeaseBook(d, t0)
-	b.renew("b", t0)
+	b.renew("b", "", t0, 0)
 	b.tick(t0) // the watcher's last tick before the process stopped
 	wake := t0.Add(3 * time.Second)
 	if sus, _, _, _ := b.suspects(wake, []string{"a", "b"}, "a"); len(sus) != 0 {

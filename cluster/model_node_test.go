@@ -89,6 +89,7 @@ type mpart struct {
 	ready       int
 	pend        [modelKeys]int // lsn of each key's latest uncommitted write
 	orphanSince int
+	seat        uint64 // the table's Part.Seat
 }
 
 func (p *mpart) raise(e uint64) {
@@ -162,9 +163,10 @@ func (s *msim) install(n *mnode, t *wire.Table) {
 	}
 	for i, part := range t.Partitions {
 		p := n.parts[i]
-		p.primary, p.version, p.former = part.Primary, t.Version, part.Former
+		p.primary, p.version, p.former, p.seat = part.Primary, t.Version, part.Former, part.Seat
 		wasPrimary := p.role == mPrimary
-		named := part.Primary == n.name || slices.Contains(part.Backups, n.name) || slices.Contains(part.Pending, n.name)
+		named := part.Primary == n.name || slices.Contains(part.Backups, n.name) || slices.Contains(part.Pending, n.name) ||
+			(part.Spare == n.name && part.SpareID == n.id)
 		switch {
 		case !member:
 			p.role, p.streams = mNone, nil
@@ -345,8 +347,8 @@ func (s *msim) read(i, k int, n *mnode) {
 // and answers the clients whose writes it passed.
 func (s *msim) recomputeCommit(n *mnode, i int) {
 	p := n.parts[i]
-	if p.role != mPrimary {
-		return
+	if p.role != mPrimary || p.seat != 0 {
+		return // unseated: nothing commits until the authority confirms it
 	}
 	c := p.lsn
 	for _, st := range p.streams {
@@ -583,6 +585,7 @@ func (s *msim) renew(n *mnode) {
 	n.leaseUntil = s.now + modelLease
 	if t := s.newest(); t != nil {
 		n.leaseVer = t.Version
+		s.granted[n.id] = max(s.granted[n.id], t.Version)
 	}
 }
 

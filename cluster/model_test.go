@@ -71,6 +71,12 @@ const (
 	modelReportAge = 4
 )
 
+// mcrash is a crash due at tick at.
+type mcrash struct {
+	n  *mnode
+	at int
+}
+
 // mreport is a synced report on its way to the authority.
 type mreport struct {
 	r  wire.SyncedReport
@@ -108,12 +114,16 @@ type modelStats struct {
 	healRounds                                                                                      int // the most rounds a heal took
 	silent                                                                                          int // live members left out of a step for a lapsed lease
 	slowed                                                                                          int // members whose renewals stopped
+	fromSpare                                                                                       int // partitions taken over by a spare
+	starvedAfterCrash                                                                               int // Finding 6 faults
 }
 
 func (a *modelStats) add(b modelStats) {
 	a.schedules += b.schedules
 	a.silent += b.silent
 	a.slowed += b.slowed
+	a.fromSpare += b.fromSpare
+	a.starvedAfterCrash += b.starvedAfterCrash
 	a.events += b.events
 	a.writes += b.writes
 	a.acked += b.acked
@@ -170,6 +180,7 @@ type msim struct {
 	leases       map[string]int // the leader's last renewal per name
 	seenAt       map[string]int // when the leader first saw a name live without a renewal
 	leadingSince int
+	granted      map[string]uint64 // the leader's highest granted lease version per name
 	reports      []mreport
 	idle         *StepInput // the last inputs without reports that changed nothing
 	conns        []*mconn
@@ -182,8 +193,10 @@ type msim struct {
 	maxEpoch []uint64
 	owner    map[[2]uint64]string // (partition, epoch) -> incarnation that led it
 
-	failed map[string]bool // names failed since the layout was last complete
-	stats  modelStats
+	failed  map[string]bool // names failed since the layout was last complete
+	starved map[string]bool // of those, the ones only starved by fault 11
+	crashAt *mcrash         // fault 11's crash, due at a later tick
+	stats   modelStats
 }
 
 func modelConfig(rng *rand.Rand) modelCfg {
@@ -206,10 +219,10 @@ func newModel(seed uint64, tracing bool) *msim {
 		cfg: cfg, rng: rng, tracing: tracing, now: 1, orphanAsIs: os.Getenv("GRID_MODEL_ORPHAN_AS_IS") != "",
 		longReports: os.Getenv("GRID_MODEL_SHORT_REPORTS") == "",
 		cur:         map[string]*mnode{}, incs: map[string]int{}, view: map[string]mview{},
-		draining: map[string]bool{}, leases: map[string]int{}, seenAt: map[string]int{},
+		draining: map[string]bool{}, leases: map[string]int{}, seenAt: map[string]int{}, granted: map[string]uint64{},
 		acked: make([]wset, cfg.partitions), ackedKey: make([][modelKeys]wset, cfg.partitions),
 		wids: make([]int, cfg.partitions), maxEpoch: make([]uint64, cfg.partitions),
-		owner: map[[2]uint64]string{}, failed: map[string]bool{},
+		owner: map[[2]uint64]string{}, failed: map[string]bool{}, starved: map[string]bool{},
 	}
 	s.stats.schedules = 1
 	return s
@@ -410,9 +423,16 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 			gone[name] = true
 		}
 	}
+	silent := map[string]bool{}
+	for _, name := range s.names {
+		if s.view[name].status == vAlive && !slices.ContainsFunc(live, func(m wire.Member) bool { return m.Name == name }) {
+			silent[name] = true
+		}
+	}
 	cur := s.newest()
 	in := StepInput{Cur: cur, Live: live, Partitions: s.cfg.partitions, Backups: s.cfg.backups, Reports: reports,
-		MaxInFlight: s.cfg.maxInFlight, Draining: draining, Leased: s.leased(live), Gone: gone}
+		MaxInFlight: s.cfg.maxInFlight, Draining: draining, Leased: s.leased(live), Gone: gone,
+		Silent: silent, Granted: maps.Clone(s.granted)}
 	if len(reports) == 0 && s.idle != nil && sameInput(*s.idle, in) {
 		return // Next is pure: it left the table unchanged for these inputs
 	}
@@ -428,6 +448,7 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 	s.stats.promoted += res.Promoted
 	s.stats.switched += res.Switched
 	s.stats.fenced += res.Fenced
+	s.stats.fromSpare += res.FromSpare
 	if cur != nil && next.Version != cur.Version+1 {
 		s.fail("table version %d after %d", next.Version, cur.Version)
 	}
@@ -442,7 +463,8 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 
 func sameInput(a, b StepInput) bool {
 	return a.Cur == b.Cur && slices.Equal(a.Live, b.Live) && maps.Equal(a.Draining, b.Draining) &&
-		maps.Equal(a.Leased, b.Leased) && maps.Equal(a.Gone, b.Gone)
+		maps.Equal(a.Leased, b.Leased) && maps.Equal(a.Gone, b.Gone) && maps.Equal(a.Silent, b.Silent) &&
+		maps.Equal(a.Granted, b.Granted)
 }
 
 // checkLoss: a partition restarted empty (Fresh at a new epoch) loses its
@@ -525,6 +547,7 @@ func (s *msim) updateBudget() {
 		return
 	}
 	clear(s.failed)
+	clear(s.starved)
 }
 
 func (s *msim) describeChanges(cur, next *wire.Table) string {
@@ -691,6 +714,14 @@ func (s *msim) event() {
 // install the newest table if one older than modelTableLag is missing.
 func (s *msim) tick() {
 	s.now++
+	if c := s.crashAt; c != nil && s.now >= c.at {
+		s.crashAt = nil
+		if c.n.up && s.cur[c.n.name] == c.n {
+			s.stats.crashes++
+			s.logf("crash %s", c.n.id)
+			s.stop(c.n)
+		}
+	}
 	for _, n := range s.running() {
 		s.renew(n) // every member renews several times per lease
 	}
@@ -771,7 +802,7 @@ func (s *msim) setView(name string) {
 // `backups` members fail before re-replication completes), unless the
 // schedule goes beyond it; and at least one other member stays serving.
 func (s *msim) canFail(name string) bool {
-	if !s.cfg.unbounded && !s.failed[name] && len(s.failed) >= s.cfg.backups {
+	if !s.cfg.unbounded && (!s.failed[name] || s.starved[name]) && len(s.failed) >= s.cfg.backups {
 		return false
 	}
 	serving := 0
@@ -796,7 +827,7 @@ func (s *msim) fault() {
 	}
 	name, _ := pick(s.rng, up)
 	n := s.cur[name]
-	switch s.rng.IntN(11) {
+	switch s.rng.IntN(12) {
 	case 0, 1: // crash
 		if n != nil && s.canFail(name) {
 			s.failed[name] = true
@@ -838,6 +869,21 @@ func (s *msim) fault() {
 			s.logf("renewals of %s stop", n.id)
 			n.slow = true
 		}
+	case 11: // chaos Finding 6: a member's renewals stop, and another
+		// member crashes before the leader notices the silence. The
+		// starved member counts as no failure: its copies are spares, so
+		// nothing may be lost.
+		other, ok := pick(s.rng, slices.DeleteFunc(slices.Clone(up), func(x string) bool { return x == name || s.cur[x].slow }))
+		if n != nil && ok && s.crashAt == nil && s.canFail(name) && s.canFail(other) {
+			s.failed[name] = true
+			s.failed[other] = true
+			s.starved[other] = true // any further fault of it is a real one
+			s.stats.slowed++
+			s.stats.starvedAfterCrash++
+			s.logf("renewals of %s stop; %s crashes soon", s.cur[other].id, n.id)
+			s.cur[other].slow = true
+			s.crashAt = &mcrash{n: n, at: s.now + 1 + s.rng.IntN(modelLease-1)}
+		}
 	case 5: // membership calls a running member failed
 		if n != nil && !n.suspected && s.canFail(name) {
 			s.failed[name] = true
@@ -866,6 +912,7 @@ func (s *msim) fault() {
 		clear(s.leases)
 		clear(s.seenAt)
 		s.leadingSince = s.now
+		clear(s.granted) // the new leader granted nothing yet
 	}
 	s.leave()
 }
@@ -1173,7 +1220,7 @@ func TestModelStepAndReplication(t *testing.T) {
 	// The model must exercise what it checks.
 	for name, n := range map[string]int{"acknowledged writes": total.acked, "reads": total.reads, "promotions": total.promoted,
 		"planned moves": total.switched, "fenced formers": total.fenced, "restarts": total.restarts, "drains": total.drains,
-		"joins": total.joins, "isolations": total.isolations} {
+		"joins": total.joins, "isolations": total.isolations, "spare takeovers": total.fromSpare} {
 		if n == 0 && schedules >= 100 {
 			t.Errorf("no %s in %d schedules", name, schedules)
 		}

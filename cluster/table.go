@@ -41,7 +41,11 @@ type StepResult struct {
 	// Unavailable counts partitions with no live replica left whose copy
 	// may still exist (a failed, not gone, primary): they wait for it.
 	Unavailable int
-	Converged   bool
+	// FromSpare counts partitions whose primary died and whose spare (a
+	// copy left out only for a lapsed lease, see wire.Part.Spare) took
+	// over because no write can have been acknowledged without it.
+	FromSpare int
+	Converged bool
 }
 
 // StepInput is everything the next table depends on.
@@ -59,6 +63,14 @@ type StepInput struct {
 	// Gone names members whose previous copy is certainly gone (they left,
 	// or came back as a new incarnation; Next also detects the latter).
 	Gone map[string]bool
+	// Silent names members membership calls alive that are left out of
+	// Live because their lease lapsed: a copy they leave is kept as the
+	// partition's Spare.
+	Silent map[string]bool
+	// Granted is the highest table version of a lease the authority's
+	// leader granted each live incarnation (by raft id): a primary whose
+	// grant reached its partition's Seat is confirmed (spare.go).
+	Granted map[string]uint64
 }
 
 // Step is Next without leases, drains' absence aside: for tests and callers
@@ -161,6 +173,7 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 	for p := range s.t.Partitions {
 		s.dropFailed(p)
 		s.promote(p)
+		s.settleSpare(p)
 	}
 	// The target is computed after the failovers: the next step sees them
 	// too, so the migration it starts keeps the same target.
@@ -222,7 +235,7 @@ func (s *stepper) setMembers() {
 // named reports whether t gives name any role in any partition.
 func named(t *wire.Table, name string) bool {
 	for _, p := range t.Partitions {
-		if p.Primary == name || p.Former == name || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
+		if p.Primary == name || p.Former == name || p.Spare == name || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
 			return true
 		}
 	}
@@ -272,6 +285,11 @@ func (s *stepper) dropFailed(p int) {
 	if len(nb) != len(part.Backups) || len(np) != len(part.Pending) {
 		s.res.Changed = true
 	}
+	for _, n := range part.Backups {
+		if !slices.Contains(nb, n) {
+			s.keepSpare(part, n)
+		}
+	}
 	part.Backups, part.Pending = nb, np
 	if part.Former != "" && part.Former != part.Primary && !slices.Contains(part.Backups, part.Former) {
 		part.Former = "" // failed, and its lease lapsed: nothing left to fence
@@ -292,6 +310,7 @@ func (s *stepper) promote(p int) {
 	}
 	cands := slices.DeleteFunc(slices.Clone(part.Backups), func(n string) bool { return !s.alive[n] })
 	gone := s.in.Cur == nil || part.Primary == "" || !s.mayHoldCopy(part.Primary)
+	old := part.Primary
 	switch {
 	case len(cands) > 0:
 		pick := cands[0]
@@ -304,6 +323,19 @@ func (s *stepper) promote(p int) {
 		if s.in.Cur != nil {
 			s.res.Promoted++
 		}
+		s.keepSpare(part, old)
+	case s.spareMayTakeOver(part):
+		s.promoteSpare(part)
+		s.keepSpare(part, old)
+	case gone && s.spareAwaited(part):
+		// The primary's name came back empty, or left: the silent spare
+		// becomes primary, and the partition waits for it (a successor
+		// under the primary's name must not take it over empty).
+		s.promoteSpare(part)
+		s.res.Unavailable++
+	case s.spareAwaited(part):
+		s.res.Unavailable++
+		return
 	case gone && len(part.Backups) > 0:
 		// Only failed backups are left, kept by rule 1 because their
 		// copies may return: the first becomes primary and the
@@ -322,6 +354,7 @@ func (s *stepper) promote(p int) {
 		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == part.Primary })
 		part.Former = ""
 		part.Fresh = true
+		part.Spare, part.SpareID = "", ""
 	default:
 		// The only copy may be on a node membership wrongly thinks dead:
 		// stay unavailable until it returns (or is known gone).

@@ -55,6 +55,13 @@ func (n *Node) leaseLoop() {
 		select {
 		case <-n.done:
 			return // attempts under way end with n.ctx; n.wg waits for them
+		case <-n.leaseKick:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 		case ok := <-results:
 			inflight--
 			if !ok {
@@ -95,4 +102,13 @@ func (n *Node) renewOnce(dur time.Duration, results chan<- bool) {
 	}
 	n.leaseMu.Unlock()
 	results <- true
+}
+
+// kickLease starts a renewal now: a new table gave this node a primary
+// whose commits wait until the authority saw a renewal bound to it.
+func (n *Node) kickLease() {
+	select {
+	case n.leaseKick <- struct{}{}:
+	default:
+	}
 }

@@ -161,6 +161,7 @@ type Node struct {
 	leaseUntil   atomic.Int64 // nanoseconds since base; see lease.go
 	leaseVersion atomic.Uint64
 	leaseMu      sync.Mutex    // orders renewals' answers (lease.go)
+	leaseKick    chan struct{} // a renewal is wanted now (lease.go)
 	leaseSent    time.Duration // when the renewal behind leaseUntil was sent
 
 	snapshotsSent atomic.Int64
@@ -229,6 +230,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		tableWake: make(chan struct{}, 1),
 		tableCh:   make(chan struct{}),
 		done:      make(chan struct{}),
+		leaseKick: make(chan struct{}, 1),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.workers = workpool.New(n.ctx.Done(), &n.wg, 10*time.Second)
@@ -451,14 +453,18 @@ func (n *Node) install(t *wire.Table) {
 		n.log.Warn("the table does not name this incarnation as a member: serving nothing until it does", "version", t.Version)
 	}
 	var primaries, backups int
+	unseated := false
 	for i, part := range t.Partitions {
 		p := n.parts[i]
 		p.mu.Lock()
 		p.primary = part.Primary
 		p.version = t.Version
 		p.former = part.Former
+		p.seat = part.Seat
 		wasPrimary := p.role == rolePrimary
-		named := part.Primary == n.name || contains(part.Backups, n.name) || contains(part.Pending, n.name)
+		// A spare's copy may become the partition's data again: keep it.
+		named := part.Primary == n.name || contains(part.Backups, n.name) || contains(part.Pending, n.name) ||
+			(part.Spare == n.name && part.SpareID == n.cluster.RaftID())
 		switch {
 		case !member:
 			// Not ours to serve; but if t still attributes this partition
@@ -515,8 +521,14 @@ func (n *Node) install(t *wire.Table) {
 			// Wake writers and readers waiting for commit: they fail fast.
 			close(p.commitCh)
 			p.commitCh = make(chan struct{})
+		} else if p.seat != 0 {
+			unseated = true
 		}
 		p.mu.Unlock()
+	}
+	if unseated {
+		// Commits wait until the authority saw a renewal bound to t.
+		n.kickLease()
 	}
 	n.tableMu.Lock()
 	n.table.Store(t)

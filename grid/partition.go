@@ -149,6 +149,9 @@ type partition struct {
 	epoch   uint64 // highest primary epoch seen; replication below it is refused
 	primary string
 	version uint64
+	// seat is the table's Part.Seat: as primary, nothing commits here
+	// while it is set (cluster/spare.go).
+	seat uint64
 
 	// Backup side: the epoch whose primary gave us a complete snapshot; records
 	// of any other epoch mean a gap.
@@ -498,7 +501,7 @@ func (p *partition) setCommit(c uint64) {
 // recomputeCommit derives the commit point from the in-sync streams' acks.
 // Caller holds mu.
 func (p *partition) recomputeCommit() {
-	if p.role != rolePrimary {
+	if p.role != rolePrimary || !p.seated() {
 		return
 	}
 	c := p.lsn
@@ -509,6 +512,11 @@ func (p *partition) recomputeCommit() {
 	}
 	p.setCommit(c)
 }
+
+// seated: the authority confirmed that this primary may commit without
+// the partition's spare (cluster/spare.go): the table clears Seat once this
+// node renewed its lease bound to it. Caller holds mu.
+func (p *partition) seated() bool { return p.seat == 0 }
 
 // waitCommit waits until commit >= lsn while this node stays primary at epoch.
 // A ctx without deadline waits at most maxWait.

@@ -481,6 +481,18 @@ type Part struct {
 	// authority's placement moves a member's most recent partitions first
 	// when it leads more than its share (after a failover put them there).
 	Since uint64
+	// Spare is a member left out of this partition's in-sync copies only
+	// because its lease renewals stopped (membership still called it
+	// alive), with the incarnation (SpareID) whose copy was complete then.
+	// Seat is the table version that left it out: a primary commits
+	// nothing at this partition under a lease granted before Seat. So
+	// while the authority granted the primary no such lease, the spare
+	// still holds every acknowledged write, and if the primary dies the
+	// spare takes over instead of the partition waiting or restarting
+	// empty (cluster/table.go, rule 2).
+	Spare   string
+	SpareID string
+	Seat    uint64
 }
 
 // Table is a committed partition table. Version grows with every commit.

@@ -350,3 +350,72 @@ func primaryWithBackup(c *gridtest.Cluster) (nd, backup *grid.Node, pid int, key
 	}
 	panic("the first node leads no partition")
 }
+
+// Chaos Finding 6: a member whose lease renewals stop (starved, not dead)
+// is failed over by the lease detector while another member, killed a
+// moment earlier, still looks alive; the partitions the killed member took
+// over from the starved one, and those the starved one backed up for it,
+// have no other copy. The starved member's copies are kept as spares: once
+// it renews again it takes those partitions back, and nothing acknowledged
+// is lost (before spares, they waited for the dead member for good).
+func TestStarvedMemberTakesBackWhatTheKilledOneTookOver(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 3, nil)
+	c.WaitStable(30 * time.Second)
+	var leader *grid.Node
+	var others []int
+	for i, nd := range c.Nodes {
+		if nd.Cluster().IsLeader() {
+			leader = nd
+		} else {
+			others = append(others, i)
+		}
+	}
+	if leader == nil || len(others) != 2 {
+		t.Fatalf("no single leader among %d nodes", len(c.Nodes))
+	}
+	want := writeIdle(t, leader, 2000)
+	starved, killed := c.Nodes[others[0]], others[1]
+	victim := c.Nodes[killed].Name()
+
+	// Watch the tables: the scenario needs one where the killed member
+	// leads a partition whose spare is the starved one.
+	stop := make(chan struct{})
+	reached := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if tab := leader.Table(); tab != nil {
+				for _, p := range tab.Partitions {
+					if p.Primary == victim && p.Spare == starved.Name() {
+						close(reached)
+						return
+					}
+				}
+			}
+		}
+	}()
+	defer close(stop)
+
+	starved.StallLeases(true)
+	time.Sleep(500 * time.Millisecond) // the victim keeps renewing meanwhile
+	c.Kill(killed)
+	select {
+	case <-reached:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no table made the starved %s a spare of a partition the killed %s leads (the lease detector did not fail the starved member over first)", starved.Name(), victim)
+	}
+	time.Sleep(time.Second) // the killed member's lease lapses too
+	starved.StallLeases(false)
+	checkIdle(t, leader, want)
+	c.WaitStable(60 * time.Second)
+	if err := c.CheckReplicas(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

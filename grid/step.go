@@ -167,6 +167,11 @@ func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byt
 	v := newStepView(n, p, epoch, c.mapName, c.key)
 	res, err := n.guarded(ctx, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
 	v.close()
+	if errors.Is(err, api.ErrFunctionBudget) {
+		// The function may still be running and using v: never touch
+		// it again (v.close only sets an atomic flag).
+		return nil, none, commitFloor{}, err
+	}
 	if v.err != nil {
 		// The view's error comes first: a function that ignored it may
 		// have returned nonsense.

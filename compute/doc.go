@@ -1,10 +1,22 @@
-// Package compute will run code next to the data: functions registered by
-// name on every node, ExecuteOnKey at a key's primary, ExecuteOnPartitions
-// and map-reduce fanned out per partition (re-run on the new owner if
-// ownership moves), entry processors whose result (not the function) is
-// replicated, and event processors with exactly-once handling built on the
-// per-partition journal and atomic replicated batches of package grid.
+// Package compute runs code next to the data: functions registered by name
+// on every member (Registry), run at a key's primary with access to every
+// collocated entry (ExecuteOnKey, entry processors), once per partition at
+// its primary with the partial results reduced at the caller
+// (ExecuteOnPartitions, MapReduce), or on every member (Broadcast).
 //
-// Not built yet: this package holds no code until its issue is taken. It
-// may import grid and affinity; grid never imports it.
+// It builds on grid's partition step (ARCHITECTURE.md, "Partition steps"):
+// a function's writes and result commit as one replicated record,
+// remembered under the caller's (clientID, seq), so a call retried after a
+// failover or a move applies once and answers its first result. Only the
+// writes are replicated: functions need not be deterministic.
+//
+// Arguments and results are msgpack. Errors match the sentinels of
+// package grid with errors.Is, also across the wire: ErrNoFunction,
+// ErrBadArgs, ErrFunctionPanic, ErrFunctionBudget, ErrFunctionFailed,
+// ErrNotCollocated (nothing applied in each case), ErrTimeout (outcome
+// unknown), ErrBusy (nothing applied, retry).
+//
+// compute may import grid and affinity; grid never imports it. There is no
+// package-level mutable state: a Registry belongs to whoever created it,
+// and N nodes in one process may share one or have their own.
 package compute

@@ -45,6 +45,13 @@ var (
 	ErrOverflow      = api.ErrOverflow
 	ErrValueTooLarge = api.ErrValueTooLarge
 	ErrBusy          = api.ErrBusy
+	// Function errors (package compute); nothing was applied.
+	ErrNoFunction     = api.ErrNoFunction
+	ErrBadArgs        = api.ErrBadArgs
+	ErrFunctionPanic  = api.ErrFunctionPanic
+	ErrFunctionBudget = api.ErrFunctionBudget
+	ErrFunctionFailed = api.ErrFunctionFailed
+	ErrNotCollocated  = api.ErrNotCollocated
 )
 
 // Expire conditions (Redis EXPIRE's NX, XX, GT and LT).
@@ -90,6 +97,15 @@ func (e exec) ExecMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wir
 }
 func (e exec) ExecDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error) {
 	return e.n.execDeleteAll(ctx, req)
+}
+func (e exec) ExecStep(ctx context.Context, req *wire.StepRequest) (wire.StepResponse, error) {
+	return e.n.execStep(ctx, req)
+}
+func (e exec) ExecStepParts(ctx context.Context, req *wire.StepPartsRequest) (*wire.StepPartsResponse, error) {
+	return e.n.execStepParts(ctx, req)
+}
+func (e exec) ExecCall(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error) {
+	return e.n.execCall(ctx, req)
 }
 func (e exec) ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
 	return e.n.execClear(ctx, req)

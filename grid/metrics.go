@@ -29,11 +29,14 @@ const (
 	opExpire
 	opTTL
 	opDeleteAll
+	opStep
+	opStepParts
+	opCall
 	numOps
 )
 
 var opNames = [numOps]string{"get", "put", "put_if_absent", "replace", "cas", "delete", "get_all", "put_all", "scan", "size", "clear",
-	"set", "incr", "append", "expire", "ttl", "delete_all"}
+	"set", "incr", "append", "expire", "ttl", "delete_all", "step", "step_parts", "call"}
 
 // Results as metric labels.
 const (

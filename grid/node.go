@@ -76,6 +76,10 @@ type Config struct {
 	// SessionIdle is how long a client's dedup results are kept after its
 	// last mutation. Default 10m.
 	SessionIdle time.Duration
+	// MaxStepTime is the longest a function (a partition step or a member
+	// function) may run; a call's own budget may only be shorter. Past it
+	// the caller gets ErrFunctionBudget and nothing is applied. Default 5s.
+	MaxStepTime time.Duration
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the node's Prometheus metrics; nil registers
@@ -101,6 +105,7 @@ func DefaultConfig() Config {
 		MaxMigrations:  64,
 		ExpiryInterval: 100 * time.Millisecond,
 		SessionIdle:    10 * time.Minute,
+		MaxStepTime:    5 * time.Second,
 	}
 }
 
@@ -121,8 +126,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("grid: MaxValueSize %d out of range [1, MaxFrame/4 = %d]", c.MaxValueSize, c.MaxFrame/4)
 	case c.MaxMigrations < 1:
 		return errors.New("grid: MaxMigrations must be positive")
-	case c.ExpiryInterval <= 0 || c.SessionIdle <= 0:
-		return errors.New("grid: ExpiryInterval and SessionIdle must be positive")
+	case c.ExpiryInterval <= 0 || c.SessionIdle <= 0 || c.MaxStepTime <= 0:
+		return errors.New("grid: ExpiryInterval, SessionIdle and MaxStepTime must be positive")
 	case c.RPCAddr == "" || c.GossipAddr == "":
 		return errors.New("grid: RPCAddr and GossipAddr are required")
 	}
@@ -165,9 +170,12 @@ type Node struct {
 	leaseSent    time.Duration // when the renewal behind leaseUntil was sent
 
 	snapshotsSent atomic.Int64
-	stalled       atomic.Bool // see StallReplication
-	leaseStalled  atomic.Bool // see StallLeases
-	started       atomic.Bool // n.cluster is set: requests may use it
+	funcs         atomic.Pointer[Functions] // see SetFunctions
+	funcsRunning  atomic.Int64              // function goroutines still running (step.go guarded)
+	stepReruns    atomic.Int64              // step runs that conflicted and ran again
+	stalled       atomic.Bool               // see StallReplication
+	leaseStalled  atomic.Bool               // see StallLeases
+	started       atomic.Bool               // n.cluster is set: requests may use it
 
 	ctx     context.Context // cancelled when the node stops
 	cancel  context.CancelFunc
@@ -211,6 +219,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.SessionIdle == 0 {
 		cfg.SessionIdle = def.SessionIdle
+	}
+	if cfg.MaxStepTime == 0 {
+		cfg.MaxStepTime = def.MaxStepTime
 	}
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("node-%08x", rand.Uint32())
@@ -759,6 +770,25 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 		}
 		resp := n.cluster.HandleActivity(req)
 		return &resp, nil
+	case wire.MsgStep:
+		var req wire.StepRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		resp, err := n.execStep(ctx, &req)
+		return &resp, err
+	case wire.MsgStepParts:
+		var req wire.StepPartsRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execStepParts(ctx, &req)
+	case wire.MsgCall:
+		var req wire.CallRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execCall(ctx, &req)
 	case wire.MsgTable:
 		var req wire.TableRequest
 		if err := wire.Decode(f.Body, &req); err != nil {
@@ -808,10 +838,18 @@ func (n *Node) StallLeases(on bool) { n.leaseStalled.Store(on) }
 type Stats struct {
 	// SnapshotsSent counts replica fills started by this node as primary.
 	SnapshotsSent int64
+	// FunctionsRunning counts function goroutines still running, also
+	// those whose caller gave up at their time budget.
+	FunctionsRunning int64
+	// StepReruns counts partition steps that ran again because what they
+	// read changed before they committed.
+	StepReruns int64
 }
 
 // Stats returns the node's counters.
-func (n *Node) Stats() Stats { return Stats{SnapshotsSent: n.snapshotsSent.Load()} }
+func (n *Node) Stats() Stats {
+	return Stats{SnapshotsSent: n.snapshotsSent.Load(), FunctionsRunning: n.funcsRunning.Load(), StepReruns: n.stepReruns.Load()}
+}
 
 // Config returns the node's effective config.
 func (n *Node) Config() Config { return n.cfg }

@@ -143,6 +143,13 @@ type partition struct {
 	// of all sessions.
 	sessBytes, sessResults int
 	lsn                    uint64
+	// mapLSN is the LSN of the last write to each map (steps validate a
+	// map they iterated against it, see step.go). Only compared within one
+	// primary term.
+	mapLSN map[string]uint64
+	// stepSem serializes this partition's steps (step.go). Not guarded
+	// by mu.
+	stepSem chan struct{}
 
 	// From the installed table.
 	role    role
@@ -201,6 +208,8 @@ func newPartition(id int, maxWait time.Duration) *partition {
 		pending:  map[mapKey]uint64{},
 		commitCh: make(chan struct{}),
 		streams:  map[string]*stream{},
+		mapLSN:   map[string]uint64{},
+		stepSem:  make(chan struct{}, 1),
 	}
 }
 
@@ -211,6 +220,7 @@ func (p *partition) reset() {
 	p.scanIdx = nil
 	p.maps = map[string]map[string]*entry{}
 	p.stats = map[string]*mapStat{}
+	p.mapLSN = map[string]uint64{}
 	p.ttlKeys = map[mapKey]struct{}{}
 	p.sessions = map[uint64]*session{}
 	p.sessBytes, p.sessResults = 0, 0
@@ -231,6 +241,7 @@ func (p *partition) get(m, k string, now int64) *entry {
 
 // applyMut applies one mutation at version lsn. The caller holds mu.
 func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
+	p.mapLSN[mu.Map] = lsn
 	switch mu.Kind {
 	case wire.MutSet:
 		kv := p.maps[mu.Map]

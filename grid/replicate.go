@@ -215,6 +215,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	}
 	p.maps, p.stats, p.ttlKeys, p.sessions = d.maps, d.stats, d.ttlKeys, d.sessions
 	p.scanIdx = nil
+	p.mapLSN = map[string]uint64{}
 	p.sessBytes, p.sessResults = 0, 0
 	for _, s := range p.sessions {
 		p.sessBytes += s.bytes

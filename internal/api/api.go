@@ -36,6 +36,12 @@ const (
 	CodeOverflow       Code = 14 // an increment would overflow 64 bits
 	CodeValueTooLarge  Code = 15 // a value, a record or a request exceeds its size limit; nothing was applied
 	CodeBusy           Code = 16 // a per-connection or per-node limit is reached; nothing was applied, retry later
+	CodeNoFunction     Code = 17 // no function is registered under that name on the member; nothing was applied
+	CodeBadArgs        Code = 18 // a function's arguments did not decode; nothing was applied
+	CodeFunctionPanic  Code = 19 // a function panicked; nothing was applied
+	CodeFunctionBudget Code = 20 // a function ran past its time budget; nothing was applied
+	CodeFunctionFailed Code = 21 // a function returned an error; nothing was applied
+	CodeNotCollocated  Code = 22 // a function wrote a key of another partition; nothing was applied
 )
 
 // Sentinel errors. Match with errors.Is; remote errors carrying the same code
@@ -58,6 +64,12 @@ var (
 	ErrOverflow       = errors.New("grid: increment or decrement would overflow")
 	ErrValueTooLarge  = errors.New("grid: value exceeds the maximum allowed size")
 	ErrBusy           = errors.New("grid: limit reached; nothing applied")
+	ErrNoFunction     = errors.New("grid: no function registered under that name; nothing applied")
+	ErrBadArgs        = errors.New("grid: function arguments do not decode; nothing applied")
+	ErrFunctionPanic  = errors.New("grid: function panicked; nothing applied")
+	ErrFunctionBudget = errors.New("grid: function exceeded its time budget; nothing applied")
+	ErrFunctionFailed = errors.New("grid: function failed; nothing applied")
+	ErrNotCollocated  = errors.New("grid: key is not in the function's partition; nothing applied")
 )
 
 var codeErr = map[Code]error{
@@ -77,6 +89,12 @@ var codeErr = map[Code]error{
 	CodeOverflow:       ErrOverflow,
 	CodeValueTooLarge:  ErrValueTooLarge,
 	CodeBusy:           ErrBusy,
+	CodeNoFunction:     ErrNoFunction,
+	CodeBadArgs:        ErrBadArgs,
+	CodeFunctionPanic:  ErrFunctionPanic,
+	CodeFunctionBudget: ErrFunctionBudget,
+	CodeFunctionFailed: ErrFunctionFailed,
+	CodeNotCollocated:  ErrNotCollocated,
 }
 
 // Sentinel returns the sentinel error of code c, or nil for CodeOK and

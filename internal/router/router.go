@@ -32,6 +32,9 @@ type Executor interface {
 	ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error)
 	ExecDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error)
 	ExecMapBatch(ctx context.Context, req *wire.MapBatchRequest) (*wire.MapBatchResponse, error)
+	ExecStep(ctx context.Context, req *wire.StepRequest) (wire.StepResponse, error)
+	ExecStepParts(ctx context.Context, req *wire.StepPartsRequest) (*wire.StepPartsResponse, error)
+	ExecCall(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error)
 }
 
 // Config wires a Router to its table and connections.

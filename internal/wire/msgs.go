@@ -25,6 +25,9 @@ const (
 	MsgDeleteAll  uint8 = 16 // DeleteAllRequest -> DeleteAllResponse
 	MsgMapBatch   uint8 = 17 // MapBatchRequest -> MapBatchResponse
 	MsgActivity   uint8 = 18 // ActivityRequest -> ActivityResponse (a new authority leader asks the voters)
+	MsgStep       uint8 = 19 // StepRequest -> StepResponse: run a named function at a partition's primary
+	MsgStepParts  uint8 = 20 // StepPartsRequest -> StepPartsResponse: one task per listed partition
+	MsgCall       uint8 = 21 // CallRequest -> CallResponse: run a named member function (broadcast)
 )
 
 // Map operations carried by MapRequest.Op.
@@ -509,3 +512,67 @@ func Marshal(v any) ([]byte, error) { return msgpack.Marshal(v) }
 
 // Unmarshal decodes msgpack data into v.
 func Unmarshal(data []byte, v any) error { return msgpack.Unmarshal(data, v) }
+
+// StepRequest runs the function Name with Args at the primary of
+// Partition (a partition step, grid/step.go). Key, if not empty, must be in
+// Partition; Map and Key are handed to the function (ExecuteOnKey). Budget
+// bounds the function's run in nanoseconds (0: the member's maximum).
+// Session makes the step's writes and result apply once.
+type StepRequest struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Version   uint64
+	Partition int32
+	Map       string
+	Key       string
+	Name      string
+	Args      []byte
+	Budget    int64
+	Session   Session
+}
+
+// StepResponse answers a StepRequest: the function's result, and the
+// primary epoch under which it ran (a retry that found the first
+// attempt's result answers that result with the current epoch).
+type StepResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Result   []byte
+	Epoch    uint64
+}
+
+// StepPartsRequest runs one step of Name per listed partition on the
+// node that leads them (ExecuteOnPartitions); Map, if set, is handed to
+// every task. One Session for all of them: dedup is per partition.
+type StepPartsRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Partitions []int32
+	Map        string
+	Name       string
+	Args       []byte
+	Budget     int64
+	Session    Session
+}
+
+// StepPartsResponse answers a StepPartsRequest: per partition, a result
+// and its epoch, or an error body.
+type StepPartsResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Results  [][]byte
+	Epochs   []uint64
+	Errs     []ErrorBody
+}
+
+// CallRequest runs the member function Name with Args on the receiving
+// member, outside any partition (Broadcast). Budget as in StepRequest.
+type CallRequest struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Name     string
+	Args     []byte
+	Budget   int64
+}
+
+// CallResponse carries a member function's result.
+type CallResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Result   []byte
+}

@@ -1,0 +1,274 @@
+package grid
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// This file is the partition step: the primitive that compute (functions,
+// entry processors, map-reduce), and later event processors and
+// transactions, build on. A step is a function run at a partition's
+// primary with a StepView of the partition; it returns a result and the
+// view holds its writes. The writes and the result become ONE record
+// (applied and replicated all or nothing, the result remembered under the
+// caller's (clientID, seq) like any mutation's), so a retry after a
+// failover answers the first result and never applies twice.
+//
+// User code never runs under the partition lock: the function runs on its
+// own goroutine, reading through the view (the lock taken per access); the
+// commit then takes the lock, checks that this node still leads the
+// partition at the epoch the step started in and that nothing the step
+// read changed (optimistic validation), and appends the record. A
+// conflict runs the function again (at most maxStepAttempts times, then
+// ErrBusy). Steps of one partition are serialized by a per-partition
+// semaphore (partition.stepSem), so they never conflict with each other,
+// only with plain map writes. A function that outlives its time budget
+// leaves its caller with ErrFunctionBudget; its goroutine may go on running
+// user code, but only the caller commits, so it can never apply anything.
+
+// StepFunc is a partition step: it reads and writes through v and returns
+// its result (for a remote caller: msgpack bytes). An error applies
+// nothing. ctx ends at the step's time budget.
+type StepFunc func(ctx context.Context, v *StepView) ([]byte, error)
+
+// MemberFunc is a member function (broadcast): it runs outside any
+// partition.
+type MemberFunc func(ctx context.Context) ([]byte, error)
+
+// Functions resolves named functions for requests arriving at this node
+// (package compute implements it). Resolve errors should match
+// ErrNoFunction or ErrBadArgs. Methods are called concurrently.
+type Functions interface {
+	// Step binds the partition function name to args.
+	Step(name string, args []byte) (StepFunc, error)
+	// Member binds the member function name to args.
+	Member(name string, args []byte) (MemberFunc, error)
+}
+
+// SetFunctions installs the functions this node runs for callers (local
+// and remote). Every member should install the same ones.
+func (n *Node) SetFunctions(f Functions) { n.funcs.Store(&f) }
+
+func (n *Node) functions() (Functions, error) {
+	f := n.funcs.Load()
+	if f == nil || *f == nil {
+		return nil, fmt.Errorf("%w: member %s has no functions installed", api.ErrNoFunction, n.name)
+	}
+	return *f, nil
+}
+
+// maxStepAttempts bounds a step's runs when its reads keep changing.
+const maxStepAttempts = 8
+
+// stepCall is one step to run at a partition's primary.
+type stepCall struct {
+	mapName, key string
+	fn           StepFunc
+	sess         wire.Session
+	deadline     time.Time // the step's time budget
+}
+
+// budget returns the deadline of a function given the requested budget
+// (nanoseconds, 0: the maximum): at most MaxStepTime from now.
+func (n *Node) budget(req int64) time.Time {
+	d := n.cfg.MaxStepTime
+	if req > 0 && time.Duration(req) < d {
+		d = time.Duration(req)
+	}
+	return time.Now().Add(d)
+}
+
+// runStep runs c at partition p, which must be led by this node, and
+// answers its result and the epoch it ran under.
+func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, uint64, error) {
+	if res, epoch, done, err := n.stepSeen(ctx, p, c.sess); done || err != nil {
+		return res, epoch, err
+	}
+	fctx, cancel := context.WithDeadline(ctx, c.deadline)
+	defer cancel()
+	select {
+	case p.stepSem <- struct{}{}:
+	case <-fctx.Done():
+		return nil, 0, fmt.Errorf("%w: partition %d: waiting for the partition's running step: %v", api.ErrBusy, p.id, fctx.Err())
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-p.stepSem
+		}
+	}
+	defer release()
+	for range maxStepAttempts {
+		res, pw, floor, err := n.stepAttempt(fctx, p, c)
+		if errors.Is(err, errConflict) {
+			n.stepReruns.Add(1)
+			continue
+		}
+		release()
+		if err != nil {
+			return nil, 0, err
+		}
+		if pw.p != nil {
+			err = n.finish(ctx, pw)
+		} else if floor.lsn > 0 {
+			err = p.waitCommit(ctx, floor.lsn, floor.epoch)
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		return res, max(pw.epoch, floor.epoch), nil
+	}
+	return nil, 0, fmt.Errorf("%w: partition %d: the step's reads changed under it %d times in a row", api.ErrBusy, p.id, maxStepAttempts)
+}
+
+// stepSeen answers a step whose session already has a result (a retry),
+// once that result is committed. done reports that it did.
+func (n *Node) stepSeen(ctx context.Context, p *partition, sess wire.Session) (res []byte, epoch uint64, done bool, err error) {
+	p.mu.Lock()
+	if p.role != rolePrimary {
+		err := p.notOwner()
+		p.mu.Unlock()
+		return nil, 0, false, err
+	}
+	r, err := p.seen(sess)
+	epoch = p.epoch
+	p.mu.Unlock()
+	if err != nil || r == nil {
+		return nil, 0, false, err
+	}
+	if err := p.waitCommit(ctx, r.lsn, epoch); err != nil {
+		return nil, 0, false, err
+	}
+	return r.resp.Value, epoch, true, nil
+}
+
+// commitFloor is what a read-only step's answer waits for.
+type commitFloor struct{ lsn, epoch uint64 }
+
+// stepAttempt runs the function once and commits its effects. It returns
+// errConflict if the step must run again; on success either pw (a record
+// was queued) or floor (nothing to write: wait for what was read) is set.
+func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byte, pendingWrite, commitFloor, error) {
+	var none pendingWrite
+	p.mu.Lock()
+	if p.role != rolePrimary {
+		err := p.notOwner()
+		p.mu.Unlock()
+		return nil, none, commitFloor{}, err
+	}
+	epoch := p.epoch
+	p.mu.Unlock()
+	v := newStepView(n, p, epoch, c.mapName, c.key)
+	res, err := n.guarded(ctx, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
+	v.close()
+	if errors.Is(err, api.ErrFunctionBudget) {
+		// The function may still be running and using v: never touch
+		// it again (v.close only sets an atomic flag).
+		return nil, none, commitFloor{}, err
+	}
+	if v.err != nil {
+		// The view's error comes first: a function that ignored it may
+		// have returned nonsense.
+		err = v.err
+	}
+	if err != nil {
+		return nil, none, commitFloor{}, err
+	}
+	return n.stepCommit(p, v, c.sess, res)
+}
+
+// stepCommit validates v and appends its writes and result as one record.
+func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []byte) ([]byte, pendingWrite, commitFloor, error) {
+	var none pendingWrite
+	result := wire.MapResponse{Done: true, Value: res}
+	if err := n.checkSize(v.writes, &result); err != nil {
+		return nil, none, commitFloor{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.role != rolePrimary || p.epoch != v.epoch {
+		// The partition moved while the function ran: nothing applies
+		// here; the router runs the call again at the new primary.
+		return nil, none, commitFloor{}, p.notOwner()
+	}
+	if err := n.checkLease(); err != nil {
+		return nil, none, commitFloor{}, err
+	}
+	if r, err := p.seen(sess); err != nil || r != nil {
+		if err != nil {
+			return nil, none, commitFloor{}, err
+		}
+		// A duplicate of this session committed meanwhile.
+		return r.resp.Value, none, commitFloor{lsn: r.lsn, epoch: p.epoch}, nil
+	}
+	now := nowNano()
+	if !v.validate(now) {
+		return nil, none, commitFloor{}, errConflict
+	}
+	if len(v.writes) == 0 {
+		// Nothing to record: the answer rests only on what was read.
+		return res, none, commitFloor{lsn: v.readFloor(), epoch: p.epoch}, nil
+	}
+	rec := wire.Record{Muts: v.writes, Session: sess, Result: result}
+	pw := n.commitRecord(p, &rec, now)
+	n.publish(&rec)
+	return res, pw, commitFloor{epoch: p.epoch}, nil
+}
+
+// guarded runs fn on its own goroutine and returns its answer, or an
+// error when fn panics (ErrFunctionPanic), fails (ErrFunctionFailed,
+// unless its error already carries a grid code) or outlives ctx
+// (ErrFunctionBudget: fn may go on running, but its caller has moved on).
+// part names the partition in errors (-1: a member function).
+func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
+	type answer struct {
+		res []byte
+		err error
+	}
+	ch := make(chan answer, 1)
+	n.funcsRunning.Add(1)
+	go func() {
+		defer n.funcsRunning.Add(-1)
+		var a answer
+		defer func() {
+			if r := recover(); r != nil {
+				a = answer{err: fmt.Errorf("%w: %v", api.ErrFunctionPanic, r)}
+				n.log.Warn("function panicked", "partition", part, "panic", r)
+			}
+			ch <- a
+		}()
+		a.res, a.err = fn(ctx)
+	}()
+	select {
+	case a := <-ch:
+		if a.err == nil {
+			return a.res, nil
+		}
+		if ctx.Err() != nil {
+			return nil, budgetErr(ctx, part)
+		}
+		return nil, functionErr(a.err)
+	case <-ctx.Done():
+		return nil, budgetErr(ctx, part)
+	}
+}
+
+func budgetErr(ctx context.Context, part int) error {
+	return fmt.Errorf("%w: partition %d: %w", api.ErrFunctionBudget, part, ctx.Err())
+}
+
+// functionErr keeps an error that carries a grid code (a view's NotOwner,
+// ErrNotCollocated, a resolver's ErrBadArgs) and wraps any other as
+// ErrFunctionFailed.
+func functionErr(err error) error {
+	if errors.Is(err, errConflict) || api.CodeOf(err) != api.CodeInternal {
+		return err
+	}
+	return fmt.Errorf("%w: %w", api.ErrFunctionFailed, err)
+}

@@ -72,11 +72,13 @@ func (s *stepper) spareMayTakeOver(part *wire.Part) bool {
 	return s.spareHolds(part) && s.alive[sp] && s.ids[sp] == part.SpareID
 }
 
-// spareAwaited: the spare holds the data but is silent itself (the same
-// incarnation, its lease lapsed): the partition waits for it rather than
-// restart empty.
+// spareAwaited: the spare holds the data but is not live itself (silent,
+// or declared failed by membership, which may be wrong: a paused process),
+// and did not come back as a new incarnation: the partition waits for it
+// rather than restart empty.
 func (s *stepper) spareAwaited(part *wire.Part) bool {
-	return s.spareHolds(part) && s.in.Silent[part.Spare] && s.tableID(part.Spare) == part.SpareID
+	sp := part.Spare
+	return s.spareHolds(part) && !s.alive[sp] && s.mayHoldCopy(sp) && s.tableID(sp) == part.SpareID
 }
 
 // promoteSpare makes the spare the primary at the next epoch; the failed
@@ -96,8 +98,9 @@ func (s *stepper) promoteSpare(part *wire.Part) {
 // settleSpare confirms a live primary's seat once it renewed its lease
 // bound to it (the spare is no longer needed: writes may go on without it),
 // and drops a spare that is in-sync again (counted for every write once
-// more), that membership declared failed (dead, not starved), or whose copy
-// is certainly gone.
+// more) or whose copy is certainly gone. A spare membership declared failed
+// stays: it may only be paused, and the seat's confirmation drops it soon
+// anyway if the primary lives.
 func (s *stepper) settleSpare(p int) {
 	part := &s.t.Partitions[p]
 	if part.Seat == 0 && part.Spare == "" {
@@ -110,9 +113,8 @@ func (s *stepper) settleSpare(p int) {
 	sp := part.Spare
 	seated := s.alive[part.Primary] && s.in.Granted[s.ids[part.Primary]] >= part.Seat
 	back := sp == part.Primary || slices.Contains(part.Backups, sp)
-	failed := !s.alive[sp] && !s.in.Silent[sp]
 	reborn := s.reborn[sp] || (s.ids[sp] != "" && s.ids[sp] != part.SpareID)
-	if seated || back || failed || reborn || s.in.Gone[sp] {
+	if seated || back || reborn || s.in.Gone[sp] {
 		s.clearSpare(part)
 	}
 }

@@ -13,7 +13,7 @@ import (
 // faultKinds are the nemesis' faults (docs/chaos.md describes each).
 var faultKinds = []string{
 	"kill", "kill-primary", "restart-now", "restart-chain", "kill-fill-sender", "kill-fill-receiver",
-	"pause", "leave", "join", "partition", "kill-two",
+	"pause", "leave", "join", "partition", "kill-two", "starve-kill",
 }
 
 func isFaultKind(k string) bool { return slices.Contains(faultKinds, k) }
@@ -43,7 +43,7 @@ func (n *nemesis) next() string {
 		return k
 	}
 	h := n.h
-	kinds := []string{"kill", "kill-primary", "restart-now", "restart-chain", "kill-fill-sender", "kill-fill-receiver", "pause", "leave", "join"}
+	kinds := []string{"kill", "kill-primary", "restart-now", "restart-chain", "kill-fill-sender", "kill-fill-receiver", "pause", "leave", "join", "starve-kill"}
 	if h.cfg.Netns {
 		kinds = append(kinds, "partition", "partition")
 	}
@@ -148,6 +148,8 @@ func (n *nemesis) inject(ctx context.Context, kind string) (faultRec, error) {
 		err = n.killTwo(ctx, begin)
 	case "pause":
 		err = n.pause(begin)
+	case "starve-kill":
+		err = n.starveKill(ctx, begin)
 	case "leave":
 		err = n.leave(ctx, begin)
 	case "partition":
@@ -585,4 +587,63 @@ func (h *harness) primaryOf(ctx context.Context, key string) *proc {
 		return nil
 	}
 	return p
+}
+
+// starveKill is chaos Finding 6: it SIGSTOPs a member X (starved: its
+// lease renewals stop while membership still finds it alive for a while),
+// SIGKILLs another member Y that shares partitions with X half a lease
+// later, before the leader fails X over, and resumes X 1.5-2.5 s after the
+// stop. The leader fails X over first and promotes Y where X led; Y is
+// dead, so those partitions' data is X's copy (a spare). Then Y is
+// restarted (empty). Nothing may be lost: only Y died.
+func (n *nemesis) starveKill(ctx context.Context, begin func(string)) error {
+	h := n.h
+	y, err := n.victim(ctx, nil)
+	if err != nil {
+		return err
+	}
+	cv, err := h.latest(ctx)
+	if err != nil {
+		return err
+	}
+	x := sharesMost(h, cv, y)
+	if x == nil {
+		return fmt.Errorf("no member shares partitions with %s", y.name)
+	}
+	stop := time.Duration(1500+h.rng.IntN(1000)) * time.Millisecond
+	begin(fmt.Sprintf("starve-kill: SIGSTOP %s, SIGKILL %s 0.5 s later, SIGCONT %s after %v", x.name, y.name, x.name, stop))
+	h.signal(x, syscall.SIGSTOP)
+	x.paused = true
+	start := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	h.kill(y)
+	time.Sleep(time.Until(start.Add(stop)))
+	h.signal(x, syscall.SIGCONT)
+	x.paused = false
+	h.logf("SIGCONT %s", x.name)
+	if err := h.waitSafe(ctx, 60*time.Second); err != nil {
+		return fmt.Errorf("no failover after starving %s and killing %s: %v", x.name, y.name, err)
+	}
+	return n.rejoin(ctx, y)
+}
+
+// sharesMost returns the running member (not y) that holds a copy of most
+// partitions y holds.
+func sharesMost(h *harness, cv *clusterView, y *proc) *proc {
+	shared := map[string]int{}
+	for _, part := range cv.Partitions {
+		holders := append([]string{part.Primary}, part.Backups...)
+		if slices.Contains(holders, y.name) {
+			for _, name := range holders {
+				shared[name]++
+			}
+		}
+	}
+	var x *proc
+	for _, p := range h.running() {
+		if p != y && !p.paused && shared[p.name] > 0 && (x == nil || shared[p.name] > shared[x.name]) {
+			x = p
+		}
+	}
+	return x
 }

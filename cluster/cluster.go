@@ -624,8 +624,8 @@ func keepsMajority(servers []raft.Server, id raft.ServerID, live map[string]Memb
 }
 
 // dropSuspects leaves out of the live members those whose lease lapsed at
-// this leader (lease.go), and returns them and when the next one would.
-func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member, map[string]bool, time.Time) {
+// this leader (lease.go), and returns when the next one would.
+func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member, time.Time) {
 	names := make([]string, len(live))
 	for i, m := range live {
 		names[i] = m.Name
@@ -638,7 +638,7 @@ func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member
 		c.log.Info("suspected member renewed its lease again", "member", n)
 	}
 	if len(sus) == 0 {
-		return live, nil, next
+		return live, next
 	}
 	kept := live[:0:0]
 	for _, m := range live {
@@ -646,7 +646,7 @@ func (c *Cluster) dropSuspects(now time.Time, live []wire.Member) ([]wire.Member
 			kept = append(kept, m)
 		}
 	}
-	return kept, sus, next
+	return kept, next
 }
 
 // reconcileTable commits the next table if it differs, and returns when a
@@ -703,7 +703,7 @@ func (c *Cluster) stepTable(reports []wire.SyncedReport, term uint64) (tbl *wire
 	}
 	c.drainMu.Unlock()
 	now := time.Now()
-	wm, silent, next := c.dropSuspects(now, wm)
+	wm, next = c.dropSuspects(now, wm)
 	cur := c.fsm.table.Load()
 	leased := c.leased(now)
 	for _, m := range wm {
@@ -712,7 +712,7 @@ func (c *Cluster) stepTable(reports []wire.SyncedReport, term uint64) (tbl *wire
 	granted := c.leases.grants(wm)
 	tbl, res = Next(StepInput{Cur: cur, Live: wm, Partitions: c.cfg.Partitions, Backups: c.cfg.Backups, Reports: reports,
 		MaxInFlight: c.cfg.MaxMigrations, Draining: draining, Leased: leased, Gone: gone,
-		Silent: silent, Granted: granted})
+		Granted: granted})
 	if tbl == cur {
 		return tbl, res, next, false
 	}

@@ -166,7 +166,7 @@ func (s *msim) install(n *mnode, t *wire.Table) {
 		p.primary, p.version, p.former, p.seat = part.Primary, t.Version, part.Former, part.Seat
 		wasPrimary := p.role == mPrimary
 		named := part.Primary == n.name || slices.Contains(part.Backups, n.name) || slices.Contains(part.Pending, n.name) ||
-			(part.Spare == n.name && part.SpareID == n.id)
+			slices.Contains(part.Spares, wire.Spare{Name: n.name, ID: n.id})
 		switch {
 		case !member:
 			p.role, p.streams = mNone, nil
@@ -187,7 +187,10 @@ func (s *msim) install(n *mnode, t *wire.Table) {
 			p.role, p.streams = mBackup, nil
 			p.raise(part.Epoch)
 		default:
-			if p.role != mNone || p.orphanSince == 0 {
+			switch {
+			case named:
+				p.orphanSince = 0 // a spare
+			case p.role != mNone || p.orphanSince == 0:
 				p.orphanSince = s.now
 			}
 			p.role, p.streams = mNone, nil

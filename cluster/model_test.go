@@ -73,8 +73,9 @@ const (
 
 // mcrash is a crash due at tick at.
 type mcrash struct {
-	n  *mnode
-	at int
+	n       *mnode
+	at      int
+	suspect *mnode // declared failed by membership at the crash, if set
 }
 
 // mreport is a synced report on its way to the authority.
@@ -423,16 +424,10 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 			gone[name] = true
 		}
 	}
-	silent := map[string]bool{}
-	for _, name := range s.names {
-		if s.view[name].status == vAlive && !slices.ContainsFunc(live, func(m wire.Member) bool { return m.Name == name }) {
-			silent[name] = true
-		}
-	}
 	cur := s.newest()
 	in := StepInput{Cur: cur, Live: live, Partitions: s.cfg.partitions, Backups: s.cfg.backups, Reports: reports,
 		MaxInFlight: s.cfg.maxInFlight, Draining: draining, Leased: s.leased(live), Gone: gone,
-		Silent: silent, Granted: maps.Clone(s.granted)}
+		Granted: maps.Clone(s.granted)}
 	if len(reports) == 0 && s.idle != nil && sameInput(*s.idle, in) {
 		return // Next is pure: it left the table unchanged for these inputs
 	}
@@ -463,7 +458,7 @@ func (s *msim) authority(reports []wire.SyncedReport) {
 
 func sameInput(a, b StepInput) bool {
 	return a.Cur == b.Cur && slices.Equal(a.Live, b.Live) && maps.Equal(a.Draining, b.Draining) &&
-		maps.Equal(a.Leased, b.Leased) && maps.Equal(a.Gone, b.Gone) && maps.Equal(a.Silent, b.Silent) &&
+		maps.Equal(a.Leased, b.Leased) && maps.Equal(a.Gone, b.Gone) &&
 		maps.Equal(a.Granted, b.Granted)
 }
 
@@ -721,6 +716,11 @@ func (s *msim) tick() {
 			s.logf("crash %s", c.n.id)
 			s.stop(c.n)
 		}
+		if m := c.suspect; m != nil && m.up && m.slow && s.cur[m.name] == m {
+			s.logf("membership suspects %s", m.id)
+			m.suspected = true
+			s.setView(m.name)
+		}
 	}
 	for _, n := range s.running() {
 		s.renew(n) // every member renews several times per lease
@@ -805,6 +805,11 @@ func (s *msim) canFail(name string) bool {
 	if !s.cfg.unbounded && (!s.failed[name] || s.starved[name]) && len(s.failed) >= s.cfg.backups {
 		return false
 	}
+	if !s.cfg.unbounded && len(s.starved) > 0 {
+		// Fault 11's promise covers its own crash only: no other fault
+		// until the layout is complete again.
+		return false
+	}
 	serving := 0
 	for _, n := range s.running() {
 		if n.name != name && !n.cut && !n.suspected && !n.draining {
@@ -874,7 +879,9 @@ func (s *msim) fault() {
 		// starved member counts as no failure: its copies are spares, so
 		// nothing may be lost.
 		other, ok := pick(s.rng, slices.DeleteFunc(slices.Clone(up), func(x string) bool { return x == name || s.cur[x].slow }))
-		if n != nil && ok && s.crashAt == nil && s.canFail(name) && s.canFail(other) {
+		// Not during a drain: the starved member may be the drain's
+		// target, and a drain shrinks the replica sets on purpose.
+		if n != nil && ok && s.crashAt == nil && len(s.draining) == 0 && (s.cfg.unbounded || len(s.failed) == 0) && s.canFail(name) && s.canFail(other) {
 			s.failed[name] = true
 			s.failed[other] = true
 			s.starved[other] = true // any further fault of it is a real one
@@ -883,6 +890,11 @@ func (s *msim) fault() {
 			s.logf("renewals of %s stop; %s crashes soon", s.cur[other].id, n.id)
 			s.cur[other].slow = true
 			s.crashAt = &mcrash{n: n, at: s.now + 1 + s.rng.IntN(modelLease-1)}
+			if s.rng.IntN(2) == 0 {
+				// A long enough pause: membership declares the starved
+				// member failed too, after the crash.
+				s.crashAt.suspect = s.cur[other]
+			}
 		}
 	case 5: // membership calls a running member failed
 		if n != nil && !n.suspected && s.canFail(name) {
@@ -923,6 +935,9 @@ func (s *msim) fault() {
 // purpose (the target wants fewer backups), which is not a failure the
 // promise covers.
 func (s *msim) canDrain(name string) bool {
+	if len(s.starved) > 0 {
+		return false // fault 11 is under way (see there)
+	}
 	serving, counted := 0, 0
 	for _, n := range s.running() {
 		if n.name != name && !n.draining && !n.cut && !n.suspected {

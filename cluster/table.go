@@ -21,6 +21,7 @@ func Clone(t *wire.Table) *wire.Table {
 		c.Partitions[i].Backups = slices.Clone(p.Backups)
 		c.Partitions[i].Pending = slices.Clone(p.Pending)
 		c.Partitions[i].PendingSince = maps.Clone(p.PendingSince)
+		c.Partitions[i].Spares = slices.Clone(p.Spares)
 	}
 	return &c
 }
@@ -42,8 +43,8 @@ type StepResult struct {
 	// may still exist (a failed, not gone, primary): they wait for it.
 	Unavailable int
 	// FromSpare counts partitions whose primary died and whose spare (a
-	// copy left out only for a lapsed lease, see wire.Part.Spare) took
-	// over because no write can have been acknowledged without it.
+	// copy left out for a failure that may be false, see wire.Part.Spares)
+	// took over because no write can have been acknowledged without it.
 	FromSpare int
 	Converged bool
 }
@@ -63,10 +64,6 @@ type StepInput struct {
 	// Gone names members whose previous copy is certainly gone (they left,
 	// or came back as a new incarnation; Next also detects the latter).
 	Gone map[string]bool
-	// Silent names members membership calls alive that are left out of
-	// Live because their lease lapsed: a copy they leave is kept as the
-	// partition's Spare.
-	Silent map[string]bool
 	// Granted is the highest table version of a lease the authority's
 	// leader granted each live incarnation (by raft id): a primary whose
 	// grant reached its partition's Seat is confirmed (spare.go).
@@ -171,9 +168,11 @@ func Next(in StepInput) (*wire.Table, StepResult) {
 	}
 	s.want = min(in.Backups, len(s.names)-1)
 	for p := range s.t.Partitions {
+		// Spares the primary was confirmed without go first: a copy
+		// this step leaves out is a spare under a new seat.
+		s.settleSpares(p)
 		s.dropFailed(p)
 		s.promote(p)
-		s.settleSpare(p)
 	}
 	// The target is computed after the failovers: the next step sees them
 	// too, so the migration it starts keeps the same target.
@@ -235,7 +234,7 @@ func (s *stepper) setMembers() {
 // named reports whether t gives name any role in any partition.
 func named(t *wire.Table, name string) bool {
 	for _, p := range t.Partitions {
-		if p.Primary == name || p.Former == name || p.Spare == name || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
+		if p.Primary == name || p.Former == name || isSpare(p, name) || slices.Contains(p.Backups, name) || slices.Contains(p.Pending, name) {
 			return true
 		}
 	}
@@ -319,21 +318,27 @@ func (s *stepper) promote(p int) {
 		}
 		s.promoteBackup(part, pick)
 		// The failed backups kept while the primary was down leave now.
+		for _, n := range part.Backups {
+			if !s.alive[n] && !s.formerHeld(part, n) {
+				s.keepSpare(part, n)
+			}
+		}
 		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return !s.alive[n] && !s.formerHeld(part, n) })
 		if s.in.Cur != nil {
 			s.res.Promoted++
 		}
 		s.keepSpare(part, old)
-	case s.spareMayTakeOver(part):
-		s.promoteSpare(part)
+	case s.liveSpare(part) != "":
+		s.promoteSpare(part, s.liveSpare(part))
 		s.keepSpare(part, old)
-	case gone && s.spareAwaited(part):
-		// The primary's name came back empty, or left: the silent spare
-		// becomes primary, and the partition waits for it (a successor
-		// under the primary's name must not take it over empty).
-		s.promoteSpare(part)
+	case gone && s.awaitedSpare(part) != "":
+		// The primary's name came back empty, or left: a spare that may
+		// return becomes primary, and the partition waits for it (a
+		// successor under the primary's name must not take it over
+		// empty).
+		s.promoteSpare(part, s.awaitedSpare(part))
 		s.res.Unavailable++
-	case s.spareAwaited(part):
+	case s.awaitedSpare(part) != "":
 		s.res.Unavailable++
 		return
 	case gone && len(part.Backups) > 0:
@@ -354,7 +359,7 @@ func (s *stepper) promote(p int) {
 		part.Backups = slices.DeleteFunc(part.Backups, func(n string) bool { return n == part.Primary })
 		part.Former = ""
 		part.Fresh = true
-		part.Spare, part.SpareID = "", ""
+		part.Spares, part.Seat = nil, 0
 	default:
 		// The only copy may be on a node membership wrongly thinks dead:
 		// stay unavailable until it returns (or is known gone).
@@ -509,14 +514,15 @@ func filterAlive(ns []string, alive map[string]bool) []string {
 
 // Converged reports whether t is complete for members: every partition has
 // a live primary, exactly min(backups, members-1) in-sync backups on
-// distinct other members, nothing pending, and no unfenced former primary.
+// distinct other members, nothing pending, no unfenced former primary, and
+// no spare awaiting its primary's seat.
 func Converged(t *wire.Table, members []string, backups int) bool {
 	if t == nil || len(members) == 0 {
 		return false
 	}
 	want := min(backups, len(members)-1)
 	for _, p := range t.Partitions {
-		if p.Primary == "" || !slices.Contains(members, p.Primary) || len(p.Pending) > 0 || len(p.Backups) != want || p.Former != "" {
+		if p.Primary == "" || !slices.Contains(members, p.Primary) || len(p.Pending) > 0 || len(p.Backups) != want || p.Former != "" || p.Seat != 0 {
 			return false
 		}
 		seen := map[string]bool{p.Primary: true}

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -475,7 +476,7 @@ func (n *Node) install(t *wire.Table) {
 		wasPrimary := p.role == rolePrimary
 		// A spare's copy may become the partition's data again: keep it.
 		named := part.Primary == n.name || contains(part.Backups, n.name) || contains(part.Pending, n.name) ||
-			(part.Spare == n.name && part.SpareID == n.cluster.RaftID())
+			slices.Contains(part.Spares, wire.Spare{Name: n.name, ID: n.cluster.RaftID()})
 		switch {
 		case !member:
 			// Not ours to serve; but if t still attributes this partition
@@ -516,7 +517,10 @@ func (n *Node) install(t *wire.Table) {
 				p.epoch = part.Epoch
 			}
 		default:
-			if p.role != roleNone || p.orphanSince == 0 {
+			switch {
+			case named:
+				p.orphanSince = 0 // a spare: its copy may be needed
+			case p.role != roleNone || p.orphanSince == 0:
 				p.orphanSince = nowNano()
 			}
 			p.streams = map[string]*stream{}

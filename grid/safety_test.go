@@ -393,7 +393,7 @@ func TestStarvedMemberTakesBackWhatTheKilledOneTookOver(t *testing.T) {
 			}
 			if tab := leader.Table(); tab != nil {
 				for _, p := range tab.Partitions {
-					if p.Primary == victim && p.Spare == starved.Name() {
+					if p.Primary == victim && slices.ContainsFunc(p.Spares, func(s wire.Spare) bool { return s.Name == starved.Name() }) {
 						close(reached)
 						return
 					}

@@ -484,18 +484,24 @@ type Part struct {
 	// authority's placement moves a member's most recent partitions first
 	// when it leads more than its share (after a failover put them there).
 	Since uint64
-	// Spare is a member left out of this partition's in-sync copies only
-	// because its lease renewals stopped (membership still called it
-	// alive), with the incarnation (SpareID) whose copy was complete then.
-	// Seat is the table version that left it out: a primary commits
-	// nothing at this partition under a lease granted before Seat. So
-	// while the authority granted the primary no such lease, the spare
-	// still holds every acknowledged write, and if the primary dies the
-	// spare takes over instead of the partition waiting or restarting
-	// empty (cluster/table.go, rule 2).
-	Spare   string
-	SpareID string
-	Seat    uint64
+	// Spares are members that left this partition's in-sync copies because
+	// they failed (a lapsed lease, or membership's verdict, either possibly
+	// false), with the incarnation whose copy was complete then. Seat is
+	// the table version that left the last of them out: while it is set
+	// the primary commits nothing, so every spare still holds every
+	// acknowledged write, and if the primary dies a spare takes over
+	// instead of the partition waiting or restarting empty. The authority
+	// clears both once the primary renewed its lease bound to Seat or later
+	// (cluster/spare.go).
+	Spares []Spare
+	Seat   uint64
+}
+
+// Spare names a spare copy: a member and its incarnation.
+type Spare struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Name     string
+	ID       string
 }
 
 // Table is a committed partition table. Version grows with every commit.

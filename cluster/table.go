@@ -71,9 +71,14 @@ type StepInput struct {
 }
 
 // Step is Next without leases, drains' absence aside: for tests and callers
-// that hold no lease state.
+// that hold no lease state. Every live member counts as having renewed
+// after any seat (spare.go), so spares last one step.
 func Step(cur *wire.Table, live []wire.Member, partitions, backups int, reports []wire.SyncedReport, maxInFlight int, draining map[string]bool) (*wire.Table, StepResult) {
-	return Next(StepInput{Cur: cur, Live: live, Partitions: partitions, Backups: backups, Reports: reports, MaxInFlight: maxInFlight, Draining: draining})
+	granted := make(map[string]uint64, len(live))
+	for _, m := range live {
+		granted[m.ID] = ^uint64(0)
+	}
+	return Next(StepInput{Cur: cur, Live: live, Partitions: partitions, Backups: backups, Reports: reports, MaxInFlight: maxInFlight, Draining: draining, Granted: granted})
 }
 
 // stepper carries one step's working state between its rules.

@@ -165,30 +165,11 @@ func (n *Node) ExecutePartitions(ctx context.Context, c PartsCall, each func(Par
 }
 
 // MemberResult is one member's answer to CallMembers.
-type MemberResult struct {
-	Member string
-	Result []byte
-	Err    error
-}
+type MemberResult = api.MemberResult
 
 // CallMembers runs a named member function on every member of the
 // current table, concurrently, and returns each member's result or error
 // in table order.
 func (n *Node) CallMembers(ctx context.Context, name string, args []byte, budget time.Duration) ([]MemberResult, error) {
-	members, err := n.router.Members(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]MemberResult, len(members))
-	var wg sync.WaitGroup
-	for i, m := range members {
-		out[i].Member = m.Name
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i].Result, out[i].Err = n.router.Call(ctx, m, &wire.CallRequest{Name: name, Args: args, Budget: int64(budget)})
-		}()
-	}
-	wg.Wait()
-	return out, nil
+	return n.router.Broadcast(ctx, &wire.CallRequest{Name: name, Args: args, Budget: int64(budget)})
 }

@@ -222,7 +222,8 @@ func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []by
 }
 
 // guarded runs fn on its own goroutine and returns its answer, or an
-// error when fn panics (ErrFunctionPanic), fails (ErrFunctionFailed,
+// error when Config.MaxRunningFunctions already run (ErrBusy, fn not
+// started), fn panics (ErrFunctionPanic), fails (ErrFunctionFailed,
 // unless its error already carries a grid code) or outlives ctx
 // (ErrFunctionBudget: fn may go on running, but its caller has moved on).
 // part names the partition in errors (-1: a member function).
@@ -231,8 +232,10 @@ func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Contex
 		res []byte
 		err error
 	}
+	if err := n.reserveFunction(); err != nil {
+		return nil, err
+	}
 	ch := make(chan answer, 1)
-	n.funcsRunning.Add(1)
 	go func() {
 		defer n.funcsRunning.Add(-1)
 		var a answer
@@ -256,6 +259,21 @@ func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Contex
 		return nil, functionErr(a.err)
 	case <-ctx.Done():
 		return nil, budgetErr(ctx, part)
+	}
+}
+
+// reserveFunction counts one more function goroutine, or fails with
+// ErrBusy when Config.MaxRunningFunctions already run.
+func (n *Node) reserveFunction() error {
+	limit := int64(n.cfg.MaxRunningFunctions)
+	for {
+		cur := n.funcsRunning.Load()
+		if cur >= limit {
+			return fmt.Errorf("%w: member %s already runs %d functions (MaxRunningFunctions; those past their budget that ignore their ctx count until they return)", api.ErrBusy, n.name, cur)
+		}
+		if n.funcsRunning.CompareAndSwap(cur, cur+1) {
+			return nil
+		}
 	}
 }
 

@@ -45,7 +45,7 @@ func (c *Client) ExecuteOnPartitions(ctx context.Context, fn string, args []byte
 			parts[i] = int32(p)
 		}
 	}
-	req := wire.StepPartsRequest{Map: opts.Map, Name: fn, Args: args, Budget: int64(opts.Budget)}
+	req := wire.StepPartsRequest{Map: opts.Map, Name: fn, Args: args, Budget: int64(opts.Budget), Filter: opts.Filter, FilterArgs: opts.FilterArgs}
 	return c.router.StepParts(ctx, req, parts, func(r router.PartResult) { each(int(r.Partition), r.Result) })
 }
 

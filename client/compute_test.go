@@ -99,6 +99,12 @@ func TestClientCallsBuiltins(t *testing.T) {
 			t.Fatalf("partition %d answered %d times", p, k)
 		}
 	}
+	prefix, _ := msgpack.Marshal("n1")
+	filtered, err := invoke.MapReduce(ctx, cl, invoke.FnAggMap, invoke.AggArgs{},
+		invoke.PartsOptions{Map: "nums", Filter: invoke.FilterKeyPrefix, FilterArgs: prefix}, invoke.Agg{}, invoke.Agg.Merge)
+	if err != nil || filtered.Count != 1111 { // n1, n10-n19, n100-n199, n1000-n1999
+		t.Fatalf("filtered map-reduce: %+v, %v; want 1111 entries", filtered, err)
+	}
 	key, err := invoke.AggregateKey(ctx, cl, "lines", "{cust7}", invoke.AggArgs{})
 	if err != nil || key.IntSum != 150 || key.Count != 50 {
 		t.Fatalf("AggregateKey: %+v, %v", key, err)

@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -24,12 +26,22 @@ func RegisterBuiltins(r *Registry) error {
 		Register(r, FnAggMap, aggMap),
 		Register(r, FnAggKey, aggKey),
 		RegisterMember(r, FnEcho, func(ctx context.Context, b []byte) ([]byte, error) { return b, nil }),
+		RegisterFilter(r, FilterKeyPrefix, func(prefix, key string, _ []byte) bool { return strings.HasPrefix(key, prefix) }, nil),
+		RegisterFilter(r, FilterKeyGlob, globMatch, func(pattern string) error {
+			_, err := path.Match(pattern, "")
+			return err
+		}),
 	} {
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func globMatch(pattern, key string, _ []byte) bool {
+	ok, _ := path.Match(pattern, key)
+	return ok
 }
 
 // keepTTL is the TTL that keeps an entry's expiry (0: none).

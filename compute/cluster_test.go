@@ -297,3 +297,54 @@ func TestBroadcastEveryMember(t *testing.T) {
 		t.Fatalf("unknown member function: %v", rs[0].Err)
 	}
 }
+
+// A partition task with a filter iterates only the matching entries of its
+// map; a bad filter is refused before any task runs.
+func TestMapReduceFiltered(t *testing.T) {
+	e := newEnv(t, 2, nil, nil)
+	ctx := ctxT(t, 30*time.Second)
+	entries := map[string][]byte{}
+	var wantA, wantB1 int64
+	var countB1 int64
+	for i := range 500 {
+		entries[fmt.Sprintf("a:%d", i)] = strconv.AppendInt(nil, int64(i), 10)
+		entries[fmt.Sprintf("b:%d", i)] = strconv.AppendInt(nil, int64(1000+i), 10)
+		wantA += int64(i)
+		if strconv.Itoa(i)[0] == '1' {
+			wantB1 += int64(1000 + i)
+			countB1++
+		}
+	}
+	if err := e.c.Nodes[0].Map("f").PutAll(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	where := func(filter string, arg string) compute.PartsOptions {
+		raw, err := msgpack.Marshal(arg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return compute.PartsOptions{Map: "f", Filter: filter, FilterArgs: raw}
+	}
+	agg := func(opts compute.PartsOptions) (compute.Agg, error) {
+		return compute.MapReduce(ctx, e.ex[0], compute.FnAggMap, compute.AggArgs{}, opts, compute.Agg{}, compute.Agg.Merge)
+	}
+	got, err := agg(where(compute.FilterKeyPrefix, "a:"))
+	if err != nil || got.IntSum != wantA || got.Count != 500 {
+		t.Fatalf("prefix a: %+v, %v; want sum %d over 500", got, err, wantA)
+	}
+	got, err = agg(where(compute.FilterKeyGlob, "b:1*"))
+	if err != nil || got.IntSum != wantB1 || got.Count != countB1 {
+		t.Fatalf("glob b:1*: %+v, %v; want sum %d over %d", got, err, wantB1, countB1)
+	}
+	if _, err := agg(where(compute.FilterKeyGlob, "b:[")); !errors.Is(err, grid.ErrBadArgs) {
+		t.Fatalf("a bad pattern: %v, want ErrBadArgs", err)
+	}
+	if _, err := agg(where("no-such-filter", "")); !errors.Is(err, grid.ErrNoFunction) {
+		t.Fatalf("an unknown filter: %v, want ErrNoFunction", err)
+	}
+	opts := where(compute.FilterKeyPrefix, "a:")
+	opts.Map = ""
+	if _, err := agg(opts); !errors.Is(err, grid.ErrBadRequest) {
+		t.Fatalf("a filter without a map: %v, want ErrBadRequest", err)
+	}
+}

@@ -36,7 +36,7 @@ func (c *Compute) ExecuteOnKey(ctx context.Context, mapName, key, fn string, arg
 }
 
 func (c *Compute) ExecuteOnPartitions(ctx context.Context, fn string, args []byte, opts PartsOptions, each func(part int, result []byte)) error {
-	call := grid.PartsCall{Map: opts.Map, Name: fn, Args: args, Budget: opts.Budget, Partitions: opts.Partitions}
+	call := grid.PartsCall{Map: opts.Map, Filter: opts.Filter, FilterArgs: opts.FilterArgs, Name: fn, Args: args, Budget: opts.Budget, Partitions: opts.Partitions}
 	return c.node.ExecutePartitions(ctx, call, func(r grid.PartResult) { each(int(r.Partition), r.Result) })
 }
 

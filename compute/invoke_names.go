@@ -46,6 +46,9 @@ const (
 	FnAggMap     = invoke.FnAggMap
 	FnAggKey     = invoke.FnAggKey
 	FnEcho       = invoke.FnEcho
+
+	FilterKeyPrefix = invoke.FilterKeyPrefix
+	FilterKeyGlob   = invoke.FilterKeyGlob
 )
 
 // WithBudget bounds the function's run; see invoke.WithBudget.

@@ -40,6 +40,12 @@ type StepFunc func(ctx context.Context, v *StepView) ([]byte, error)
 // partition.
 type MemberFunc func(ctx context.Context) ([]byte, error)
 
+// Filter is a predicate over a map's entries: a partition task with a
+// filter iterates (StepView.Range of the task's map) only the entries for
+// which it is true. It runs on the function's goroutine, within its
+// budget; it must not modify value.
+type Filter func(key string, value []byte) bool
+
 // Functions resolves named functions for requests arriving at this node
 // (package compute implements it). Resolve errors should match
 // ErrNoFunction or ErrBadArgs. Methods are called concurrently.
@@ -48,6 +54,8 @@ type Functions interface {
 	Step(name string, args []byte) (StepFunc, error)
 	// Member binds the member function name to args.
 	Member(name string, args []byte) (MemberFunc, error)
+	// Filter binds the predicate name to args.
+	Filter(name string, args []byte) (Filter, error)
 }
 
 // SetFunctions installs the functions this node runs for callers (local
@@ -69,6 +77,7 @@ const maxStepAttempts = 8
 type stepCall struct {
 	mapName, key string
 	fn           StepFunc
+	filter       Filter // limits Range(mapName); nil: none
 	sess         wire.Session
 	deadline     time.Time // the step's time budget
 }
@@ -165,6 +174,7 @@ func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byt
 	epoch := p.epoch
 	p.mu.Unlock()
 	v := newStepView(n, p, epoch, c.mapName, c.key)
+	v.filter = c.filter
 	res, err := n.guarded(ctx, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
 	v.close()
 	if errors.Is(err, api.ErrFunctionBudget) {

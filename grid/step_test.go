@@ -33,6 +33,10 @@ func (f testFuncs) Step(name string, args []byte) (grid.StepFunc, error) {
 	return fn, nil
 }
 
+func (f testFuncs) Filter(name string, args []byte) (grid.Filter, error) {
+	return nil, fmt.Errorf("%w: no filter %q", api.ErrNoFunction, name)
+}
+
 func (f testFuncs) Member(name string, args []byte) (grid.MemberFunc, error) {
 	fn, ok := f.members[name]
 	if !ok {

@@ -59,6 +59,9 @@ func (n *Node) execStepParts1(ctx context.Context, req *wire.StepPartsRequest) (
 	if k > len(n.parts) {
 		return nil, fmt.Errorf("%w: %d partitions requested of %d", api.ErrBadRequest, k, len(n.parts))
 	}
+	if req.Filter != "" && req.Map == "" {
+		return nil, fmt.Errorf("%w: a filter (%q) needs the map it filters", api.ErrBadRequest, req.Filter)
+	}
 	resp := &wire.StepPartsResponse{Results: make([][]byte, k), Epochs: make([]uint64, k), Errs: make([]wire.ErrorBody, k)}
 	deadline := n.budget(req.Budget)
 	sem := make(chan struct{}, maxPartTasks)
@@ -85,7 +88,23 @@ func (n *Node) partTask(ctx context.Context, req *wire.StepPartsRequest, pid int
 	if err != nil {
 		return nil, 0, err
 	}
-	return n.runStep(ctx, p, stepCall{mapName: req.Map, fn: fn, sess: req.Session, deadline: deadline})
+	filter, err := n.resolveFilter(req.Filter, req.FilterArgs)
+	if err != nil {
+		return nil, 0, err
+	}
+	return n.runStep(ctx, p, stepCall{mapName: req.Map, fn: fn, filter: filter, sess: req.Session, deadline: deadline})
+}
+
+// resolveFilter binds a partition task's filter (nil if name is empty).
+func (n *Node) resolveFilter(name string, args []byte) (Filter, error) {
+	if name == "" {
+		return nil, nil
+	}
+	funcs, err := n.functions()
+	if err != nil {
+		return nil, err
+	}
+	return funcs.Filter(name, args)
 }
 
 func (n *Node) execCall(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error) {
@@ -138,6 +157,8 @@ func (n *Node) Execute(ctx context.Context, c StepCall) ([]byte, error) {
 // PartsCall names a function to run once per partition.
 type PartsCall struct {
 	Map        string // handed to every task (StepView.Map); optional
+	Filter     string // a predicate limiting the entries of Map a task iterates; optional
+	FilterArgs []byte
 	Name       string
 	Args       []byte
 	Budget     time.Duration // per request to a member, see StepCall
@@ -160,7 +181,7 @@ func (n *Node) ExecutePartitions(ctx context.Context, c PartsCall, each func(Par
 			parts[i] = int32(p)
 		}
 	}
-	req := wire.StepPartsRequest{Map: c.Map, Name: c.Name, Args: c.Args, Budget: int64(c.Budget)}
+	req := wire.StepPartsRequest{Map: c.Map, Name: c.Name, Args: c.Args, Budget: int64(c.Budget), Filter: c.Filter, FilterArgs: c.FilterArgs}
 	return n.router.StepParts(ctx, req, parts, each)
 }
 

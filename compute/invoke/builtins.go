@@ -23,6 +23,13 @@ const (
 	FnAggKey = "agg.key"
 	// FnEcho is a member function answering its arguments ([]byte).
 	FnEcho = "echo"
+
+	// FilterKeyPrefix is a filter (PartsOptions.Filter): keys starting
+	// with its argument (a msgpack string).
+	FilterKeyPrefix = "key.prefix"
+	// FilterKeyGlob is a filter: keys matching its argument, a
+	// path.Match pattern (a msgpack string; '*' does not match '/').
+	FilterKeyGlob = "key.glob"
 )
 
 // CounterArgs are FnCounterAdd's arguments.

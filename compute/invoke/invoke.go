@@ -77,6 +77,12 @@ type PartsOptions struct {
 	Partitions []int
 	// Budget bounds the tasks a member runs for one request.
 	Budget time.Duration
+	// Filter names a predicate registered on the members
+	// (compute.RegisterFilter; built-ins FilterKeyPrefix, FilterKeyGlob)
+	// with its msgpack FilterArgs: each task iterates only the entries of
+	// Map for which it is true. Requires Map.
+	Filter     string
+	FilterArgs []byte
 }
 
 // Call runs fn at the primary of key's partition with typed arguments and

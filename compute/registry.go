@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/collocate/grid/grid"
@@ -116,6 +117,37 @@ func (r *Registry) add(name string, set func()) error {
 	}
 	set()
 	return nil
+}
+
+// Kinds of registered names (FunctionInfo.Kind).
+const (
+	KindPartition = "partition" // Register: ExecuteOnKey, ExecuteOnPartitions
+	KindMember    = "member"    // RegisterMember: Broadcast
+	KindFilter    = "filter"    // RegisterFilter: PartsOptions.Filter
+)
+
+// FunctionInfo describes one registered name.
+type FunctionInfo struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+}
+
+// List lists the registered functions and filters, sorted by name.
+func (r *Registry) List() []FunctionInfo {
+	r.mu.RLock()
+	out := make([]FunctionInfo, 0, len(r.steps)+len(r.members)+len(r.filters))
+	for n := range r.steps {
+		out = append(out, FunctionInfo{n, KindPartition})
+	}
+	for n := range r.members {
+		out = append(out, FunctionInfo{n, KindMember})
+	}
+	for n := range r.filters {
+		out = append(out, FunctionInfo{n, KindFilter})
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b FunctionInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Names lists the registered functions, sorted.

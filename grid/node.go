@@ -86,6 +86,9 @@ type Config struct {
 	// stopped). A call beyond it fails at once with ErrBusy, nothing
 	// applied. Default 1024.
 	MaxRunningFunctions int
+	// Functions, if set, are installed before the node serves (see
+	// SetFunctions, which may replace them later). Optional.
+	Functions Functions
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the node's Prometheus metrics; nil registers
@@ -169,6 +172,7 @@ type Node struct {
 
 	router   *router.Router
 	metrics  *metrics
+	fmetrics *funcMetrics
 	subs     subscriptions
 	subCount atomic.Int64
 
@@ -260,6 +264,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.workers = workpool.New(n.ctx.Done(), &n.wg, 10*time.Second)
 	n.base = time.Now()
 	n.metrics = newMetrics(n, cfg.Registerer)
+	n.fmetrics = newFuncMetrics(cfg.Registerer)
+	if cfg.Functions != nil {
+		n.SetFunctions(cfg.Functions)
+	}
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
 	}

@@ -75,6 +75,7 @@ const maxStepAttempts = 8
 
 // stepCall is one step to run at a partition's primary.
 type stepCall struct {
+	name         string // the function's name, for metrics
 	mapName, key string
 	fn           StepFunc
 	filter       Filter // limits Range(mapName); nil: none
@@ -117,6 +118,7 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 		res, pw, floor, err := n.stepAttempt(fctx, p, c)
 		if errors.Is(err, errConflict) {
 			n.stepReruns.Add(1)
+			n.fmetrics.rerun(c.name, rerunConflict)
 			continue
 		}
 		release()
@@ -187,10 +189,20 @@ func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byt
 		// have returned nonsense.
 		err = v.err
 	}
+	var pw pendingWrite
+	var floor commitFloor
+	if err == nil {
+		res, pw, floor, err = n.stepCommit(p, v, c.sess, res)
+	}
+	if errors.Is(err, api.ErrNotOwner) {
+		// The partition moved under the function: its run is discarded
+		// and the router runs it again at the new primary.
+		n.fmetrics.rerun(c.name, rerunMoved)
+	}
 	if err != nil {
 		return nil, none, commitFloor{}, err
 	}
-	return n.stepCommit(p, v, c.sess, res)
+	return res, pw, floor, nil
 }
 
 // stepCommit validates v and appends its writes and result as one record.

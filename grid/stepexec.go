@@ -2,6 +2,7 @@ package grid
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -23,6 +24,18 @@ func (n *Node) execStep(ctx context.Context, req *wire.StepRequest) (wire.StepRe
 }
 
 func (n *Node) execStep1(ctx context.Context, req *wire.StepRequest) (wire.StepResponse, error) {
+	start := time.Now()
+	fn, err := n.resolveStep(req.Name, req.Args)
+	resolved := !errors.Is(err, api.ErrNoFunction)
+	var resp wire.StepResponse
+	if err == nil {
+		resp, err = n.stepAt(ctx, req, fn)
+	}
+	n.fmetrics.observe(req.Name, resolved, start, err)
+	return resp, err
+}
+
+func (n *Node) stepAt(ctx context.Context, req *wire.StepRequest, fn StepFunc) (wire.StepResponse, error) {
 	if req.Key != "" {
 		if want := affinity.Partition(req.Key, len(n.parts)); want != int(req.Partition) {
 			return wire.StepResponse{}, fmt.Errorf("%w: key %q belongs to partition %d, not %d", api.ErrBadRequest, req.Key, want, req.Partition)
@@ -32,11 +45,8 @@ func (n *Node) execStep1(ctx context.Context, req *wire.StepRequest) (wire.StepR
 	if err != nil {
 		return wire.StepResponse{}, err
 	}
-	fn, err := n.resolveStep(req.Name, req.Args)
-	if err != nil {
-		return wire.StepResponse{}, err
-	}
-	res, epoch, err := n.runStep(ctx, p, stepCall{mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, deadline: n.budget(req.Budget)})
+	c := stepCall{name: req.Name, mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, deadline: n.budget(req.Budget)}
+	res, epoch, err := n.runStep(ctx, p, c)
 	return wire.StepResponse{Result: res, Epoch: epoch}, err
 }
 
@@ -79,20 +89,30 @@ func (n *Node) execStepParts1(ctx context.Context, req *wire.StepPartsRequest) (
 	return resp, nil
 }
 
+// partTask runs req's function at partition pid, counted as one call.
 func (n *Node) partTask(ctx context.Context, req *wire.StepPartsRequest, pid int32, deadline time.Time) ([]byte, uint64, error) {
-	p, err := n.partitionFor(ctx, pid, req.Version)
-	if err != nil {
-		return nil, 0, err
-	}
+	start := time.Now()
 	fn, err := n.resolveStep(req.Name, req.Args)
-	if err != nil {
-		return nil, 0, err
+	resolved := !errors.Is(err, api.ErrNoFunction)
+	var res []byte
+	var epoch uint64
+	if err == nil {
+		res, epoch, err = n.partTaskAt(ctx, req, pid, fn, deadline)
 	}
+	n.fmetrics.observe(req.Name, resolved, start, err)
+	return res, epoch, err
+}
+
+func (n *Node) partTaskAt(ctx context.Context, req *wire.StepPartsRequest, pid int32, fn StepFunc, deadline time.Time) ([]byte, uint64, error) {
 	filter, err := n.resolveFilter(req.Filter, req.FilterArgs)
 	if err != nil {
 		return nil, 0, err
 	}
-	return n.runStep(ctx, p, stepCall{mapName: req.Map, fn: fn, filter: filter, sess: req.Session, deadline: deadline})
+	p, err := n.partitionFor(ctx, pid, req.Version)
+	if err != nil {
+		return nil, 0, err
+	}
+	return n.runStep(ctx, p, stepCall{name: req.Name, mapName: req.Map, fn: fn, filter: filter, sess: req.Session, deadline: deadline})
 }
 
 // resolveFilter binds a partition task's filter (nil if name is empty).
@@ -112,14 +132,26 @@ func (n *Node) execCall(ctx context.Context, req *wire.CallRequest) (*wire.CallR
 }
 
 func (n *Node) execCall1(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error) {
+	start := time.Now()
+	fn, err := n.resolveMember(req.Name, req.Args)
+	resolved := !errors.Is(err, api.ErrNoFunction)
+	var resp *wire.CallResponse
+	if err == nil {
+		resp, err = n.callMember(ctx, req, fn)
+	}
+	n.fmetrics.observe(req.Name, resolved, start, err)
+	return resp, err
+}
+
+func (n *Node) resolveMember(name string, args []byte) (MemberFunc, error) {
 	funcs, err := n.functions()
 	if err != nil {
 		return nil, err
 	}
-	fn, err := funcs.Member(req.Name, req.Args)
-	if err != nil {
-		return nil, err
-	}
+	return funcs.Member(name, args)
+}
+
+func (n *Node) callMember(ctx context.Context, req *wire.CallRequest, fn MemberFunc) (*wire.CallResponse, error) {
 	fctx, cancel := context.WithDeadline(ctx, n.budget(req.Budget))
 	defer cancel()
 	res, err := n.guarded(fctx, -1, fn)

@@ -9,6 +9,10 @@
 // (grid.Map): switching between embedded and client/server changes one
 // constructor. It never imports grid, cluster, serf or raft.
 //
+// Functions registered on the members (package compute) run by name with
+// ExecuteOnKey, ExecuteOnPartitions and Broadcast, or typed through
+// package invoke (a *Client is an invoke.Executor).
+//
 //	c, err := client.Dial(ctx, client.Config{Addrs: []string{"127.0.0.1:7070"}})
 //	defer c.Close()
 //	users := c.Map("users")
@@ -73,6 +77,14 @@ var (
 	ErrOverflow      = api.ErrOverflow
 	ErrValueTooLarge = api.ErrValueTooLarge
 	ErrBusy          = api.ErrBusy
+	// Function errors (ExecuteOnKey, ExecuteOnPartitions, Broadcast);
+	// nothing was applied.
+	ErrNoFunction     = api.ErrNoFunction
+	ErrBadArgs        = api.ErrBadArgs
+	ErrFunctionPanic  = api.ErrFunctionPanic
+	ErrFunctionBudget = api.ErrFunctionBudget
+	ErrFunctionFailed = api.ErrFunctionFailed
+	ErrNotCollocated  = api.ErrNotCollocated
 )
 
 // Expire conditions (Redis EXPIRE's NX, XX, GT and LT).

@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -14,63 +16,6 @@ import (
 	"github.com/collocate/grid/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
-
-// Built-in function names (RegisterBuiltins).
-const (
-	// FnCounterAdd adds CounterArgs.Delta to the decimal integer at the
-	// key (absent: 0; the format of Map.Increment and Redis INCR), keeping
-	// its TTL; answers the new value (int64).
-	FnCounterAdd = "counter.add"
-	// FnCAS replaces the key's value if it equals CASArgs.Expected (or is
-	// absent, with CASArgs.Absent); answers CASResult.
-	FnCAS = "cas"
-	// FnListAppend appends AppendArgs.Values to the list at the key (a
-	// msgpack array of byte strings); answers the new length (int).
-	FnListAppend = "list.append"
-	// FnAggMap is a partition task (ExecuteOnPartitions with
-	// PartsOptions.Map): the Agg of the map's numeric values in the
-	// partition. See Aggregate.
-	FnAggMap = "agg.map"
-	// FnAggKey runs at a key (ExecuteOnKey): the Agg of the numeric
-	// values of AggArgs.Map (default: the call's map) whose keys are
-	// collocated with the key (same affinity key). See AggregateKey.
-	FnAggKey = "agg.key"
-	// FnEcho is a member function answering its arguments ([]byte).
-	FnEcho = "echo"
-)
-
-// CounterArgs are FnCounterAdd's arguments.
-type CounterArgs struct {
-	Delta int64 `msgpack:"delta"`
-}
-
-// CASArgs are FnCAS's arguments. Delete deletes instead of writing Value.
-type CASArgs struct {
-	Expected []byte `msgpack:"expected"`
-	Absent   bool   `msgpack:"absent"`
-	Value    []byte `msgpack:"value"`
-	Delete   bool   `msgpack:"delete"`
-}
-
-// CASResult is FnCAS's answer: Done if it wrote; the value found.
-type CASResult struct {
-	Done    bool   `msgpack:"done"`
-	Found   bool   `msgpack:"found"`
-	Current []byte `msgpack:"current"`
-}
-
-// AppendArgs are FnListAppend's arguments.
-type AppendArgs struct {
-	Values [][]byte `msgpack:"values"`
-}
-
-// AggArgs are FnAggKey's (and FnAggMap's) arguments: Map overrides the
-// call's map; Msgpack says the values are msgpack numbers, not decimal
-// text.
-type AggArgs struct {
-	Map     string `msgpack:"map"`
-	Msgpack bool   `msgpack:"msgpack"`
-}
 
 // RegisterBuiltins registers the built-in functions gridnode ships.
 func RegisterBuiltins(r *Registry) error {
@@ -81,12 +26,22 @@ func RegisterBuiltins(r *Registry) error {
 		Register(r, FnAggMap, aggMap),
 		Register(r, FnAggKey, aggKey),
 		RegisterMember(r, FnEcho, func(ctx context.Context, b []byte) ([]byte, error) { return b, nil }),
+		RegisterFilter(r, FilterKeyPrefix, func(prefix, key string, _ []byte) bool { return strings.HasPrefix(key, prefix) }, nil),
+		RegisterFilter(r, FilterKeyGlob, globMatch, func(pattern string) error {
+			_, err := path.Match(pattern, "")
+			return err
+		}),
 	} {
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func globMatch(pattern, key string, _ []byte) bool {
+	ok, _ := path.Match(pattern, key)
+	return ok
 }
 
 // keepTTL is the TTL that keeps an entry's expiry (0: none).
@@ -154,7 +109,7 @@ func aggMap(ctx context.Context, v *View, a AggArgs) (Agg, error) {
 	}
 	var g Agg
 	for _, val := range v.Range(m) {
-		g.add(val, a.Msgpack)
+		g.AddValue(val, a.Msgpack)
 	}
 	return g, ctx.Err()
 }
@@ -168,16 +123,8 @@ func aggKey(ctx context.Context, v *View, a AggArgs) (Agg, error) {
 	var g Agg
 	for k, val := range v.Range(m) {
 		if affinity.Tag(k) == tag {
-			g.add(val, a.Msgpack)
+			g.AddValue(val, a.Msgpack)
 		}
 	}
 	return g, ctx.Err()
-}
-
-func (a *Agg) add(val []byte, msgpack bool) {
-	if msgpack {
-		a.AddMsgpack(val)
-	} else {
-		a.Add(val)
-	}
 }

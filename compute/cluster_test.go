@@ -15,6 +15,7 @@ import (
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -110,6 +111,42 @@ func (e *env) requests(t testing.TB) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// metric sums the series of family name whose labels include want, over
+// every node.
+func (e *env) metric(t testing.TB, name string, want map[string]string) float64 {
+	var sum float64
+	for _, reg := range e.metrics {
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			if f.GetName() != name {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				if hasLabels(m.GetLabel(), want) {
+					sum += m.GetCounter().GetValue() + float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	return sum
+}
+
+func hasLabels(labels []*dto.LabelPair, want map[string]string) bool {
+	n := 0
+	for _, l := range labels {
+		if v, ok := want[l.GetName()]; ok {
+			if v != l.GetValue() {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(want)
 }
 
 func diff(after, before map[string]float64) map[string]float64 {
@@ -295,5 +332,100 @@ func TestBroadcastEveryMember(t *testing.T) {
 		t.Fatal(err)
 	} else if rs, _ := e.ex[0].Broadcast(ctxT(t, 20*time.Second), "nope", nil); !errors.Is(rs[0].Err, grid.ErrNoFunction) {
 		t.Fatalf("unknown member function: %v", rs[0].Err)
+	}
+}
+
+// A partition task with a filter iterates only the matching entries of its
+// map; a bad filter is refused before any task runs.
+func TestMapReduceFiltered(t *testing.T) {
+	e := newEnv(t, 2, nil, nil)
+	ctx := ctxT(t, 30*time.Second)
+	entries := map[string][]byte{}
+	var wantA, wantB1 int64
+	var countB1 int64
+	for i := range 500 {
+		entries[fmt.Sprintf("a:%d", i)] = strconv.AppendInt(nil, int64(i), 10)
+		entries[fmt.Sprintf("b:%d", i)] = strconv.AppendInt(nil, int64(1000+i), 10)
+		wantA += int64(i)
+		if strconv.Itoa(i)[0] == '1' {
+			wantB1 += int64(1000 + i)
+			countB1++
+		}
+	}
+	if err := e.c.Nodes[0].Map("f").PutAll(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	where := func(filter string, arg string) compute.PartsOptions {
+		raw, err := msgpack.Marshal(arg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return compute.PartsOptions{Map: "f", Filter: filter, FilterArgs: raw}
+	}
+	agg := func(opts compute.PartsOptions) (compute.Agg, error) {
+		return compute.MapReduce(ctx, e.ex[0], compute.FnAggMap, compute.AggArgs{}, opts, compute.Agg{}, compute.Agg.Merge)
+	}
+	got, err := agg(where(compute.FilterKeyPrefix, "a:"))
+	if err != nil || got.IntSum != wantA || got.Count != 500 {
+		t.Fatalf("prefix a: %+v, %v; want sum %d over 500", got, err, wantA)
+	}
+	got, err = agg(where(compute.FilterKeyGlob, "b:1*"))
+	if err != nil || got.IntSum != wantB1 || got.Count != countB1 {
+		t.Fatalf("glob b:1*: %+v, %v; want sum %d over %d", got, err, wantB1, countB1)
+	}
+	if _, err := agg(where(compute.FilterKeyGlob, "b:[")); !errors.Is(err, grid.ErrBadArgs) {
+		t.Fatalf("a bad pattern: %v, want ErrBadArgs", err)
+	}
+	if _, err := agg(where("no-such-filter", "")); !errors.Is(err, grid.ErrNoFunction) {
+		t.Fatalf("an unknown filter: %v, want ErrNoFunction", err)
+	}
+	opts := where(compute.FilterKeyPrefix, "a:")
+	opts.Map = ""
+	if _, err := agg(opts); !errors.Is(err, grid.ErrBadRequest) {
+		t.Fatalf("a filter without a map: %v, want ErrBadRequest", err)
+	}
+}
+
+// Function metrics count calls per function by result, their latency, and
+// unknown names under one label.
+func TestFunctionMetrics(t *testing.T) {
+	e := newEnv(t, 2, nil, func(reg *compute.Registry) {
+		must(compute.Register(reg, "fails", func(ctx context.Context, v *compute.View, a int) (int, error) {
+			return 0, errors.New("no")
+		}))
+	})
+	ctx := ctxT(t, 30*time.Second)
+	for i := range 3 {
+		if _, err := compute.Call[compute.CounterArgs, int64](ctx, e.ex[i%2], "m", fmt.Sprintf("k%d", i), compute.FnCounterAdd, compute.CounterArgs{Delta: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := compute.Call[int, int](ctx, e.ex[0], "m", "k", "fails", 1); !errors.Is(err, grid.ErrFunctionFailed) {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"nope-1", "nope-2"} {
+		if _, err := e.ex[0].ExecuteOnKey(ctx, "m", "k", name, nil); !errors.Is(err, grid.ErrNoFunction) {
+			t.Fatal(err)
+		}
+	}
+	if _, err := compute.Aggregate(ctx, e.ex[1], "m", compute.AggArgs{}); err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"grid_function_calls_total", map[string]string{"function": compute.FnCounterAdd, "result": "ok"}, 3},
+		{"grid_function_seconds", map[string]string{"function": compute.FnCounterAdd}, 3},
+		{"grid_function_calls_total", map[string]string{"function": "fails", "result": "failed"}, 1},
+		{"grid_function_calls_total", map[string]string{"function": "_unknown", "result": "no_function"}, 2},
+		{"grid_function_calls_total", map[string]string{"function": "nope-1"}, 0},
+		{"grid_function_calls_total", map[string]string{"function": compute.FnAggMap, "result": "ok"}, float64(e.c.Nodes[0].Partitions())},
+	}
+	for _, c := range checks {
+		if got := e.metric(t, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
 	}
 }

@@ -16,6 +16,12 @@
 // ErrNotCollocated (nothing applied in each case), ErrTimeout (outcome
 // unknown), ErrBusy (nothing applied, retry).
 //
+// The caller's side (the Executor interface, typed Call, MapReduce,
+// BroadcastTo, Aggregate, the built-ins' names and arguments) lives in the
+// leaf package compute/invoke, re-exported here: a program that only runs
+// a client (client.Client is an Executor) imports invoke and links no
+// grid, serf or raft.
+//
 // compute may import grid and affinity; grid never imports it. There is no
 // package-level mutable state: a Registry belongs to whoever created it,
 // and N nodes in one process may share one or have their own.

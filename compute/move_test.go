@@ -155,9 +155,13 @@ func TestExecuteOnKeyMovedMidFunction(t *testing.T) {
 			t.Fatalf("%s = %q (%v), want 1", k, v, err)
 		}
 	}
-	t.Logf("%d of %d partitions moved; %d runs for %d calls", moved, len(keys), started.Load(), len(keys))
+	reruns := e.metric(t, "grid_function_reruns_total", map[string]string{"function": "slow", "reason": "moved"})
+	t.Logf("%d of %d partitions moved; %d runs for %d calls; %v runs counted as moved", moved, len(keys), started.Load(), len(keys), reruns)
 	if moved == 0 || started.Load() < int64(len(keys)+moved) {
 		t.Fatalf("%d partitions moved, %d runs: the move did not happen under the functions", moved, started.Load())
+	}
+	if reruns < float64(moved) {
+		t.Fatalf("grid_function_reruns_total{reason=moved} = %v, want at least the %d moved partitions", reruns, moved)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/collocate/grid/grid"
@@ -31,6 +32,7 @@ type Registry struct {
 	mu      sync.RWMutex
 	steps   map[string]func(args []byte) (grid.StepFunc, error)
 	members map[string]func(args []byte) (grid.MemberFunc, error)
+	filters map[string]func(args []byte) (grid.Filter, error)
 }
 
 var _ grid.Functions = (*Registry)(nil)
@@ -40,6 +42,7 @@ func NewRegistry() *Registry {
 	return &Registry{
 		steps:   map[string]func([]byte) (grid.StepFunc, error){},
 		members: map[string]func([]byte) (grid.MemberFunc, error){},
+		filters: map[string]func([]byte) (grid.Filter, error){},
 	}
 }
 
@@ -80,28 +83,85 @@ func RegisterMember[A, R any](r *Registry, name string, fn MemberFunc[A, R]) err
 	return r.add(name, func() { r.members[name] = bind })
 }
 
+// Predicate is a filter of partition tasks (PartsOptions.Filter): true
+// for the entries a task iterates. It must not modify value.
+type Predicate[A any] func(args A, key string, value []byte) bool
+
+// RegisterFilter adds the predicate fn under name. bind, if not nil,
+// checks the arguments once per task (a bad pattern, say); its error
+// reaches the caller as ErrBadArgs.
+func RegisterFilter[A any](r *Registry, name string, fn Predicate[A], bind func(A) error) error {
+	b := func(raw []byte) (grid.Filter, error) {
+		args, err := decodeArgs[A](name, raw)
+		if err != nil {
+			return nil, err
+		}
+		if bind != nil {
+			if err := bind(args); err != nil {
+				return nil, fmt.Errorf("%w: filter %q: %v", grid.ErrBadArgs, name, err)
+			}
+		}
+		return func(key string, value []byte) bool { return fn(args, key, value) }, nil
+	}
+	return r.add(name, func() { r.filters[name] = b })
+}
+
 func (r *Registry) add(name string, set func()) error {
 	if name == "" {
 		return fmt.Errorf("compute: empty function name")
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.steps[name] != nil || r.members[name] != nil {
+	if r.steps[name] != nil || r.members[name] != nil || r.filters[name] != nil {
 		return fmt.Errorf("compute: function %q is already registered", name)
 	}
 	set()
 	return nil
 }
 
+// Kinds of registered names (FunctionInfo.Kind).
+const (
+	KindPartition = "partition" // Register: ExecuteOnKey, ExecuteOnPartitions
+	KindMember    = "member"    // RegisterMember: Broadcast
+	KindFilter    = "filter"    // RegisterFilter: PartsOptions.Filter
+)
+
+// FunctionInfo describes one registered name.
+type FunctionInfo struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+}
+
+// List lists the registered functions and filters, sorted by name.
+func (r *Registry) List() []FunctionInfo {
+	r.mu.RLock()
+	out := make([]FunctionInfo, 0, len(r.steps)+len(r.members)+len(r.filters))
+	for n := range r.steps {
+		out = append(out, FunctionInfo{n, KindPartition})
+	}
+	for n := range r.members {
+		out = append(out, FunctionInfo{n, KindMember})
+	}
+	for n := range r.filters {
+		out = append(out, FunctionInfo{n, KindFilter})
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b FunctionInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
 // Names lists the registered functions, sorted.
 func (r *Registry) Names() []string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := make([]string, 0, len(r.steps)+len(r.members))
+	out := make([]string, 0, len(r.steps)+len(r.members)+len(r.filters))
 	for n := range r.steps {
 		out = append(out, n)
 	}
 	for n := range r.members {
+		out = append(out, n)
+	}
+	for n := range r.filters {
 		out = append(out, n)
 	}
 	slices.Sort(out)
@@ -130,6 +190,17 @@ func (r *Registry) Member(name string, args []byte) (grid.MemberFunc, error) {
 	r.mu.RUnlock()
 	if bind == nil {
 		return nil, fmt.Errorf("%w: no member function %q", grid.ErrNoFunction, name)
+	}
+	return bind(args)
+}
+
+// Filter implements grid.Functions.
+func (r *Registry) Filter(name string, args []byte) (grid.Filter, error) {
+	r.mu.RLock()
+	bind := r.filters[name]
+	r.mu.RUnlock()
+	if bind == nil {
+		return nil, fmt.Errorf("%w: no filter %q", grid.ErrNoFunction, name)
 	}
 	return bind(args)
 }

@@ -485,6 +485,7 @@ func TestConfigValidate(t *testing.T) {
 		func(c *grid.Config) { c.Backups = -1 },
 		func(c *grid.Config) { c.RPCAddr = "nonsense" },
 		func(c *grid.Config) { c.RequestTimeout = 0 },
+		func(c *grid.Config) { c.MaxRunningFunctions = 0 },
 	}
 	for i, f := range bad {
 		cfg := grid.DefaultConfig()

@@ -81,6 +81,15 @@ type Config struct {
 	// function) may run; a call's own budget may only be shorter. Past it
 	// the caller gets ErrFunctionBudget and nothing is applied. Default 5s.
 	MaxStepTime time.Duration
+	// MaxRunningFunctions bounds the function goroutines of this member
+	// (partition steps and member functions), counting those still
+	// running past their budget (user code that ignores its ctx cannot be
+	// stopped). A call beyond it fails at once with ErrBusy, nothing
+	// applied. Default 1024.
+	MaxRunningFunctions int
+	// Functions, if set, are installed before the node serves (see
+	// SetFunctions, which may replace them later). Optional.
+	Functions Functions
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the node's Prometheus metrics; nil registers
@@ -107,6 +116,8 @@ func DefaultConfig() Config {
 		ExpiryInterval: 100 * time.Millisecond,
 		SessionIdle:    10 * time.Minute,
 		MaxStepTime:    5 * time.Second,
+
+		MaxRunningFunctions: 1024,
 	}
 }
 
@@ -129,6 +140,8 @@ func (c *Config) Validate() error {
 		return errors.New("grid: MaxMigrations must be positive")
 	case c.ExpiryInterval <= 0 || c.SessionIdle <= 0 || c.MaxStepTime <= 0:
 		return errors.New("grid: ExpiryInterval, SessionIdle and MaxStepTime must be positive")
+	case c.MaxRunningFunctions < 1:
+		return errors.New("grid: MaxRunningFunctions must be positive")
 	case c.RPCAddr == "" || c.GossipAddr == "":
 		return errors.New("grid: RPCAddr and GossipAddr are required")
 	}
@@ -160,6 +173,7 @@ type Node struct {
 
 	router   *router.Router
 	metrics  *metrics
+	fmetrics *funcMetrics
 	subs     subscriptions
 	subCount atomic.Int64
 
@@ -224,6 +238,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.MaxStepTime == 0 {
 		cfg.MaxStepTime = def.MaxStepTime
 	}
+	if cfg.MaxRunningFunctions == 0 {
+		cfg.MaxRunningFunctions = def.MaxRunningFunctions
+	}
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("node-%08x", rand.Uint32())
 	}
@@ -248,6 +265,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.workers = workpool.New(n.ctx.Done(), &n.wg, 10*time.Second)
 	n.base = time.Now()
 	n.metrics = newMetrics(n, cfg.Registerer)
+	n.fmetrics = newFuncMetrics(cfg.Registerer)
+	if cfg.Functions != nil {
+		n.SetFunctions(cfg.Functions)
+	}
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
 	}

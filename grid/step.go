@@ -40,6 +40,12 @@ type StepFunc func(ctx context.Context, v *StepView) ([]byte, error)
 // partition.
 type MemberFunc func(ctx context.Context) ([]byte, error)
 
+// Filter is a predicate over a map's entries: a partition task with a
+// filter iterates (StepView.Range of the task's map) only the entries for
+// which it is true. It runs on the function's goroutine, within its
+// budget; it must not modify value.
+type Filter func(key string, value []byte) bool
+
 // Functions resolves named functions for requests arriving at this node
 // (package compute implements it). Resolve errors should match
 // ErrNoFunction or ErrBadArgs. Methods are called concurrently.
@@ -48,6 +54,8 @@ type Functions interface {
 	Step(name string, args []byte) (StepFunc, error)
 	// Member binds the member function name to args.
 	Member(name string, args []byte) (MemberFunc, error)
+	// Filter binds the predicate name to args.
+	Filter(name string, args []byte) (Filter, error)
 }
 
 // SetFunctions installs the functions this node runs for callers (local
@@ -67,8 +75,10 @@ const maxStepAttempts = 8
 
 // stepCall is one step to run at a partition's primary.
 type stepCall struct {
+	name         string // the function's name, for metrics
 	mapName, key string
 	fn           StepFunc
+	filter       Filter // limits Range(mapName); nil: none
 	sess         wire.Session
 	deadline     time.Time // the step's time budget
 }
@@ -108,6 +118,7 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 		res, pw, floor, err := n.stepAttempt(fctx, p, c)
 		if errors.Is(err, errConflict) {
 			n.stepReruns.Add(1)
+			n.fmetrics.rerun(c.name, rerunConflict)
 			continue
 		}
 		release()
@@ -165,6 +176,7 @@ func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byt
 	epoch := p.epoch
 	p.mu.Unlock()
 	v := newStepView(n, p, epoch, c.mapName, c.key)
+	v.filter = c.filter
 	res, err := n.guarded(ctx, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
 	v.close()
 	if errors.Is(err, api.ErrFunctionBudget) {
@@ -177,10 +189,20 @@ func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byt
 		// have returned nonsense.
 		err = v.err
 	}
+	var pw pendingWrite
+	var floor commitFloor
+	if err == nil {
+		res, pw, floor, err = n.stepCommit(p, v, c.sess, res)
+	}
+	if errors.Is(err, api.ErrNotOwner) {
+		// The partition moved under the function: its run is discarded
+		// and the router runs it again at the new primary.
+		n.fmetrics.rerun(c.name, rerunMoved)
+	}
 	if err != nil {
 		return nil, none, commitFloor{}, err
 	}
-	return n.stepCommit(p, v, c.sess, res)
+	return res, pw, floor, nil
 }
 
 // stepCommit validates v and appends its writes and result as one record.
@@ -222,7 +244,8 @@ func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []by
 }
 
 // guarded runs fn on its own goroutine and returns its answer, or an
-// error when fn panics (ErrFunctionPanic), fails (ErrFunctionFailed,
+// error when Config.MaxRunningFunctions already run (ErrBusy, fn not
+// started), fn panics (ErrFunctionPanic), fails (ErrFunctionFailed,
 // unless its error already carries a grid code) or outlives ctx
 // (ErrFunctionBudget: fn may go on running, but its caller has moved on).
 // part names the partition in errors (-1: a member function).
@@ -231,8 +254,10 @@ func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Contex
 		res []byte
 		err error
 	}
+	if err := n.reserveFunction(); err != nil {
+		return nil, err
+	}
 	ch := make(chan answer, 1)
-	n.funcsRunning.Add(1)
 	go func() {
 		defer n.funcsRunning.Add(-1)
 		var a answer
@@ -256,6 +281,21 @@ func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Contex
 		return nil, functionErr(a.err)
 	case <-ctx.Done():
 		return nil, budgetErr(ctx, part)
+	}
+}
+
+// reserveFunction counts one more function goroutine, or fails with
+// ErrBusy when Config.MaxRunningFunctions already run.
+func (n *Node) reserveFunction() error {
+	limit := int64(n.cfg.MaxRunningFunctions)
+	for {
+		cur := n.funcsRunning.Load()
+		if cur >= limit {
+			return fmt.Errorf("%w: member %s already runs %d functions (MaxRunningFunctions; those past their budget that ignore their ctx count until they return)", api.ErrBusy, n.name, cur)
+		}
+		if n.funcsRunning.CompareAndSwap(cur, cur+1) {
+			return nil
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,6 +31,10 @@ func (f testFuncs) Step(name string, args []byte) (grid.StepFunc, error) {
 		return nil, fmt.Errorf("%w: %q", api.ErrNoFunction, name)
 	}
 	return fn, nil
+}
+
+func (f testFuncs) Filter(name string, args []byte) (grid.Filter, error) {
+	return nil, fmt.Errorf("%w: no filter %q", api.ErrNoFunction, name)
 }
 
 func (f testFuncs) Member(name string, args []byte) (grid.MemberFunc, error) {
@@ -227,4 +232,68 @@ func TestStepConcurrentIncrements(t *testing.T) {
 		t.Fatalf("value %q, want %d", v, workers*each)
 	}
 	t.Logf("%d runs for %d steps (%d re-runs after conflicts)", runs.Load(), workers*each, nd.Stats().StepReruns)
+}
+
+// Functions that ignore their ctx keep their goroutines past the budget;
+// once MaxRunningFunctions of them run, new calls are refused with ErrBusy
+// (nothing started), until they return.
+func TestRunningFunctionsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	release := make(chan struct{})
+	var released sync.Once
+	defer released.Do(func() { close(release) })
+	var okRuns atomic.Int64
+	funcs := testFuncs{
+		steps: map[string]grid.StepFunc{
+			"stuck": func(ctx context.Context, v *grid.StepView) ([]byte, error) { <-release; return nil, nil },
+			"ok":    func(ctx context.Context, v *grid.StepView) ([]byte, error) { okRuns.Add(1); return []byte("ok"), nil },
+		},
+		members: map[string]grid.MemberFunc{
+			"ok": func(ctx context.Context) ([]byte, error) { okRuns.Add(1); return []byte("ok"), nil },
+		},
+	}
+	c := gridtest.New(t, 1, func(i int, cfg *grid.Config) { cfg.MaxRunningFunctions = 2 })
+	nd := c.Nodes[0]
+	ctx := ctxT(t, 30*time.Second)
+	if err := nd.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nd.SetFunctions(funcs)
+	for _, key := range []string{"a", "b"} {
+		_, err := nd.Execute(ctx, grid.StepCall{Map: "m", Key: key, Name: "stuck", Budget: 100 * time.Millisecond})
+		if !errors.Is(err, grid.ErrFunctionBudget) {
+			t.Fatalf("stuck %s: %v", key, err)
+		}
+	}
+	if got := nd.Stats().FunctionsRunning; got != 2 {
+		t.Fatalf("%d functions running, want the 2 stuck ones", got)
+	}
+	// The router retries ErrBusy (nothing applied) until the call's
+	// deadline: a short one.
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_, err := nd.Execute(short, grid.StepCall{Map: "m", Key: "c", Name: "ok"})
+	if !errors.Is(err, grid.ErrBusy) || !strings.Contains(err.Error(), "MaxRunningFunctions") {
+		t.Fatalf("a step beyond the limit: %v, want ErrBusy naming MaxRunningFunctions", err)
+	}
+	t.Logf("refused: %v", err)
+	rs, err := nd.CallMembers(ctx, "ok", nil, 0)
+	if err != nil || len(rs) != 1 || !errors.Is(rs[0].Err, grid.ErrBusy) {
+		t.Fatalf("a member function beyond the limit: %+v, %v", rs, err)
+	}
+	if okRuns.Load() != 0 {
+		t.Fatalf("a refused function ran %d times", okRuns.Load())
+	}
+	released.Do(func() { close(release) })
+	for nd.Stats().FunctionsRunning != 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("%d functions still running after release", nd.Stats().FunctionsRunning)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if res, err := nd.Execute(ctx, grid.StepCall{Map: "m", Key: "c", Name: "ok"}); err != nil || string(res) != "ok" {
+		t.Fatalf("after the stuck functions returned: %q, %v", res, err)
+	}
 }

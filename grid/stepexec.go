@@ -2,6 +2,7 @@ package grid
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -23,6 +24,18 @@ func (n *Node) execStep(ctx context.Context, req *wire.StepRequest) (wire.StepRe
 }
 
 func (n *Node) execStep1(ctx context.Context, req *wire.StepRequest) (wire.StepResponse, error) {
+	start := time.Now()
+	fn, err := n.resolveStep(req.Name, req.Args)
+	resolved := !errors.Is(err, api.ErrNoFunction)
+	var resp wire.StepResponse
+	if err == nil {
+		resp, err = n.stepAt(ctx, req, fn)
+	}
+	n.fmetrics.observe(req.Name, resolved, start, err)
+	return resp, err
+}
+
+func (n *Node) stepAt(ctx context.Context, req *wire.StepRequest, fn StepFunc) (wire.StepResponse, error) {
 	if req.Key != "" {
 		if want := affinity.Partition(req.Key, len(n.parts)); want != int(req.Partition) {
 			return wire.StepResponse{}, fmt.Errorf("%w: key %q belongs to partition %d, not %d", api.ErrBadRequest, req.Key, want, req.Partition)
@@ -32,11 +45,8 @@ func (n *Node) execStep1(ctx context.Context, req *wire.StepRequest) (wire.StepR
 	if err != nil {
 		return wire.StepResponse{}, err
 	}
-	fn, err := n.resolveStep(req.Name, req.Args)
-	if err != nil {
-		return wire.StepResponse{}, err
-	}
-	res, epoch, err := n.runStep(ctx, p, stepCall{mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, deadline: n.budget(req.Budget)})
+	c := stepCall{name: req.Name, mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, deadline: n.budget(req.Budget)}
+	res, epoch, err := n.runStep(ctx, p, c)
 	return wire.StepResponse{Result: res, Epoch: epoch}, err
 }
 
@@ -59,6 +69,9 @@ func (n *Node) execStepParts1(ctx context.Context, req *wire.StepPartsRequest) (
 	if k > len(n.parts) {
 		return nil, fmt.Errorf("%w: %d partitions requested of %d", api.ErrBadRequest, k, len(n.parts))
 	}
+	if req.Filter != "" && req.Map == "" {
+		return nil, fmt.Errorf("%w: a filter (%q) needs the map it filters", api.ErrBadRequest, req.Filter)
+	}
 	resp := &wire.StepPartsResponse{Results: make([][]byte, k), Epochs: make([]uint64, k), Errs: make([]wire.ErrorBody, k)}
 	deadline := n.budget(req.Budget)
 	sem := make(chan struct{}, maxPartTasks)
@@ -76,16 +89,42 @@ func (n *Node) execStepParts1(ctx context.Context, req *wire.StepPartsRequest) (
 	return resp, nil
 }
 
+// partTask runs req's function at partition pid, counted as one call.
 func (n *Node) partTask(ctx context.Context, req *wire.StepPartsRequest, pid int32, deadline time.Time) ([]byte, uint64, error) {
+	start := time.Now()
+	fn, err := n.resolveStep(req.Name, req.Args)
+	resolved := !errors.Is(err, api.ErrNoFunction)
+	var res []byte
+	var epoch uint64
+	if err == nil {
+		res, epoch, err = n.partTaskAt(ctx, req, pid, fn, deadline)
+	}
+	n.fmetrics.observe(req.Name, resolved, start, err)
+	return res, epoch, err
+}
+
+func (n *Node) partTaskAt(ctx context.Context, req *wire.StepPartsRequest, pid int32, fn StepFunc, deadline time.Time) ([]byte, uint64, error) {
+	filter, err := n.resolveFilter(req.Filter, req.FilterArgs)
+	if err != nil {
+		return nil, 0, err
+	}
 	p, err := n.partitionFor(ctx, pid, req.Version)
 	if err != nil {
 		return nil, 0, err
 	}
-	fn, err := n.resolveStep(req.Name, req.Args)
-	if err != nil {
-		return nil, 0, err
+	return n.runStep(ctx, p, stepCall{name: req.Name, mapName: req.Map, fn: fn, filter: filter, sess: req.Session, deadline: deadline})
+}
+
+// resolveFilter binds a partition task's filter (nil if name is empty).
+func (n *Node) resolveFilter(name string, args []byte) (Filter, error) {
+	if name == "" {
+		return nil, nil
 	}
-	return n.runStep(ctx, p, stepCall{mapName: req.Map, fn: fn, sess: req.Session, deadline: deadline})
+	funcs, err := n.functions()
+	if err != nil {
+		return nil, err
+	}
+	return funcs.Filter(name, args)
 }
 
 func (n *Node) execCall(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error) {
@@ -93,14 +132,26 @@ func (n *Node) execCall(ctx context.Context, req *wire.CallRequest) (*wire.CallR
 }
 
 func (n *Node) execCall1(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error) {
+	start := time.Now()
+	fn, err := n.resolveMember(req.Name, req.Args)
+	resolved := !errors.Is(err, api.ErrNoFunction)
+	var resp *wire.CallResponse
+	if err == nil {
+		resp, err = n.callMember(ctx, req, fn)
+	}
+	n.fmetrics.observe(req.Name, resolved, start, err)
+	return resp, err
+}
+
+func (n *Node) resolveMember(name string, args []byte) (MemberFunc, error) {
 	funcs, err := n.functions()
 	if err != nil {
 		return nil, err
 	}
-	fn, err := funcs.Member(req.Name, req.Args)
-	if err != nil {
-		return nil, err
-	}
+	return funcs.Member(name, args)
+}
+
+func (n *Node) callMember(ctx context.Context, req *wire.CallRequest, fn MemberFunc) (*wire.CallResponse, error) {
 	fctx, cancel := context.WithDeadline(ctx, n.budget(req.Budget))
 	defer cancel()
 	res, err := n.guarded(fctx, -1, fn)
@@ -138,6 +189,8 @@ func (n *Node) Execute(ctx context.Context, c StepCall) ([]byte, error) {
 // PartsCall names a function to run once per partition.
 type PartsCall struct {
 	Map        string // handed to every task (StepView.Map); optional
+	Filter     string // a predicate limiting the entries of Map a task iterates; optional
+	FilterArgs []byte
 	Name       string
 	Args       []byte
 	Budget     time.Duration // per request to a member, see StepCall
@@ -160,35 +213,16 @@ func (n *Node) ExecutePartitions(ctx context.Context, c PartsCall, each func(Par
 			parts[i] = int32(p)
 		}
 	}
-	req := wire.StepPartsRequest{Map: c.Map, Name: c.Name, Args: c.Args, Budget: int64(c.Budget)}
+	req := wire.StepPartsRequest{Map: c.Map, Name: c.Name, Args: c.Args, Budget: int64(c.Budget), Filter: c.Filter, FilterArgs: c.FilterArgs}
 	return n.router.StepParts(ctx, req, parts, each)
 }
 
 // MemberResult is one member's answer to CallMembers.
-type MemberResult struct {
-	Member string
-	Result []byte
-	Err    error
-}
+type MemberResult = api.MemberResult
 
 // CallMembers runs a named member function on every member of the
 // current table, concurrently, and returns each member's result or error
 // in table order.
 func (n *Node) CallMembers(ctx context.Context, name string, args []byte, budget time.Duration) ([]MemberResult, error) {
-	members, err := n.router.Members(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]MemberResult, len(members))
-	var wg sync.WaitGroup
-	for i, m := range members {
-		out[i].Member = m.Name
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i].Result, out[i].Err = n.router.Call(ctx, m, &wire.CallRequest{Name: name, Args: args, Budget: int64(budget)})
-		}()
-	}
-	wg.Wait()
-	return out, nil
+	return n.router.Broadcast(ctx, &wire.CallRequest{Name: name, Args: args, Budget: int64(budget)})
 }

@@ -33,6 +33,7 @@ type StepView struct {
 	epoch   uint64
 	mapName string
 	key     string
+	filter  Filter // limits Range(mapName); nil: none
 
 	reads   map[mapKey]uint64 // version seen (0: absent or expired)
 	ranged  map[string]uint64 // map -> mapLSN when iterated
@@ -173,11 +174,21 @@ func (v *StepView) Range(m string) iter.Seq2[string, []byte] {
 			return
 		}
 		v.ranged[m] = lsn
+		filter := v.filter
+		if m != v.mapName {
+			filter = nil
+		}
 		for i, e := range vals {
 			if e.expireAt != 0 && (v.expiry == 0 || e.expireAt < v.expiry) {
 				v.expiry = e.expireAt
 			}
-			if v.closed.Load() || !yield(keys[i], e.value) {
+			if v.closed.Load() {
+				return
+			}
+			if filter != nil && !filter(keys[i], e.value) {
+				continue
+			}
+			if !yield(keys[i], e.value) {
 				return
 			}
 		}

@@ -89,6 +89,7 @@ func init() {
 		{name: "client", arity: -2, flags: []string{"loading", "stale"}, run: cmdClient},
 		{name: "config", arity: -2, flags: []string{"loading", "stale"}, run: cmdConfig},
 		{name: "time", arity: 1, flags: []string{"loading", "stale", "fast"}, run: cmdTime},
+		{name: "fcall", arity: -3, flags: []string{"write", "noscript", "stale", "skip_monitor", "may_replicate", "no_mandatory_keys"}, run: cmdFCall},
 	}
 	commandTable = make(map[string]*cmdSpec, len(specs))
 	for _, s := range specs {

@@ -21,6 +21,10 @@ const (
 // whether the command is a mutation.
 func errReply(out []byte, err error, write bool) []byte {
 	switch {
+	case functionErr(err):
+		// The primary's final answer, nothing applied (a budget error
+		// also wraps the function's context deadline: not a TIMEOUT).
+		return appendError(out, "ERR "+err.Error())
 	case errors.Is(err, api.ErrNotInteger):
 		return appendError(out, errNotInteger)
 	case errors.Is(err, api.ErrOverflow):
@@ -35,6 +39,12 @@ func errReply(out []byte, err error, write bool) []byte {
 		return appendError(out, "TIMEOUT "+err.Error())
 	}
 	return appendError(out, "ERR "+err.Error())
+}
+
+// functionErr: a named function's own failure (FCALL).
+func functionErr(err error) bool {
+	return errors.Is(err, api.ErrNoFunction) || errors.Is(err, api.ErrBadArgs) || errors.Is(err, api.ErrFunctionPanic) ||
+		errors.Is(err, api.ErrFunctionBudget) || errors.Is(err, api.ErrFunctionFailed) || errors.Is(err, api.ErrNotCollocated)
 }
 
 // nothingApplied: errors whose contract is that the request was not

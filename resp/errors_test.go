@@ -36,6 +36,10 @@ func TestErrReply(t *testing.T) {
 		{wrap(api.ErrNotInteger), "ERR value is not an integer or out of range", ""},
 		{wrap(api.ErrOverflow), "ERR increment or decrement would overflow", ""},
 		{wrap(api.ErrInternal), "ERR ", "ERR "},
+		// A function past its budget wraps its context's deadline, but
+		// nothing was applied: the primary's final answer (FCALL).
+		{fmt.Errorf("%w: partition 3: %w", api.ErrFunctionBudget, context.DeadlineExceeded), "ERR ", "ERR "},
+		{&api.Error{Code: api.CodeFunctionPanic, Msg: "remote"}, "ERR ", "ERR "},
 	}
 	for _, tc := range cases {
 		for _, w := range []bool{true, false} {

@@ -6,6 +6,7 @@ import (
 	"net/http/pprof"
 
 	"github.com/collocate/grid/cluster"
+	"github.com/collocate/grid/compute"
 	"github.com/collocate/grid/grid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,7 +36,7 @@ type clusterJSON struct {
 	Partitions []partitionJSON `json:"partitions"`
 }
 
-func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, withPprof bool) http.Handler {
+func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, funcs *compute.Registry, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if reason := unhealthy(node); reason != "" {
@@ -78,6 +79,14 @@ func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, withPprof bool) h
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
+	})
+	mux.HandleFunc("GET /v1/functions", func(w http.ResponseWriter, r *http.Request) {
+		// The functions this node runs for callers: name and kind
+		// (partition, member, filter).
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(funcs.List())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	if withPprof {

@@ -10,8 +10,13 @@
 // replicas are handed over first, bounded by -leave-timeout); a second
 // signal exits at once.
 //
-// HTTP (-http): GET /healthz, GET /v1/cluster (JSON), GET /metrics
-// (Prometheus), and /debug/pprof/ with -pprof.
+// HTTP (-http): GET /healthz, GET /v1/cluster (JSON), GET /v1/functions
+// (the functions callers may run, JSON), GET /metrics (Prometheus), and
+// /debug/pprof/ with -pprof.
+//
+// Functions: every gridnode registers compute's built-ins (counter.add,
+// cas, list.append, agg.map, agg.key, echo; filters key.prefix,
+// key.glob), callable from the client SDK and from RESP (FCALL).
 //
 // Redis protocol (-resp host:port, off by default): redis-cli and every
 // Redis client work against the node's maps; see docs/redis.md.
@@ -33,6 +38,7 @@ import (
 	"time"
 
 	"github.com/collocate/grid/cluster"
+	"github.com/collocate/grid/compute"
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/resp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +65,12 @@ func run(args []string, stderr io.Writer) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
+	funcs := compute.NewRegistry()
+	if err := compute.RegisterBuiltins(funcs); err != nil {
+		fmt.Fprintln(stderr, "gridnode:", err)
+		return 1
+	}
+	cfg.Functions = funcs // installed before the node serves
 	var httpLn net.Listener
 	if opts.http != "" {
 		if httpLn, err = net.Listen("tcp", opts.http); err != nil {
@@ -87,7 +99,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	var srv *http.Server
 	if httpLn != nil {
-		srv = &http.Server{Handler: newHTTPHandler(node, reg, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: newHTTPHandler(node, reg, funcs, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("http server", "err", err)
@@ -166,7 +178,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	name := fs.String("name", "", "member name, unique in the cluster (default: node-<random>)")
 	gossip := fs.String("gossip", "127.0.0.1:7946", "gossip (serf) host:port, UDP and TCP")
 	rpc := fs.String("rpc", "127.0.0.1:7070", "RPC host:port for clients, peers and raft")
-	httpAddr := fs.String("http", "127.0.0.1:7080", "HTTP host:port for /healthz, /v1/cluster, /metrics; empty disables")
+	httpAddr := fs.String("http", "127.0.0.1:7080", "HTTP host:port for /healthz, /v1/cluster, /v1/functions, /metrics; empty disables")
 	join := fs.String("join", "", "comma-separated gossip addresses of members to join; empty starts a new cluster")
 	partitions := fs.Int("partitions", cfg.Partitions, "partition count (every member must agree)")
 	backups := fs.Int("backups", cfg.Backups, "synchronous backups per partition")

@@ -385,3 +385,10 @@ func ParseInt(b []byte) (int64, bool) {
 	}
 	return int64(u), true
 }
+
+// MemberResult is one member's answer to a broadcast member function.
+type MemberResult struct {
+	Member string
+	Result []byte
+	Err    error
+}

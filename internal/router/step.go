@@ -137,6 +137,24 @@ func (r *Router) Call(ctx context.Context, m wire.Member, req *wire.CallRequest)
 	return resp.Result, nil
 }
 
+// Broadcast runs the member function req on every member of the current
+// table, concurrently, and returns each member's result or error in table
+// order.
+func (r *Router) Broadcast(ctx context.Context, req *wire.CallRequest) ([]api.MemberResult, error) {
+	members, err := r.Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.MemberResult, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		out[i].Member = m.Name
+		wg.Go(func() { out[i].Result, out[i].Err = r.Call(ctx, m, req) })
+	}
+	wg.Wait()
+	return out, nil
+}
+
 // Members returns the members of the current table.
 func (r *Router) Members(ctx context.Context) ([]wire.Member, error) {
 	t, err := r.table(ctx)

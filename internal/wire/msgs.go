@@ -548,6 +548,8 @@ type StepResponse struct {
 // StepPartsRequest runs one step of Name per listed partition on the
 // node that leads them (ExecuteOnPartitions); Map, if set, is handed to
 // every task. One Session for all of them: dedup is per partition.
+// Filter, if set, names a predicate (with FilterArgs) that limits the
+// entries of Map a task iterates.
 type StepPartsRequest struct {
 	_msgpack   struct{} `msgpack:",as_array"`
 	Version    uint64
@@ -557,6 +559,8 @@ type StepPartsRequest struct {
 	Args       []byte
 	Budget     int64
 	Session    Session
+	Filter     string
+	FilterArgs []byte
 }
 
 // StepPartsResponse answers a StepPartsRequest: per partition, a result

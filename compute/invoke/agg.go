@@ -1,4 +1,4 @@
-package compute
+package invoke
 
 import (
 	"context"
@@ -140,6 +140,16 @@ func (a Agg) Avg() float64 {
 		return float64(a.IntSum) / float64(a.Count)
 	}
 	return a.Sum / float64(a.Count)
+}
+
+// AddValue counts one stored value: msgpack if asMsgpack, else decimal
+// text.
+func (a *Agg) AddValue(val []byte, asMsgpack bool) {
+	if asMsgpack {
+		a.AddMsgpack(val)
+	} else {
+		a.Add(val)
+	}
 }
 
 // Aggregate computes count, sum, min, max and avg of map mapName's numeric

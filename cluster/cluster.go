@@ -129,6 +129,7 @@ type Cluster struct {
 	grantMu sync.RWMutex
 	// seatWake: a lease grant lets the next step confirm a seat (spare.go).
 	seatWake chan struct{}
+	beats    heartbeats // followers raft fails to heartbeat (heartbeats.go)
 	// granting counts lease grants under way (HandleActivity).
 	granting atomic.Int32
 	// readyTerm is the raft term in which this member, leading, applied
@@ -195,10 +196,12 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 	c.act.heard = map[string]time.Time{}
-	c.wg.Add(3)
+	c.beats.failing = map[string]time.Time{}
+	c.wg.Add(4)
 	go c.run()
 	go c.watchPauses()
 	go c.trackActivity()
+	go c.watchHeartbeats()
 	return c, nil
 }
 
@@ -537,7 +540,7 @@ func (c *Cluster) reconcileVoters() {
 	for _, s := range servers {
 		id := string(s.ID)
 		if _, ok := byID[id]; !ok && id != c.raftID {
-			if s.Suffrage == raft.Voter && !keepsMajority(servers, s.ID, byID, c.raftID) {
+			if s.Suffrage == raft.Voter && !keepsMajority(servers, s.ID, c.reachableLive(byID), c.raftID) {
 				// Membership may wrongly see a live voter as gone (a
 				// slow node, a view not yet merged): removing it while
 				// another voter is dead would leave a configuration

@@ -333,6 +333,11 @@ func (s *stepper) promote(p int) {
 			s.res.Promoted++
 		}
 		s.keepSpare(part, old)
+		if len(part.Spares) > 0 {
+			// A renewal from before this promotion must not confirm the
+			// new primary (it may never have known it leads).
+			part.Seat = s.next
+		}
 	case s.liveSpare(part) != "":
 		s.promoteSpare(part, s.liveSpare(part))
 		s.keepSpare(part, old)

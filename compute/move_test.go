@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,26 +13,11 @@ import (
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/compute"
 	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/api"
-	"github.com/collocate/grid/internal/transport"
 	"github.com/collocate/grid/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
-
-// rawConn dials a node's RPC port as a bare peer.
-func rawConn(t *testing.T, addr string) *transport.Conn {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nc.Write([]byte{transport.PreambleGrid}); err != nil {
-		t.Fatal(err)
-	}
-	conn := transport.NewConn(nc, nil, wire.DefaultMaxFrame, nil)
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
-}
 
 // bump is counter.add that also counts its runs.
 func bump(runs *atomic.Int64) func(*compute.Registry) {
@@ -62,7 +46,7 @@ func TestRetryAfterFailoverAnswersFirstResult(t *testing.T) {
 
 	req.Version = e.c.Nodes[2].Table().Version
 	var first wire.StepResponse
-	if err := rawConn(t, e.c.Nodes[2].RPCAddr()).Call(ctx, wire.MsgStep, req, &first); err != nil {
+	if err := gridtest.RawConn(t, e.c.Nodes[2].RPCAddr()).Call(ctx, wire.MsgStep, req, &first); err != nil {
 		t.Fatal(err)
 	}
 	e.c.Kill(2)
@@ -73,7 +57,7 @@ func TestRetryAfterFailoverAnswersFirstResult(t *testing.T) {
 		owner := e.c.Node(tab.Partitions[pid].Primary)
 		if owner != nil {
 			req.Version = tab.Version
-			err := rawConn(t, owner.RPCAddr()).Call(ctx, wire.MsgStep, req, &again)
+			err := gridtest.RawConn(t, owner.RPCAddr()).Call(ctx, wire.MsgStep, req, &again)
 			if err == nil {
 				break
 			}

@@ -119,7 +119,7 @@ func TestBreakForgedRecordAtCurrentEpoch(t *testing.T) {
 	}
 	primary := c.Node(tab.Partitions[pid].Primary)
 	bi := target.Inspect(pid)
-	conn := rawConn(t, target.RPCAddr())
+	conn := gridtest.RawConn(t, target.RPCAddr())
 	forged := &wire.ReplicateRequest{Partition: int32(pid), Epoch: bi.Epoch, From: primary.Name(), Record: wire.Record{
 		LSN:  bi.LSN + 1,
 		Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "forged", Key: keyIn(pid, tab), Value: []byte("evil")}},

@@ -249,21 +249,6 @@ func TestWriteWithoutDeadlineReturnsWhenBackupStalls(t *testing.T) {
 	}
 }
 
-// rawConn dials a node's RPC port as a bare peer.
-func rawConn(t *testing.T, addr string) *transport.Conn {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nc.Write([]byte{transport.PreambleGrid}); err != nil {
-		t.Fatal(err)
-	}
-	conn := transport.NewConn(nc, nil, wire.DefaultMaxFrame, nil)
-	t.Cleanup(func() { _ = conn.Close() })
-	return conn
-}
-
 // Defect 9: in a batch, a request that failed with a retryable error let
 // the later requests of its partition run; the sender's retry then landed
 // after them (SET k a; SET k b could end with a). Now the rest of that
@@ -276,7 +261,7 @@ func TestBatchStopsPartitionAfterRetryableFailure(t *testing.T) {
 	}
 	tab := nd.Table()
 	pid := affinity.Partition("k", nd.Partitions())
-	conn := rawConn(t, nd.RPCAddr())
+	conn := gridtest.RawConn(t, nd.RPCAddr())
 	req := &wire.MapBatchRequest{Reqs: []wire.MapRequest{
 		// A table version this node does not have: it waits briefly and
 		// answers Unavailable, which the sender retries.

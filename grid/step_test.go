@@ -82,7 +82,7 @@ func TestStepRetryAnswersFirstResult(t *testing.T) {
 	if err := nd.Map("m").Put(ctx, "{c}", []byte("41")); err != nil {
 		t.Fatal(err)
 	}
-	conn := rawConn(t, nd.RPCAddr())
+	conn := gridtest.RawConn(t, nd.RPCAddr())
 	req := &wire.StepRequest{Version: nd.Table().Version, Partition: int32(affinity.Partition("{c}", nd.Partitions())),
 		Map: "m", Key: "{c}", Name: "incr", Session: wire.Session{Client: 77, Seq: 1, Low: 1}}
 	var first, second wire.StepResponse
@@ -147,7 +147,7 @@ func TestStepFailuresApplyNothing(t *testing.T) {
 	if affinity.Partition(other, nd.Partitions()) == affinity.Partition("{k}", nd.Partitions()) {
 		t.Fatal("test keys share a partition")
 	}
-	conn := rawConn(t, nd.RPCAddr())
+	conn := gridtest.RawConn(t, nd.RPCAddr())
 	cases := []struct {
 		name string
 		want error
@@ -213,7 +213,7 @@ func TestStepConcurrentIncrements(t *testing.T) {
 	// starved for as long as 128 of them took (seen under -race) would have
 	// left its session's dedup window (ARCHITECTURE.md, At-most-once) and
 	// ended in ErrTimeout.
-	conn := rawConn(t, nd.RPCAddr())
+	conn := gridtest.RawConn(t, nd.RPCAddr())
 	pid := int32(affinity.Partition("{hot}", nd.Partitions()))
 	for i := range 200 {
 		req := &wire.MapRequest{Version: nd.Table().Version, Partition: pid, Op: wire.OpPut, Map: "m", Key: "{hot}:other",

@@ -345,3 +345,55 @@ func BenchmarkScanPage(b *testing.B) {
 		req.From = resp.Next
 	}
 }
+
+// A call stuck at a dead primary is retried after the same client's other
+// calls went on at the new one: its result (or its absence) must still be
+// known, hundreds of results later (gridchaos compute found 128 too few:
+// an unapplied call was refused as already acknowledged).
+func TestSessionWindowOutlastsAStalledCall(t *testing.T) {
+	p := newPartition(0, time.Second)
+	p.applyRecord(rec(7, 1, 1, 1, nil), 1)
+	lsn := uint64(1)
+	// seq 2 is the stalled call: never applied here. Low stays at 1 (the
+	// client still waits for seq 1's answer too).
+	for seq := uint64(3); seq <= 600; seq++ {
+		lsn++
+		p.applyRecord(rec(7, seq, 1, lsn, nil), 1)
+	}
+	if r, err := p.seen(wire.Session{Client: 7, Seq: 1}); err != nil || r == nil {
+		t.Fatalf("seq 1's result was forgotten: %v, %v", r, err)
+	}
+	if r, err := p.seen(wire.Session{Client: 7, Seq: 2}); err != nil || r != nil {
+		t.Fatalf("the stalled, unapplied seq 2 is not new: %v, %v", r, err)
+	}
+}
+
+// Past the partition's result bound the largest session forgets its
+// oldest results (its retries are refused, never applied twice) rather
+// than a session being dropped whole (its retries would apply again).
+func TestResultBoundTrimsTheLargestSession(t *testing.T) {
+	p := newPartition(0, time.Second)
+	lsn := uint64(0)
+	for c := uint64(1); c <= 20; c++ {
+		for seq := uint64(1); seq <= maxSessionResults; seq++ {
+			lsn++
+			p.applyRecord(rec(c, seq, 1, lsn, nil), 1)
+		}
+	}
+	if len(p.sessions) != 20 {
+		t.Fatalf("%d sessions left of 20: one was dropped whole", len(p.sessions))
+	}
+	if p.sessResults > maxSessionsResults {
+		t.Fatalf("%d results kept, bound %d", p.sessResults, maxSessionsResults)
+	}
+	total := 0
+	for c, s := range p.sessions {
+		total += len(s.results)
+		if _, err := p.seen(wire.Session{Client: c, Seq: 1}); len(s.results) < maxSessionResults && !errors.Is(err, api.ErrStaleSequence) {
+			t.Fatalf("client %d forgot seq 1 but a retry of it is not refused: %v", c, err)
+		}
+	}
+	if total != p.sessResults {
+		t.Fatalf("sessResults %d, counted %d", p.sessResults, total)
+	}
+}

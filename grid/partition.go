@@ -83,8 +83,12 @@ const (
 	// maxSessionResults bounds one client's remembered results in a
 	// partition. Past it the oldest are forgotten and the session's low
 	// rises above them: their retries get ErrStaleSequence (outcome
-	// unknown), never a second application.
-	maxSessionResults = 128
+	// unknown), never a second application. The window must outlast a
+	// failover: a call stuck at a dead primary for 1-2 s is retried after
+	// the client's other calls to the partition went on at the new one
+	// (with 128, 8 callers sharing a client overran it within 1.3 s:
+	// gridchaos compute, seed 3).
+	maxSessionResults = 1024
 	// maxKeptValue: a returned value larger than this is not kept with
 	// its result (the result is; a retry gets ErrStaleSequence).
 	maxKeptValue = 64 << 10
@@ -94,10 +98,13 @@ const (
 	// results themselves stay: a retry is never applied twice.
 	maxSessionBytes  = 256 << 10
 	maxSessionsBytes = 1 << 20
-	// maxSessions and maxSessionsResults bound a partition's sessions;
-	// past them the least recently used session is dropped whole (a retry
-	// of its requests would apply again, as after SessionIdle). Worst case
-	// per node: partitions x (1 MiB of values + 16384 results).
+	// maxSessions and maxSessionsResults bound a partition's sessions.
+	// Past maxSessions the least recently used session is dropped whole
+	// (a retry of its requests would apply again, as after SessionIdle);
+	// past maxSessionsResults the largest session forgets its oldest
+	// results (their retries get ErrStaleSequence, never a second
+	// application). Worst case per node: partitions x (1 MiB of values +
+	// 16384 results).
 	maxSessions        = 1024
 	maxSessionsResults = 16384
 )
@@ -150,6 +157,12 @@ type partition struct {
 	// stepSem serializes this partition's steps (step.go). Not guarded
 	// by mu.
 	stepSem chan struct{}
+	// journal retains the applied records with their positions (journal.go).
+	journal journal
+	// jwaiters counts journal reads waiting for this partition's next
+	// commit; jwake wakes them (journalread.go).
+	jwaiters int
+	jwake    *journalWake
 
 	// From the installed table.
 	role    role
@@ -210,6 +223,7 @@ func newPartition(id int, maxWait time.Duration) *partition {
 		streams:  map[string]*stream{},
 		mapLSN:   map[string]uint64{},
 		stepSem:  make(chan struct{}, 1),
+		journal:  newJournal(DefaultJournalRecords, DefaultJournalBytes),
 	}
 }
 
@@ -229,6 +243,7 @@ func (p *partition) reset() {
 	p.lsn = 0
 	p.commit = 0
 	p.ready = 0
+	p.journal.restart(0)
 }
 
 func (p *partition) get(m, k string, now int64) *entry {
@@ -239,8 +254,9 @@ func (p *partition) get(m, k string, now int64) *entry {
 	return e
 }
 
-// applyMut applies one mutation at version lsn. The caller holds mu.
-func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
+// applyMut applies one mutation at version lsn and returns the entry it
+// replaced or removed, if any. The caller holds mu.
+func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) (replaced *entry) {
 	p.mapLSN[mu.Map] = lsn
 	switch mu.Kind {
 	case wire.MutSet:
@@ -250,6 +266,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 			p.maps[mu.Map] = kv
 		}
 		if old := kv[mu.Key]; old != nil {
+			replaced = old
 			p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
 		} else {
 			p.indexSet(mu.Map, mu.Key)
@@ -262,9 +279,10 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		} else {
 			delete(p.ttlKeys, mk)
 		}
-	case wire.MutDelete:
+	case wire.MutDelete, wire.MutExpire:
 		if kv := p.maps[mu.Map]; kv != nil {
 			if old := kv[mu.Key]; old != nil {
+				replaced = old
 				p.account(mu.Map, -1, -int64(len(mu.Key)+len(old.value)))
 				p.indexDelete(mu.Map, mu.Key)
 			}
@@ -282,18 +300,29 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) {
 		delete(p.stats, mu.Map)
 		delete(p.scanIdx, mu.Map)
 	}
+	return replaced
 }
 
 // applyRecord applies a whole record: its mutations and its session result.
 // The caller holds mu.
 func (p *partition) applyRecord(rec *wire.Record, now int64) {
+	jr := wire.JournalRecord{LSN: rec.LSN, Epoch: rec.Epoch, Time: rec.Time}
 	for i := range rec.Muts {
-		p.applyMut(&rec.Muts[i], rec.LSN)
+		mu := &rec.Muts[i]
+		old := p.applyMut(mu, rec.LSN)
+		if mu.Kind == wire.MutSet && old != nil && !old.live(rec.Time) {
+			// It had expired (not yet removed): the set adds the key.
+			old = nil
+		}
+		if ev, ok := eventOf(mu, old); ok {
+			jr.Events = append(jr.Events, ev)
+		}
 	}
 	if rec.Session.Client != 0 {
 		p.remember(rec, now)
 	}
 	p.lsn = rec.LSN
+	p.journal.append(jr)
 }
 
 // remember stores a record's result in its client's session, within the
@@ -316,7 +345,7 @@ func (p *partition) remember(rec *wire.Record, now int64) {
 	s.trim(rec.Session.Seq)
 	p.sessBytes += s.bytes
 	p.sessResults += len(s.results)
-	p.trimSessions(rec.Session.Client)
+	p.trimSessions(rec.Session.Client, rec.Session.Seq)
 }
 
 // trim forgets s's oldest results beyond maxSessionResults, raising low
@@ -414,13 +443,15 @@ func (s *session) forget(low uint64) {
 // trimSessions drops the least recently used sessions (by LSN, so every
 // replica drops the same ones) beyond the partition's bounds, never keep.
 // Caller holds mu.
-func (p *partition) trimSessions(keep uint64) {
-	for len(p.sessions) > maxSessions || (p.sessResults > maxSessionsResults && len(p.sessions) > 1) {
+func (p *partition) trimSessions(keep, keepSeq uint64) {
+	for len(p.sessions) > maxSessions {
 		victim, ok := p.lruSession(keep, false)
 		if !ok {
 			break
 		}
 		p.dropSession(victim)
+	}
+	for p.sessResults > maxSessionsResults && p.trimLargestSession(keep, keepSeq) {
 	}
 	for p.sessBytes > maxSessionsBytes {
 		victim, ok := p.lruSession(0, true)
@@ -433,6 +464,40 @@ func (p *partition) trimSessions(keep uint64) {
 		}
 		p.sessBytes -= before - s.bytes
 	}
+}
+
+// trimLargestSession forgets the oldest result of the session holding the
+// most (ties: the smaller client id; never client keep's result keepSeq,
+// just applied), raising its low; false if there is nothing to forget.
+// Caller holds mu.
+func (p *partition) trimLargestSession(keep, keepSeq uint64) bool {
+	var victim uint64
+	var largest *session
+	for c, s := range p.sessions {
+		if largest == nil || len(s.results) > len(largest.results) || len(s.results) == len(largest.results) && c < victim {
+			victim, largest = c, s
+		}
+	}
+	if largest == nil || len(largest.results) == 0 {
+		return false
+	}
+	limit := ^uint64(0)
+	if victim == keep {
+		limit = keepSeq
+	}
+	oldest := largest.oldest(limit, false)
+	if oldest == limit {
+		return false
+	}
+	r := largest.results[oldest]
+	largest.bytes -= resultBytes(&r.resp)
+	p.sessBytes -= resultBytes(&r.resp)
+	delete(largest.results, oldest)
+	p.sessResults--
+	if oldest+1 > largest.low {
+		largest.low = oldest + 1
+	}
+	return true
 }
 
 // lruSession returns the least recently used session (by LSN, then client
@@ -507,6 +572,9 @@ func (p *partition) setCommit(c uint64) {
 	p.pendq = p.pendq[i:]
 	close(p.commitCh)
 	p.commitCh = make(chan struct{})
+	if p.jwaiters > 0 && p.jwake != nil {
+		p.jwake.wake()
+	}
 }
 
 // recomputeCommit derives the commit point from the in-sync streams' acks.

@@ -76,6 +76,9 @@ func TestRetryAfterFailoverAnswersFirstResult(t *testing.T) {
 	if runs.Load() != 1 {
 		t.Fatalf("the function ran %d times", runs.Load())
 	}
+	if got := e.metric(t, "grid_dedup_replays_total", nil); got != 1 {
+		t.Fatalf("grid_dedup_replays_total %v, want 1", got)
+	}
 	if v, err := e.c.Nodes[0].Map("c").Get(ctx, key); err != nil || string(v) != "5" {
 		t.Fatalf("value %q (%v), want 5", v, err)
 	}
@@ -233,5 +236,63 @@ func TestMapReduceExactDuringJoin(t *testing.T) {
 	got, err := compute.Aggregate(ctx, e.ex[2], "nums", compute.AggArgs{})
 	if err != nil || got.IntSum != want || got.Count != entries || got.Min != 1 || got.Max != 1000 {
 		t.Fatalf("Aggregate: %+v, %v", got, err)
+	}
+}
+
+// A function running when its member goes down (killed or closing) is
+// discarded there, and the call runs again at the new primary: the caller
+// gets the result of one run, never a budget error for a budget that did
+// not run out.
+func TestFunctionRunningWhenItsMemberDiesRunsAgain(t *testing.T) {
+	for _, how := range []string{"kill", "close"} {
+		t.Run(how, func(t *testing.T) {
+			var started atomic.Int64
+			release := make(chan struct{})
+			e := newEnv(t, 3, func(cfg *grid.Config) { cfg.MaxStepTime = 30 * time.Second }, func(reg *compute.Registry) {
+				must(compute.Register(reg, "slow", func(ctx context.Context, v *compute.View, a compute.CounterArgs) (int64, error) {
+					started.Add(1)
+					select {
+					case <-release:
+					case <-ctx.Done():
+						return 0, ctx.Err()
+					}
+					cur, _ := v.Get(v.Map(), v.Key())
+					n, _ := strconv.ParseInt(string(cur), 10, 64)
+					v.Set(v.Map(), v.Key(), strconv.AppendInt(nil, n+1, 10), 0)
+					return n + 1, nil
+				}))
+			})
+			key := keyLedBy(t, e.c.Nodes[2], "dies")
+			ctx := ctxT(t, 60*time.Second)
+			var res int64
+			errc := make(chan error, 1)
+			go func() {
+				var err error
+				res, err = compute.Call[compute.CounterArgs, int64](ctx, e.ex[0], "d", key, "slow", compute.CounterArgs{})
+				errc <- err
+			}()
+			for started.Load() < 1 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if how == "kill" {
+				e.c.Kill(2)
+			} else {
+				e.c.Leave(2)
+			}
+			for started.Load() < 2 {
+				select {
+				case err := <-errc:
+					t.Fatalf("the call ended before it ran again: %d, %v", res, err)
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			close(release)
+			if err := <-errc; err != nil || res != 1 {
+				t.Fatalf("call: %d, %v", res, err)
+			}
+			if v, err := e.c.Nodes[0].Map("d").Get(ctx, key); err != nil || string(v) != "1" {
+				t.Fatalf("value %q (%v), want 1", v, err)
+			}
+		})
 	}
 }

@@ -216,6 +216,7 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 				return wire.MapResponse{}, err
 			}
 			// A retry: answer the first result once it is committed.
+			n.metrics.replays.Inc()
 			if err := p.waitCommit(ctx, r.lsn, epoch); err != nil {
 				return wire.MapResponse{}, err
 			}
@@ -576,6 +577,7 @@ func (n *Node) execPartsWrite(ctx context.Context, version uint64, parts []int32
 				resp.Errs[i] = wire.ErrBody(err)
 			} else {
 				// A retry: wait for the first attempt's record to commit.
+				n.metrics.replays.Inc()
 				results[i] = r.resp
 				pws = append(pws, prepared{i: i, pw: pendingWrite{p: p, lsn: r.lsn, epoch: p.epoch}})
 			}

@@ -54,6 +54,9 @@ var resultNames = [numResults]string{"ok", "not_found", "not_owner", "error"}
 type metrics struct {
 	requests [numOps][numResults]prometheus.Counter
 	latency  [numOps]prometheus.Observer
+	// replays counts mutations answered from the result remembered for
+	// their (client, seq): retries of a mutation applied before.
+	replays prometheus.Counter
 }
 
 func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
@@ -66,7 +69,11 @@ func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
 		Help:    "Time to serve a request at the primary, replication included.",
 		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"op"})
-	m := &metrics{}
+	replays := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "grid", Name: "dedup_replays_total",
+		Help: "Mutations answered from the result remembered for their (client, seq) instead of being applied again: retries of a mutation that was applied before.",
+	})
+	m := &metrics{replays: replays}
 	for o := range numOps {
 		for r := range numResults {
 			m.requests[o][r] = reqs.WithLabelValues(opNames[o], resultNames[r])
@@ -74,7 +81,7 @@ func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
 		m.latency[o] = lat.WithLabelValues(opNames[o])
 	}
 	if reg != nil {
-		reg.MustRegister(reqs, lat, &collector{n: n})
+		reg.MustRegister(reqs, lat, replays, &collector{n: n})
 	}
 	return m
 }

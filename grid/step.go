@@ -153,6 +153,7 @@ func (n *Node) stepSeen(ctx context.Context, p *partition, sess wire.Session) (r
 	if err != nil || r == nil {
 		return nil, 0, false, err
 	}
+	n.metrics.replays.Inc()
 	if err := p.waitCommit(ctx, r.lsn, epoch); err != nil {
 		return nil, 0, false, err
 	}
@@ -227,6 +228,7 @@ func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []by
 			return nil, none, commitFloor{}, err
 		}
 		// A duplicate of this session committed meanwhile.
+		n.metrics.replays.Inc()
 		return r.resp.Value, none, commitFloor{lsn: r.lsn, epoch: p.epoch}, nil
 	}
 	now := nowNano()
@@ -276,11 +278,11 @@ func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Contex
 			return a.res, nil
 		}
 		if ctx.Err() != nil {
-			return nil, budgetErr(ctx, part)
+			return nil, n.budgetErr(ctx, part)
 		}
 		return nil, functionErr(a.err)
 	case <-ctx.Done():
-		return nil, budgetErr(ctx, part)
+		return nil, n.budgetErr(ctx, part)
 	}
 }
 
@@ -299,7 +301,17 @@ func (n *Node) reserveFunction() error {
 	}
 }
 
-func budgetErr(ctx context.Context, part int) error {
+// budgetErr is the error of a function whose ctx ended before it
+// answered. Only a deadline is its budget running out: a cancellation
+// means this member is going down (or the caller left), and the call is
+// safe to run again elsewhere, since nothing was applied.
+func (n *Node) budgetErr(ctx context.Context, part int) error {
+	switch {
+	case n.ctx.Err() != nil:
+		return fmt.Errorf("%w: member %s is going down; partition %d: the function's run was discarded", api.ErrClosed, n.name, part)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Errorf("%w: partition %d: the call was canceled; nothing applied", api.ErrUnavailable, part)
+	}
 	return fmt.Errorf("%w: partition %d: %w", api.ErrFunctionBudget, part, ctx.Err())
 }
 

@@ -1,11 +1,20 @@
 // Command gridbench drives a grid cluster through the client SDK and reports
-// throughput and latency percentiles.
+// throughput, latency percentiles and, given the servers' pids, their CPU
+// time per operation.
 //
 //	go run ./cmd/gridbench -addrs 127.0.0.1:7070 -clients 50 -depth 1 \
 //	    -get-ratio 0.5 -value 100 -keys 100000 -duration 10s
 //
 // Each of -clients clients has its own connections; -depth requests are in
 // flight per client at once (pipelining on the multiplexed connection).
+//
+// -workload picks what an operation is: kv (gets and puts of single keys),
+// or the total of a customer's -lines order lines (-keys customers, the
+// lines collocated with their customer): order-collocated sums them at the
+// customer's primary with the built-in agg.key, order-fetched fetches them
+// with GetAll and sums them here. -server-pids (gridnode processes on this
+// machine) adds their user+system CPU time per operation, read from
+// /proc/PID/stat before and after the measured run.
 package main
 
 import (
@@ -28,11 +37,13 @@ import (
 )
 
 type result struct {
+	Workload  string  `json:"workload"`
 	Clients   int     `json:"clients"`
 	Depth     int     `json:"depth"`
 	GetRatio  float64 `json:"get_ratio"`
 	ValueSize int     `json:"value_size"`
 	Keys      int     `json:"keys"`
+	Lines     int     `json:"lines,omitempty"`
 	Ops       int64   `json:"ops"`
 	Errors    int64   `json:"errors"`
 	Seconds   float64 `json:"seconds"`
@@ -41,42 +52,84 @@ type result struct {
 	P99us     float64 `json:"p99_us"`
 	P999us    float64 `json:"p999_us"`
 	MaxUs     float64 `json:"max_us"`
+	// ServerCPUusPerOp is the servers' CPU time (user+system, all
+	// -server-pids) per operation, in µs; 0 without -server-pids.
+	ServerCPUusPerOp float64 `json:"server_cpu_us_per_op,omitempty"`
+	FirstError       string  `json:"first_error,omitempty"`
 }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// options are the parsed flags.
+type options struct {
+	addrs    string
+	clients  int
+	depth    int
+	duration time.Duration
+	ops      int64
+	preload  bool
+	asJSON   bool
+	pids     []int
+	w        workload
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs := flag.NewFlagSet("gridbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addrs := fs.String("addrs", "127.0.0.1:7070", "comma-separated RPC addresses of cluster members")
-	clients := fs.Int("clients", 50, "concurrent clients, each with its own connections")
-	depth := fs.Int("depth", 1, "requests in flight per client (pipelining)")
-	ratio := fs.Float64("get-ratio", 0.5, "fraction of operations that are gets; the rest are puts")
-	valueSize := fs.Int("value", 100, "value size in bytes")
-	keys := fs.Int("keys", 100000, "key space")
-	duration := fs.Duration("duration", 10*time.Second, "how long to run (ignored with -ops)")
-	ops := fs.Int64("ops", 0, "total operations to run instead of a duration")
-	preload := fs.Bool("preload", true, "write every key once before measuring, so gets find values")
-	mapName := fs.String("map", "bench", "map to use")
-	asJSON := fs.Bool("json", false, "print one JSON object instead of text")
+	o := &options{}
+	fs.StringVar(&o.addrs, "addrs", "127.0.0.1:7070", "comma-separated RPC addresses of cluster members")
+	fs.IntVar(&o.clients, "clients", 50, "concurrent clients, each with its own connections")
+	fs.IntVar(&o.depth, "depth", 1, "requests in flight per client (pipelining)")
+	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated or order-fetched")
+	fs.Float64Var(&o.w.ratio, "get-ratio", 0.5, "kv: fraction of operations that are gets; the rest are puts")
+	valueSize := fs.Int("value", 100, "kv: value size in bytes")
+	fs.IntVar(&o.w.keys, "keys", 100000, "key space (kv) or customers (order-*)")
+	fs.IntVar(&o.w.lines, "lines", 100, "order-*: order lines per customer")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run (ignored with -ops)")
+	fs.Int64Var(&o.ops, "ops", 0, "total operations to run instead of a duration")
+	fs.BoolVar(&o.preload, "preload", true, "write every key once before measuring, so reads find values")
+	fs.StringVar(&o.w.mapName, "map", "bench", "kv: map to use")
+	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object instead of text")
+	pids := fs.String("server-pids", "", "comma-separated pids of the servers (on this machine) whose CPU time per operation to report")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return nil, 0
 		}
-		return 2
+		return nil, 2
 	}
-	if *clients < 1 || *depth < 1 || *keys < 1 || *valueSize < 0 || *ratio < 0 || *ratio > 1 || (*ops <= 0 && *duration <= 0) {
+	var err error
+	if o.pids, err = parsePids(*pids); err != nil {
+		fmt.Fprintln(stderr, "gridbench:", err)
+		return nil, 2
+	}
+	if o.clients < 1 || o.depth < 1 || o.w.keys < 1 || *valueSize < 0 || o.w.ratio < 0 || o.w.ratio > 1 || (o.ops <= 0 && o.duration <= 0) {
 		fmt.Fprintln(stderr, "gridbench: -clients, -depth and -keys must be positive, -get-ratio in [0,1], and -ops or -duration set")
-		return 2
+		return nil, 2
+	}
+	if err := o.w.validate(); err != nil {
+		fmt.Fprintln(stderr, "gridbench:", err)
+		return nil, 2
+	}
+	o.w.value = make([]byte, *valueSize)
+	for i := range o.w.value {
+		o.w.value[i] = byte('a' + i%26)
+	}
+	return o, -1
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, code := parseFlags(args, stderr)
+	if o == nil {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
 	cfg := client.DefaultConfig()
-	cfg.Addrs = strings.Split(*addrs, ",")
-	cls := make([]*client.Client, *clients)
+	cfg.Addrs = strings.Split(o.addrs, ",")
+	cls := make([]*client.Client, o.clients)
 	for i := range cls {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		c, err := client.Dial(dctx, cfg)
@@ -88,70 +141,66 @@ func run(args []string, stdout, stderr io.Writer) int {
 		defer c.Close()
 		cls[i] = c
 	}
-	value := make([]byte, *valueSize)
-	for i := range value {
-		value[i] = byte('a' + i%26)
+	timeout := func(ctx context.Context) (context.Context, context.CancelFunc) {
+		return context.WithTimeout(ctx, 30*time.Second)
 	}
-	keyName := func(i int) string { return fmt.Sprintf("key:%d", i) }
-	if *preload {
-		m := cls[0].Map(*mapName)
-		for start := 0; start < *keys; start += 1000 {
-			batch := map[string][]byte{}
-			for i := start; i < min(start+1000, *keys); i++ {
-				batch[keyName(i)] = value
-			}
-			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err := m.PutAll(pctx, batch)
-			cancel()
-			if err != nil {
-				fmt.Fprintln(stderr, "gridbench: preload:", err)
-				return 1
-			}
+	if o.preload || o.w.name == workloadFetch {
+		if err := o.w.preload(ctx, cls[0], timeout); err != nil {
+			fmt.Fprintln(stderr, "gridbench: preload:", err)
+			return 1
 		}
 	}
+	r, err := measure(ctx, o, cls)
+	if err != nil {
+		fmt.Fprintln(stderr, "gridbench:", err)
+		return 1
+	}
+	report(stdout, o, r)
+	if r.Errors > 0 {
+		return 1
+	}
+	return 0
+}
 
+// measure runs the workload and returns its figures.
+func measure(ctx context.Context, o *options, cls []*client.Client) (result, error) {
 	var (
-		done    atomic.Int64
-		errs    atomic.Int64
-		mu      sync.Mutex
-		samples []int64
-		wg      sync.WaitGroup
+		done     atomic.Int64
+		errs     atomic.Int64
+		firstErr atomic.Value
+		mu       sync.Mutex
+		samples  []int64
+		wg       sync.WaitGroup
 	)
 	runCtx := ctx
 	var cancelRun context.CancelFunc = func() {}
-	if *ops <= 0 {
-		runCtx, cancelRun = context.WithTimeout(ctx, *duration)
+	if o.ops <= 0 {
+		runCtx, cancelRun = context.WithTimeout(ctx, o.duration)
 	}
 	defer cancelRun()
+	cpu0, err := serverCPU(o.pids)
+	if err != nil {
+		return result{}, err
+	}
 	start := time.Now()
-	for ci := range *clients {
-		m := cls[ci].Map(*mapName)
-		for range *depth {
+	for ci := range o.clients {
+		for range o.depth {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 				local := make([]int64, 0, 4096)
 				for runCtx.Err() == nil {
-					if *ops > 0 && done.Add(1) > *ops {
+					if o.ops > 0 && done.Add(1) > o.ops {
 						break
 					}
-					k := keyName(rng.IntN(*keys))
 					t0 := time.Now()
-					var err error
-					if rng.Float64() < *ratio {
-						_, err = m.Get(runCtx, k)
-						if errors.Is(err, client.ErrNotFound) {
-							err = nil
-						}
-					} else {
-						err = m.Put(runCtx, k, value)
-					}
-					if err != nil {
+					if err := o.w.op(runCtx, cls[ci], rng); err != nil {
 						if runCtx.Err() != nil {
 							break
 						}
 						errs.Add(1)
+						firstErr.CompareAndSwap(nil, err.Error())
 						continue
 					}
 					local = append(local, time.Since(t0).Nanoseconds())
@@ -164,6 +213,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	wg.Wait()
 	elapsed := time.Since(start).Seconds()
+	cpu1, err := serverCPU(o.pids)
+	if err != nil {
+		return result{}, err
+	}
+	r := summarize(o, samples, elapsed)
+	r.Errors = errs.Load()
+	if s, ok := firstErr.Load().(string); ok {
+		r.FirstError = s
+	}
+	if len(o.pids) > 0 && r.Ops > 0 {
+		r.ServerCPUusPerOp = float64(cpu1-cpu0) * (1e6 / clockTicks) / float64(r.Ops)
+	}
+	return r, nil
+}
+
+func summarize(o *options, samples []int64, elapsed float64) result {
 	slices.Sort(samples)
 	pct := func(q float64) float64 {
 		if len(samples) == 0 {
@@ -172,23 +237,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return float64(samples[min(len(samples)-1, int(q*float64(len(samples))))]) / 1e3
 	}
 	r := result{
-		Clients: *clients, Depth: *depth, GetRatio: *ratio, ValueSize: *valueSize, Keys: *keys,
-		Ops: int64(len(samples)), Errors: errs.Load(), Seconds: elapsed,
+		Workload: o.w.name, Clients: o.clients, Depth: o.depth, GetRatio: o.w.ratio, ValueSize: len(o.w.value), Keys: o.w.keys,
+		Ops: int64(len(samples)), Seconds: elapsed,
 		OpsPerSec: float64(len(samples)) / elapsed,
 		P50us:     pct(0.50), P99us: pct(0.99), P999us: pct(0.999),
+	}
+	if o.w.name != workloadKV {
+		r.Lines = o.w.lines
 	}
 	if len(samples) > 0 {
 		r.MaxUs = float64(samples[len(samples)-1]) / 1e3
 	}
-	if *asJSON {
+	return r
+}
+
+func report(stdout io.Writer, o *options, r result) {
+	if o.asJSON {
 		_ = json.NewEncoder(stdout).Encode(r)
-	} else {
-		fmt.Fprintf(stdout, "clients=%d depth=%d get-ratio=%.2f value=%dB keys=%d\n", r.Clients, r.Depth, r.GetRatio, r.ValueSize, r.Keys)
-		fmt.Fprintf(stdout, "ops=%d errors=%d time=%.1fs throughput=%.0f ops/s\n", r.Ops, r.Errors, r.Seconds, r.OpsPerSec)
-		fmt.Fprintf(stdout, "latency p50=%.0fµs p99=%.0fµs p99.9=%.0fµs max=%.0fµs\n", r.P50us, r.P99us, r.P999us, r.MaxUs)
+		return
 	}
-	if r.Errors > 0 {
-		return 1
+	fmt.Fprintf(stdout, "workload=%s clients=%d depth=%d get-ratio=%.2f value=%dB keys=%d lines=%d\n", r.Workload, r.Clients, r.Depth, r.GetRatio, r.ValueSize, r.Keys, r.Lines)
+	fmt.Fprintf(stdout, "ops=%d errors=%d time=%.1fs throughput=%.0f ops/s\n", r.Ops, r.Errors, r.Seconds, r.OpsPerSec)
+	fmt.Fprintf(stdout, "latency p50=%.0fµs p99=%.0fµs p99.9=%.0fµs max=%.0fµs\n", r.P50us, r.P99us, r.P999us, r.MaxUs)
+	if r.ServerCPUusPerOp > 0 {
+		fmt.Fprintf(stdout, "server cpu=%.1fµs/op\n", r.ServerCPUusPerOp)
 	}
-	return 0
+	if r.FirstError != "" {
+		fmt.Fprintf(stdout, "first error: %s\n", r.FirstError)
+	}
 }

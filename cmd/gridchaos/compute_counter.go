@@ -45,6 +45,9 @@ type counterRound struct {
 	Final          int64          `json:"final"`
 	Unknown        int            `json:"unknown"` // calls that failed with ErrTimeout (outcome unknown)
 	Errors         map[string]int `json:"errors"`  // every failed call by kind (timeouts included)
+	// ErrorSamples are the first failed calls: when they started (ms since
+	// the phase started), how long they took, and the error.
+	ErrorSamples []string `json:"error_samples,omitempty"`
 	// Retried is the members' grid_dedup_replays_total during the phase
 	// (the members that ran throughout); nil if none exports it.
 	Retried       *float64 `json:"retried"`
@@ -170,7 +173,7 @@ func runCounterPhase(ctx context.Context, h *harness, cfg computeConfig, violati
 		return r, err
 	}
 	r.Final = final
-	r.tally(w.calls, killAt)
+	r.tally(w.calls, t0, killAt)
 	r.retried(ctx, h, dedupBefore)
 	for _, v := range counterVerdict(r.Acked, r.Final, r.Unknown, r.Errors, r.DuplicateResults) {
 		violation("counter: %s", v)
@@ -219,7 +222,7 @@ func readCounter(ctx context.Context, cl *client.Client) (int64, error) {
 }
 
 // tally fills r's counts from the calls.
-func (r *counterRound) tally(calls []ctrCall, killAt int64) {
+func (r *counterRound) tally(calls []ctrCall, t0, killAt int64) {
 	var before []float64
 	for _, c := range calls {
 		if c.err == nil && c.end < killAt {
@@ -235,6 +238,9 @@ func (r *counterRound) tally(calls []ctrCall, killAt int64) {
 		}
 		if c.err != nil {
 			r.Errors[errKind(c.err)]++
+			if len(r.ErrorSamples) < 5 {
+				r.ErrorSamples = append(r.ErrorSamples, fmt.Sprintf("at %.1f ms, took %.1f ms: %v", msOf(c.start-t0), msOf(c.end-c.start), c.err))
+			}
 			if errors.Is(c.err, client.ErrTimeout) {
 				r.Unknown++
 			}

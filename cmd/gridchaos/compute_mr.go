@@ -241,6 +241,9 @@ func runMRPhase(ctx context.Context, h *harness, cfg computeConfig, seed uint64,
 		}
 		return false
 	}) {
+		if ctx.Err() != nil {
+			return r, ctx.Err()
+		}
 		violation("map-reduce: no call started after the join and the kill was exact within %s", limit)
 		return r, nil
 	}

@@ -19,6 +19,12 @@
 //
 // `gridchaos failover [flags] kill|stop|netns|isolate|sets|fp ...` measures
 // instead what writers see when one member fails (failover.go).
+//
+// `gridchaos compute [flags]` checks compute under failure (compute.go):
+// map-reduce over -entries integers (default 1M) on 3 members stays exact
+// while a fourth joins and one of the three is SIGKILLed in the middle of
+// a call, and concurrent counter.add increments through one client lose
+// and double nothing when the key's primary is SIGKILLed.
 package main
 
 import (
@@ -129,6 +135,9 @@ type Summary struct {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "failover" {
 		os.Exit(failoverMain(os.Args[2:])) // failover.go
+	}
+	if len(os.Args) > 1 && os.Args[1] == "compute" {
+		os.Exit(computeMain(os.Args[2:])) // compute.go
 	}
 	var cfg Config
 	var script string

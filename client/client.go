@@ -61,6 +61,24 @@ type (
 	Typed[K comparable, V any] = api.Typed[K, V]
 	// Codec turns values into bytes and back.
 	Codec[T any] = api.Codec[T]
+	// Listener receives a map's committed changes (Client.Listen).
+	Listener = api.Listener
+	// Event is one committed change of a map entry.
+	Event = api.Event
+	// EventKind says what an Event did.
+	EventKind = api.EventKind
+	// TrimmedError says which positions a partition's journal no longer
+	// retains.
+	TrimmedError = api.TrimmedError
+)
+
+// Map change kinds.
+const (
+	EventAdded   = api.EventAdded
+	EventUpdated = api.EventUpdated
+	EventRemoved = api.EventRemoved
+	EventExpired = api.EventExpired
+	EventCleared = api.EventCleared
 )
 
 // Errors; match with errors.Is.
@@ -85,6 +103,9 @@ var (
 	ErrFunctionBudget = api.ErrFunctionBudget
 	ErrFunctionFailed = api.ErrFunctionFailed
 	ErrNotCollocated  = api.ErrNotCollocated
+	// Journal errors.
+	ErrJournalTrimmed = api.ErrJournalTrimmed
+	ErrStreamFull     = api.ErrStreamFull
 )
 
 // Expire conditions (Redis EXPIRE's NX, XX, GT and LT).
@@ -235,6 +256,18 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	go c.refresher()
 	return c, nil
 }
+
+// Listen delivers the committed changes of l.Map (every map if "") to l's
+// handlers, in each partition's order, from the partitions' primaries,
+// until ctx ends or a handler fails. It resumes through failovers and
+// reconnections without gap or duplicate while the journals retain the
+// positions (api.Listener).
+func (c *Client) Listen(ctx context.Context, l *Listener) error { return c.router.Listen(ctx, l) }
+
+// JournalEnds returns every partition's position after its last committed
+// record: as a Listener's Positions, it hears exactly the changes
+// committed after this call.
+func (c *Client) JournalEnds(ctx context.Context) ([]uint64, error) { return c.router.JournalEnds(ctx) }
 
 // Map returns the map named name. With WithNearCache, Get is served from a
 // client-side cache kept coherent by the members' invalidations; creating

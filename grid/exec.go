@@ -164,7 +164,7 @@ func (n *Node) startSync(p *partition, s *stream) {
 // replicas and returns the pending write. Caller holds p.mu and has checked
 // that p is primary.
 func (n *Node) commitRecord(p *partition, rec *wire.Record, now int64) pendingWrite {
-	rec.LSN = p.lsn + 1
+	rec.LSN, rec.Epoch, rec.Time = p.lsn+1, p.epoch, now
 	p.applyRecord(rec, now)
 	p.markPending(rec)
 	n.ship(p, rec)

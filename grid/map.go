@@ -29,6 +29,24 @@ type (
 	BatchOp = api.BatchOp
 	// BatchResult is the outcome of one BatchOp.
 	BatchResult = api.BatchResult
+	// Listener receives a map's committed changes (Node.Listen).
+	Listener = api.Listener
+	// Event is one committed change of a map entry.
+	Event = api.Event
+	// EventKind says what an Event did.
+	EventKind = api.EventKind
+	// TrimmedError says which positions a partition's journal no longer
+	// retains.
+	TrimmedError = api.TrimmedError
+)
+
+// Map change kinds.
+const (
+	EventAdded   = api.EventAdded
+	EventUpdated = api.EventUpdated
+	EventRemoved = api.EventRemoved
+	EventExpired = api.EventExpired
+	EventCleared = api.EventCleared
 )
 
 // Errors; match with errors.Is.
@@ -52,6 +70,9 @@ var (
 	ErrFunctionBudget = api.ErrFunctionBudget
 	ErrFunctionFailed = api.ErrFunctionFailed
 	ErrNotCollocated  = api.ErrNotCollocated
+	// Journal errors.
+	ErrJournalTrimmed = api.ErrJournalTrimmed
+	ErrStreamFull     = api.ErrStreamFull
 )
 
 // Expire conditions (Redis EXPIRE's NX, XX, GT and LT).
@@ -73,6 +94,16 @@ func WithTTL(ttl time.Duration) Option { return api.WithTTL(ttl) }
 
 // Map returns the byte-level map named name. Maps need no creation.
 func (n *Node) Map(name string) Map { return n.router.Map(name) }
+
+// Listen delivers the committed changes of l.Map (every map if "") to l's
+// handlers, in each partition's order, until ctx ends or a handler fails
+// (api.Listener says how positions resume).
+func (n *Node) Listen(ctx context.Context, l *Listener) error { return n.router.Listen(ctx, l) }
+
+// JournalEnds returns every partition's position after its last committed
+// record: as a Listener's Positions, it hears exactly the changes
+// committed after this call.
+func (n *Node) JournalEnds(ctx context.Context) ([]uint64, error) { return n.router.JournalEnds(ctx) }
 
 // exec adapts the node's request handlers to router.Executor.
 type exec struct{ n *Node }
@@ -106,6 +137,9 @@ func (e exec) ExecStepParts(ctx context.Context, req *wire.StepPartsRequest) (*w
 }
 func (e exec) ExecCall(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error) {
 	return e.n.execCall(ctx, req)
+}
+func (e exec) ExecJournal(ctx context.Context, req *wire.JournalRequest) (*wire.JournalResponse, error) {
+	return e.n.execJournal(ctx, req)
 }
 func (e exec) ExecClear(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
 	return e.n.execClear(ctx, req)

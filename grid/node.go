@@ -87,6 +87,12 @@ type Config struct {
 	// stopped). A call beyond it fails at once with ErrBusy, nothing
 	// applied. Default 1024.
 	MaxRunningFunctions int
+	// JournalRecords and JournalBytes bound each partition's journal
+	// (journal.go): the records it retains, with their positions, for
+	// listeners, streams and replicas catching up. The oldest go first.
+	// Defaults DefaultJournalRecords and DefaultJournalBytes.
+	JournalRecords int
+	JournalBytes   int
 	// Functions, if set, are installed before the node serves (see
 	// SetFunctions, which may replace them later). Optional.
 	Functions Functions
@@ -118,8 +124,16 @@ func DefaultConfig() Config {
 		MaxStepTime:    5 * time.Second,
 
 		MaxRunningFunctions: 1024,
+		JournalRecords:      DefaultJournalRecords,
+		JournalBytes:        DefaultJournalBytes,
 	}
 }
+
+// Journal retention defaults, per partition.
+const (
+	DefaultJournalRecords = 1024
+	DefaultJournalBytes   = 1 << 20
+)
 
 // Validate reports the first invalid field.
 func (c *Config) Validate() error {
@@ -142,6 +156,8 @@ func (c *Config) Validate() error {
 		return errors.New("grid: ExpiryInterval, SessionIdle and MaxStepTime must be positive")
 	case c.MaxRunningFunctions < 1:
 		return errors.New("grid: MaxRunningFunctions must be positive")
+	case c.JournalRecords < 1 || c.JournalBytes < 1:
+		return errors.New("grid: JournalRecords and JournalBytes must be positive")
 	case c.RPCAddr == "" || c.GossipAddr == "":
 		return errors.New("grid: RPCAddr and GossipAddr are required")
 	}
@@ -175,6 +191,7 @@ type Node struct {
 	metrics  *metrics
 	fmetrics *funcMetrics
 	subs     subscriptions
+	jwake    journalWake
 	subCount atomic.Int64
 
 	base         time.Time    // monotonic reference for the lease
@@ -229,6 +246,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.MaxMigrations == 0 {
 		cfg.MaxMigrations = def.MaxMigrations
 	}
+	if cfg.JournalRecords == 0 {
+		cfg.JournalRecords = def.JournalRecords
+	}
+	if cfg.JournalBytes == 0 {
+		cfg.JournalBytes = def.JournalBytes
+	}
 	if cfg.ExpiryInterval == 0 {
 		cfg.ExpiryInterval = def.ExpiryInterval
 	}
@@ -271,6 +294,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
+		n.parts[i].journal = newJournal(cfg.JournalRecords, cfg.JournalBytes)
+		n.parts[i].jwake = &n.jwake
 	}
 	srv, err := transport.Listen(cfg.RPCAddr, n, cfg.MaxFrame, n.log)
 	if err != nil {
@@ -572,6 +597,7 @@ func (n *Node) install(t *wire.Table) {
 	n.tableCh = make(chan struct{})
 	n.tableMu.Unlock()
 	n.log.Debug("installed table", "version", t.Version, "primaries", primaries, "backups", backups)
+	n.jwake.wake() // journal reads of partitions this node lost answer NotOwner now
 	n.kickSyncs()
 }
 
@@ -808,6 +834,12 @@ func (n *Node) serve(ctx context.Context, f wire.Frame) (any, error) {
 			return nil, bad(err)
 		}
 		return n.execStepParts(ctx, &req)
+	case wire.MsgJournal:
+		var req wire.JournalRequest
+		if err := wire.Decode(f.Body, &req); err != nil {
+			return nil, bad(err)
+		}
+		return n.execJournal(ctx, &req)
 	case wire.MsgCall:
 		var req wire.CallRequest
 		if err := wire.Decode(f.Body, &req); err != nil {

@@ -141,6 +141,7 @@ type incomingSnapshot struct {
 	epoch, lsn uint64
 	conn       *transport.Conn
 	data       *partition // only its data fields are used
+	journal    []wire.JournalRecord
 }
 
 func (n *Node) handleSnapshot(c *transport.Conn, f wire.Frame) {
@@ -187,6 +188,11 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 		return 0, fmt.Errorf("%w: partition %d: snapshot chunk without its first chunk", api.ErrGap, p.id)
 	}
 	d := in.data
+	in.journal = append(in.journal, ch.Journal...)
+	if extra := len(in.journal) - p.journal.maxRecs; extra > 0 {
+		// More than this replica retains: keep the newest.
+		in.journal = append(in.journal[:0], in.journal[extra:]...)
+	}
 	for i := range ch.Entries {
 		e := &ch.Entries[i]
 		d.applyMut(&wire.Mutation{Kind: wire.MutSet, Map: e.Map, Key: e.Key, Value: e.Value, ExpireAt: e.ExpireAt}, e.Version)
@@ -225,6 +231,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	p.pendq = nil
 	p.commit, p.ready = 0, 0
 	p.lsn = ch.LSN
+	p.journal.install(in.journal, ch.LSN)
 	p.syncedEpoch = ch.Epoch
 	p.syncedConn = c
 	p.complete = true
@@ -308,6 +315,17 @@ func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotC
 			c.room(snapResultOverhead)
 			c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last})
 		}
+	}
+	for _, r := range p.journal.retained() {
+		size := recordSize(&r)
+		if size > limit {
+			// Too big to ship with its old values: they are only kept
+			// where cheap.
+			r = withoutOldValues(r)
+			size = recordSize(&r)
+		}
+		c.room(size)
+		c.cur.Journal = append(c.cur.Journal, r)
 	}
 	c.cur.Last = true
 	return append(c.chunks, c.cur)
@@ -475,7 +493,7 @@ func (n *Node) expire() {
 					break
 				}
 				if e := p.maps[k.m][k.k]; e == nil || !e.live(now) {
-					muts = append(muts, wire.Mutation{Kind: wire.MutDelete, Map: k.m, Key: k.k})
+					muts = append(muts, wire.Mutation{Kind: wire.MutExpire, Map: k.m, Key: k.k})
 				}
 			}
 			if len(muts) == 0 {

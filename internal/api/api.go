@@ -42,6 +42,8 @@ const (
 	CodeFunctionBudget Code = 20 // a function ran past its time budget; nothing was applied
 	CodeFunctionFailed Code = 21 // a function returned an error; nothing was applied
 	CodeNotCollocated  Code = 22 // a function wrote a key of another partition; nothing was applied
+	CodeJournalTrimmed Code = 23 // a journal position older than the partition retains
+	CodeStreamFull     Code = 24 // a stream's retention is full of events a consumer group has not committed; nothing was applied, retry later
 )
 
 // Sentinel errors. Match with errors.Is; remote errors carrying the same code
@@ -70,6 +72,8 @@ var (
 	ErrFunctionBudget = errors.New("grid: function exceeded its time budget; nothing applied")
 	ErrFunctionFailed = errors.New("grid: function failed; nothing applied")
 	ErrNotCollocated  = errors.New("grid: key is not in the function's partition; nothing applied")
+	ErrJournalTrimmed = errors.New("grid: position no longer retained in the partition's journal")
+	ErrStreamFull     = errors.New("grid: stream full of events not yet committed by a consumer group; nothing applied, retry later")
 )
 
 var codeErr = map[Code]error{
@@ -95,6 +99,8 @@ var codeErr = map[Code]error{
 	CodeFunctionBudget: ErrFunctionBudget,
 	CodeFunctionFailed: ErrFunctionFailed,
 	CodeNotCollocated:  ErrNotCollocated,
+	CodeJournalTrimmed: ErrJournalTrimmed,
+	CodeStreamFull:     ErrStreamFull,
 }
 
 // Sentinel returns the sentinel error of code c, or nil for CodeOK and
@@ -154,6 +160,22 @@ func (e *NotOwnerError) Error() string {
 
 // Is matches ErrNotOwner.
 func (e *NotOwnerError) Is(target error) bool { return target == ErrNotOwner }
+
+// TrimmedError says that a journal read asked Partition for a position
+// older than the oldest it retains (Oldest): the events in between are
+// gone. It matches ErrJournalTrimmed.
+type TrimmedError struct {
+	Partition int
+	Asked     uint64
+	Oldest    uint64
+}
+
+func (e *TrimmedError) Error() string {
+	return fmt.Sprintf("%v: partition %d asked from %d, oldest retained %d", ErrJournalTrimmed, e.Partition, e.Asked, e.Oldest)
+}
+
+// Is matches ErrJournalTrimmed.
+func (e *TrimmedError) Is(target error) bool { return target == ErrJournalTrimmed }
 
 // Retryable reports whether a request that failed with err may be sent again
 // (after a table refresh) without the caller's help. Mutations are only

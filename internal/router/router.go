@@ -35,6 +35,7 @@ type Executor interface {
 	ExecStep(ctx context.Context, req *wire.StepRequest) (wire.StepResponse, error)
 	ExecStepParts(ctx context.Context, req *wire.StepPartsRequest) (*wire.StepPartsResponse, error)
 	ExecCall(ctx context.Context, req *wire.CallRequest) (*wire.CallResponse, error)
+	ExecJournal(ctx context.Context, req *wire.JournalRequest) (*wire.JournalResponse, error)
 }
 
 // Config wires a Router to its table and connections.

@@ -28,6 +28,7 @@ const (
 	MsgStep       uint8 = 19 // StepRequest -> StepResponse: run a named function at a partition's primary
 	MsgStepParts  uint8 = 20 // StepPartsRequest -> StepPartsResponse: one task per listed partition
 	MsgCall       uint8 = 21 // CallRequest -> CallResponse: run a named member function (broadcast)
+	MsgJournal    uint8 = 22 // JournalRequest -> JournalResponse: read partitions' journals from positions
 )
 
 // Map operations carried by MapRequest.Op.
@@ -290,6 +291,7 @@ const (
 	MutSet    uint8 = 1
 	MutDelete uint8 = 2
 	MutClear  uint8 = 3 // clears Map
+	MutExpire uint8 = 4 // deletes Key because its TTL passed (the primary's expiry)
 )
 
 // Mutation is one change inside a replicated record.
@@ -310,6 +312,8 @@ type Record struct {
 	Muts     []Mutation
 	Session  Session
 	Result   MapResponse
+	Epoch    uint64 // the epoch of the primary that wrote it
+	Time     int64  // the writing primary's clock, unix nanoseconds
 }
 
 // ReplicateRequest ships one record from a partition's primary to a backup.
@@ -361,6 +365,9 @@ type SnapshotChunk struct {
 	Entries   []SnapEntry
 	Sessions  []SnapSession
 	From      string // the sending primary's member name
+	// Journal is a piece of the partition's retained journal, oldest
+	// first, every record at or below LSN.
+	Journal []JournalRecord
 }
 
 // SyncedReport tells the authority's leader that Node (incarnation ID)

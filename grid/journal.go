@@ -1,0 +1,176 @@
+package grid
+
+import (
+	"github.com/collocate/grid/internal/wire"
+)
+
+// This file is a partition's journal: the records it applied, kept with
+// their positions (LSNs) after replication, so that listeners, streams
+// and processors can read the partition's history from a position, and a
+// replica that fell behind can be sent the missing tail.
+//
+// Every replica appends the same records in the same order (the primary
+// when it commits a record, a backup when it applies it, a snapshot's
+// receiver from the journal the snapshot carries), so a position names the
+// same record on every replica and survives a failover. Retention is
+// bounded per partition by records and bytes (Config.JournalRecords,
+// JournalBytes); the oldest records go first. Each record keeps its
+// events: what each mutation did to its entry (added, updated, removed,
+// expired, cleared) with the new value and the old one. Values are shared
+// with the map, not copied: an old value stays alive while its record is
+// retained, and counts against the byte bound.
+
+// journalRecordOverhead over-estimates a retained record's fixed cost.
+const journalRecordOverhead = 64
+
+// journalEventOverhead over-estimates a retained event's fixed cost.
+const journalEventOverhead = 48
+
+// journal is a partition's retained records, oldest first. Guarded by the
+// partition's mu.
+type journal struct {
+	recs  []wire.JournalRecord // recs[head:] are retained, in LSN order
+	head  int
+	bytes int
+	// trimmed is the highest position dropped (or below which this
+	// replica never held records): the oldest retained is trimmed+1.
+	trimmed  uint64
+	maxRecs  int
+	maxBytes int
+}
+
+func newJournal(maxRecs, maxBytes int) journal {
+	return journal{maxRecs: maxRecs, maxBytes: maxBytes}
+}
+
+// len is the number of retained records.
+func (j *journal) len() int { return len(j.recs) - j.head }
+
+// oldest is the oldest position a reader may ask for.
+func (j *journal) oldest() uint64 { return j.trimmed + 1 }
+
+// retained returns the retained records, oldest first (not a copy).
+func (j *journal) retained() []wire.JournalRecord { return j.recs[j.head:] }
+
+func recordSize(r *wire.JournalRecord) int {
+	n := journalRecordOverhead
+	for i := range r.Events {
+		e := &r.Events[i]
+		n += journalEventOverhead + len(e.Map) + len(e.Key) + len(e.Value) + len(e.Old)
+	}
+	return n
+}
+
+// append retains r, whose LSN must follow the last retained one (a gap
+// restarts the journal at r), then drops the oldest records beyond the
+// bounds.
+func (j *journal) append(r wire.JournalRecord) {
+	if n := j.len(); n > 0 && j.recs[len(j.recs)-1].LSN+1 != r.LSN || n == 0 && j.trimmed+1 != r.LSN {
+		j.restart(r.LSN - 1)
+	}
+	j.recs = append(j.recs, r)
+	j.bytes += recordSize(&j.recs[len(j.recs)-1])
+	j.trim()
+}
+
+// trim drops the oldest records beyond the bounds, and compacts the slice
+// once half of it is dropped records.
+func (j *journal) trim() {
+	// The newest record stays whatever its size: it is bounded by the
+	// record size limits, and a reader must be able to get past it.
+	for j.len() > 1 && (j.len() > j.maxRecs || j.bytes > j.maxBytes) {
+		r := &j.recs[j.head]
+		j.bytes -= recordSize(r)
+		j.trimmed = r.LSN
+		*r = wire.JournalRecord{} // release its values
+		j.head++
+	}
+	if j.head > 0 && j.head >= len(j.recs)/2 {
+		n := copy(j.recs, j.recs[j.head:])
+		clear(j.recs[n:])
+		j.recs = j.recs[:n]
+		j.head = 0
+	}
+}
+
+// restart empties the journal: the next record retained is at after+1.
+func (j *journal) restart(after uint64) {
+	clear(j.recs)
+	j.recs = j.recs[:0]
+	j.head, j.bytes, j.trimmed = 0, 0, after
+}
+
+// from returns the retained records at positions >= pos and <= upTo, at
+// most max of them (not a copy), and whether pos is still retained
+// (false: it was dropped; see oldest).
+func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalRecord, bool) {
+	if pos <= j.trimmed {
+		return nil, false
+	}
+	recs := j.retained()
+	if len(recs) == 0 || pos > recs[len(recs)-1].LSN {
+		return nil, true
+	}
+	i := int(pos - recs[0].LSN)
+	end := len(recs)
+	for end > i && recs[end-1].LSN > upTo {
+		end--
+	}
+	if end-i > max {
+		end = i + max
+	}
+	return recs[i:end], true
+}
+
+// install replaces the journal with recs (a snapshot's), oldest first,
+// ending at position last: the snapshot's LSN.
+func (j *journal) install(recs []wire.JournalRecord, last uint64) {
+	if len(recs) == 0 || recs[len(recs)-1].LSN != last {
+		j.restart(last)
+		return
+	}
+	j.restart(recs[0].LSN - 1)
+	for _, r := range recs {
+		j.append(r)
+	}
+}
+
+// withoutOldValues returns r with its events' old values left out.
+func withoutOldValues(r wire.JournalRecord) wire.JournalRecord {
+	evs := make([]wire.JournalEvent, len(r.Events))
+	copy(evs, r.Events)
+	for i := range evs {
+		evs[i].Old = nil
+	}
+	r.Events = evs
+	return r
+}
+
+// eventOf is the journal event of mutation mu, given the entry it
+// replaced or removed (nil: none). ok is false when mu changed nothing.
+func eventOf(mu *wire.Mutation, old *entry) (ev wire.JournalEvent, ok bool) {
+	ev = wire.JournalEvent{Map: mu.Map, Key: mu.Key}
+	if old != nil {
+		ev.Old = old.value
+	}
+	switch mu.Kind {
+	case wire.MutSet:
+		ev.Kind, ev.Value, ev.ExpireAt = wire.EventAdded, mu.Value, mu.ExpireAt
+		if old != nil {
+			ev.Kind = wire.EventUpdated
+		}
+	case wire.MutDelete, wire.MutExpire:
+		if old == nil {
+			return ev, false
+		}
+		ev.Kind = wire.EventRemoved
+		if mu.Kind == wire.MutExpire {
+			ev.Kind = wire.EventExpired
+		}
+	case wire.MutClear:
+		ev.Kind = wire.EventCleared
+	default:
+		return ev, false
+	}
+	return ev, true
+}

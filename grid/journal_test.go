@@ -1,0 +1,172 @@
+package grid
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// Unit tests of the partition journal (journal.go, journalread.go).
+
+func setRec(lsn uint64, key, val string) *wire.Record {
+	return &wire.Record{LSN: lsn, Epoch: 1, Time: 1, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: key, Value: []byte(val)}}}
+}
+
+func TestJournalKeepsItsBounds(t *testing.T) {
+	j := newJournal(10, 1<<20)
+	for lsn := uint64(1); lsn <= 25; lsn++ {
+		j.append(wire.JournalRecord{LSN: lsn, Events: []wire.JournalEvent{{Kind: wire.EventAdded, Map: "m", Key: "k", Value: []byte("v")}}})
+	}
+	if j.len() != 10 || j.oldest() != 16 {
+		t.Fatalf("len %d oldest %d, want 10 and 16", j.len(), j.oldest())
+	}
+	if _, ok := j.from(15, 100, 100); ok {
+		t.Fatal("a dropped position was answered")
+	}
+	recs, ok := j.from(16, 20, 100)
+	if !ok || len(recs) != 5 || recs[0].LSN != 16 || recs[4].LSN != 20 {
+		t.Fatalf("from(16, up to 20): %d records, ok %v", len(recs), ok)
+	}
+	if recs, ok := j.from(26, 30, 100); !ok || len(recs) != 0 {
+		t.Fatalf("from the next position: %d records, ok %v", len(recs), ok)
+	}
+	if recs, _ := j.from(16, 25, 3); len(recs) != 3 {
+		t.Fatalf("max 3: %d records", len(recs))
+	}
+
+	// Bytes: a big record pushes older ones out, but the newest stays.
+	b := newJournal(100, 1000)
+	b.append(wire.JournalRecord{LSN: 1, Events: []wire.JournalEvent{{Value: make([]byte, 400)}}})
+	b.append(wire.JournalRecord{LSN: 2, Events: []wire.JournalEvent{{Value: make([]byte, 400)}}})
+	b.append(wire.JournalRecord{LSN: 3, Events: []wire.JournalEvent{{Value: make([]byte, 5000)}}})
+	if b.len() != 1 || b.oldest() != 3 || b.bytes > 6000 {
+		t.Fatalf("len %d oldest %d bytes %d, want only the newest", b.len(), b.oldest(), b.bytes)
+	}
+
+	// A gap in positions restarts the journal at the new record.
+	b.append(wire.JournalRecord{LSN: 10})
+	if b.len() != 1 || b.oldest() != 10 {
+		t.Fatalf("after a gap: len %d oldest %d", b.len(), b.oldest())
+	}
+}
+
+// Each mutation's event says what it did to the entry, with the old
+// value; a delete of a missing key keeps its position with no event.
+func TestJournalEventsOfEachKind(t *testing.T) {
+	p := newPartition(0, time.Second)
+	now := time.Now().UnixNano()
+	recs := []*wire.Record{
+		{LSN: 1, Time: now, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "a", Value: []byte("1")}}},
+		{LSN: 2, Time: now, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "a", Value: []byte("2")}}},
+		{LSN: 3, Time: now, Muts: []wire.Mutation{{Kind: wire.MutDelete, Map: "m", Key: "a"}}},
+		{LSN: 4, Time: now, Muts: []wire.Mutation{{Kind: wire.MutDelete, Map: "m", Key: "missing"}}},
+		{LSN: 5, Time: now, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "t", Value: []byte("x"), ExpireAt: now - 1}}},
+		{LSN: 6, Time: now, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "t", Value: []byte("y"), ExpireAt: now + int64(time.Hour)}}},
+		{LSN: 7, Time: now, Muts: []wire.Mutation{{Kind: wire.MutExpire, Map: "m", Key: "t"}}},
+		{LSN: 8, Time: now, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "b", Value: []byte("3")}, {Kind: wire.MutClear, Map: "m"}}},
+	}
+	for _, r := range recs {
+		p.applyRecord(r, now)
+	}
+	type ev struct {
+		lsn      uint64
+		kind     uint8
+		key      string
+		val, old string
+	}
+	var got []ev
+	for _, r := range p.journal.retained() {
+		for _, e := range r.Events {
+			got = append(got, ev{r.LSN, e.Kind, e.Key, string(e.Value), string(e.Old)})
+		}
+	}
+	want := []ev{
+		{1, wire.EventAdded, "a", "1", ""},
+		{2, wire.EventUpdated, "a", "2", "1"},
+		{3, wire.EventRemoved, "a", "", "2"},
+		{5, wire.EventAdded, "t", "x", ""},
+		{6, wire.EventAdded, "t", "y", ""}, // over an expired value: added
+		{7, wire.EventExpired, "t", "", "y"},
+		{8, wire.EventAdded, "b", "3", ""},
+		{8, wire.EventCleared, "", "", ""},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("events:\n got %v\nwant %v", got, want)
+	}
+	if p.journal.len() != 8 {
+		t.Fatalf("%d records retained, want 8 (the no-op delete keeps its position)", p.journal.len())
+	}
+}
+
+// A snapshot carries the journal: the filled replica answers the same
+// positions as its primary, even across many small chunks.
+func TestSnapshotCarriesTheJournal(t *testing.T) {
+	p := newPartition(0, time.Second)
+	p.journal = newJournal(50, 1<<20)
+	for i := range 120 {
+		p.applyRecord(setRec(uint64(i+1), fmt.Sprint(i%30), fmt.Sprint(i)), 1)
+	}
+	p.epoch = 1
+	chunks := p.snapshot("a", 512, 1)
+	if len(chunks) < 3 {
+		t.Fatalf("%d chunks: the test wants the journal cut across chunks", len(chunks))
+	}
+	q := newPartition(0, time.Second)
+	q.journal = newJournal(50, 1<<20)
+	for i := range chunks {
+		if _, err := q.receiveChunk(nil, &chunks[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !reflect.DeepEqual(q.journal.retained(), p.journal.retained()) || q.journal.oldest() != p.journal.oldest() {
+		t.Fatalf("installed journal: %d records from %d; primary %d from %d", q.journal.len(), q.journal.oldest(), p.journal.len(), p.journal.oldest())
+	}
+	// The next record follows on.
+	q.applyRecord(setRec(121, "x", "y"), 1)
+	if q.journal.len() != 50 || q.journal.oldest() != 72 {
+		t.Fatalf("after the next record: len %d oldest %d", q.journal.len(), q.journal.oldest())
+	}
+}
+
+// A primary answers only committed records, a position it no longer
+// retains with its oldest one, and one beyond its history explicitly.
+func TestReadJournalAnswersCommittedRecordsOnly(t *testing.T) {
+	p := newPartition(3, time.Second)
+	p.journal = newJournal(10, 1<<20)
+	p.role, p.epoch = rolePrimary, 1
+	for i := range 30 {
+		p.applyRecord(setRec(uint64(i+1), "k", fmt.Sprint(i)), 1)
+	}
+	p.commit = 25
+	budget := 1 << 20
+	var out wire.JournalPart
+	if err := p.readJournal(21, "", 100, &budget, &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Records) != 5 || out.Records[0].LSN != 21 || out.Next != 26 {
+		t.Fatalf("%d records, next %d; want 21..25, next 26", len(out.Records), out.Next)
+	}
+	if err := p.readJournal(0, "", 100, &budget, &out); err != nil || out.Next != 26 || len(out.Records) != 0 {
+		t.Fatalf("from now: next %d, %d records, %v", out.Next, len(out.Records), err)
+	}
+	err := p.readJournal(5, "", 100, &budget, &out)
+	var te *api.TrimmedError
+	if !errors.As(err, &te) || te.Oldest != 21 || out.Oldest != 21 {
+		t.Fatalf("trimmed position: %v (oldest %d)", err, out.Oldest)
+	}
+	if err := p.readJournal(40, "", 100, &budget, &out); !errors.Is(err, api.ErrJournalTrimmed) {
+		t.Fatalf("a position beyond the history: %v", err)
+	}
+	if err := p.readJournal(21, "other", 100, &budget, &out); err != nil || len(out.Records) != 0 || out.Next != 26 {
+		t.Fatalf("another map's events: %d records, next %d, %v", len(out.Records), out.Next, err)
+	}
+	p.role = roleBackup
+	if err := p.readJournal(21, "", 100, &budget, &out); !errors.Is(err, api.ErrNotOwner) && !errors.Is(err, api.ErrUnavailable) {
+		t.Fatalf("a backup answered: %v", err)
+	}
+}

@@ -1,0 +1,67 @@
+package wire
+
+// Journal event kinds: what a mutation did to its map entry.
+const (
+	EventAdded   uint8 = 1 // a key that held nothing was set
+	EventUpdated uint8 = 2 // a key that held a value was set
+	EventRemoved uint8 = 3 // a key was deleted
+	EventExpired uint8 = 4 // a key was deleted because its TTL passed
+	EventCleared uint8 = 5 // the whole map was cleared
+)
+
+// JournalEvent is one change of a journal record.
+type JournalEvent struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Kind     uint8
+	Map      string
+	Key      string
+	Value    []byte // the new value (added, updated)
+	Old      []byte // the value it replaced or removed, if any
+	ExpireAt int64
+}
+
+// JournalRecord is one record of a partition's journal: the changes one
+// replicated record made, at position LSN, written by the primary of
+// Epoch at Time (unix nanoseconds). Records that changed nothing (a
+// delete of a missing key) keep their position with no events.
+type JournalRecord struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	LSN      uint64
+	Epoch    uint64
+	Time     int64
+	Events   []JournalEvent
+}
+
+// JournalRequest reads journal records from partitions led by the member it
+// is sent to (MsgJournal). From[i] is the next position wanted in
+// Partitions[i]. Map limits events to one map ("" all; records without
+// events of Map are skipped but advance Next). The answer waits up to
+// Wait nanoseconds (capped by the member) for a committed record when
+// none is there yet.
+type JournalRequest struct {
+	_msgpack   struct{} `msgpack:",as_array"`
+	Version    uint64
+	Partitions []int32
+	From       []uint64
+	Map        string
+	Max        int32 // records per partition; 0: the member's default
+	Wait       int64
+}
+
+// JournalPart is one partition's answer: its committed records from the
+// position asked (Next is the position to ask next), the oldest retained
+// position, or an error (ErrJournalTrimmed names Oldest).
+type JournalPart struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Records  []JournalRecord
+	Next     uint64
+	Oldest   uint64
+	Epoch    uint64 // the primary's epoch when it answered
+	Err      ErrorBody
+}
+
+// JournalResponse answers a JournalRequest, one part per partition asked.
+type JournalResponse struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Parts    []JournalPart
+}

@@ -70,6 +70,10 @@ type (
 	// TrimmedError says which positions a partition's journal no longer
 	// retains.
 	TrimmedError = api.TrimmedError
+	// StreamEvent is one event of a stream.
+	StreamEvent = api.StreamEvent
+	// Consumer is a consumer group's reader of a stream.
+	Consumer = api.Consumer
 )
 
 // Map change kinds.
@@ -268,6 +272,33 @@ func (c *Client) Listen(ctx context.Context, l *Listener) error { return c.route
 // record: as a Listener's Positions, it hears exactly the changes
 // committed after this call.
 func (c *Client) JournalEnds(ctx context.Context) ([]uint64, error) { return c.router.JournalEnds(ctx) }
+
+// Publish appends event to stream at key's partition (ordered within the
+// partition, replicated like any write) and returns its position there.
+// When the stream's retention there is full of events a consumer group has
+// not committed, it fails with ErrStreamFull and applies nothing.
+func (c *Client) Publish(ctx context.Context, stream, key string, event []byte) (uint64, error) {
+	return c.router.Publish(ctx, stream, key, event)
+}
+
+// ReadStream returns up to max (0: a default) committed events of stream
+// in partition part from position from, and the position to read next. A
+// position older than the partition retains fails with a *TrimmedError
+// naming the oldest.
+func (c *Client) ReadStream(ctx context.Context, stream string, part int, from uint64, max int) ([]StreamEvent, uint64, error) {
+	return c.router.ReadStream(ctx, stream, part, from, max)
+}
+
+// Consume runs consumer group con.Group on con.Stream until ctx ends or
+// con.Handle fails, with at-least-once delivery and positions committed in
+// the grid (api.Consumer).
+func (c *Client) Consume(ctx context.Context, con *Consumer) error { return c.router.Consume(ctx, con) }
+
+// DeleteGroup removes a consumer group from every partition of stream, so
+// that it no longer holds back the stream's retention.
+func (c *Client) DeleteGroup(ctx context.Context, stream, group string) error {
+	return c.router.DeleteGroup(ctx, stream, group)
+}
 
 // Map returns the map named name. With WithNearCache, Get is served from a
 // client-side cache kept coherent by the members' invalidations; creating

@@ -56,6 +56,9 @@ func (p *partition) notOwner() error {
 }
 
 func checkKey(req *wire.MapRequest, partitions int) error {
+	if req.Op == wire.OpGroupSet {
+		return nil // a group's position is per partition, named by Partition
+	}
 	if want := affinity.Partition(req.Key, partitions); want != int(req.Partition) {
 		return fmt.Errorf("%w: key %q belongs to partition %d, not %d", api.ErrBadRequest, req.Key, want, req.Partition)
 	}
@@ -74,7 +77,7 @@ func (n *Node) checkSize(muts []wire.Mutation, result *wire.MapResponse) error {
 	for i := range muts {
 		mu := &muts[i]
 		sz := len(mu.Map) + len(mu.Key) + len(mu.Value)
-		if mu.Kind == wire.MutSet && sz > n.cfg.MaxValueSize {
+		if (mu.Kind == wire.MutSet || mu.Kind == wire.MutPublish) && sz > n.cfg.MaxValueSize {
 			return fmt.Errorf("%w: entry of %d bytes (map %q, max %d)", api.ErrValueTooLarge, sz, mu.Map, n.cfg.MaxValueSize)
 		}
 		total += sz + 32
@@ -269,6 +272,12 @@ func decide(p *partition, req *wire.MapRequest, now int64) (wire.MapResponse, []
 		return []wire.Mutation{{Kind: wire.MutSet, Map: req.Map, Key: req.Key, Value: v, ExpireAt: exp}}
 	}
 	del := []wire.Mutation{{Kind: wire.MutDelete, Map: req.Map, Key: req.Key}}
+	switch req.Op {
+	case wire.OpPublish:
+		return p.decidePublish(req)
+	case wire.OpGroupSet:
+		return p.decideGroup(req)
+	}
 	e := p.get(req.Map, req.Key, now)
 	switch req.Op {
 	case wire.OpPut:

@@ -1,6 +1,8 @@
 package grid
 
 import (
+	"sort"
+
 	"github.com/collocate/grid/internal/wire"
 )
 
@@ -27,7 +29,8 @@ const journalRecordOverhead = 64
 const journalEventOverhead = 48
 
 // journal is a partition's retained records, oldest first. Guarded by the
-// partition's mu.
+// partition's mu. A stream's events (stream.go) are kept in one too, with
+// sparse positions and a floor below which nothing may be dropped.
 type journal struct {
 	recs  []wire.JournalRecord // recs[head:] are retained, in LSN order
 	head  int
@@ -37,6 +40,11 @@ type journal struct {
 	trimmed  uint64
 	maxRecs  int
 	maxBytes int
+	// sparse: positions need not follow each other (a stream's events).
+	sparse bool
+	// protect, if not 0: records at or above it are never dropped (the
+	// lowest position a stream's consumer groups have not committed).
+	protect uint64
 }
 
 func newJournal(maxRecs, maxBytes int) journal {
@@ -65,7 +73,12 @@ func recordSize(r *wire.JournalRecord) int {
 // restarts the journal at r), then drops the oldest records beyond the
 // bounds.
 func (j *journal) append(r wire.JournalRecord) {
-	if n := j.len(); n > 0 && j.recs[len(j.recs)-1].LSN+1 != r.LSN || n == 0 && j.trimmed+1 != r.LSN {
+	switch n := j.len(); {
+	case j.sparse:
+		if n > 0 && j.recs[len(j.recs)-1].LSN >= r.LSN || r.LSN <= j.trimmed {
+			j.restart(r.LSN - 1)
+		}
+	case n > 0 && j.recs[len(j.recs)-1].LSN+1 != r.LSN, n == 0 && j.trimmed+1 != r.LSN:
 		j.restart(r.LSN - 1)
 	}
 	j.recs = append(j.recs, r)
@@ -80,6 +93,9 @@ func (j *journal) trim() {
 	// record size limits, and a reader must be able to get past it.
 	for j.len() > 1 && (j.len() > j.maxRecs || j.bytes > j.maxBytes) {
 		r := &j.recs[j.head]
+		if j.protect != 0 && r.LSN >= j.protect {
+			break // not yet committed by every consumer group
+		}
 		j.bytes -= recordSize(r)
 		j.trimmed = r.LSN
 		*r = wire.JournalRecord{} // release its values
@@ -111,7 +127,7 @@ func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalRecord, bool) {
 	if len(recs) == 0 || pos > recs[len(recs)-1].LSN {
 		return nil, true
 	}
-	i := int(pos - recs[0].LSN)
+	i := sort.Search(len(recs), func(i int) bool { return recs[i].LSN >= pos })
 	end := len(recs)
 	for end > i && recs[end-1].LSN > upTo {
 		end--
@@ -125,7 +141,7 @@ func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalRecord, bool) {
 // install replaces the journal with recs (a snapshot's), oldest first,
 // ending at position last: the snapshot's LSN.
 func (j *journal) install(recs []wire.JournalRecord, last uint64) {
-	if len(recs) == 0 || recs[len(recs)-1].LSN != last {
+	if len(recs) == 0 || !j.sparse && recs[len(recs)-1].LSN != last {
 		j.restart(last)
 		return
 	}

@@ -170,3 +170,70 @@ func TestReadJournalAnswersCommittedRecordsOnly(t *testing.T) {
 		t.Fatalf("a backup answered: %v", err)
 	}
 }
+
+func pubRec(lsn uint64, stream, key string, size int) *wire.Record {
+	return &wire.Record{LSN: lsn, Epoch: 1, Time: 1, Muts: []wire.Mutation{{Kind: wire.MutPublish, Map: stream, Key: key, Value: make([]byte, size)}}}
+}
+
+func groupRec(lsn uint64, stream, group string, pos uint64) *wire.Record {
+	mu := wire.Mutation{Kind: wire.MutGroup, Map: stream, Key: group}
+	if pos > 0 {
+		mu.Value = wire.EncodePos(pos)
+	}
+	return &wire.Record{LSN: lsn, Epoch: 1, Time: 1, Muts: []wire.Mutation{mu}}
+}
+
+// A stream drops its oldest events past its bounds, but never one a
+// consumer group has not committed: the publish is refused instead, until
+// the group commits or is deleted.
+func TestStreamRetentionWaitsForGroups(t *testing.T) {
+	p := newPartition(0, time.Second)
+	p.streamRecs = 4
+	lsn := uint64(0)
+	next := func(r func(uint64) *wire.Record) { lsn++; p.applyRecord(r(lsn), 1) }
+	for range 6 {
+		next(func(l uint64) *wire.Record { return pubRec(l, "s", "k", 10) })
+	}
+	s := p.logs["s"]
+	if s.events.len() != 4 || s.events.oldest() != 3 {
+		t.Fatalf("without groups: %d events from %d, want 4 from 3", s.events.len(), s.events.oldest())
+	}
+	next(func(l uint64) *wire.Record { return groupRec(l, "s", "g", 5) }) // g still wants 5 and 6
+	req := &wire.MapRequest{Op: wire.OpPublish, Map: "s", Key: "k", Value: make([]byte, 10)}
+	if _, _, err := p.decidePublish(req); err != nil {
+		t.Fatalf("4 events, 2 committed by g: room for one more by dropping 3: %v", err)
+	}
+	next(func(l uint64) *wire.Record { return pubRec(l, "s", "k", 10) }) // lsn 8
+	next(func(l uint64) *wire.Record { return pubRec(l, "s", "k", 10) }) // lsn 9: drops 4
+	if s.events.oldest() != 5 {
+		t.Fatalf("oldest %d, want 5", s.events.oldest())
+	}
+	if _, _, err := p.decidePublish(req); !errors.Is(err, api.ErrStreamFull) {
+		t.Fatalf("every kept event uncommitted by g: %v", err)
+	}
+	next(func(l uint64) *wire.Record { return groupRec(l, "s", "g", 9) }) // g committed up to 8
+	if _, _, err := p.decidePublish(req); err != nil {
+		t.Fatalf("after g's commit: %v", err)
+	}
+	next(func(l uint64) *wire.Record { return groupRec(l, "s", "g", 0) }) // g deleted
+	if s.events.protect != 0 {
+		t.Fatalf("protect %d after the group left", s.events.protect)
+	}
+
+	// The stream, its trim point and its groups travel in a snapshot.
+	next(func(l uint64) *wire.Record { return groupRec(l, "s", "h", 6) })
+	p.epoch = 1
+	q := newPartition(0, time.Second)
+	q.streamRecs = 4
+	chunks := p.snapshot("a", 256, 1)
+	for i := range chunks {
+		if _, err := q.receiveChunk(nil, &chunks[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qs := q.logs["s"]
+	if qs == nil || !reflect.DeepEqual(qs.events.retained(), s.events.retained()) || qs.events.oldest() != s.events.oldest() ||
+		!reflect.DeepEqual(qs.groups, s.groups) || qs.events.protect != 6 {
+		t.Fatalf("installed stream differs: %+v vs %+v", qs, s)
+	}
+}

@@ -104,7 +104,11 @@ func (n *Node) readJournals(req *wire.JournalRequest, resp *wire.JournalResponse
 			waiting[i] = false
 		}
 		err := leaseErr
-		if err == nil {
+		switch {
+		case err != nil:
+		case req.Stream:
+			err = p.readStream(req.From[i], req.Map, req.Group, limit, &budget, part)
+		default:
 			err = p.readJournal(req.From[i], req.Map, limit, &budget, part)
 		}
 		if err != nil {

@@ -38,6 +38,10 @@ type (
 	// TrimmedError says which positions a partition's journal no longer
 	// retains.
 	TrimmedError = api.TrimmedError
+	// StreamEvent is one event of a stream.
+	StreamEvent = api.StreamEvent
+	// Consumer is a consumer group's reader of a stream.
+	Consumer = api.Consumer
 )
 
 // Map change kinds.
@@ -176,4 +180,31 @@ func NewTyped[K comparable, V any](m Map) *Typed[K, V] { return api.NewTyped[K, 
 // NewTypedCodec returns a typed view of m with a value codec of your own.
 func NewTypedCodec[K comparable, V any](m Map, codec Codec[V]) *Typed[K, V] {
 	return api.NewTypedCodec[K, V](m, codec)
+}
+
+// Publish appends event to stream at key's partition (ordered within the
+// partition, replicated like any write) and returns its position there.
+// When the stream's retention there is full of events a consumer group has
+// not committed, it fails with ErrStreamFull and applies nothing.
+func (n *Node) Publish(ctx context.Context, stream, key string, event []byte) (uint64, error) {
+	return n.router.Publish(ctx, stream, key, event)
+}
+
+// ReadStream returns up to max (0: a default) committed events of stream
+// in partition part from position from, and the position to read next. A
+// position older than the partition retains fails with a *TrimmedError
+// naming the oldest.
+func (n *Node) ReadStream(ctx context.Context, stream string, part int, from uint64, max int) ([]StreamEvent, uint64, error) {
+	return n.router.ReadStream(ctx, stream, part, from, max)
+}
+
+// Consume runs consumer group con.Group on con.Stream until ctx ends or
+// con.Handle fails, with at-least-once delivery and positions committed in
+// the grid (api.Consumer).
+func (n *Node) Consume(ctx context.Context, con *Consumer) error { return n.router.Consume(ctx, con) }
+
+// DeleteGroup removes a consumer group from every partition of stream, so
+// that it no longer holds back the stream's retention.
+func (n *Node) DeleteGroup(ctx context.Context, stream, group string) error {
+	return n.router.DeleteGroup(ctx, stream, group)
 }

@@ -93,6 +93,12 @@ type Config struct {
 	// Defaults DefaultJournalRecords and DefaultJournalBytes.
 	JournalRecords int
 	JournalBytes   int
+	// StreamRecords and StreamBytes bound each stream in each partition
+	// (stream.go); a publish that would drop an event a consumer group
+	// has not committed fails with ErrStreamFull. Defaults
+	// DefaultStreamRecords and DefaultStreamBytes.
+	StreamRecords int
+	StreamBytes   int
 	// Functions, if set, are installed before the node serves (see
 	// SetFunctions, which may replace them later). Optional.
 	Functions Functions
@@ -126,6 +132,8 @@ func DefaultConfig() Config {
 		MaxRunningFunctions: 1024,
 		JournalRecords:      DefaultJournalRecords,
 		JournalBytes:        DefaultJournalBytes,
+		StreamRecords:       DefaultStreamRecords,
+		StreamBytes:         DefaultStreamBytes,
 	}
 }
 
@@ -156,8 +164,8 @@ func (c *Config) Validate() error {
 		return errors.New("grid: ExpiryInterval, SessionIdle and MaxStepTime must be positive")
 	case c.MaxRunningFunctions < 1:
 		return errors.New("grid: MaxRunningFunctions must be positive")
-	case c.JournalRecords < 1 || c.JournalBytes < 1:
-		return errors.New("grid: JournalRecords and JournalBytes must be positive")
+	case c.JournalRecords < 1 || c.JournalBytes < 1 || c.StreamRecords < 1 || c.StreamBytes < 1:
+		return errors.New("grid: JournalRecords, JournalBytes, StreamRecords and StreamBytes must be positive")
 	case c.RPCAddr == "" || c.GossipAddr == "":
 		return errors.New("grid: RPCAddr and GossipAddr are required")
 	}
@@ -252,6 +260,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.JournalBytes == 0 {
 		cfg.JournalBytes = def.JournalBytes
 	}
+	if cfg.StreamRecords == 0 {
+		cfg.StreamRecords = def.StreamRecords
+	}
+	if cfg.StreamBytes == 0 {
+		cfg.StreamBytes = def.StreamBytes
+	}
 	if cfg.ExpiryInterval == 0 {
 		cfg.ExpiryInterval = def.ExpiryInterval
 	}
@@ -296,6 +310,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)
 		n.parts[i].journal = newJournal(cfg.JournalRecords, cfg.JournalBytes)
 		n.parts[i].jwake = &n.jwake
+		n.parts[i].streamRecs, n.parts[i].streamBytes = cfg.StreamRecords, cfg.StreamBytes
 	}
 	srv, err := transport.Listen(cfg.RPCAddr, n, cfg.MaxFrame, n.log)
 	if err != nil {

@@ -163,6 +163,10 @@ type partition struct {
 	// commit; jwake wakes them (journalread.go).
 	jwaiters int
 	jwake    *journalWake
+	// logs are the partition's streams and consumer groups (stream.go),
+	// each bounded by streamRecs events and streamBytes bytes.
+	logs                    map[string]*streamLog
+	streamRecs, streamBytes int
 
 	// From the installed table.
 	role    role
@@ -224,6 +228,10 @@ func newPartition(id int, maxWait time.Duration) *partition {
 		mapLSN:   map[string]uint64{},
 		stepSem:  make(chan struct{}, 1),
 		journal:  newJournal(DefaultJournalRecords, DefaultJournalBytes),
+
+		logs:        map[string]*streamLog{},
+		streamRecs:  DefaultStreamRecords,
+		streamBytes: DefaultStreamBytes,
 	}
 }
 
@@ -244,6 +252,7 @@ func (p *partition) reset() {
 	p.commit = 0
 	p.ready = 0
 	p.journal.restart(0)
+	p.logs = map[string]*streamLog{}
 }
 
 func (p *partition) get(m, k string, now int64) *entry {
@@ -309,6 +318,10 @@ func (p *partition) applyRecord(rec *wire.Record, now int64) {
 	jr := wire.JournalRecord{LSN: rec.LSN, Epoch: rec.Epoch, Time: rec.Time}
 	for i := range rec.Muts {
 		mu := &rec.Muts[i]
+		if isStreamMut(mu.Kind) {
+			p.applyStreamMut(mu, rec.LSN, rec.Time)
+			continue
+		}
 		old := p.applyMut(mu, rec.LSN)
 		if mu.Kind == wire.MutSet && old != nil && !old.live(rec.Time) {
 			// It had expired (not yet removed): the set adds the key.

@@ -142,6 +142,7 @@ type incomingSnapshot struct {
 	conn       *transport.Conn
 	data       *partition // only its data fields are used
 	journal    []wire.JournalRecord
+	logs       map[string]*streamLog
 }
 
 func (n *Node) handleSnapshot(c *transport.Conn, f wire.Frame) {
@@ -189,6 +190,10 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	}
 	d := in.data
 	in.journal = append(in.journal, ch.Journal...)
+	if in.logs == nil {
+		in.logs = map[string]*streamLog{}
+	}
+	p.receiveStreams(in.logs, ch.Streams)
 	if extra := len(in.journal) - p.journal.maxRecs; extra > 0 {
 		// More than this replica retains: keep the newest.
 		in.journal = append(in.journal[:0], in.journal[extra:]...)
@@ -232,6 +237,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	p.commit, p.ready = 0, 0
 	p.lsn = ch.LSN
 	p.journal.install(in.journal, ch.LSN)
+	p.logs = in.logs
 	p.syncedEpoch = ch.Epoch
 	p.syncedConn = c
 	p.complete = true
@@ -316,6 +322,7 @@ func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotC
 			c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last})
 		}
 	}
+	c.streams(p)
 	for _, r := range p.journal.retained() {
 		size := recordSize(&r)
 		if size > limit {

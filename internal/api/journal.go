@@ -70,3 +70,30 @@ type Listener struct {
 	// Listen returns the *TrimmedError and Positions stay before the gap.
 	OnGap func(*TrimmedError) error
 }
+
+// StreamEvent is one event of a stream, at its position in its
+// partition (the position of the record that published it: positions of
+// one stream are increasing, not consecutive).
+type StreamEvent struct {
+	Stream    string
+	Partition int
+	Position  uint64
+	Key       string
+	Value     []byte
+	Time      time.Time // when the primary committed it
+}
+
+// Consumer is a consumer group's reader of a stream (Consume).
+type Consumer struct {
+	Stream string
+	Group  string
+	// Handle handles one event. Calls are serialized, each partition's
+	// events in order. An error ends Consume with it; the events handled
+	// since the group's last commit (in that partition, at most one
+	// batch) come again at the next Consume.
+	Handle func(StreamEvent) error
+	// Partitions limits the partitions this consumer reads (nil: all).
+	// Several consumers of one group must split the partitions between
+	// them: the grid does not assign them.
+	Partitions []int
+}

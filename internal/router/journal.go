@@ -44,10 +44,23 @@ type JournalBatch struct {
 // batch whose delivery failed is not counted. Follow returns when ctx ends
 // (ctx's error), the router closes, or deliver fails (its error).
 func (r *Router) Follow(ctx context.Context, m string, positions []uint64, deliver func(JournalBatch) error) error {
+	return r.follow(ctx, FollowSpec{Map: m}, positions, deliver)
+}
+
+// FollowSpec says what Follow reads.
+type FollowSpec struct {
+	Map    string // the map, or the stream
+	Stream bool   // read stream Map's events instead of the journal
+	// Parts limits the partitions followed (nil: all); positions of the
+	// others are left alone.
+	Parts []int32
+}
+
+func (r *Router) follow(ctx context.Context, spec FollowSpec, positions []uint64, deliver func(JournalBatch) error) error {
 	if len(positions) != r.cfg.Partitions {
 		return fmt.Errorf("%w: %d positions for %d partitions", api.ErrBadRequest, len(positions), r.cfg.Partitions)
 	}
-	f := &follower{r: r, m: m, pos: positions, deliver: deliver}
+	f := &follower{r: r, spec: spec, pos: positions, deliver: deliver}
 	for attempt := 0; ; attempt++ {
 		if r.closed() {
 			return api.ErrClosed
@@ -81,7 +94,7 @@ func (r *Router) Follow(ctx context.Context, m string, positions []uint64, deliv
 // follower is one Follow call's state.
 type follower struct {
 	r       *Router
-	m       string
+	spec    FollowSpec
 	pos     []uint64 // pos[p] is written by p's group loop only, read between rounds
 	deliver func(JournalBatch) error
 
@@ -95,7 +108,14 @@ type follower struct {
 func (f *follower) round(ctx context.Context, t *wire.Table) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	groups := groupByOwner(t, f.r.allParts())
+	parts := f.r.allParts()
+	if f.spec.Parts != nil {
+		parts = parts[:0]
+		for _, p := range f.spec.Parts {
+			parts = append(parts, partKeys{part: p})
+		}
+	}
+	groups := groupByOwner(t, parts)
 	errc := make(chan error, len(groups))
 	var wg sync.WaitGroup
 	for i := range groups {
@@ -113,7 +133,7 @@ func (f *follower) round(ctx context.Context, t *wire.Table) error {
 
 // follow long-polls g's primary until an error that needs a new round.
 func (f *follower) follow(ctx context.Context, t *wire.Table, g *nodeGroup) error {
-	req := wire.JournalRequest{Version: t.Version, Partitions: g.parts, From: make([]uint64, len(g.parts)), Map: f.m, Wait: int64(journalPoll)}
+	req := wire.JournalRequest{Version: t.Version, Partitions: g.parts, From: make([]uint64, len(g.parts)), Map: f.spec.Map, Stream: f.spec.Stream, Wait: int64(journalPoll)}
 	for ctx.Err() == nil {
 		for i, p := range g.parts {
 			req.From[i] = f.pos[p]

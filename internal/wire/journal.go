@@ -1,12 +1,15 @@
 package wire
 
+import "encoding/binary"
+
 // Journal event kinds: what a mutation did to its map entry.
 const (
-	EventAdded   uint8 = 1 // a key that held nothing was set
-	EventUpdated uint8 = 2 // a key that held a value was set
-	EventRemoved uint8 = 3 // a key was deleted
-	EventExpired uint8 = 4 // a key was deleted because its TTL passed
-	EventCleared uint8 = 5 // the whole map was cleared
+	EventAdded     uint8 = 1 // a key that held nothing was set
+	EventUpdated   uint8 = 2 // a key that held a value was set
+	EventRemoved   uint8 = 3 // a key was deleted
+	EventExpired   uint8 = 4 // a key was deleted because its TTL passed
+	EventCleared   uint8 = 5 // the whole map was cleared
+	EventPublished uint8 = 6 // an event published to stream Map
 )
 
 // JournalEvent is one change of a journal record.
@@ -46,6 +49,10 @@ type JournalRequest struct {
 	Map        string
 	Max        int32 // records per partition; 0: the member's default
 	Wait       int64
+	// Stream: read the events of stream Map instead of the journal.
+	Stream bool
+	// Group, with Stream: answer the group's committed positions too.
+	Group string
 }
 
 // JournalPart is one partition's answer: its committed records from the
@@ -58,10 +65,34 @@ type JournalPart struct {
 	Oldest   uint64
 	Epoch    uint64 // the primary's epoch when it answered
 	Err      ErrorBody
+	// Committed is the Group's committed position (0: none).
+	Committed uint64
+}
+
+// SnapStream is a piece of one stream of a partition in a snapshot: its
+// groups' positions and trim point (first piece) and events.
+type SnapStream struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Name     string
+	Trimmed  uint64
+	Groups   []string
+	Pos      []uint64
+	Events   []JournalRecord
 }
 
 // JournalResponse answers a JournalRequest, one part per partition asked.
 type JournalResponse struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Parts    []JournalPart
+}
+
+// EncodePos encodes a stream position as a MutGroup value.
+func EncodePos(pos uint64) []byte { return binary.BigEndian.AppendUint64(nil, pos) }
+
+// DecodePos decodes a MutGroup value; ok is false for a malformed one.
+func DecodePos(b []byte) (uint64, bool) {
+	if len(b) != 8 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(b), true
 }

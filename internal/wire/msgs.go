@@ -48,7 +48,9 @@ const (
 	OpExpire      uint8 = 13 // set the expiry to TTL from now (<= 0 deletes); Flags: ExpireXxx
 	OpPersist     uint8 = 14 // remove the expiry
 	OpTTL         uint8 = 15 // read the remaining time to live (TTL; 0: none)
-	opMax         uint8 = 15
+	OpPublish     uint8 = 16 // append Value to stream Map at Key's partition; Version is its position
+	OpGroupSet    uint8 = 17 // set consumer group Key's committed position of stream Map in Partition to Delta (<= 0 deletes the group there)
+	opMax         uint8 = 17
 )
 
 // OpSet flags.
@@ -288,10 +290,12 @@ type ClearRequest struct {
 
 // Mutation kinds.
 const (
-	MutSet    uint8 = 1
-	MutDelete uint8 = 2
-	MutClear  uint8 = 3 // clears Map
-	MutExpire uint8 = 4 // deletes Key because its TTL passed (the primary's expiry)
+	MutSet     uint8 = 1
+	MutDelete  uint8 = 2
+	MutClear   uint8 = 3 // clears Map
+	MutExpire  uint8 = 4 // deletes Key because its TTL passed (the primary's expiry)
+	MutPublish uint8 = 5 // appends event Value with Key to stream Map
+	MutGroup   uint8 = 6 // sets group Key's committed position of stream Map to Value (EncodePos; empty: deletes the group)
 )
 
 // Mutation is one change inside a replicated record.
@@ -368,6 +372,8 @@ type SnapshotChunk struct {
 	// Journal is a piece of the partition's retained journal, oldest
 	// first, every record at or below LSN.
 	Journal []JournalRecord
+	// Streams are pieces of the partition's streams.
+	Streams []SnapStream
 }
 
 // SyncedReport tells the authority's leader that Node (incarnation ID)

@@ -32,7 +32,7 @@ const journalEventOverhead = 48
 // partition's mu. A stream's events (stream.go) are kept in one too, with
 // sparse positions and a floor below which nothing may be dropped.
 type journal struct {
-	recs  []wire.JournalRecord // recs[head:] are retained, in LSN order
+	recs  []wire.JournalEntry // recs[head:] are retained, in LSN order
 	head  int
 	bytes int
 	// trimmed is the highest position dropped (or below which this
@@ -58,12 +58,32 @@ func (j *journal) len() int { return len(j.recs) - j.head }
 func (j *journal) oldest() uint64 { return j.trimmed + 1 }
 
 // retained returns the retained records, oldest first (not a copy).
-func (j *journal) retained() []wire.JournalRecord { return j.recs[j.head:] }
+func (j *journal) retained() []wire.JournalEntry { return j.recs[j.head:] }
 
-func recordSize(r *wire.JournalRecord) int {
-	n := journalRecordOverhead
+// entrySize over-estimates what a retained entry holds: its mutations,
+// result and events (an event's new value is its mutation's, counted
+// once; its old value is extra).
+func entrySize(r *wire.JournalEntry) int {
+	n := journalRecordOverhead + len(r.Record.Result.Value)
+	for i := range r.Record.Muts {
+		mu := &r.Record.Muts[i]
+		n += journalEventOverhead + len(mu.Map) + len(mu.Key) + len(mu.Value)
+	}
 	for i := range r.Events {
 		e := &r.Events[i]
+		n += journalEventOverhead + len(e.Old)
+		if len(r.Record.Muts) == 0 {
+			n += len(e.Map) + len(e.Key) + len(e.Value) // a stream event
+		}
+	}
+	return n
+}
+
+// eventsSize is what a reader is sent of an entry.
+func eventsSize(evs []wire.JournalEvent) int {
+	n := journalRecordOverhead
+	for i := range evs {
+		e := &evs[i]
 		n += journalEventOverhead + len(e.Map) + len(e.Key) + len(e.Value) + len(e.Old)
 	}
 	return n
@@ -72,18 +92,27 @@ func recordSize(r *wire.JournalRecord) int {
 // append retains r, whose LSN must follow the last retained one (a gap
 // restarts the journal at r), then drops the oldest records beyond the
 // bounds.
-func (j *journal) append(r wire.JournalRecord) {
+func (j *journal) append(r wire.JournalEntry) {
+	lsn := r.Record.LSN
 	switch n := j.len(); {
 	case j.sparse:
-		if n > 0 && j.recs[len(j.recs)-1].LSN >= r.LSN || r.LSN <= j.trimmed {
-			j.restart(r.LSN - 1)
+		if n > 0 && j.last() >= lsn || lsn <= j.trimmed {
+			j.restart(lsn - 1)
 		}
-	case n > 0 && j.recs[len(j.recs)-1].LSN+1 != r.LSN, n == 0 && j.trimmed+1 != r.LSN:
-		j.restart(r.LSN - 1)
+	case n > 0 && j.last()+1 != lsn, n == 0 && j.trimmed+1 != lsn:
+		j.restart(lsn - 1)
 	}
 	j.recs = append(j.recs, r)
-	j.bytes += recordSize(&j.recs[len(j.recs)-1])
+	j.bytes += entrySize(&j.recs[len(j.recs)-1])
 	j.trim()
+}
+
+// last is the position of the newest retained entry (0: none).
+func (j *journal) last() uint64 {
+	if j.len() == 0 {
+		return 0
+	}
+	return j.recs[len(j.recs)-1].Record.LSN
 }
 
 // trim drops the oldest records beyond the bounds, and compacts the slice
@@ -93,12 +122,12 @@ func (j *journal) trim() {
 	// record size limits, and a reader must be able to get past it.
 	for j.len() > 1 && (j.len() > j.maxRecs || j.bytes > j.maxBytes) {
 		r := &j.recs[j.head]
-		if j.protect != 0 && r.LSN >= j.protect {
+		if j.protect != 0 && r.Record.LSN >= j.protect {
 			break // not yet committed by every consumer group
 		}
-		j.bytes -= recordSize(r)
-		j.trimmed = r.LSN
-		*r = wire.JournalRecord{} // release its values
+		j.bytes -= entrySize(r)
+		j.trimmed = r.Record.LSN
+		*r = wire.JournalEntry{} // release its values
 		j.head++
 	}
 	if j.head > 0 && j.head >= len(j.recs)/2 {
@@ -119,17 +148,17 @@ func (j *journal) restart(after uint64) {
 // from returns the retained records at positions >= pos and <= upTo, at
 // most max of them (not a copy), and whether pos is still retained
 // (false: it was dropped; see oldest).
-func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalRecord, bool) {
+func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalEntry, bool) {
 	if pos <= j.trimmed {
 		return nil, false
 	}
 	recs := j.retained()
-	if len(recs) == 0 || pos > recs[len(recs)-1].LSN {
+	if len(recs) == 0 || pos > j.last() {
 		return nil, true
 	}
-	i := sort.Search(len(recs), func(i int) bool { return recs[i].LSN >= pos })
+	i := sort.Search(len(recs), func(i int) bool { return recs[i].Record.LSN >= pos })
 	end := len(recs)
-	for end > i && recs[end-1].LSN > upTo {
+	for end > i && recs[end-1].Record.LSN > upTo {
 		end--
 	}
 	if end-i > max {
@@ -140,19 +169,19 @@ func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalRecord, bool) {
 
 // install replaces the journal with recs (a snapshot's), oldest first,
 // ending at position last: the snapshot's LSN.
-func (j *journal) install(recs []wire.JournalRecord, last uint64) {
-	if len(recs) == 0 || !j.sparse && recs[len(recs)-1].LSN != last {
+func (j *journal) install(recs []wire.JournalEntry, last uint64) {
+	if len(recs) == 0 || !j.sparse && recs[len(recs)-1].Record.LSN != last {
 		j.restart(last)
 		return
 	}
-	j.restart(recs[0].LSN - 1)
+	j.restart(recs[0].Record.LSN - 1)
 	for _, r := range recs {
 		j.append(r)
 	}
 }
 
 // withoutOldValues returns r with its events' old values left out.
-func withoutOldValues(r wire.JournalRecord) wire.JournalRecord {
+func withoutOldValues(r wire.JournalEntry) wire.JournalEntry {
 	evs := make([]wire.JournalEvent, len(r.Events))
 	copy(evs, r.Events)
 	for i := range evs {

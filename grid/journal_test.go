@@ -20,7 +20,7 @@ func setRec(lsn uint64, key, val string) *wire.Record {
 func TestJournalKeepsItsBounds(t *testing.T) {
 	j := newJournal(10, 1<<20)
 	for lsn := uint64(1); lsn <= 25; lsn++ {
-		j.append(wire.JournalRecord{LSN: lsn, Events: []wire.JournalEvent{{Kind: wire.EventAdded, Map: "m", Key: "k", Value: []byte("v")}}})
+		j.append(wire.JournalEntry{Record: wire.Record{LSN: lsn}, Events: []wire.JournalEvent{{Kind: wire.EventAdded, Map: "m", Key: "k", Value: []byte("v")}}})
 	}
 	if j.len() != 10 || j.oldest() != 16 {
 		t.Fatalf("len %d oldest %d, want 10 and 16", j.len(), j.oldest())
@@ -29,7 +29,7 @@ func TestJournalKeepsItsBounds(t *testing.T) {
 		t.Fatal("a dropped position was answered")
 	}
 	recs, ok := j.from(16, 20, 100)
-	if !ok || len(recs) != 5 || recs[0].LSN != 16 || recs[4].LSN != 20 {
+	if !ok || len(recs) != 5 || recs[0].Record.LSN != 16 || recs[4].Record.LSN != 20 {
 		t.Fatalf("from(16, up to 20): %d records, ok %v", len(recs), ok)
 	}
 	if recs, ok := j.from(26, 30, 100); !ok || len(recs) != 0 {
@@ -41,15 +41,15 @@ func TestJournalKeepsItsBounds(t *testing.T) {
 
 	// Bytes: a big record pushes older ones out, but the newest stays.
 	b := newJournal(100, 1000)
-	b.append(wire.JournalRecord{LSN: 1, Events: []wire.JournalEvent{{Value: make([]byte, 400)}}})
-	b.append(wire.JournalRecord{LSN: 2, Events: []wire.JournalEvent{{Value: make([]byte, 400)}}})
-	b.append(wire.JournalRecord{LSN: 3, Events: []wire.JournalEvent{{Value: make([]byte, 5000)}}})
+	b.append(wire.JournalEntry{Record: wire.Record{LSN: 1}, Events: []wire.JournalEvent{{Old: make([]byte, 400)}}})
+	b.append(wire.JournalEntry{Record: wire.Record{LSN: 2}, Events: []wire.JournalEvent{{Old: make([]byte, 400)}}})
+	b.append(wire.JournalEntry{Record: wire.Record{LSN: 3}, Events: []wire.JournalEvent{{Old: make([]byte, 5000)}}})
 	if b.len() != 1 || b.oldest() != 3 || b.bytes > 6000 {
 		t.Fatalf("len %d oldest %d bytes %d, want only the newest", b.len(), b.oldest(), b.bytes)
 	}
 
 	// A gap in positions restarts the journal at the new record.
-	b.append(wire.JournalRecord{LSN: 10})
+	b.append(wire.JournalEntry{Record: wire.Record{LSN: 10}})
 	if b.len() != 1 || b.oldest() != 10 {
 		t.Fatalf("after a gap: len %d oldest %d", b.len(), b.oldest())
 	}
@@ -82,7 +82,7 @@ func TestJournalEventsOfEachKind(t *testing.T) {
 	var got []ev
 	for _, r := range p.journal.retained() {
 		for _, e := range r.Events {
-			got = append(got, ev{r.LSN, e.Kind, e.Key, string(e.Value), string(e.Old)})
+			got = append(got, ev{r.Record.LSN, e.Kind, e.Key, string(e.Value), string(e.Old)})
 		}
 	}
 	want := []ev{

@@ -173,7 +173,8 @@ func (p *partition) readJournal(from uint64, m string, limit int, budget *int, o
 		return &api.TrimmedError{Partition: p.id, Asked: from, Oldest: out.Oldest}
 	}
 	for i := range recs {
-		r := recs[i] // a copy: the journal reuses its slots
+		e := &recs[i]
+		r := wire.JournalRecord{LSN: e.Record.LSN, Epoch: e.Record.Epoch, Time: e.Record.Time, Events: e.Events}
 		if m != "" {
 			r.Events = eventsOf(r.Events, m)
 		}
@@ -181,7 +182,7 @@ func (p *partition) readJournal(from uint64, m string, limit int, budget *int, o
 		if len(r.Events) == 0 {
 			continue
 		}
-		size := recordSize(&r)
+		size := eventsSize(r.Events)
 		if len(out.Records) > 0 && size > *budget {
 			out.Next = r.LSN
 			break

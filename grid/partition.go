@@ -315,7 +315,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) (replaced *entry) {
 // applyRecord applies a whole record: its mutations and its session result.
 // The caller holds mu.
 func (p *partition) applyRecord(rec *wire.Record, now int64) {
-	jr := wire.JournalRecord{LSN: rec.LSN, Epoch: rec.Epoch, Time: rec.Time}
+	jr := wire.JournalEntry{Record: *rec}
 	for i := range rec.Muts {
 		mu := &rec.Muts[i]
 		if isStreamMut(mu.Kind) {

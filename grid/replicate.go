@@ -141,7 +141,7 @@ type incomingSnapshot struct {
 	epoch, lsn uint64
 	conn       *transport.Conn
 	data       *partition // only its data fields are used
-	journal    []wire.JournalRecord
+	journal    []wire.JournalEntry
 	logs       map[string]*streamLog
 }
 
@@ -324,12 +324,12 @@ func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotC
 	}
 	c.streams(p)
 	for _, r := range p.journal.retained() {
-		size := recordSize(&r)
+		size := entrySize(&r)
 		if size > limit {
 			// Too big to ship with its old values: they are only kept
 			// where cheap.
 			r = withoutOldValues(r)
-			size = recordSize(&r)
+			size = entrySize(&r)
 		}
 		c.room(size)
 		c.cur.Journal = append(c.cur.Journal, r)

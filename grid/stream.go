@@ -61,11 +61,11 @@ func (s *streamLog) room(size int) error {
 		if n <= j.maxRecs && bytes <= j.maxBytes {
 			break
 		}
-		if j.protect != 0 && r.LSN >= j.protect {
+		if j.protect != 0 && r.Record.LSN >= j.protect {
 			break
 		}
 		n--
-		bytes -= recordSize(&r)
+		bytes -= entrySize(&r)
 	}
 	if n > j.maxRecs || bytes > j.maxBytes {
 		return fmt.Errorf("%w: %d events, %d bytes kept (max %d, %d bytes) from position %d, which a consumer group has not committed",
@@ -89,7 +89,7 @@ func (p *partition) applyStreamMut(mu *wire.Mutation, lsn uint64, t int64) {
 	}
 	switch mu.Kind {
 	case wire.MutPublish:
-		s.events.append(wire.JournalRecord{LSN: lsn, Time: t, Events: []wire.JournalEvent{{Kind: wire.EventPublished, Map: mu.Map, Key: mu.Key, Value: mu.Value}}})
+		s.events.append(wire.JournalEntry{Record: wire.Record{LSN: lsn, Time: t}, Events: []wire.JournalEvent{{Kind: wire.EventPublished, Map: mu.Map, Key: mu.Key, Value: mu.Value}}})
 	case wire.MutGroup:
 		if pos, ok := wire.DecodePos(mu.Value); ok {
 			s.groups[mu.Key] = pos
@@ -178,13 +178,13 @@ func (p *partition) readStream(from uint64, m, group string, limit int, budget *
 		return &api.TrimmedError{Partition: p.id, Asked: from, Oldest: out.Oldest}
 	}
 	for _, r := range recs {
-		size := recordSize(&r)
+		size := eventsSize(r.Events)
 		if len(out.Records) > 0 && size > *budget {
 			break
 		}
 		*budget -= size
-		out.Records = append(out.Records, r)
-		out.Next = r.LSN + 1
+		out.Records = append(out.Records, wire.JournalRecord{LSN: r.Record.LSN, Time: r.Record.Time, Events: r.Events})
+		out.Next = r.Record.LSN + 1
 	}
 	return nil
 }
@@ -201,7 +201,7 @@ func (c *snapshotCutter) streams(p *partition) {
 		c.cur.Streams = append(c.cur.Streams, head)
 		for _, r := range s.events.retained() {
 			before := len(c.chunks)
-			c.room(recordSize(&r))
+			c.room(entrySize(&r))
 			if len(c.chunks) != before {
 				// A new chunk: the stream's events go on in a new piece.
 				c.cur.Streams = append(c.cur.Streams, wire.SnapStream{Name: name})

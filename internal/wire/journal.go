@@ -35,6 +35,15 @@ type JournalRecord struct {
 	Events   []JournalEvent
 }
 
+// JournalEntry is a record as a replica retains it in its journal: the
+// record as it was replicated (so that it can be sent again to a replica
+// catching up) and the events it made.
+type JournalEntry struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Record   Record
+	Events   []JournalEvent
+}
+
 // JournalRequest reads journal records from partitions led by the member it
 // is sent to (MsgJournal). From[i] is the next position wanted in
 // Partitions[i]. Map limits events to one map ("" all; records without
@@ -77,7 +86,7 @@ type SnapStream struct {
 	Trimmed  uint64
 	Groups   []string
 	Pos      []uint64
-	Events   []JournalRecord
+	Events   []JournalEntry
 }
 
 // JournalResponse answers a JournalRequest, one part per partition asked.

@@ -371,7 +371,7 @@ type SnapshotChunk struct {
 	From      string // the sending primary's member name
 	// Journal is a piece of the partition's retained journal, oldest
 	// first, every record at or below LSN.
-	Journal []JournalRecord
+	Journal []JournalEntry
 	// Streams are pieces of the partition's streams.
 	Streams []SnapStream
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -186,5 +187,37 @@ func TestStepRetryAfterManyClientsAppliesOnce(t *testing.T) {
 	}
 	if err != nil && !errors.Is(err, grid.ErrStaleSequence) {
 		t.Fatalf("retry: %v", err)
+	}
+}
+
+// A function that keeps writing buffers its writes in the view until the
+// commit checks their size; the view must refuse them as soon as they
+// exceed what one record may carry, or a loop of Sets grows the member's
+// memory for the whole budget (gigabytes in 5 s). Before the fix every
+// Set was buffered until the budget ran out (ErrFunctionBudget).
+func TestStepWritesBoundedWhileBuffered(t *testing.T) {
+	var sets atomic.Int64
+	funcs := testFuncs{steps: map[string]grid.StepFunc{
+		"flood": func(ctx context.Context, v *grid.StepView) ([]byte, error) {
+			val := bytes.Repeat([]byte("v"), 100)
+			for i := 0; ctx.Err() == nil && v.Err() == nil; i++ {
+				v.Set("m", "{f}:"+strconv.Itoa(i), val, 0)
+				sets.Add(1)
+			}
+			return nil, nil
+		},
+	}}
+	c := partsCluster(t, 1, 16, 64<<10, 2*time.Second, funcs)
+	ctx := ctxT(t, 20*time.Second)
+	_, err := c.Nodes[0].Execute(ctx, grid.StepCall{Map: "m", Key: "{f}", Name: "flood"})
+	if !errors.Is(err, grid.ErrValueTooLarge) {
+		t.Fatalf("flood: %v after %d sets, want ErrValueTooLarge", err, sets.Load())
+	}
+	// 32 KiB of record holds a few hundred of these writes.
+	if n := sets.Load(); n > 1000 {
+		t.Fatalf("the view buffered %d writes before refusing them", n)
+	}
+	if _, err := c.Nodes[0].Map("m").Get(ctx, "{f}:0"); !errors.Is(err, grid.ErrNotFound) {
+		t.Fatalf("a refused step applied a write: %v", err)
 	}
 }

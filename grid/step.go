@@ -80,17 +80,17 @@ type stepCall struct {
 	fn           StepFunc
 	filter       Filter // limits Range(mapName); nil: none
 	sess         wire.Session
-	deadline     time.Time // the step's time budget
+	budget       time.Duration // the function's time budget (see budget)
 }
 
-// budget returns the deadline of a function given the requested budget
-// (nanoseconds, 0: the maximum): at most MaxStepTime from now.
-func (n *Node) budget(req int64) time.Time {
+// budget returns a function's time budget given the requested one
+// (nanoseconds, 0: the maximum): at most MaxStepTime.
+func (n *Node) budget(req int64) time.Duration {
 	d := n.cfg.MaxStepTime
 	if req > 0 && time.Duration(req) < d {
 		d = time.Duration(req)
 	}
-	return time.Now().Add(d)
+	return d
 }
 
 // runStep runs c at partition p, which must be led by this node, and
@@ -99,13 +99,13 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 	if res, epoch, done, err := n.stepSeen(ctx, p, c.sess); done || err != nil {
 		return res, epoch, err
 	}
-	fctx, cancel := context.WithDeadline(ctx, c.deadline)
-	defer cancel()
-	select {
-	case p.stepSem <- struct{}{}:
-	case <-fctx.Done():
-		return nil, 0, fmt.Errorf("%w: partition %d: waiting for the partition's running step: %v", api.ErrBusy, p.id, fctx.Err())
+	if err := n.acquireStep(ctx, p, c.budget); err != nil {
+		return nil, 0, err
 	}
+	// The budget starts once the step holds its partition.
+	end := time.Now().Add(c.budget)
+	fctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
 	released := false
 	release := func() {
 		if !released {
@@ -115,7 +115,7 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 	}
 	defer release()
 	for range maxStepAttempts {
-		res, pw, floor, err := n.stepAttempt(fctx, p, c)
+		res, pw, floor, err := n.stepAttempt(fctx, end, p, c)
 		if errors.Is(err, errConflict) {
 			n.stepReruns.Add(1)
 			n.fmetrics.rerun(c.name, rerunConflict)
@@ -136,6 +136,19 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 		return res, max(pw.epoch, floor.epoch), nil
 	}
 	return nil, 0, fmt.Errorf("%w: partition %d: the step's reads changed under it %d times in a row", api.ErrBusy, p.id, maxStepAttempts)
+}
+
+// acquireStep takes p's step semaphore, waiting at most budget (then
+// ErrBusy: nothing ran) or until ctx ends.
+func (n *Node) acquireStep(ctx context.Context, p *partition, budget time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	select {
+	case p.stepSem <- struct{}{}:
+		return nil
+	case <-wctx.Done():
+		return fmt.Errorf("%w: partition %d: waiting for the partition's running step: %v", api.ErrBusy, p.id, wctx.Err())
+	}
 }
 
 // stepSeen answers a step whose session already has a result (a retry),
@@ -166,7 +179,7 @@ type commitFloor struct{ lsn, epoch uint64 }
 // stepAttempt runs the function once and commits its effects. It returns
 // errConflict if the step must run again; on success either pw (a record
 // was queued) or floor (nothing to write: wait for what was read) is set.
-func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byte, pendingWrite, commitFloor, error) {
+func (n *Node) stepAttempt(ctx context.Context, end time.Time, p *partition, c stepCall) ([]byte, pendingWrite, commitFloor, error) {
 	var none pendingWrite
 	p.mu.Lock()
 	if p.role != rolePrimary {
@@ -178,7 +191,7 @@ func (n *Node) stepAttempt(ctx context.Context, p *partition, c stepCall) ([]byt
 	p.mu.Unlock()
 	v := newStepView(n, p, epoch, c.mapName, c.key)
 	v.filter = c.filter
-	res, err := n.guarded(ctx, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
+	res, err := n.guarded(ctx, end, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
 	v.close()
 	if errors.Is(err, api.ErrFunctionBudget) {
 		// The function may still be running and using v: never touch
@@ -249,9 +262,10 @@ func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []by
 // error when Config.MaxRunningFunctions already run (ErrBusy, fn not
 // started), fn panics (ErrFunctionPanic), fails (ErrFunctionFailed,
 // unless its error already carries a grid code) or outlives ctx
-// (ErrFunctionBudget: fn may go on running, but its caller has moved on).
-// part names the partition in errors (-1: a member function).
-func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
+// (ErrFunctionBudget if ctx ended at end, fn's budget; see budgetErr: fn
+// may go on running, but its caller has moved on). part names the
+// partition in errors (-1: a member function).
+func (n *Node) guarded(ctx context.Context, end time.Time, part int, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
 	type answer struct {
 		res []byte
 		err error
@@ -278,11 +292,11 @@ func (n *Node) guarded(ctx context.Context, part int, fn func(ctx context.Contex
 			return a.res, nil
 		}
 		if ctx.Err() != nil {
-			return nil, n.budgetErr(ctx, part)
+			return nil, n.budgetErr(ctx, end, part)
 		}
 		return nil, functionErr(a.err)
 	case <-ctx.Done():
-		return nil, n.budgetErr(ctx, part)
+		return nil, n.budgetErr(ctx, end, part)
 	}
 }
 
@@ -302,15 +316,16 @@ func (n *Node) reserveFunction() error {
 }
 
 // budgetErr is the error of a function whose ctx ended before it
-// answered. Only a deadline is its budget running out: a cancellation
-// means this member is going down (or the caller left), and the call is
-// safe to run again elsewhere, since nothing was applied.
-func (n *Node) budgetErr(ctx context.Context, part int) error {
+// answered (nothing was applied). Only reaching end is its budget running
+// out: otherwise this member is going down, or the request ended first
+// (the caller left, or its deadline or the member's RequestTimeout came
+// before the budget's end), and the call is safe to run again.
+func (n *Node) budgetErr(ctx context.Context, end time.Time, part int) error {
 	switch {
 	case n.ctx.Err() != nil:
 		return fmt.Errorf("%w: member %s is going down; partition %d: the function's run was discarded", api.ErrClosed, n.name, part)
-	case errors.Is(ctx.Err(), context.Canceled):
-		return fmt.Errorf("%w: partition %d: the call was canceled; nothing applied", api.ErrUnavailable, part)
+	case time.Now().Before(end):
+		return fmt.Errorf("%w: partition %d: the call ended before the function's budget (%v); nothing applied", api.ErrUnavailable, part, context.Cause(ctx))
 	}
 	return fmt.Errorf("%w: partition %d: %w", api.ErrFunctionBudget, part, ctx.Err())
 }

@@ -45,7 +45,7 @@ func (n *Node) stepAt(ctx context.Context, req *wire.StepRequest, fn StepFunc) (
 	if err != nil {
 		return wire.StepResponse{}, err
 	}
-	c := stepCall{name: req.Name, mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, deadline: n.budget(req.Budget)}
+	c := stepCall{name: req.Name, mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, budget: n.budget(req.Budget)}
 	res, epoch, err := n.runStep(ctx, p, c)
 	return wire.StepResponse{Result: res, Epoch: epoch}, err
 }
@@ -63,7 +63,8 @@ func (n *Node) execStepParts(ctx context.Context, req *wire.StepPartsRequest) (*
 }
 
 // execStepParts1 runs one step per listed partition, up to maxPartTasks
-// at once; each partition answers its result or error on its own.
+// at once; each partition answers its result or error on its own. The
+// answers share one frame: see partsReply.
 func (n *Node) execStepParts1(ctx context.Context, req *wire.StepPartsRequest) (*wire.StepPartsResponse, error) {
 	k := len(req.Partitions)
 	if k > len(n.parts) {
@@ -72,38 +73,102 @@ func (n *Node) execStepParts1(ctx context.Context, req *wire.StepPartsRequest) (
 	if req.Filter != "" && req.Map == "" {
 		return nil, fmt.Errorf("%w: a filter (%q) needs the map it filters", api.ErrBadRequest, req.Filter)
 	}
-	resp := &wire.StepPartsResponse{Results: make([][]byte, k), Epochs: make([]uint64, k), Errs: make([]wire.ErrorBody, k)}
-	deadline := n.budget(req.Budget)
+	out := newPartsReply(k, n.cfg.MaxFrame/2)
 	sem := make(chan struct{}, maxPartTasks)
 	var wg sync.WaitGroup
 	for i, pid := range req.Partitions {
 		sem <- struct{}{}
+		if err := out.refuse(ctx, pid); err != nil {
+			<-sem
+			out.set(i, nil, 0, err)
+			continue
+		}
 		wg.Add(1)
 		n.workers.Go(func() {
 			defer func() { <-sem; wg.Done() }()
-			res, epoch, err := n.partTask(ctx, req, pid, deadline)
-			resp.Results[i], resp.Epochs[i], resp.Errs[i] = res, epoch, wire.ErrBody(err)
+			res, epoch, err := n.partTask(ctx, req, pid)
+			out.add(i, pid, res, epoch, err)
 		})
 	}
 	wg.Wait()
-	return resp, nil
+	return out.resp, nil
+}
+
+// partsReply is the answer to one StepParts request. Its results must fit
+// in one frame: once they reach limit (Config.MaxFrame/2; one result is at
+// most that, checkSize), further answers are left out and their
+// partitions fail retryably, and the router runs them again in another
+// request (a task that wrote answers its remembered result there). The
+// first answer always fits, so every request makes progress.
+type partsReply struct {
+	mu    sync.Mutex
+	resp  *wire.StepPartsResponse
+	bytes int
+	limit int
+	full  bool
+}
+
+func newPartsReply(k, limit int) *partsReply {
+	return &partsReply{limit: limit, resp: &wire.StepPartsResponse{Results: make([][]byte, k), Epochs: make([]uint64, k), Errs: make([]wire.ErrorBody, k)}}
+}
+
+// refuse returns why the task of partition pid must not start: the reply
+// is full, or the request's ctx ended (nothing run, retryable).
+func (r *partsReply) refuse(ctx context.Context, pid int32) error {
+	r.mu.Lock()
+	full := r.full
+	r.mu.Unlock()
+	switch {
+	case full:
+		return fmt.Errorf("%w: partition %d: this member's answer is full; not run", api.ErrBusy, pid)
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: partition %d: the request ended before its task started: %v", api.ErrBusy, pid, ctx.Err())
+	}
+	return nil
+}
+
+// add records task i's answer, or leaves its result out if it does not
+// fit: the task ran and may have written, so its partition fails with
+// ErrTimeout (outcome unknown, retried with the same session).
+func (r *partsReply) add(i int, pid int32, res []byte, epoch uint64, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil && r.bytes > 0 && r.bytes+len(res) > r.limit {
+		r.full = true
+		err = fmt.Errorf("%w: partition %d: its result (%d bytes) did not fit in this member's answer; it runs again", api.ErrTimeout, pid, len(res))
+		res, epoch = nil, 0
+	}
+	r.bytes += len(res)
+	r.setLocked(i, res, epoch, err)
+}
+
+func (r *partsReply) set(i int, res []byte, epoch uint64, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.setLocked(i, res, epoch, err)
+}
+
+func (r *partsReply) setLocked(i int, res []byte, epoch uint64, err error) {
+	r.resp.Results[i], r.resp.Epochs[i], r.resp.Errs[i] = res, epoch, wire.ErrBody(err)
 }
 
 // partTask runs req's function at partition pid, counted as one call.
-func (n *Node) partTask(ctx context.Context, req *wire.StepPartsRequest, pid int32, deadline time.Time) ([]byte, uint64, error) {
+// Its time budget is its own (runStep), not the request's: a member runs
+// maxPartTasks at a time.
+func (n *Node) partTask(ctx context.Context, req *wire.StepPartsRequest, pid int32) ([]byte, uint64, error) {
 	start := time.Now()
 	fn, err := n.resolveStep(req.Name, req.Args)
 	resolved := !errors.Is(err, api.ErrNoFunction)
 	var res []byte
 	var epoch uint64
 	if err == nil {
-		res, epoch, err = n.partTaskAt(ctx, req, pid, fn, deadline)
+		res, epoch, err = n.partTaskAt(ctx, req, pid, fn)
 	}
 	n.fmetrics.observe(req.Name, resolved, start, err)
 	return res, epoch, err
 }
 
-func (n *Node) partTaskAt(ctx context.Context, req *wire.StepPartsRequest, pid int32, fn StepFunc, deadline time.Time) ([]byte, uint64, error) {
+func (n *Node) partTaskAt(ctx context.Context, req *wire.StepPartsRequest, pid int32, fn StepFunc) ([]byte, uint64, error) {
 	filter, err := n.resolveFilter(req.Filter, req.FilterArgs)
 	if err != nil {
 		return nil, 0, err
@@ -112,7 +177,7 @@ func (n *Node) partTaskAt(ctx context.Context, req *wire.StepPartsRequest, pid i
 	if err != nil {
 		return nil, 0, err
 	}
-	return n.runStep(ctx, p, stepCall{name: req.Name, mapName: req.Map, fn: fn, filter: filter, sess: req.Session, deadline: deadline})
+	return n.runStep(ctx, p, stepCall{name: req.Name, mapName: req.Map, fn: fn, filter: filter, sess: req.Session, budget: n.budget(req.Budget)})
 }
 
 // resolveFilter binds a partition task's filter (nil if name is empty).
@@ -152,9 +217,10 @@ func (n *Node) resolveMember(name string, args []byte) (MemberFunc, error) {
 }
 
 func (n *Node) callMember(ctx context.Context, req *wire.CallRequest, fn MemberFunc) (*wire.CallResponse, error) {
-	fctx, cancel := context.WithDeadline(ctx, n.budget(req.Budget))
+	end := time.Now().Add(n.budget(req.Budget))
+	fctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
-	res, err := n.guarded(fctx, -1, fn)
+	res, err := n.guarded(fctx, end, -1, fn)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +259,7 @@ type PartsCall struct {
 	FilterArgs []byte
 	Name       string
 	Args       []byte
-	Budget     time.Duration // per request to a member, see StepCall
+	Budget     time.Duration // per partition task, see StepCall
 	Partitions []int         // nil: every partition
 }
 

@@ -40,6 +40,7 @@ type StepView struct {
 	expiry  int64             // earliest expiry among iterated entries (0: none)
 	writes  []wire.Mutation
 	written map[mapKey]int // index into writes, for read-your-writes
+	wbytes  int            // size of writes as checkSize counts it
 
 	err    error
 	closed atomic.Bool
@@ -224,16 +225,42 @@ func (v *StepView) Delete(m, key string) {
 	v.write(wire.Mutation{Kind: wire.MutDelete, Map: m, Key: key})
 }
 
-// write buffers mu, replacing an earlier write of the same key.
+// write buffers mu, replacing an earlier write of the same key. Writes
+// that could not commit (checkSize) fail the step at once, so a function
+// that keeps writing cannot grow the member's memory for its whole budget.
 func (v *StepView) write(mu wire.Mutation) {
 	mk := mapKey{mu.Map, mu.Key}
-	if i, ok := v.written[mk]; ok {
+	i, ok := v.written[mk]
+	if ok {
+		v.wbytes -= mutSize(&v.writes[i])
+	}
+	v.wbytes += mutSize(&mu)
+	if err := v.checkWrite(&mu); err != nil {
+		v.fail(err)
+		return
+	}
+	if ok {
 		v.writes[i] = mu
 		return
 	}
 	v.written[mk] = len(v.writes)
 	v.writes = append(v.writes, mu)
 }
+
+// checkWrite applies checkSize's limits to the buffered writes.
+func (v *StepView) checkWrite(mu *wire.Mutation) error {
+	sz := len(mu.Map) + len(mu.Key) + len(mu.Value)
+	if mu.Kind == wire.MutSet && sz > v.n.cfg.MaxValueSize {
+		return fmt.Errorf("%w: entry of %d bytes (map %q, max %d)", api.ErrValueTooLarge, sz, mu.Map, v.n.cfg.MaxValueSize)
+	}
+	if total := recordOverhead + v.wbytes; total > v.n.cfg.MaxFrame/2 {
+		return fmt.Errorf("%w: the step's writes reached %d bytes (max %d for one record)", api.ErrValueTooLarge, total, v.n.cfg.MaxFrame/2)
+	}
+	return nil
+}
+
+// mutSize is a mutation's share of a record as checkSize counts it.
+func mutSize(mu *wire.Mutation) int { return len(mu.Map) + len(mu.Key) + len(mu.Value) + 32 }
 
 // close ends the view: later accesses fail and write nothing.
 func (v *StepView) close() { v.closed.Store(true) }

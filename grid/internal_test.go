@@ -93,8 +93,10 @@ func TestIncompleteReplicaRefusesPrimacy(t *testing.T) {
 	}
 }
 
+// rec is a record of client's seq written at lsn, each record a second
+// after the previous one (so that sessions age past sessionRetryWindow).
 func rec(client, seq, low, lsn uint64, value []byte) *wire.Record {
-	return &wire.Record{LSN: lsn, Session: wire.Session{Client: client, Seq: seq, Low: low}, Result: wire.MapResponse{Done: true, Value: value}}
+	return &wire.Record{LSN: lsn, Time: int64(lsn) * int64(time.Second), Session: wire.Session{Client: client, Seq: seq, Low: low}, Result: wire.MapResponse{Done: true, Value: value}}
 }
 
 // Defect 7a: dedup sessions grew without bound (Low=0 kept every result,
@@ -395,5 +397,34 @@ func TestResultBoundTrimsTheLargestSession(t *testing.T) {
 	}
 	if total != p.sessResults {
 		t.Fatalf("sessResults %d, counted %d", p.sessResults, total)
+	}
+}
+
+// Past maxSessions a session is dropped whole only once it has been unused
+// for sessionRetryWindow: before that the primary refuses new clients
+// (ErrBusy), since a dropped session's retry would apply a second time.
+func TestRecentSessionsAreNotEvicted(t *testing.T) {
+	p := newPartition(0, time.Second)
+	now := nowNano()
+	for c := uint64(1); c <= maxSessions; c++ {
+		p.applyRecord(&wire.Record{LSN: c, Time: now, Session: wire.Session{Client: c, Seq: 1, Low: 1}, Result: wire.MapResponse{Done: true}}, now)
+	}
+	if _, err := p.seen(wire.Session{Client: 5000, Seq: 1, Low: 1}); !errors.Is(err, api.ErrBusy) {
+		t.Fatalf("a new client when every session is recent: %v", err)
+	}
+	if r, err := p.seen(wire.Session{Client: 1, Seq: 1, Low: 1}); err != nil || r == nil {
+		t.Fatalf("a known client's retry: %v, %v", r, err)
+	}
+	// A replica applying a record of a new client anyway keeps every
+	// recent session.
+	p.applyRecord(&wire.Record{LSN: maxSessions + 1, Time: now, Session: wire.Session{Client: 5000, Seq: 1, Low: 1}}, now)
+	if p.sessions[1] == nil {
+		t.Fatal("a recent session was evicted")
+	}
+	// Once the oldest is past the window, it makes room.
+	later := now + sessionRetryWindow + int64(time.Second)
+	p.applyRecord(&wire.Record{LSN: maxSessions + 2, Time: later, Session: wire.Session{Client: 5001, Seq: 1, Low: 1}}, later)
+	if len(p.sessions) > maxSessions {
+		t.Fatalf("%d sessions: the aged ones were kept", len(p.sessions))
 	}
 }

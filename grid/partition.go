@@ -74,6 +74,9 @@ type session struct {
 	results map[uint64]sessResult
 	seen    int64  // wall clock of the last use (idle expiry; local)
 	last    uint64 // LSN of the last result (eviction order; same on every replica)
+	// lastTime is the writing primary's time of the last result: a
+	// session used within sessionRetryWindow is never evicted for room.
+	lastTime int64
 	bytes   int    // remembered value bytes
 }
 
@@ -100,13 +103,19 @@ const (
 	maxSessionsBytes = 1 << 20
 	// maxSessions and maxSessionsResults bound a partition's sessions.
 	// Past maxSessions the least recently used session is dropped whole
-	// (a retry of its requests would apply again, as after SessionIdle);
+	// (a retry of its requests would apply again, as after SessionIdle),
+	// but only once it has been unused for sessionRetryWindow: until
+	// then the primary refuses new clients with ErrBusy (sessionRoom);
 	// past maxSessionsResults the largest session forgets its oldest
 	// results (their retries get ErrStaleSequence, never a second
 	// application). Worst case per node: partitions x (1 MiB of values +
 	// 16384 results).
 	maxSessions        = 1024
 	maxSessionsResults = 16384
+	// sessionRetryWindow is how long a client may retry a mutation and
+	// still be answered from its session when the partition is full of
+	// clients.
+	sessionRetryWindow = int64(time.Minute)
 )
 
 func resultBytes(r *wire.MapResponse) int { return len(r.Value) }
@@ -355,10 +364,35 @@ func (p *partition) remember(rec *wire.Record, now int64) {
 	s.results[rec.Session.Seq] = r
 	s.bytes += resultBytes(&r.resp)
 	s.last = rec.LSN
+	s.lastTime = recordTime(rec, now)
 	s.trim(rec.Session.Seq)
 	p.sessBytes += s.bytes
 	p.sessResults += len(s.results)
-	p.trimSessions(rec.Session.Client, rec.Session.Seq)
+	p.trimSessions(rec.Session.Client, rec.Session.Seq, s.lastTime)
+}
+
+// recordTime is the writing primary's time of rec (now for a record
+// without one).
+func recordTime(rec *wire.Record, now int64) int64 {
+	if rec.Time != 0 {
+		return rec.Time
+	}
+	return now
+}
+
+// sessionRoom admits a new client's first mutation: ErrBusy when the
+// partition holds maxSessions sessions and none has been unused for
+// sessionRetryWindow (dropping one could make its retry apply twice).
+// Caller holds mu.
+func (p *partition) sessionRoom(now int64) error {
+	if len(p.sessions) < maxSessions {
+		return nil
+	}
+	victim, ok := p.lruSession(0, false)
+	if !ok || p.sessions[victim].lastTime <= now-sessionRetryWindow {
+		return nil
+	}
+	return fmt.Errorf("%w: partition %d serves %d clients that wrote within %v; a new client must wait", api.ErrBusy, p.id, len(p.sessions), time.Duration(sessionRetryWindow))
 }
 
 // trim forgets s's oldest results beyond maxSessionResults, raising low
@@ -425,7 +459,7 @@ func (p *partition) seen(sess wire.Session) (*sessResult, error) {
 	}
 	s := p.sessions[sess.Client]
 	if s == nil {
-		return nil, nil
+		return nil, p.sessionRoom(nowNano())
 	}
 	if sess.Seq < s.low {
 		return nil, fmt.Errorf("%w: seq %d < %d", api.ErrStaleSequence, sess.Seq, s.low)
@@ -456,11 +490,11 @@ func (s *session) forget(low uint64) {
 // trimSessions drops the least recently used sessions (by LSN, so every
 // replica drops the same ones) beyond the partition's bounds, never keep.
 // Caller holds mu.
-func (p *partition) trimSessions(keep, keepSeq uint64) {
+func (p *partition) trimSessions(keep, keepSeq uint64, now int64) {
 	for len(p.sessions) > maxSessions {
 		victim, ok := p.lruSession(keep, false)
-		if !ok {
-			break
+		if !ok || p.sessions[victim].lastTime > now-sessionRetryWindow {
+			break // the primary refused new clients meanwhile (sessionRoom)
 		}
 		p.dropSession(victim)
 	}

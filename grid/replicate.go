@@ -205,7 +205,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	for _, ss := range ch.Sessions {
 		s := d.sessions[ss.Client]
 		if s == nil {
-			s = &session{low: ss.Low, seen: ss.Seen, last: ss.Last, results: make(map[uint64]sessResult, len(ss.Seqs))}
+			s = &session{low: ss.Low, seen: ss.Seen, last: ss.Last, lastTime: ss.LastTime, results: make(map[uint64]sessResult, len(ss.Seqs))}
 			d.sessions[ss.Client] = s
 		}
 		for i, seq := range ss.Seqs {
@@ -308,7 +308,7 @@ func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotC
 			before := len(c.chunks)
 			c.room(len(r.resp.Value) + snapResultOverhead)
 			if ss < 0 || len(c.chunks) != before {
-				c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last})
+				c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last, LastTime: s.lastTime})
 				ss = len(c.cur.Sessions) - 1
 			}
 			c.cur.Sessions[ss].Seqs = append(c.cur.Sessions[ss].Seqs, seq)
@@ -319,7 +319,7 @@ func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotC
 		}
 		if ss < 0 {
 			c.room(snapResultOverhead)
-			c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last})
+			c.cur.Sessions = append(c.cur.Sessions, wire.SnapSession{Client: client, Low: s.low, Seen: s.seen, Last: s.last, LastTime: s.lastTime})
 		}
 	}
 	c.streams(p)

@@ -355,6 +355,7 @@ type SnapSession struct {
 	Seen     int64
 	Last     uint64   // LSN of the session's latest result (eviction order)
 	NoValue  []uint64 // seqs whose returned value was not kept
+	LastTime int64    // the primary's time of that result (eviction guard)
 }
 
 // SnapshotChunk carries part of a partition's state at LSN. First resets

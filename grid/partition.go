@@ -77,7 +77,7 @@ type session struct {
 	// lastTime is the writing primary's time of the last result: a
 	// session used within sessionRetryWindow is never evicted for room.
 	lastTime int64
-	bytes   int    // remembered value bytes
+	bytes    int // remembered value bytes
 }
 
 // Dedup state bounds. They are applied inside applyRecord, on the primary

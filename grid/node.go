@@ -210,6 +210,10 @@ type Node struct {
 	leaseSent    time.Duration // when the renewal behind leaseUntil was sent
 
 	snapshotsSent atomic.Int64
+	tailsSent     atomic.Int64
+	snapshotsIn   atomic.Int64 // complete snapshots installed here
+	snapshotsOver atomic.Int64 // of which over a complete, non-empty copy
+	tailsIn       atomic.Int64 // tails accepted here
 	funcs         atomic.Pointer[Functions] // see SetFunctions
 	funcsRunning  atomic.Int64              // function goroutines still running (step.go guarded)
 	stepReruns    atomic.Int64              // step runs that conflicted and ran again
@@ -708,7 +712,7 @@ func contains(s []string, v string) bool {
 // everything else runs on its own goroutine.
 func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 	switch f.Type {
-	case wire.MsgReplicate, wire.MsgSnapshot:
+	case wire.MsgReplicate, wire.MsgSnapshot, wire.MsgTail, wire.MsgTailProbe:
 		if n.stalled.Load() {
 			return // a stalled replica holds the frame forever
 		}
@@ -719,6 +723,22 @@ func (n *Node) HandleFrame(c *transport.Conn, f wire.Frame) {
 		return
 	case wire.MsgSnapshot:
 		n.handleSnapshot(c, f)
+		return
+	case wire.MsgTail:
+		n.handleTail(c, f)
+		return
+	case wire.MsgTailProbe:
+		var req wire.TailProbe
+		if err := wire.Decode(f.Body, &req); err != nil {
+			c.ReplyError(f.Type, f.ID, fmt.Errorf("%w: %v", api.ErrBadRequest, err))
+			return
+		}
+		st, err := n.handleTailProbe(c, &req)
+		if err != nil {
+			c.ReplyError(f.Type, f.ID, err)
+			return
+		}
+		c.Reply(f.Type, f.ID, st)
 		return
 	}
 	if n.closed.Load() {
@@ -908,8 +928,17 @@ func (n *Node) StallLeases(on bool) { n.leaseStalled.Store(on) }
 
 // Stats are counters for tests and status pages.
 type Stats struct {
-	// SnapshotsSent counts replica fills started by this node as primary.
+	// SnapshotsSent counts replica fills by snapshot started by this node
+	// as primary; TailsSent those by the missing records only (tail.go).
 	SnapshotsSent int64
+	TailsSent     int64
+	// SnapshotsReceived and TailsReceived count the fills this node took
+	// as a replica; SnapshotsOverCopy the snapshots that replaced a
+	// complete copy it held (its journal did not match the primary's, or
+	// the primary's no longer reached back to it).
+	SnapshotsReceived int64
+	TailsReceived     int64
+	SnapshotsOverCopy int64
 	// FunctionsRunning counts function goroutines still running, also
 	// those whose caller gave up at their time budget.
 	FunctionsRunning int64
@@ -920,7 +949,8 @@ type Stats struct {
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
-	return Stats{SnapshotsSent: n.snapshotsSent.Load(), FunctionsRunning: n.funcsRunning.Load(), StepReruns: n.stepReruns.Load()}
+	return Stats{SnapshotsSent: n.snapshotsSent.Load(), TailsSent: n.tailsSent.Load(),
+		SnapshotsReceived: n.snapshotsIn.Load(), TailsReceived: n.tailsIn.Load(), SnapshotsOverCopy: n.snapshotsOver.Load(), FunctionsRunning: n.funcsRunning.Load(), StepReruns: n.stepReruns.Load()}
 }
 
 // Config returns the node's effective config.

@@ -130,6 +130,8 @@ type stream struct {
 	broken bool            // records are not being sent: a snapshot must come first
 	// syncing: a snapshot goroutine owns this stream's resync.
 	syncing bool
+	// noTail: the last fill by tail failed; the next one is a snapshot.
+	noTail bool
 	// acked is the highest LSN the replica acknowledged (records or snapshot).
 	acked uint64
 	// filled: the replica acknowledged a complete snapshot at the current epoch.

@@ -166,11 +166,18 @@ func (n *Node) handleSnapshot(c *transport.Conn, f wire.Frame) {
 		c.ReplyError(f.Type, f.ID, err)
 		return
 	}
+	hadCopy := p.complete && p.lsn > 0
 	lsn, err := p.receiveChunk(c, &ch)
 	p.mu.Unlock()
 	if err != nil {
 		c.ReplyError(f.Type, f.ID, err)
 		return
+	}
+	if ch.Last {
+		n.snapshotsIn.Add(1)
+		if hadCopy {
+			n.snapshotsOver.Add(1)
+		}
 	}
 	c.Reply(f.Type, f.ID, &wire.Ack{LSN: lsn})
 }
@@ -355,13 +362,26 @@ func (n *Node) kickSyncs() {
 	}
 }
 
-// syncStream sends a snapshot to one replica; records written after it
-// follow on the same connection, so the replica is complete once it acks.
+// syncStream fills one replica: with the records it misses when it holds
+// a copy that ends in the primary's journal (tail.go), else with a
+// snapshot; records written after either follow on the same connection, so
+// the replica is complete once it acks.
 func (n *Node) syncStream(p *partition, s *stream, addr string) {
 	defer n.wg.Done()
 	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 	defer cancel()
 	conn, err := n.pool.Get(ctx, addr)
+	var st *wire.TailState
+	if err == nil {
+		p.mu.Lock()
+		epoch, tryTail := p.epoch, !s.noTail
+		p.mu.Unlock()
+		if tryTail {
+			// A replica that does not answer would not take a
+			// snapshot either: the next attempt probes again.
+			st, err = n.probeTail(ctx, conn, p, epoch)
+		}
+	}
 	p.mu.Lock()
 	if err != nil || p.streams[s.node] != s || p.role != rolePrimary {
 		s.syncing = false
@@ -369,20 +389,27 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 		return
 	}
 	epoch, lsn := p.epoch, p.lsn
-	chunks := p.snapshot(n.name, snapshotChunkLimit(n.cfg.MaxFrame), nowNano())
-	futs := make([]*transport.Future, 0, len(chunks))
-	for i := range chunks {
-		fut, err := conn.Start(wire.MsgSnapshot, &chunks[i])
-		if err != nil {
-			s.syncing = false
-			p.mu.Unlock()
-			return
+	futs, tail := n.startTail(p, conn, st)
+	if !tail {
+		chunks := p.snapshot(n.name, snapshotChunkLimit(n.cfg.MaxFrame), nowNano())
+		futs = make([]*transport.Future, 0, len(chunks))
+		for i := range chunks {
+			fut, err := conn.Start(wire.MsgSnapshot, &chunks[i])
+			if err != nil {
+				s.syncing = false
+				p.mu.Unlock()
+				return
+			}
+			futs = append(futs, fut)
 		}
-		futs = append(futs, fut)
 	}
 	s.conn, s.broken, s.counted = conn, false, true
 	p.mu.Unlock()
-	n.snapshotsSent.Add(1)
+	if tail {
+		n.tailsSent.Add(1)
+	} else {
+		n.snapshotsSent.Add(1)
+	}
 
 	var werr error
 	for _, fut := range futs {
@@ -397,10 +424,13 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 		return
 	}
 	if werr != nil {
-		n.log.Debug("snapshot failed", "partition", p.id, "replica", s.node, "err", werr)
+		n.log.Debug("fill failed", "partition", p.id, "replica", s.node, "tail", tail, "err", werr)
 		s.broken, s.conn = true, nil
+		// A tail refused: the next fill is a snapshot.
+		s.noTail = tail
 		return // the maintenance loop retries
 	}
+	s.noTail = false
 	if s.broken || s.conn != conn {
 		// A record after the snapshot failed meanwhile: start over.
 		n.startSync(p, s)

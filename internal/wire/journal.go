@@ -105,3 +105,34 @@ func DecodePos(b []byte) (uint64, bool) {
 	}
 	return binary.BigEndian.Uint64(b), true
 }
+
+// TailProbe asks a replica where its copy of Partition ends, for the
+// primary From of Epoch, which may send it the missing records only (a
+// tail) instead of a snapshot.
+type TailProbe struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Partition int32
+	Epoch     uint64
+	From      string
+}
+
+// TailState answers a TailProbe: the replica's last record (LSN, and the
+// epoch of the primary that wrote it) and whether it holds a complete copy.
+type TailState struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	LSN       uint64
+	LastEpoch uint64
+	Complete  bool
+}
+
+// TailStart tells a replica that the primary From of Epoch sends, on this
+// connection, the records after LSN, which must be its last record,
+// written at LastEpoch (MsgReplicate frames follow).
+type TailStart struct {
+	_msgpack  struct{} `msgpack:",as_array"`
+	Partition int32
+	Epoch     uint64
+	From      string
+	LSN       uint64
+	LastEpoch uint64
+}

@@ -29,6 +29,8 @@ const (
 	MsgStepParts  uint8 = 20 // StepPartsRequest -> StepPartsResponse: one task per listed partition
 	MsgCall       uint8 = 21 // CallRequest -> CallResponse: run a named member function (broadcast)
 	MsgJournal    uint8 = 22 // JournalRequest -> JournalResponse: read partitions' journals from positions
+	MsgTailProbe  uint8 = 23 // TailProbe -> TailState: where a replica's copy of a partition ends
+	MsgTail       uint8 = 24 // TailStart -> Ack: the records after the replica's last follow on this connection
 )
 
 // Map operations carried by MapRequest.Op.

@@ -211,9 +211,9 @@ type Node struct {
 
 	snapshotsSent atomic.Int64
 	tailsSent     atomic.Int64
-	snapshotsIn   atomic.Int64 // complete snapshots installed here
-	snapshotsOver atomic.Int64 // of which over a complete, non-empty copy
-	tailsIn       atomic.Int64 // tails accepted here
+	snapshotsIn   atomic.Int64              // complete snapshots installed here
+	snapshotsOver atomic.Int64              // of which over a complete, non-empty copy
+	tailsIn       atomic.Int64              // tails accepted here
 	funcs         atomic.Pointer[Functions] // see SetFunctions
 	funcsRunning  atomic.Int64              // function goroutines still running (step.go guarded)
 	stepReruns    atomic.Int64              // step runs that conflicted and ran again

@@ -538,7 +538,7 @@ func (c *Conn) serve(f wire.Frame) {
 // lease renewal would make a node unavailable).
 func neverRefused(typ uint8) bool {
 	switch typ {
-	case wire.MsgReplicate, wire.MsgSnapshot, wire.MsgPing, wire.MsgSynced,
+	case wire.MsgReplicate, wire.MsgSnapshot, wire.MsgTail, wire.MsgTailProbe, wire.MsgPing, wire.MsgSynced,
 		wire.MsgTable, wire.MsgDrain, wire.MsgLease, wire.MsgActivity:
 		return true
 	}

@@ -143,23 +143,32 @@ var (
 	descMigrations = prometheus.NewDesc("grid_migrations_in_flight", "Replicas this node is filling (snapshot sent, not yet in sync).", nil, nil)
 	descLag        = prometheus.NewDesc("grid_replication_lag_records", "Records written by this node's primaries not yet acknowledged by their replicas.", nil, nil)
 	descTable      = prometheus.NewDesc("grid_table_version", "Version of the installed partition table.", nil, nil)
+	descJournal    = prometheus.NewDesc("grid_journal_records", "Records retained in the journals of the partitions this node holds (any role).", nil, nil)
+	descJournalB   = prometheus.NewDesc("grid_journal_bytes", "Bytes retained in the journals of the partitions this node holds (any role).", nil, nil)
+	descStreamEv   = prometheus.NewDesc("grid_stream_events", "Stream events retained in the partitions this node holds (any role).", nil, nil)
+	descFills      = prometheus.NewDesc("grid_fills_total", "Replica fills by kind (snapshot or tail) and direction (sent as primary, received as replica); over_copy: snapshots received that replaced a copy this node held.", []string{"kind", "direction"}, nil)
 )
 
 // collector computes the gauges at scrape time from per-partition counters.
 type collector struct{ n *Node }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPartitions, descEntries, descBytes, descMigrations, descLag, descTable} {
+	for _, d := range []*prometheus.Desc{descPartitions, descEntries, descBytes, descMigrations, descLag, descTable, descJournal, descJournalB, descStreamEv, descFills} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	var primaries, backups, migrations, lag float64
+	var primaries, backups, migrations, lag, jrecs, jbytes, sevents float64
 	entries := map[string]float64{}
 	bytes := map[string]float64{}
 	for _, p := range c.n.parts {
 		p.mu.Lock()
+		jrecs += float64(p.journal.len())
+		jbytes += float64(p.journal.bytes)
+		for _, s := range p.logs {
+			sevents += float64(s.events.len())
+		}
 		switch p.role {
 		case rolePrimary:
 			primaries++
@@ -193,4 +202,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		version = float64(t.Version)
 	}
 	ch <- prometheus.MustNewConstMetric(descTable, prometheus.GaugeValue, version)
+	ch <- prometheus.MustNewConstMetric(descJournal, prometheus.GaugeValue, jrecs)
+	ch <- prometheus.MustNewConstMetric(descJournalB, prometheus.GaugeValue, jbytes)
+	ch <- prometheus.MustNewConstMetric(descStreamEv, prometheus.GaugeValue, sevents)
+	n := c.n
+	for _, f := range []struct {
+		kind, dir string
+		v         int64
+	}{
+		{"snapshot", "sent", n.snapshotsSent.Load()}, {"tail", "sent", n.tailsSent.Load()},
+		{"snapshot", "received", n.snapshotsIn.Load()}, {"tail", "received", n.tailsIn.Load()},
+		{"over_copy", "received", n.snapshotsOver.Load()},
+	} {
+		ch <- prometheus.MustNewConstMetric(descFills, prometheus.CounterValue, float64(f.v), f.kind, f.dir)
+	}
 }

@@ -14,9 +14,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -904,6 +906,22 @@ type PartitionInfo struct {
 	Commit  uint64 `json:"commit"`
 	Entries int    `json:"entries"`
 	Digest  uint64 `json:"digest"` // order-independent hash of entries and versions
+	// The journal: oldest retained position, records and bytes retained.
+	JournalOldest  uint64       `json:"journal_oldest"`
+	JournalRecords int          `json:"journal_records"`
+	JournalBytes   int          `json:"journal_bytes"`
+	Streams        []StreamInfo `json:"streams,omitempty"`
+}
+
+// StreamInfo is one stream of a partition replica: its retained events
+// and its consumer groups' committed positions.
+type StreamInfo struct {
+	Name   string            `json:"name"`
+	Events int               `json:"events"`
+	Bytes  int               `json:"bytes"`
+	Oldest uint64            `json:"oldest"`
+	Last   uint64            `json:"last"`
+	Groups map[string]uint64 `json:"groups,omitempty"`
 }
 
 // Inspect returns the state of this node's replica of partition id.
@@ -912,7 +930,17 @@ func (n *Node) Inspect(id int) PartitionInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	entries, digest := p.digest()
-	return PartitionInfo{ID: id, Role: p.role.String(), Epoch: p.epoch, LSN: p.lsn, Commit: p.commit, Entries: entries, Digest: digest}
+	info := PartitionInfo{ID: id, Role: p.role.String(), Epoch: p.epoch, LSN: p.lsn, Commit: p.commit, Entries: entries, Digest: digest,
+		JournalOldest: p.journal.oldest(), JournalRecords: p.journal.len(), JournalBytes: p.journal.bytes}
+	for name, s := range p.logs {
+		si := StreamInfo{Name: name, Events: s.events.len(), Bytes: s.events.bytes, Oldest: s.events.oldest(), Last: s.events.last()}
+		if len(s.groups) > 0 {
+			si.Groups = maps.Clone(s.groups)
+		}
+		info.Streams = append(info.Streams, si)
+	}
+	slices.SortFunc(info.Streams, func(a, b StreamInfo) int { return strings.Compare(a.Name, b.Name) })
+	return info
 }
 
 // StallReplication makes this node stop answering replication and snapshot

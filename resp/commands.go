@@ -29,6 +29,9 @@ type cmdSpec struct {
 	// wholeMap: walks every partition (KEYS, DBSIZE, FLUSHDB), so it gets
 	// the node's RequestTimeout rather than Config.CommandTimeout.
 	wholeMap bool
+	// blocking: may wait for data (XREAD BLOCK); it bounds its own wait
+	// rather than taking Config.CommandTimeout.
+	blocking bool
 	// write: a mutation (the "write" flag); see errReply.
 	write bool
 	run   func(c *conn, cmd *command, out []byte) []byte
@@ -89,6 +92,9 @@ func init() {
 		{name: "client", arity: -2, flags: []string{"loading", "stale"}, run: cmdClient},
 		{name: "config", arity: -2, flags: []string{"loading", "stale"}, run: cmdConfig},
 		{name: "time", arity: 1, flags: []string{"loading", "stale", "fast"}, run: cmdTime},
+		{name: "xadd", arity: -5, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdXAdd},
+		{name: "xrange", arity: -4, flags: []string{"readonly"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdXRange},
+		{name: "xread", arity: -4, flags: []string{"readonly", "blocking", "movablekeys"}, blocking: true, run: cmdXRead},
 		{name: "fcall", arity: -3, flags: []string{"write", "noscript", "stale", "skip_monitor", "may_replicate", "no_mandatory_keys"}, run: cmdFCall},
 	}
 	commandTable = make(map[string]*cmdSpec, len(specs))

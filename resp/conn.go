@@ -264,7 +264,7 @@ func (c *conn) prepareParallel(cmd *command) bool {
 // commandContext bounds a command by CommandTimeout, or by nothing here
 // (the node's RequestTimeout applies) for the whole-map commands.
 func (c *conn) commandContext(spec *cmdSpec) (context.Context, context.CancelFunc) {
-	if c.s.cfg.CommandTimeout <= 0 || (spec != nil && spec.wholeMap) {
+	if c.s.cfg.CommandTimeout <= 0 || (spec != nil && (spec.wholeMap || spec.blocking)) {
 		return c.s.ctx, func() {}
 	}
 	return context.WithTimeout(c.s.ctx, c.s.cfg.CommandTimeout)

@@ -1,0 +1,86 @@
+package resp_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// XADD appends through any node, XRANGE and XREAD read through another,
+// and a blocked XREAD wakes when an entry is added.
+func TestStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := newCluster(t, 3)
+	for _, proto := range []int{2, 3} {
+		t.Run(fmt.Sprintf("resp%d", proto), func(t *testing.T) {
+			ctx := ctxT(t, 60*time.Second)
+			w, r := c.client(t, 0, proto), c.client(t, 2, proto)
+			s := fmt.Sprintf("orders%d", proto)
+			var ids []string
+			for i := range 5 {
+				id, err := w.XAdd(ctx, &redis.XAddArgs{Stream: s, ID: "*", Values: []string{"n", fmt.Sprint(i), "kind", "order"}}).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(ids) > 0 && id <= ids[len(ids)-1] && len(id) <= len(ids[len(ids)-1]) {
+					t.Fatalf("id %s after %s", id, ids[len(ids)-1])
+				}
+				ids = append(ids, id)
+			}
+			got, err := r.XRange(ctx, s, "-", "+").Result()
+			if err != nil || len(got) != 5 {
+				t.Fatalf("XRANGE: %v, %v", got, err)
+			}
+			for i, m := range got {
+				if m.ID != ids[i] || m.Values["n"] != fmt.Sprint(i) || m.Values["kind"] != "order" {
+					t.Fatalf("entry %d: %+v, want id %s", i, m, ids[i])
+				}
+			}
+			if got, err := r.XRangeN(ctx, s, ids[1], ids[3], 2).Result(); err != nil || len(got) != 2 || got[0].ID != ids[1] {
+				t.Fatalf("XRANGE with bounds and COUNT: %v, %v", got, err)
+			}
+			if got, err := r.XRange(ctx, s, "("+ids[3], "+").Result(); err != nil || len(got) != 1 || got[0].ID != ids[4] {
+				t.Fatalf("XRANGE exclusive start: %v, %v", got, err)
+			}
+			res, err := r.XRead(ctx, &redis.XReadArgs{Streams: []string{s, ids[2]}, Count: 10}).Result()
+			if err != nil || len(res) != 1 || len(res[0].Messages) != 2 || res[0].Messages[0].ID != ids[3] {
+				t.Fatalf("XREAD after %s: %v, %v", ids[2], res, err)
+			}
+			// A blocked XREAD from $ wakes on the next XADD.
+			done := make(chan []redis.XStream, 1)
+			go func() {
+				res, _ := r.XRead(ctx, &redis.XReadArgs{Streams: []string{s, "$"}, Block: 10 * time.Second}).Result()
+				done <- res
+			}()
+			time.Sleep(300 * time.Millisecond)
+			id, err := w.XAdd(ctx, &redis.XAddArgs{Stream: s, ID: "*", Values: []string{"n", "late"}}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case res := <-done:
+				if len(res) != 1 || len(res[0].Messages) != 1 || res[0].Messages[0].ID != id {
+					t.Fatalf("blocked XREAD got %v, want %s", res, id)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("blocked XREAD did not wake")
+			}
+			// A BLOCK with nothing new times out with a null reply.
+			if _, err := r.XRead(ctx, &redis.XReadArgs{Streams: []string{s, "$"}, Block: 200 * time.Millisecond}).Result(); err != redis.Nil {
+				t.Fatalf("XREAD BLOCK timeout: %v", err)
+			}
+			// What the grid does not do is refused clearly.
+			if err := w.XAdd(ctx, &redis.XAddArgs{Stream: s, ID: "5-1", Values: []string{"a", "b"}}).Err(); err == nil || !strings.Contains(err.Error(), "use * as the ID") {
+				t.Fatalf("explicit id: %v", err)
+			}
+			if err := w.XAdd(ctx, &redis.XAddArgs{Stream: s, MaxLen: 10, ID: "*", Values: []string{"a", "b"}}).Err(); err == nil || !strings.Contains(err.Error(), "MAXLEN") {
+				t.Fatalf("MAXLEN: %v", err)
+			}
+		})
+	}
+}

@@ -22,7 +22,8 @@ package main
 //  2. a stream workload (journal_stream.go): -publishers goroutines
 //     publish events with unique ids (keys spread over the partitions)
 //     while a consumer group reads them; the consumer is crashed once
-//     (its ctx cancelled) and restarted. Every acknowledged event must be
+//     (its ctx cancelled and its client closed right after it handled an
+//     event, before the batch's commit) and restarted with a new client. Every acknowledged event must be
 //     consumed, at its acknowledged position, nothing refused or never
 //     published consumed, each partition's events in position order, and
 //     the redeliveries after a restart at most one batch per partition;
@@ -58,6 +59,7 @@ type journalConfig struct {
 	Runs       int           // rounds; default 1
 	Seed       uint64        // round r uses Seed+r
 	Writers    int           // listener workload: writers, a key each; default 8
+	WritePace  time.Duration // a writer's pause between writes; default 10ms
 	Publishers int           // stream workload: publishers; default 4
 	Pace       time.Duration // a publisher's pause between publishes; default 5ms
 	Kills      int           // SIGKILLs per round; default 4
@@ -96,6 +98,7 @@ func (c journalConfig) withDefaults() (journalConfig, error) {
 	def(&c.RejoinEntries, 1_000_000)
 	def(&c.BasePort, 33946)
 	defD(&c.Pace, 5*time.Millisecond)
+	defD(&c.WritePace, 10*time.Millisecond)
 	defD(&c.Down, 2*time.Second)
 	defD(&c.Warm, 2*time.Second)
 	defD(&c.RejoinStop, 3*time.Second)
@@ -301,6 +304,7 @@ func journalMain(args []string) int {
 	fs.IntVar(&cfg.Runs, "runs", 1, "rounds, each on a fresh cluster with seed -seed, -seed+1, ...")
 	fs.Uint64Var(&cfg.Seed, "seed", uint64(time.Now().UnixNano()%1e6), "seed of the first round (listener start, victims, timings)")
 	fs.IntVar(&cfg.Writers, "writers", 8, "listener workload: writers, each rewriting a key of its own")
+	fs.DurationVar(&cfg.WritePace, "write-pace", 10*time.Millisecond, "listener workload: a writer's pause between writes (keeps a key's partition within the journal's retention across a failover)")
 	fs.IntVar(&cfg.Publishers, "publishers", 4, "stream workload: concurrent publishers")
 	fs.DurationVar(&cfg.Pace, "pace", 5*time.Millisecond, "stream workload: a publisher's pause between publishes")
 	fs.IntVar(&cfg.Kills, "kills", 4, "SIGKILLs of the writers' keys' primaries per round (leader and follower in turn)")

@@ -79,7 +79,7 @@ func runJournalWorkloads(ctx context.Context, h *harness, cfg journalConfig, see
 		wwg.Add(1)
 		go func(w *jwriter) {
 			defer wwg.Done()
-			w.run(wctx, m, stop)
+			w.run(wctx, m, cfg.WritePace, stop)
 		}(writers[i])
 	}
 	pubs := &jpublishers{}
@@ -175,11 +175,11 @@ func runJournalWorkloads(ctx context.Context, h *harness, cfg journalConfig, see
 	l.stop(run)
 	run = nil
 
-	for _, v := range checkListener(writers, l, lr) {
+	for _, v := range checkListener(writers, l, partitions, lr) {
 		violation("listener: %s", v)
 	}
 	jc.mu.Lock()
-	sr.ConsumerErrors = jc.errors
+	sr.ConsumerErrors, sr.CrashInHandle = jc.errors, jc.inHandle
 	for _, v := range checkStream(pubs.pubs, jc.incs, partitions, sr) {
 		violation("stream: %s", v)
 	}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/client"
 )
 
@@ -33,6 +34,7 @@ const (
 type jwrite struct {
 	outcome int
 	kind    string // error kind of a failed write
+	at      int64  // when the call returned (Unix ns)
 }
 
 // jwriter rewrites one key; only its goroutine appends, the check reads
@@ -59,7 +61,7 @@ func parseJValue(key string, v []byte) int {
 }
 
 // run writes until stop is closed.
-func (w *jwriter) run(ctx context.Context, m client.Map, stop <-chan struct{}) {
+func (w *jwriter) run(ctx context.Context, m client.Map, pace time.Duration, stop <-chan struct{}) {
 	for n := 1; ; n++ {
 		select {
 		case <-stop:
@@ -69,9 +71,10 @@ func (w *jwriter) run(ctx context.Context, m client.Map, stop <-chan struct{}) {
 		default:
 		}
 		err := m.Put(ctx, w.key, jvalue(w.key, n))
+		at := time.Now().UnixNano()
 		switch {
 		case err == nil:
-			w.issued = append(w.issued, jwrite{outcome: wAcked})
+			w.issued = append(w.issued, jwrite{outcome: wAcked, at: at})
 			w.acked.Add(1)
 		case errors.Is(err, client.ErrUnavailable):
 			w.issued = append(w.issued, jwrite{outcome: wRefused, kind: errKind(err)})
@@ -81,6 +84,7 @@ func (w *jwriter) run(ctx context.Context, m client.Map, stop <-chan struct{}) {
 		if err != nil && !errors.Is(err, client.ErrTimeout) {
 			sleepCtx(ctx, 10*time.Millisecond)
 		}
+		sleepCtx(ctx, pace)
 	}
 }
 
@@ -91,6 +95,7 @@ type heard struct {
 	old  []byte // the event's old value (nil if the journal kept none)
 	pos  uint64
 	part int
+	at   int64 // when it was heard (Unix ns)
 }
 
 // jlistener records the events of listenMap, across its restarts.
@@ -98,7 +103,7 @@ type jlistener struct {
 	mu       sync.Mutex
 	heard    map[string][]heard
 	events   int
-	trimmed  []string // gaps past retention told to OnGap
+	trimmed  []trimmedGap // gaps past retention told to OnGap
 	restarts int
 	errors   []string // Listen calls that ended other than by their ctx
 	perRun   []int    // events heard by each Listen call
@@ -110,14 +115,14 @@ func (l *jlistener) onEvent(ev client.Event) error {
 	l.events++
 	l.perRun[len(l.perRun)-1]++
 	l.heard[ev.Key] = append(l.heard[ev.Key], heard{n: parseJValue(ev.Key, ev.Value), kind: ev.Kind.String(),
-		old: bytes.Clone(ev.Old), pos: ev.Position, part: ev.Partition})
+		old: bytes.Clone(ev.Old), pos: ev.Position, part: ev.Partition, at: time.Now().UnixNano()})
 	return nil
 }
 
 func (l *jlistener) onGap(g *client.TrimmedError) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.trimmed = append(l.trimmed, g.Error())
+	l.trimmed = append(l.trimmed, trimmedGap{part: g.Partition, asked: g.Asked, oldest: g.Oldest})
 	return nil
 }
 
@@ -197,7 +202,8 @@ type listenResult struct {
 	Unknown    int    `json:"unknown_outcomes"`
 	Refused    int    `json:"refused_writes"` // ErrUnavailable: nothing applied
 	UnknownIn  int    `json:"unknown_heard"`  // failed writes heard (once, in their place)
-	Gaps       int    `json:"gaps"`           // acknowledged values not heard, and applied values skipped (kind, old value)
+	Gaps       int    `json:"gaps"`           // silent: acknowledged values not heard, applied values skipped (kind, old value)
+	Announced  int    `json:"announced_gaps"` // the same, where OnGap told of a gap past retention
 	Duplicates int    `json:"duplicates"`
 	Disorder   int    `json:"out_of_order"`
 	Phantoms   int    `json:"phantoms"` // values never written, or refused ones
@@ -207,6 +213,11 @@ type listenResult struct {
 	Trimmed    int    `json:"trimmed_gaps"`
 	// CatchUpMs: writers stopped -> every key's final value heard.
 	CatchUpMs float64 `json:"catch_up_ms"`
+	// DelayMs: acknowledgement -> heard, per acknowledged write heard
+	// (the restart's pause included).
+	DelayMs dist `json:"delay_ms"`
+
+	delays []float64
 }
 
 // listenTotals adds up the rounds' listener workloads.
@@ -218,6 +229,7 @@ type listenTotals struct {
 	Refused    int `json:"refused_writes"`
 	UnknownIn  int `json:"unknown_heard"`
 	Gaps       int `json:"gaps"`
+	Announced  int `json:"announced_gaps"`
 	Duplicates int `json:"duplicates"`
 	Disorder   int `json:"out_of_order"`
 	Phantoms   int `json:"phantoms"`
@@ -233,11 +245,29 @@ func (t *listenTotals) add(r *listenResult) {
 	t.Refused += r.Refused
 	t.UnknownIn += r.UnknownIn
 	t.Gaps += r.Gaps
+	t.Announced += r.Announced
 	t.Duplicates += r.Duplicates
 	t.Disorder += r.Disorder
 	t.Phantoms += r.Phantoms
 	t.OldChecked += r.OldChecked
 	t.Restarts += r.Restarts
+}
+
+// trimmedGap is a gap past retention the listener was told of.
+type trimmedGap struct {
+	part          int
+	asked, oldest uint64
+}
+
+// announced reports whether one of gaps in partition part lies between
+// positions a (heard) and b (heard next; 0: nothing heard after a).
+func announced(gaps []trimmedGap, part int, a, b uint64) bool {
+	for _, g := range gaps {
+		if g.part == part && g.asked > a && (b == 0 || g.asked <= b) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkKey compares what the listener heard of key with its issued writes
@@ -247,16 +277,35 @@ func (t *listenTotals) add(r *listenResult) {
 // every acknowledged one (else a gap) and nothing refused or never
 // issued (a phantom); the first event must be "added" and the others
 // "updated", each with the previous heard value as its old value when the
-// journal kept one (else an applied write was not heard: a gap).
-func checkKey(key string, issued []jwrite, hs []heard, r *listenResult) []string {
+// journal kept one (else an applied write was not heard: a gap). A gap
+// the listener was told of (OnGap: past retention) counts as announced,
+// not silent; both are violations here, since the workload stays within
+// retention.
+func checkKey(key string, part int, issued []jwrite, hs []heard, gaps []trimmedGap, r *listenResult) []string {
 	var out []string
 	bad := func(format string, args ...any) {
 		if len(out) < 3 {
 			out = append(out, fmt.Sprintf("key %s: ", key)+fmt.Sprintf(format, args...))
 		}
 	}
-	seen := make([]bool, len(issued)+1)
-	last := 0
+	gap := func(a, b uint64, format string, args ...any) {
+		if announced(gaps, part, a, b) {
+			r.Announced++
+			bad("(announced past retention) "+format, args...)
+			return
+		}
+		r.Gaps++
+		bad(format, args...)
+	}
+	// skipped reports acknowledged values in (from, to) not heard.
+	skipped := func(from, to int, a, b uint64) {
+		for n := from + 1; n < to; n++ {
+			if issued[n-1].outcome == wAcked {
+				gap(a, b, "acknowledged value %d not heard (between positions %d and %d)", n, a, b)
+			}
+		}
+	}
+	last, lastPos := 0, uint64(0)
 	for i, h := range hs {
 		switch {
 		case h.n == 0 || h.n > len(issued):
@@ -273,6 +322,9 @@ func checkKey(key string, issued []jwrite, hs []heard, r *listenResult) []string
 			continue
 		}
 		w := issued[h.n-1]
+		if w.outcome == wAcked {
+			r.delays = append(r.delays, msOf(max(0, h.at-w.at)))
+		}
 		switch w.outcome {
 		case wRefused:
 			r.Phantoms++
@@ -280,36 +332,29 @@ func checkKey(key string, issued []jwrite, hs []heard, r *listenResult) []string
 		case wUnknown:
 			r.UnknownIn++
 		}
+		skipped(last, h.n, lastPos, h.pos)
 		want := "updated"
 		if i == 0 {
 			want = "added"
 		}
 		if h.kind != want {
-			r.Gaps++
-			bad("value %d heard as %s, want %s", h.n, h.kind, want)
+			gap(lastPos, h.pos, "value %d heard as %s, want %s", h.n, h.kind, want)
 		}
 		if h.old != nil && i > 0 {
 			r.OldChecked++
 			if prev := jvalue(key, last); !bytes.Equal(h.old, prev) {
-				r.Gaps++
-				bad("value %d replaced %q, but the value heard before it is %q", h.n, h.old, prev)
+				gap(lastPos, h.pos, "value %d replaced %q, but the value heard before it is %q", h.n, h.old, prev)
 			}
 		}
-		seen[h.n] = true
-		last = h.n
+		last, lastPos = h.n, h.pos
 	}
-	for n := 1; n <= len(issued); n++ {
-		if issued[n-1].outcome == wAcked && !seen[n] {
-			r.Gaps++
-			bad("acknowledged value %d not heard", n)
-		}
-	}
+	skipped(last, len(issued)+1, lastPos, 0)
 	return out
 }
 
 // checkListener fills r from the writers and the listener and returns the
 // violations.
-func checkListener(writers []*jwriter, l *jlistener, r *listenResult) []string {
+func checkListener(writers []*jwriter, l *jlistener, partitions int, r *listenResult) []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []string
@@ -328,8 +373,9 @@ func checkListener(writers []*jwriter, l *jlistener, r *listenResult) []string {
 				r.Refused++
 			}
 		}
-		out = append(out, checkKey(w.key, w.issued, l.heard[w.key], r)...)
+		out = append(out, checkKey(w.key, affinity.Partition(w.key, partitions), w.issued, l.heard[w.key], l.trimmed, r)...)
 	}
+	r.DelayMs = distOf(r.delays)
 	for k, hs := range l.heard {
 		if !keys[k] {
 			r.Phantoms += len(hs)
@@ -337,7 +383,7 @@ func checkListener(writers []*jwriter, l *jlistener, r *listenResult) []string {
 		}
 	}
 	for _, g := range l.trimmed {
-		out = append(out, "listener told of a gap past retention: "+g)
+		out = append(out, fmt.Sprintf("listener told of a gap past retention: partition %d asked from %d, oldest retained %d", g.part, g.asked, g.oldest))
 	}
 	for _, e := range l.errors {
 		out = append(out, "Listen ended on its own: "+e)

@@ -104,6 +104,13 @@ type jconsumer struct {
 
 	crash chan chan struct{} // a crash request; closed reply when the next incarnation runs
 	wg    sync.WaitGroup
+
+	// crashIn, when set, crashes the running incarnation (cancels its ctx
+	// and closes its client): the next Handle calls it right after
+	// recording its event, so the crash lands between handling a batch
+	// and committing it.
+	crashIn  func()
+	inHandle bool // the crash landed in a Handle (not by the fallback)
 }
 
 func newJConsumer(addrs []string) *jconsumer {
@@ -133,14 +140,27 @@ func (jc *jconsumer) run(ctx context.Context) {
 				return nil
 			}})
 		}()
+		crash := func() {
+			jc.mu.Lock()
+			jc.crashIn = func() { cancel(); c.Close() } // a dead process: its connections go too
+			jc.mu.Unlock()
+			select { // the next event crashes it; else, after a second, this
+			case <-done:
+			case <-time.After(time.Second):
+				jc.mu.Lock()
+				jc.crashIn = nil
+				jc.mu.Unlock()
+				cancel()
+				<-done
+			}
+		}
 		if reply != nil {
 			close(reply)
 			reply = nil
 		}
 		select {
 		case reply = <-jc.crash:
-			cancel()
-			<-done
+			crash()
 		case err := <-done:
 			cancel()
 			if ctx.Err() == nil {
@@ -170,6 +190,10 @@ func (jc *jconsumer) handle(inc int, ev client.StreamEvent) {
 	defer jc.mu.Unlock()
 	jc.incs[inc] = append(jc.incs[inc], consumed{id: string(ev.Value), part: ev.Partition, pos: ev.Position})
 	jc.seen[string(ev.Value)] = true
+	if jc.crashIn != nil {
+		jc.crashIn()
+		jc.crashIn, jc.inHandle = nil, true
+	}
 }
 
 func (jc *jconsumer) note(s string) {
@@ -227,6 +251,7 @@ type streamResult struct {
 	Incarnations   int      `json:"consumer_incarnations"`
 	PerInc         []int    `json:"consumed_per_incarnation"`
 	Crashes        int      `json:"consumer_crashes"`
+	CrashInHandle  bool     `json:"crash_in_handle"` // the crash cancelled the consumer right after it handled an event
 	ConsumerErrors []string `json:"consumer_errors,omitempty"`
 	CatchUpMs      float64  `json:"catch_up_ms"` // publishers stopped -> every acknowledged event consumed
 	DeleteGroup    string   `json:"delete_group,omitempty"`

@@ -170,9 +170,26 @@ func TestCheckKey(t *testing.T) {
 		{"first not added", []heard{h(1, "updated", 0), h(3, "updated", 1), h(5, "updated", 3)}, 1},
 	} {
 		var r listenResult
-		if got := checkKey(key, issued, c.hs, &r); len(got) != c.want {
+		if got := checkKey(key, 0, issued, c.hs, nil, &r); len(got) != c.want {
 			t.Errorf("%s: %d violations %v; want %d", c.name, len(got), got, c.want)
 		}
+	}
+}
+
+// TestCheckKeyAnnounced: a gap the listener was told of (past retention)
+// counts as announced, one it was not told of as silent.
+func TestCheckKeyAnnounced(t *testing.T) {
+	issued := []jwrite{{outcome: wAcked}, {outcome: wAcked}, {outcome: wAcked}}
+	hs := []heard{{n: 1, kind: "added", pos: 10}, {n: 3, kind: "updated", pos: 30, old: jvalue("k", 2)}}
+	var r listenResult
+	checkKey("k", 4, issued, hs, []trimmedGap{{part: 4, asked: 11, oldest: 25}}, &r)
+	if r.Announced != 2 || r.Gaps != 0 {
+		t.Errorf("told of the gap: %d announced, %d silent; want 2, 0", r.Announced, r.Gaps)
+	}
+	r = listenResult{}
+	checkKey("k", 4, issued, hs, []trimmedGap{{part: 5, asked: 11, oldest: 25}, {part: 4, asked: 31, oldest: 40}}, &r)
+	if r.Announced != 0 || r.Gaps != 2 {
+		t.Errorf("told of other gaps: %d announced, %d silent; want 0, 2", r.Announced, r.Gaps)
 	}
 }
 

@@ -39,6 +39,10 @@ type rejoinResult struct {
 	// victim was seen; 0 if none was.
 	FailedOverMs float64 `json:"failed_over_ms"`
 	WritesDuring int64   `json:"writes_during_stop"`
+	// WriteGapMs is the longest time between acknowledged writes (of all
+	// writers) from the SIGSTOP to the SIGCONT: how long every writer
+	// was stuck.
+	WriteGapMs float64 `json:"write_gap_max_ms"`
 	// ConvergedMs: SIGCONT -> the table converged with every member used
 	// and nothing pending; InSyncMs: SIGCONT -> converged and every backup
 	// equal to its primary (LSN, entries, digest).
@@ -90,13 +94,10 @@ func runRejoin(ctx context.Context, cfg journalConfig, bin string, seed uint64) 
 	before := loadavg()
 	defer func() { r.Loadavg = before + " -> " + loadavg() }()
 	h, err := startJournalCluster(ctx, cfg, bin, seed, "rejoin")
-	failed := true
 	if h != nil {
 		defer func() {
 			h.stopAll()
-			if failed {
-				h.saveLogs()
-			}
+			h.saveLogs() // a measurement: its logs tell how the fills went
 			os.RemoveAll(h.dir)
 		}()
 	}
@@ -129,7 +130,6 @@ func runRejoin(ctx context.Context, cfg journalConfig, bin string, seed uint64) 
 	if err := r.outage(ctx, h, victim, cfg.RejoinStop, cfg.RejoinEntries, seed); err != nil {
 		return r, err
 	}
-	failed = len(r.Violations) > 0
 	return r, nil
 }
 
@@ -175,6 +175,8 @@ func (r *rejoinResult) outage(ctx context.Context, h *harness, victim *proc, d t
 	}
 	fills0 := scrapeFills(ctx, h)
 	var writes atomic.Int64
+	var ackMu sync.Mutex
+	var acks []int64
 	wctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	m := c.Map(mrMap)
@@ -187,6 +189,9 @@ func (r *rejoinResult) outage(ctx context.Context, h *harness, victim *proc, d t
 				k := mrKey(rng.IntN(entries))
 				if m.Put(wctx, k, strconv.AppendInt(nil, rng.Int64N(1e6), 10)) == nil {
 					writes.Add(1)
+					ackMu.Lock()
+					acks = append(acks, h.now())
+					ackMu.Unlock()
 				}
 				sleepCtx(wctx, 5*time.Millisecond)
 			}
@@ -212,11 +217,12 @@ func (r *rejoinResult) outage(ctx context.Context, h *harness, victim *proc, d t
 	}
 	stopWriters()
 	r.WritesDuring = writes.Load() - w0
+	r.WriteGapMs = maxGapIn(acks, stopAt, h.now())
 	h.signal(victim, syscall.SIGCONT)
 	victim.paused = false
 	contAt := h.now()
 	r.StopMs = msOf(contAt - stopAt)
-	note("SIGCONT %s after %.0f ms; %d writes acknowledged meanwhile", victim.name, r.StopMs, r.WritesDuring)
+	note("SIGCONT %s after %.0f ms; %d writes acknowledged meanwhile, none for %.0f ms at most", victim.name, r.StopMs, r.WritesDuring, r.WriteGapMs)
 	if r.FailedOverMs == 0 {
 		r.Violations = append(r.Violations, fmt.Sprintf("%s was not failed over within the %v stop (the measurement is not a rejoin)", victim.name, d))
 	}
@@ -252,6 +258,22 @@ func (r *rejoinResult) outage(ctx context.Context, h *harness, victim *proc, d t
 	note("fills: victim received %.0f tails, %.0f snapshots (%.0f over its copy); members sent %.0f tails, %.0f snapshots",
 		r.VictimTails, r.VictimSnapshots, r.VictimOverCopy, r.TailsSent, r.SnapshotsSent)
 	return nil
+}
+
+// maxGapIn returns the longest interval (ms) in [from, to] without an
+// acknowledgement in acks (sorted).
+func maxGapIn(acks []int64, from, to int64) float64 {
+	prev, gap := from, int64(0)
+	for _, a := range acks {
+		if a <= from {
+			continue
+		}
+		if a > to {
+			break
+		}
+		gap, prev = max(gap, a-prev), a
+	}
+	return msOf(max(gap, to-prev))
 }
 
 // waitInSync waits until the cluster is safe and every backup equals its

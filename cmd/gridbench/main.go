@@ -15,6 +15,11 @@
 // with GetAll and sums them here. -server-pids (gridnode processes on this
 // machine) adds their user+system CPU time per operation, read from
 // /proc/PID/stat before and after the measured run.
+//
+// publish publishes -value bytes to stream -map with a random key of -keys
+// per operation; consume publishes -keys events to a new stream first, then
+// measures one consumer group reading them (partitions split over the
+// clients; -duration caps it).
 package main
 
 import (
@@ -82,10 +87,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.StringVar(&o.addrs, "addrs", "127.0.0.1:7070", "comma-separated RPC addresses of cluster members")
 	fs.IntVar(&o.clients, "clients", 50, "concurrent clients, each with its own connections")
 	fs.IntVar(&o.depth, "depth", 1, "requests in flight per client (pipelining)")
-	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated or order-fetched")
+	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map) or consume (-keys events published first, then read by one consumer group over the clients)")
 	fs.Float64Var(&o.w.ratio, "get-ratio", 0.5, "kv: fraction of operations that are gets; the rest are puts")
 	valueSize := fs.Int("value", 100, "kv: value size in bytes")
-	fs.IntVar(&o.w.keys, "keys", 100000, "key space (kv) or customers (order-*)")
+	fs.IntVar(&o.w.keys, "keys", 100000, "key space (kv, publish), customers (order-*) or events (consume)")
 	fs.IntVar(&o.w.lines, "lines", 100, "order-*: order lines per customer")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run (ignored with -ops)")
 	fs.Int64Var(&o.ops, "ops", 0, "total operations to run instead of a duration")
@@ -144,13 +149,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	timeout := func(ctx context.Context) (context.Context, context.CancelFunc) {
 		return context.WithTimeout(ctx, 30*time.Second)
 	}
-	if o.preload || o.w.name == workloadFetch {
+	if (o.preload && o.w.name != workloadPublish && o.w.name != workloadConsume) || o.w.name == workloadFetch {
 		if err := o.w.preload(ctx, cls[0], timeout); err != nil {
 			fmt.Fprintln(stderr, "gridbench: preload:", err)
 			return 1
 		}
 	}
-	r, err := measure(ctx, o, cls)
+	measureFn := measure
+	if o.w.name == workloadConsume {
+		measureFn = measureConsume
+	}
+	r, err := measureFn(ctx, o, cls)
 	if err != nil {
 		fmt.Fprintln(stderr, "gridbench:", err)
 		return 1
@@ -242,8 +251,13 @@ func summarize(o *options, samples []int64, elapsed float64) result {
 		OpsPerSec: float64(len(samples)) / elapsed,
 		P50us:     pct(0.50), P99us: pct(0.99), P999us: pct(0.999),
 	}
-	if o.w.name != workloadKV {
+	switch o.w.name {
+	case workloadCollocate, workloadFetch:
 		r.Lines = o.w.lines
+	case workloadConsume:
+		r.GetRatio = 0
+	case workloadPublish:
+		r.GetRatio = 0
 	}
 	if len(samples) > 0 {
 		r.MaxUs = float64(samples[len(samples)-1]) / 1e3

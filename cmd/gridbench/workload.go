@@ -16,6 +16,8 @@ const (
 	workloadKV        = "kv"               // gets and puts of single keys (-get-ratio)
 	workloadCollocate = "order-collocated" // a customer's order total summed at its primary
 	workloadFetch     = "order-fetched"    // the same total, its lines fetched with GetAll
+	workloadPublish   = "publish"          // Publish of -value bytes to stream -map, a random key of -keys
+	workloadConsume   = "consume"          // a consumer group reading -keys events published before measuring
 )
 
 // workload is what one benchmark operation does, and how the keys it
@@ -36,13 +38,13 @@ func (w *workload) linesMap() string { return fmt.Sprintf("lines%d", w.lines) }
 
 func (w *workload) validate() error {
 	switch w.name {
-	case workloadKV:
+	case workloadKV, workloadPublish, workloadConsume:
 	case workloadCollocate, workloadFetch:
 		if w.lines < 1 {
 			return errors.New("-lines must be positive")
 		}
 	default:
-		return fmt.Errorf("unknown -workload %q (kv, %s, %s)", w.name, workloadCollocate, workloadFetch)
+		return fmt.Errorf("unknown -workload %q (kv, %s, %s, %s, %s)", w.name, workloadCollocate, workloadFetch, workloadPublish, workloadConsume)
 	}
 	return nil
 }
@@ -124,6 +126,10 @@ func (w *workload) op(ctx context.Context, c *client.Client, rng *rand.Rand) err
 			return fmt.Errorf("customer %d: total %d, want %d", i, total, w.orderTotal())
 		}
 		return nil
+	}
+	if w.name == workloadPublish {
+		_, err := c.Publish(ctx, w.mapName, keyName(i), w.value)
+		return err
 	}
 	m := c.Map(w.mapName)
 	k := keyName(i)

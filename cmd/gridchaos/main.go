@@ -25,6 +25,12 @@
 // while a fourth joins and one of the three is SIGKILLed in the middle of
 // a call, and concurrent counter.add increments through one client lose
 // and double nothing when the key's primary is SIGKILLed.
+//
+// `gridchaos journal [flags]` checks listeners and streams under failure
+// (journal.go): a listener hears every key's committed history, and a
+// consumer group every acknowledged event, while the keys' primaries are
+// SIGKILLed; -rejoin measures a paused member's catch-up (tail or
+// snapshot).
 package main
 
 import (
@@ -138,6 +144,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "compute" {
 		os.Exit(computeMain(os.Args[2:])) // compute.go
+	}
+	if len(os.Args) > 1 && os.Args[1] == "journal" {
+		os.Exit(journalMain(os.Args[2:])) // journal.go
 	}
 	var cfg Config
 	var script string

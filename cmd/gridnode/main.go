@@ -190,6 +190,8 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	leave := fs.Duration("leave-timeout", 20*time.Second, "how long a graceful leave may take to hand data over")
 	respFlag := fs.String("resp", "", "Redis protocol host:port (for example 127.0.0.1:6379); empty disables")
 	respMap := fs.String("resp-map", resp.DefaultConfig().DefaultMap, "map that Redis connections use before SELECT")
+	journalRecs := fs.Int("journal-records", cfg.JournalRecords, "records each partition's journal retains (listeners resume and replicas catch up by tail within it)")
+	journalBytes := fs.Int("journal-bytes", cfg.JournalBytes, "bytes each partition's journal retains at most")
 
 	envKey := func(name string) string { return "GRID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
 	// The config file's path may come from a flag or the environment.
@@ -242,6 +244,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	cfg.Partitions = *partitions
 	cfg.Backups = *backups
 	cfg.MaxValueSize = *maxValue
+	cfg.JournalRecords, cfg.JournalBytes = *journalRecs, *journalBytes
 	cfg.Profile = cluster.Profile(*profile)
 	cfg.LeaseDuration = *lease
 	if cfg.Profile != cluster.ProfileLAN && cfg.Profile != cluster.ProfileTest {

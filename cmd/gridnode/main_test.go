@@ -4,6 +4,8 @@ import (
 	"io"
 	"os"
 	"testing"
+
+	"github.com/collocate/grid/grid"
 )
 
 func TestParsePrecedence(t *testing.T) {
@@ -28,6 +30,8 @@ func TestParseRejectsBadInput(t *testing.T) {
 		{"-nosuchflag"},
 		{"stray"},
 		{"-log-level", "loud"},
+		{"-journal-records", "0"},
+		{"-journal-bytes", "-1"},
 	} {
 		if _, err := parse(args, none, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
@@ -40,6 +44,24 @@ func TestParseRejectsBadInput(t *testing.T) {
 		return ""
 	}, io.Discard); err == nil {
 		t.Error("bad GRID_PARTITIONS accepted")
+	}
+}
+
+func TestParseJournalBounds(t *testing.T) {
+	none := func(string) string { return "" }
+	o, err := parse(nil, none, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.JournalRecords != grid.DefaultJournalRecords || o.cfg.JournalBytes != grid.DefaultJournalBytes {
+		t.Fatalf("defaults: journal %d records, %d bytes", o.cfg.JournalRecords, o.cfg.JournalBytes)
+	}
+	o, err = parse([]string{"-journal-records", "1", "-journal-bytes", "4096"}, none, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.JournalRecords != 1 || o.cfg.JournalBytes != 4096 {
+		t.Fatalf("journal %d records, %d bytes; want 1, 4096", o.cfg.JournalRecords, o.cfg.JournalBytes)
 	}
 }
 

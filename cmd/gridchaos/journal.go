@@ -1,0 +1,349 @@
+package main
+
+// The journal mode is real-process evidence for the per-partition journal
+// (issue 12, docs/chaos.md "Journal under failure"):
+//
+//	go run ./cmd/gridchaos journal -runs 3 -seed 1
+//	go run ./cmd/gridchaos journal -rejoin [-journal-records 1]
+//
+// Each round (seeds -seed, -seed+1, ...) gets a fresh cluster of 3
+// gridnode processes with gridnode's default flags (one backup) and runs,
+// at the same time and through default clients:
+//
+//  1. a listener workload (journal_listen.go): -writers goroutines rewrite
+//     a key of their own with increasing values while a Listener (from
+//     JournalEnds on even seeds, from position 1 everywhere on odd ones)
+//     records what it hears; the listener is stopped and resumed once from
+//     its saved Positions with a new client. Per key, what it heard must be
+//     the committed history: every acknowledged value, in order, no
+//     duplicate, nothing never written, a value whose write failed at most
+//     once in its place, the first event "added" and every event's old
+//     value the one heard before it;
+//  2. a stream workload (journal_stream.go): -publishers goroutines
+//     publish events with unique ids (keys spread over the partitions)
+//     while a consumer group reads them; the consumer is crashed once
+//     (its ctx cancelled and its client closed right after it handled an
+//     event, before the batch's commit) and restarted with a new client. Every acknowledged event must be
+//     consumed, at its acknowledged position, nothing refused or never
+//     published consumed, each partition's events in position order, and
+//     the redeliveries after a restart at most one batch per partition;
+//  3. -kills SIGKILLs of the primaries of the writers' keys (the raft
+//     leader and a follower in turn), each restarted under its name once
+//     the cluster is safe without it (journal_kills.go).
+//
+// -rejoin instead measures the rejoin of a member holding -rejoin-entries
+// entries after a short SIGSTOP (journal_rejoin.go).
+//
+// It prints a one-line JSON summary; exit status 1 on a violation, 2 if a
+// round could not run. Node logs of a failed round go to -out/seed-<n>/.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// journalConfig is one invocation of the journal mode.
+type journalConfig struct {
+	Runs       int           // rounds; default 1
+	Seed       uint64        // round r uses Seed+r
+	Writers    int           // listener workload: writers, a key each; default 8
+	WritePace  time.Duration // a writer's pause between writes; default 10ms
+	Publishers int           // stream workload: publishers; default 4
+	Pace       time.Duration // a publisher's pause between publishes; default 5ms
+	Kills      int           // SIGKILLs per round; default 4
+	Down       time.Duration // how long a killed member stays down at least; default 2s
+	Warm       time.Duration // writes between a safe cluster and the next kill; default 2s
+	Backups    int           // default 1
+	Profile    string        // gridnode -profile; "" passes none
+	// JournalRecords, if positive, is passed as gridnode -journal-records.
+	JournalRecords int
+	// Rejoin runs the rejoin measurement instead of the workloads.
+	Rejoin        bool
+	RejoinEntries int           // default 1,000,000
+	RejoinStop    time.Duration // how long the member is SIGSTOPped; default 3s
+	Gridnode      string
+	Out           string
+	BasePort      int
+	Log           io.Writer
+}
+
+func (c journalConfig) withDefaults() (journalConfig, error) {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.Runs, 1)
+	def(&c.Writers, 8)
+	def(&c.Publishers, 4)
+	def(&c.Kills, 4)
+	def(&c.Backups, 1)
+	def(&c.RejoinEntries, 1_000_000)
+	def(&c.BasePort, 33946)
+	defD(&c.Pace, 5*time.Millisecond)
+	defD(&c.WritePace, 10*time.Millisecond)
+	defD(&c.Down, 2*time.Second)
+	defD(&c.Warm, 2*time.Second)
+	defD(&c.RejoinStop, 3*time.Second)
+	switch c.Profile {
+	case "", "lan", "test":
+	default:
+		return c, fmt.Errorf("journal: -profile %q: want lan or test", c.Profile)
+	}
+	if c.Out == "" {
+		c.Out = "journal-out"
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return c, nil
+}
+
+// journalSummary is the JSON the journal mode prints (one line).
+type journalSummary struct {
+	Date       string         `json:"date"`
+	Commit     string         `json:"commit,omitempty"`
+	Profile    string         `json:"profile"`
+	Rounds     int            `json:"rounds"`
+	Seeds      []uint64       `json:"seeds"`
+	Partitions int            `json:"partitions"`
+	Listener   listenTotals   `json:"listener"`
+	Stream     streamTotals   `json:"stream"`
+	Kills      int            `json:"kills"`
+	Runs       []journalRound `json:"runs,omitempty"`
+	Rejoin     *rejoinResult  `json:"rejoin,omitempty"`
+	Errors     []string       `json:"errors,omitempty"`
+	Violations []string       `json:"violations"`
+	OK         bool           `json:"ok"`
+}
+
+// journalRound is one seed's cluster.
+type journalRound struct {
+	Seed          uint64        `json:"seed"`
+	Listener      *listenResult `json:"listener,omitempty"`
+	Stream        *streamResult `json:"stream,omitempty"`
+	Kills         []killRec     `json:"kills"`
+	ReplicasEqual bool          `json:"replicas_equal"`
+	Seconds       float64       `json:"seconds"`
+	Loadavg       string        `json:"loadavg"`
+	Violations    []string      `json:"violations,omitempty"`
+	Error         string        `json:"error,omitempty"`
+}
+
+// RunJournal runs cfg.Runs rounds (or the rejoin measurement), each on a
+// fresh cluster.
+func RunJournal(ctx context.Context, cfg journalConfig) (*journalSummary, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	profile := cfg.Profile
+	if profile == "" {
+		profile = "default"
+	}
+	sum := &journalSummary{Date: time.Now().UTC().Format(time.RFC3339), Profile: profile, Violations: []string{}}
+	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
+		sum.Commit = strings.TrimSpace(string(out))
+	}
+	bin := cfg.Gridnode
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "gridjournal-bin")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		bin = filepath.Join(dir, "gridnode")
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/collocate/grid/cmd/gridnode").CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("build gridnode: %v\n%s", err, out)
+		}
+	}
+	defer httpClient.CloseIdleConnections()
+	if cfg.Rejoin {
+		r, err := runRejoin(ctx, cfg, bin, cfg.Seed)
+		sum.Rejoin = r
+		sum.Seeds = []uint64{cfg.Seed}
+		if err != nil {
+			sum.Errors = append(sum.Errors, err.Error())
+		} else {
+			sum.Violations = append(sum.Violations, r.Violations...)
+		}
+		sum.OK = len(sum.Errors) == 0 && len(sum.Violations) == 0
+		return sum, ctx.Err()
+	}
+	for r := range cfg.Runs {
+		if ctx.Err() != nil {
+			break
+		}
+		seed := cfg.Seed + uint64(r)
+		before := loadavg()
+		round := runJournalRound(ctx, cfg, bin, seed, sum)
+		round.Loadavg = before + " -> " + loadavg()
+		sum.Seeds = append(sum.Seeds, seed)
+		sum.Runs = append(sum.Runs, round)
+		sum.Rounds++
+		for _, v := range round.Violations {
+			sum.Violations = append(sum.Violations, fmt.Sprintf("seed %d: %s", seed, v))
+		}
+		if round.Error != "" {
+			sum.Errors = append(sum.Errors, fmt.Sprintf("seed %d: %s", seed, round.Error))
+			fmt.Fprintf(cfg.Log, "journal seed %d: %s\n", seed, round.Error)
+		}
+	}
+	sum.total()
+	sum.OK = len(sum.Violations) == 0 && len(sum.Errors) == 0 && sum.Rounds == cfg.Runs
+	return sum, ctx.Err()
+}
+
+// startJournalCluster starts 3 members with gridnode's default flags (plus
+// -profile and -journal-records if given) and waits until it is safe.
+func startJournalCluster(ctx context.Context, cfg journalConfig, bin string, seed uint64, tag string) (*harness, error) {
+	dir, err := os.MkdirTemp("", "gridjournal")
+	if err != nil {
+		return nil, err
+	}
+	hc := Config{Nodes: 3, Backups: cfg.Backups, BasePort: cfg.BasePort,
+		Out: filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", tag, seed)), Log: cfg.Log}
+	h := &harness{cfg: hc, bin: bin, t0: time.Now(), dir: dir, amnesiac: map[string]bool{}, restartedAt: map[string]uint64{},
+		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	h.logf = func(format string, args ...any) {
+		fmt.Fprintf(cfg.Log, "[journal %d %6.1fs] %s\n", seed, time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
+	}
+	h.nodeArgs = func(p *proc) []string {
+		var args []string
+		if cfg.Profile != "" {
+			args = append(args, "-profile", cfg.Profile)
+		}
+		if cfg.JournalRecords > 0 {
+			args = append(args, "-journal-records", fmt.Sprint(cfg.JournalRecords))
+		}
+		return args
+	}
+	for i := range hc.Nodes {
+		if err := h.start(h.slot(i)); err != nil {
+			return h, err
+		}
+	}
+	if err := h.waitSafe(ctx, 120*time.Second); err != nil {
+		return h, fmt.Errorf("cluster never became safe: %w", err)
+	}
+	return h, nil
+}
+
+// runJournalRound runs one seed on a fresh cluster and tears it down,
+// keeping the node logs if anything went wrong.
+func runJournalRound(ctx context.Context, cfg journalConfig, bin string, seed uint64, sum *journalSummary) (round journalRound) {
+	round.Seed = seed
+	t0 := time.Now()
+	defer func() { round.Seconds = float64(time.Since(t0).Milliseconds()) / 1000 }()
+	h, err := startJournalCluster(ctx, cfg, bin, seed, "seed")
+	if h != nil {
+		defer func() {
+			h.stopAll()
+			if round.Error != "" || len(round.Violations) > 0 {
+				h.saveLogs()
+			}
+			os.RemoveAll(h.dir)
+		}()
+	}
+	if err != nil {
+		round.Error = err.Error()
+		return round
+	}
+	cv, err := h.latest(ctx)
+	if err != nil {
+		round.Error = err.Error()
+		return round
+	}
+	sum.Partitions = len(cv.Partitions)
+	violation := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		h.logf("VIOLATION: %s", msg)
+		round.Violations = append(round.Violations, msg)
+	}
+	if err := runJournalWorkloads(ctx, h, cfg, seed, len(cv.Partitions), &round, violation); err != nil {
+		round.Error = err.Error()
+	}
+	return round
+}
+
+// total fills the summary's totals from its rounds.
+func (s *journalSummary) total() {
+	for _, r := range s.Runs {
+		s.Kills += len(r.Kills)
+		if l := r.Listener; l != nil {
+			s.Listener.add(l)
+		}
+		if st := r.Stream; st != nil {
+			s.Stream.add(st)
+		}
+	}
+}
+
+// journalMain is `gridchaos journal [flags]`.
+func journalMain(args []string) int {
+	var cfg journalConfig
+	fs := flag.NewFlagSet("gridchaos journal", flag.ContinueOnError)
+	fs.IntVar(&cfg.Runs, "runs", 1, "rounds, each on a fresh cluster with seed -seed, -seed+1, ...")
+	fs.Uint64Var(&cfg.Seed, "seed", uint64(time.Now().UnixNano()%1e6), "seed of the first round (listener start, victims, timings)")
+	fs.IntVar(&cfg.Writers, "writers", 8, "listener workload: writers, each rewriting a key of its own")
+	fs.DurationVar(&cfg.WritePace, "write-pace", 10*time.Millisecond, "listener workload: a writer's pause between writes (keeps a key's partition within the journal's retention across a failover)")
+	fs.IntVar(&cfg.Publishers, "publishers", 4, "stream workload: concurrent publishers")
+	fs.DurationVar(&cfg.Pace, "pace", 5*time.Millisecond, "stream workload: a publisher's pause between publishes")
+	fs.IntVar(&cfg.Kills, "kills", 4, "SIGKILLs of the writers' keys' primaries per round (leader and follower in turn)")
+	fs.DurationVar(&cfg.Down, "down", 2*time.Second, "a killed member stays down at least this long")
+	fs.DurationVar(&cfg.Warm, "warm", 2*time.Second, "writes between a safe cluster and the next kill")
+	fs.IntVar(&cfg.Backups, "backups", 1, "synchronous backups per partition")
+	fs.StringVar(&cfg.Profile, "profile", "", "gridnode -profile (default: none, gridnode's default)")
+	fs.IntVar(&cfg.JournalRecords, "journal-records", 0, "gridnode -journal-records (0: gridnode's default)")
+	fs.BoolVar(&cfg.Rejoin, "rejoin", false, "measure the rejoin of a member after a short SIGSTOP instead")
+	fs.IntVar(&cfg.RejoinEntries, "rejoin-entries", 1_000_000, "rejoin: entries loaded before the pause")
+	fs.DurationVar(&cfg.RejoinStop, "rejoin-stop", 3*time.Second, "rejoin: how long the member is SIGSTOPped")
+	fs.StringVar(&cfg.Gridnode, "gridnode", "", "gridnode binary (default: build ./cmd/gridnode)")
+	fs.StringVar(&cfg.Out, "out", "journal-out", "directory for the node logs of failed rounds")
+	fs.IntVar(&cfg.BasePort, "port", 33946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "gridchaos journal: unexpected arguments %v\n", fs.Args())
+		return 2
+	}
+	cfg.Log = os.Stderr
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sum, err := RunJournal(ctx, cfg)
+	if sum != nil {
+		b, _ := json.Marshal(sum)
+		fmt.Println(string(b))
+	}
+	switch {
+	case err != nil && !errors.Is(err, context.Canceled):
+		fmt.Fprintln(os.Stderr, "gridchaos journal:", err)
+		return 2
+	case err != nil:
+		return 2
+	case len(sum.Violations) > 0:
+		return 1
+	case !sum.OK:
+		return 2
+	}
+	return 0
+}

@@ -180,6 +180,33 @@ func (j *journal) install(recs []wire.JournalEntry, last uint64) {
 	}
 }
 
+// snapshotJournalBytes bounds the journal a snapshot carries: the newest
+// records within it. A snapshot of freshly loaded data would otherwise
+// carry every value twice (once as the entry, once in the journal), and
+// its chunks share the connection with the records of every other
+// partition replicated to that member (measured: a 1M-entry member's
+// rejoin took 3.6 s instead of 2.0 s, writes slowed 15x while it was
+// out). A replica filled by snapshot thus retains a shorter history
+// until it has applied records of its own: promoted soon after its fill,
+// it tells readers of older positions the explicit gap.
+const snapshotJournalBytes = 64 << 10
+
+// snapshotTail returns the newest retained entries whose sizes add up to
+// at most budget bytes (at least the newest one), oldest first.
+func (j *journal) snapshotTail(budget int) []wire.JournalEntry {
+	recs := j.retained()
+	i := len(recs)
+	for i > 0 {
+		size := entrySize(&recs[i-1])
+		if i < len(recs) && size > budget {
+			break
+		}
+		budget -= size
+		i--
+	}
+	return recs[i:]
+}
+
 // withoutOldValues returns r with its events' old values left out.
 func withoutOldValues(r wire.JournalEntry) wire.JournalEntry {
 	evs := make([]wire.JournalEvent, len(r.Events))

@@ -237,3 +237,26 @@ func TestStreamRetentionWaitsForGroups(t *testing.T) {
 		t.Fatalf("installed stream differs: %+v vs %+v", qs, s)
 	}
 }
+
+// A snapshot carries only the newest journal records within its budget
+// (at least the newest), ending at the snapshot's position.
+func TestSnapshotJournalIsBounded(t *testing.T) {
+	j := newJournal(1000, 1<<30)
+	for lsn := uint64(1); lsn <= 500; lsn++ {
+		j.append(wire.JournalEntry{Record: wire.Record{LSN: lsn, Muts: []wire.Mutation{{Value: make([]byte, 1000)}}}})
+	}
+	tail := j.snapshotTail(64 << 10)
+	if len(tail) == 0 || len(tail) > 64 || tail[len(tail)-1].Record.LSN != 500 {
+		t.Fatalf("%d records ending at %d", len(tail), tail[len(tail)-1].Record.LSN)
+	}
+	total := 0
+	for i := range tail {
+		total += entrySize(&tail[i])
+	}
+	if total > 64<<10 {
+		t.Fatalf("%d bytes shipped", total)
+	}
+	if one := j.snapshotTail(10); len(one) != 1 || one[0].Record.LSN != 500 {
+		t.Fatalf("a budget below one record: %d records", len(one))
+	}
+}

@@ -330,7 +330,7 @@ func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotC
 		}
 	}
 	c.streams(p)
-	for _, r := range p.journal.retained() {
+	for _, r := range p.journal.snapshotTail(snapshotJournalBytes) {
 		size := entrySize(&r)
 		if size > limit {
 			// Too big to ship with its old values: they are only kept

@@ -217,56 +217,43 @@ func RunCompute(ctx context.Context, cfg computeConfig) (*computeSummary, error)
 // keeping the node logs under Out/seed-<seed> if anything went wrong.
 func runComputeRound(ctx context.Context, cfg computeConfig, bin string, seed uint64, sum *computeSummary) (round computeRound) {
 	round.Seed = seed
-	h, err := startComputeCluster(ctx, cfg, bin, seed)
-	if h != nil {
-		defer func() {
-			h.stopAll()
-			if round.Error != "" || len(round.Violations) > 0 {
-				h.saveLogs()
-			}
-			os.RemoveAll(h.dir)
-		}()
-	}
-	if err != nil {
-		round.Error = err.Error()
-		return round
-	}
-	cv, err := h.latest(ctx)
-	if err != nil {
-		round.Error = err.Error()
-		return round
-	}
-	sum.Partitions = len(cv.Partitions)
-	violation := func(format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		h.logf("VIOLATION: %s", msg)
-		round.Violations = append(round.Violations, msg)
-	}
+	out := runRound(ctx, func() (*harness, error) { return startComputeCluster(ctx, cfg, bin, seed) },
+		func(h *harness, partitions int, violation func(string, ...any)) error {
+			sum.Partitions = partitions
+			return computeRoundBody(ctx, h, cfg, seed, &round, violation)
+		})
+	round.Error, round.Violations = out.Error, append(round.Violations, out.Violations...)
+	return round
+}
+
+// computeRoundBody loads the data, then runs the map-reduce and counter
+// phases.
+func computeRoundBody(ctx context.Context, h *harness, cfg computeConfig, seed uint64, round *computeRound, violation func(string, ...any)) error {
 	data := newMRData(seed, cfg.Entries)
 	round.Expect = data.all
 	t0 := time.Now()
 	if err := loadMRData(ctx, h, data, cfg.Batch); err != nil {
-		round.Error = err.Error()
-		return round
+		return err
 	}
 	round.LoadS = float64(time.Since(t0).Milliseconds()) / 1000
 	h.logf("loaded %d entries in %.1f s: count %d sum %d (prefix %q: count %d sum %d)",
 		cfg.Entries, round.LoadS, data.all.Count, data.all.Sum, mrPrefix, data.prefix.Count, data.prefix.Sum)
-	mr, err := runMRPhase(ctx, h, cfg, seed, data, violation)
+	violations := 0
+	record := func(format string, args ...any) { violations++; violation(format, args...) }
+	mr, err := runMRPhase(ctx, h, cfg, seed, data, record)
 	round.MapReduce = mr
 	if err != nil {
-		round.Error = "map-reduce: " + err.Error()
-		return round
+		return fmt.Errorf("map-reduce: %w", err)
 	}
-	if len(round.Violations) > 0 {
-		return round // the cluster may be broken: the counter phase would say nothing new
+	if violations > 0 {
+		return nil // the cluster may be broken: the counter phase would say nothing new
 	}
-	cr, err := runCounterPhase(ctx, h, cfg, violation)
+	cr, err := runCounterPhase(ctx, h, cfg, record)
 	round.Counter = cr
 	if err != nil {
-		round.Error = "counter: " + err.Error()
+		return fmt.Errorf("counter: %w", err)
 	}
-	return round
+	return nil
 }
 
 // startComputeCluster starts 3 members with gridnode's default flags

@@ -253,34 +253,12 @@ func runJournalRound(ctx context.Context, cfg journalConfig, bin string, seed ui
 	round.Seed = seed
 	t0 := time.Now()
 	defer func() { round.Seconds = float64(time.Since(t0).Milliseconds()) / 1000 }()
-	h, err := startJournalCluster(ctx, cfg, bin, seed, "seed")
-	if h != nil {
-		defer func() {
-			h.stopAll()
-			if round.Error != "" || len(round.Violations) > 0 {
-				h.saveLogs()
-			}
-			os.RemoveAll(h.dir)
-		}()
-	}
-	if err != nil {
-		round.Error = err.Error()
-		return round
-	}
-	cv, err := h.latest(ctx)
-	if err != nil {
-		round.Error = err.Error()
-		return round
-	}
-	sum.Partitions = len(cv.Partitions)
-	violation := func(format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		h.logf("VIOLATION: %s", msg)
-		round.Violations = append(round.Violations, msg)
-	}
-	if err := runJournalWorkloads(ctx, h, cfg, seed, len(cv.Partitions), &round, violation); err != nil {
-		round.Error = err.Error()
-	}
+	out := runRound(ctx, func() (*harness, error) { return startJournalCluster(ctx, cfg, bin, seed, "seed") },
+		func(h *harness, partitions int, violation func(string, ...any)) error {
+			sum.Partitions = partitions
+			return runJournalWorkloads(ctx, h, cfg, seed, partitions, &round, violation)
+		})
+	round.Error, round.Violations = out.Error, append(round.Violations, out.Violations...)
 	return round
 }
 

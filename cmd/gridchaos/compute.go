@@ -175,39 +175,21 @@ func RunCompute(ctx context.Context, cfg computeConfig) (*computeSummary, error)
 	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
 		sum.Commit = strings.TrimSpace(string(out))
 	}
-	bin := cfg.Gridnode
-	if bin == "" {
-		dir, err := os.MkdirTemp("", "gridcompute-bin")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		bin = filepath.Join(dir, "gridnode")
-		out, err := exec.Command("go", "build", "-o", bin, "github.com/collocate/grid/cmd/gridnode").CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("build gridnode: %v\n%s", err, out)
-		}
+	bin, cleanup, err := gridnodeBinary(cfg.Gridnode)
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	defer httpClient.CloseIdleConnections()
-	for r := range cfg.Runs {
-		if ctx.Err() != nil {
-			break
-		}
-		seed := cfg.Seed + uint64(r)
+	seeds, violations, errs := seedRounds(ctx, "compute", cfg.Runs, cfg.Seed, cfg.Log, func(seed uint64) (string, []string) {
 		before := loadavg()
 		round := runComputeRound(ctx, cfg, bin, seed, sum)
 		round.Loadavg = before + " -> " + loadavg()
-		sum.Seeds = append(sum.Seeds, seed)
 		sum.Runs = append(sum.Runs, round)
-		sum.Rounds++
-		for _, v := range round.Violations {
-			sum.Violations = append(sum.Violations, fmt.Sprintf("seed %d: %s", seed, v))
-		}
-		if round.Error != "" {
-			sum.Errors = append(sum.Errors, fmt.Sprintf("seed %d: %s", seed, round.Error))
-			fmt.Fprintf(cfg.Log, "compute seed %d: %s\n", seed, round.Error)
-		}
-	}
+		return round.Error, round.Violations
+	})
+	sum.Seeds, sum.Rounds = seeds, len(seeds)
+	sum.Violations, sum.Errors = append(sum.Violations, violations...), append(sum.Errors, errs...)
 	sum.total()
 	sum.OK = len(sum.Violations) == 0 && len(sum.Errors) == 0 && sum.Rounds == cfg.Runs
 	return sum, ctx.Err()

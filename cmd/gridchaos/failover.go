@@ -183,19 +183,12 @@ func RunFailover(ctx context.Context, cfg failoverConfig) (*failoverSummary, err
 	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
 		f.sum.Commit = strings.TrimSpace(string(out))
 	}
-	f.bin = cfg.Gridnode
-	if f.bin == "" {
-		dir, err := os.MkdirTemp("", "gridfailover-bin")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		f.bin = filepath.Join(dir, "gridnode")
-		out, err := exec.Command("go", "build", "-o", f.bin, "github.com/collocate/grid/cmd/gridnode").CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("build gridnode: %v\n%s", err, out)
-		}
+	bin, cleanup, err := gridnodeBinary(cfg.Gridnode)
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
+	f.bin = bin
 	defer httpClient.CloseIdleConnections()
 	for _, mode := range cfg.Modes {
 		if ctx.Err() != nil {

@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 )
 
 // roundOutcome is what a measurement round (compute, journal) reports
@@ -48,4 +51,45 @@ func runRound(ctx context.Context, start func() (*harness, error),
 		out.Error = err.Error()
 	}
 	return out
+}
+
+// gridnodeBinary returns bin, or builds ./cmd/gridnode into a temporary
+// directory when bin is empty; call cleanup when done with it.
+func gridnodeBinary(bin string) (path string, cleanup func(), err error) {
+	if bin != "" {
+		return bin, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "gridchaos-bin")
+	if err != nil {
+		return "", nil, err
+	}
+	path = filepath.Join(dir, "gridnode")
+	if out, err := exec.Command("go", "build", "-o", path, "github.com/collocate/grid/cmd/gridnode").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("build gridnode: %v\n%s", err, out)
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
+}
+
+// seedRounds runs round for seeds seed0, seed0+1, ... (runs of them, fewer
+// if ctx ends) and returns the seeds run and their violations and errors,
+// each prefixed by its seed.
+func seedRounds(ctx context.Context, mode string, runs int, seed0 uint64, log io.Writer,
+	round func(seed uint64) (errMsg string, violations []string)) (seeds []uint64, violations, errs []string) {
+	for r := range runs {
+		if ctx.Err() != nil {
+			break
+		}
+		seed := seed0 + uint64(r)
+		errMsg, vs := round(seed)
+		seeds = append(seeds, seed)
+		for _, v := range vs {
+			violations = append(violations, fmt.Sprintf("seed %d: %s", seed, v))
+		}
+		if errMsg != "" {
+			errs = append(errs, fmt.Sprintf("seed %d: %s", seed, errMsg))
+			fmt.Fprintf(log, "%s seed %d: %s\n", mode, seed, errMsg)
+		}
+	}
+	return seeds, violations, errs
 }

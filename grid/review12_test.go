@@ -84,3 +84,48 @@ func TestListenerHandlerErrorMidBatchNoDuplicate(t *testing.T) {
 		}
 	}
 }
+
+// A listener hears each commit promptly: a journal read that found
+// nothing must not miss the wake of a commit that lands between its look
+// and its registration as a waiter (it would sleep out its whole poll).
+func TestListenerWakesPromptlyOnEachCommit(t *testing.T) {
+	c := gridtest.New(t, 1, nil)
+	c.WaitStable(30 * time.Second)
+	n := c.Nodes[0]
+	ctx := ctxT(t, 60*time.Second)
+	ends, err := n.JournalEnds(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heardCh := make(chan struct{}, 1)
+	l := &grid.Listener{Map: "wake", Positions: ends, OnEvent: func(grid.Event) error {
+		heardCh <- struct{}{}
+		return nil
+	}}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- n.Listen(lctx, l) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	m := n.Map("wake")
+	var slow []time.Duration
+	for i := range 300 {
+		start := time.Now()
+		if err := m.Put(ctx, strconv.Itoa(i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-heardCh:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("write %d never heard", i)
+		}
+		if d := time.Since(start); d > time.Second {
+			slow = append(slow, d)
+		}
+	}
+	if len(slow) > 0 {
+		t.Fatalf("%d of 300 commits heard only after %v: a journal read missed their wake", len(slow), slow)
+	}
+}

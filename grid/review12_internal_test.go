@@ -1,7 +1,9 @@
 package grid
 
 import (
+	"fmt"
 	"reflect"
+	"runtime"
 	"testing"
 	"time"
 
@@ -39,4 +41,53 @@ func TestSnapshotReplicaJournalsTheSameExpiry(t *testing.T) {
 func fmtDigest(p *partition) [2]uint64 {
 	n, s := p.digest()
 	return [2]uint64{uint64(n), s}
+}
+
+// The journal's byte bound holds for what it really keeps alive: records
+// of many small mutations, as a backup decodes them, retained within
+// JournalBytes cost at most a little more than JournalBytes of heap
+// (entrySize must over-estimate, as its comment says).
+func TestJournalBytesBoundHoldsOnTheHeap(t *testing.T) {
+	const maxBytes = 4 << 20
+	build := func() *journal {
+		j := newJournal(1<<20, maxBytes)
+		lsn := uint64(0)
+		for range 400 {
+			lsn++
+			rec := wire.Record{LSN: lsn, Epoch: 1, Time: 1}
+			for i := range 100 {
+				rec.Muts = append(rec.Muts, wire.Mutation{Kind: wire.MutSet, Map: "m", Key: fmt.Sprintf("k%05d", i), Value: []byte("12345678")})
+			}
+			b, err := wire.Marshal(&rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var dec wire.Record
+			if err := wire.Unmarshal(b, &dec); err != nil {
+				t.Fatal(err)
+			}
+			jr := wire.JournalEntry{Record: dec, Events: make([]wire.JournalEvent, 0, len(dec.Muts))} // as applyRecord
+			for i := range dec.Muts {
+				mu := &dec.Muts[i]
+				jr.Events = append(jr.Events, wire.JournalEvent{Kind: wire.EventAdded, Map: mu.Map, Key: mu.Key, Value: mu.Value})
+			}
+			j.append(jr)
+		}
+		return &j
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	j := build()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d records retained, %d bytes counted, %d bytes of heap", j.len(), j.bytes, heap)
+	if j.bytes > maxBytes {
+		t.Fatalf("counted %d bytes, over the bound %d", j.bytes, maxBytes)
+	}
+	if heap > maxBytes*5/4 {
+		t.Fatalf("a journal bounded at %d bytes keeps %d bytes of heap alive (%d counted)", maxBytes, heap, j.bytes)
+	}
+	runtime.KeepAlive(j)
 }

@@ -183,7 +183,7 @@ func TestSnapshotChunksBoundedByEncodedSize(t *testing.T) {
 		lsn++
 		p.applyRecord(rec(c, 1, 0, lsn, make([]byte, 1<<10)), 1)
 	}
-	chunks := p.snapshot("n0", snapshotChunkBytes, 1)
+	chunks := p.snapshot("n0", snapshotChunkBytes)
 	if len(chunks) < 3 {
 		t.Fatalf("%d chunks", len(chunks))
 	}

@@ -2,6 +2,7 @@ package grid
 
 import (
 	"sort"
+	"unsafe"
 
 	"github.com/collocate/grid/internal/wire"
 )
@@ -22,11 +23,25 @@ import (
 // with the map, not copied: an old value stays alive while its record is
 // retained, and counts against the byte bound.
 
-// journalRecordOverhead over-estimates a retained record's fixed cost.
-const journalRecordOverhead = 64
+// journalRecordOverhead and journalEventOverhead over-estimate the
+// encoding of a record's and an event's fixed fields (what a reader is
+// sent, eventsSize).
+const (
+	journalRecordOverhead = 64
+	journalEventOverhead  = 48
+)
 
-// journalEventOverhead over-estimates a retained event's fixed cost.
-const journalEventOverhead = 48
+// What a retained entry costs in memory beyond its strings and values
+// (entrySize): the entry in the journal's slice, each mutation and each
+// event struct, and the allocation rounding of each decoded string and
+// value (a backup decodes every one separately; at least 8 bytes each).
+// Measured with records of many small mutations, smaller constants let a
+// journal bounded at 4 MiB keep 9.9 MiB alive.
+const (
+	journalMemRecord = int(unsafe.Sizeof(wire.JournalEntry{})) + 16
+	journalMemMut    = int(unsafe.Sizeof(wire.Mutation{})) + 3*8
+	journalMemEvent  = int(unsafe.Sizeof(wire.JournalEvent{}))
+)
 
 // journal is a partition's retained records, oldest first. Guarded by the
 // partition's mu. A stream's events (stream.go) are kept in one too, with
@@ -64,16 +79,16 @@ func (j *journal) retained() []wire.JournalEntry { return j.recs[j.head:] }
 // result and events (an event's new value is its mutation's, counted
 // once; its old value is extra).
 func entrySize(r *wire.JournalEntry) int {
-	n := journalRecordOverhead + len(r.Record.Result.Value)
+	n := journalMemRecord + len(r.Record.Result.Value)
 	for i := range r.Record.Muts {
 		mu := &r.Record.Muts[i]
-		n += journalEventOverhead + len(mu.Map) + len(mu.Key) + len(mu.Value)
+		n += journalMemMut + len(mu.Map) + len(mu.Key) + len(mu.Value)
 	}
 	for i := range r.Events {
 		e := &r.Events[i]
-		n += journalEventOverhead + len(e.Old)
+		n += journalMemEvent + len(e.Old)
 		if len(r.Record.Muts) == 0 {
-			n += len(e.Map) + len(e.Key) + len(e.Value) // a stream event
+			n += 3*8 + len(e.Map) + len(e.Key) + len(e.Value) // a stream event
 		}
 	}
 	return n

@@ -112,7 +112,7 @@ func TestSnapshotCarriesTheJournal(t *testing.T) {
 		p.applyRecord(setRec(uint64(i+1), fmt.Sprint(i%30), fmt.Sprint(i)), 1)
 	}
 	p.epoch = 1
-	chunks := p.snapshot("a", 512, 1)
+	chunks := p.snapshot("a", 512)
 	if len(chunks) < 3 {
 		t.Fatalf("%d chunks: the test wants the journal cut across chunks", len(chunks))
 	}
@@ -225,7 +225,7 @@ func TestStreamRetentionWaitsForGroups(t *testing.T) {
 	p.epoch = 1
 	q := newPartition(0, time.Second)
 	q.streamRecs = 4
-	chunks := p.snapshot("a", 256, 1)
+	chunks := p.snapshot("a", 256)
 	for i := range chunks {
 		if _, err := q.receiveChunk(nil, &chunks[i]); err != nil {
 			t.Fatal(err)

@@ -90,8 +90,10 @@ func (n *Node) execJournal(ctx context.Context, req *wire.JournalRequest) (*wire
 
 // readJournals fills resp from every partition asked and reports whether
 // any part has something to say (records, a new position, an error). A
-// partition with nothing counts one waiter until the next pass, so that
-// its next commit wakes this read.
+// partition with nothing counts one waiter, in the same critical section
+// as its look, so that its next commit wakes this read: a commit between
+// the look and a later registration would find no waiter and the read
+// would sleep out its whole poll. The caller drops the waiters (unwait).
 func (n *Node) readJournals(req *wire.JournalRequest, resp *wire.JournalResponse, waiting []bool, limit, budget int) bool {
 	leaseErr := n.checkLease()
 	found := false
@@ -99,10 +101,6 @@ func (n *Node) readJournals(req *wire.JournalRequest, resp *wire.JournalResponse
 		p := n.parts[id]
 		part := &resp.Parts[i]
 		p.mu.Lock()
-		if waiting[i] {
-			p.jwaiters--
-			waiting[i] = false
-		}
 		err := leaseErr
 		switch {
 		case err != nil:
@@ -114,22 +112,21 @@ func (n *Node) readJournals(req *wire.JournalRequest, resp *wire.JournalResponse
 		if err != nil {
 			part.Err = wire.ErrBody(err)
 		}
-		if err != nil || len(part.Records) > 0 || part.Next != req.From[i] {
+		said := err != nil || len(part.Records) > 0 || part.Next != req.From[i]
+		if said {
 			found = true
+		}
+		if said == waiting[i] {
+			if waiting[i] {
+				p.jwaiters--
+			} else {
+				p.jwaiters++
+			}
+			waiting[i] = !said
 		}
 		p.mu.Unlock()
 	}
-	if found {
-		return true
-	}
-	for i, id := range req.Partitions {
-		p := n.parts[id]
-		p.mu.Lock()
-		p.jwaiters++
-		waiting[i] = true
-		p.mu.Unlock()
-	}
-	return false
+	return found
 }
 
 // unwait drops the waiters readJournals counted.

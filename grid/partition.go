@@ -326,7 +326,7 @@ func (p *partition) applyMut(mu *wire.Mutation, lsn uint64) (replaced *entry) {
 // applyRecord applies a whole record: its mutations and its session result.
 // The caller holds mu.
 func (p *partition) applyRecord(rec *wire.Record, now int64) {
-	jr := wire.JournalEntry{Record: *rec}
+	jr := wire.JournalEntry{Record: *rec, Events: make([]wire.JournalEvent, 0, len(rec.Muts))}
 	for i := range rec.Muts {
 		mu := &rec.Muts[i]
 		if isStreamMut(mu.Kind) {

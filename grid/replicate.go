@@ -297,14 +297,14 @@ func (c *snapshotCutter) room(n int) {
 	c.size += n
 }
 
-// snapshot cuts p's state into chunks. Caller holds p.mu.
-func (p *partition) snapshot(from string, limit int, now int64) []wire.SnapshotChunk {
+// snapshot cuts p's state into chunks. Caller holds p.mu. Entries whose
+// TTL passed but that the expiry sweep has not removed yet go too: the
+// sweep's MutExpire must find them on every replica, or a replica filled
+// by this snapshot would journal no expired event at that position.
+func (p *partition) snapshot(from string, limit int) []wire.SnapshotChunk {
 	c := &snapshotCutter{p: p, limit: limit, cur: wire.SnapshotChunk{Partition: int32(p.id), Epoch: p.epoch, LSN: p.lsn, First: true, From: from}}
 	for m, kv := range p.maps {
 		for k, e := range kv {
-			if !e.live(now) {
-				continue
-			}
 			c.room(len(m) + len(k) + len(e.value) + snapEntryOverhead)
 			c.cur.Entries = append(c.cur.Entries, wire.SnapEntry{Map: m, Key: k, Value: e.value, Version: e.version, ExpireAt: e.expireAt})
 		}
@@ -391,7 +391,7 @@ func (n *Node) syncStream(p *partition, s *stream, addr string) {
 	epoch, lsn := p.epoch, p.lsn
 	futs, tail := n.startTail(p, conn, st)
 	if !tail {
-		chunks := p.snapshot(n.name, snapshotChunkLimit(n.cfg.MaxFrame), nowNano())
+		chunks := p.snapshot(n.name, snapshotChunkLimit(n.cfg.MaxFrame))
 		futs = make([]*transport.Future, 0, len(chunks))
 		for i := range chunks {
 			fut, err := conn.Start(wire.MsgSnapshot, &chunks[i])

@@ -108,7 +108,7 @@ func (p *partition) decidePublish(req *wire.MapRequest) (wire.MapResponse, []wir
 	if s == nil && len(p.logs) >= maxStreams {
 		return wire.MapResponse{}, nil, fmt.Errorf("%w: partition %d holds %d streams (max %d)", api.ErrBusy, p.id, len(p.logs), maxStreams)
 	}
-	size := journalRecordOverhead + journalEventOverhead + len(req.Map) + len(req.Key) + len(req.Value)
+	size := entrySize(&wire.JournalEntry{Events: []wire.JournalEvent{{Map: req.Map, Key: req.Key, Value: req.Value}}})
 	if size > p.streamBytes {
 		return wire.MapResponse{}, nil, fmt.Errorf("%w: an event of %d bytes in a stream kept within %d bytes per partition", api.ErrValueTooLarge, size, p.streamBytes)
 	}

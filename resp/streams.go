@@ -143,6 +143,11 @@ func readRange(ctx context.Context, c *conn, key []byte, from, to uint64, count 
 		evs, next, err := c.s.node.ReadStream(ctx, string(key), part, from, min(count-len(out), 1024))
 		var te *api.TrimmedError
 		if errors.As(err, &te) {
+			if te.Oldest <= from {
+				// A position beyond the stream's history: no entry is
+				// there (the oldest retained is before it).
+				return out, nil
+			}
 			from = te.Oldest // the range starts before what is retained
 			continue
 		}

@@ -84,3 +84,31 @@ func TestStreams(t *testing.T) {
 		})
 	}
 }
+
+// An ID beyond the stream's history names no entry: XRANGE from it and
+// XREAD after it answer nothing, never the entries before it (the grid
+// answers such a position with the oldest retained one).
+func TestStreamIDsBeyondHistory(t *testing.T) {
+	c := newCluster(t, 1)
+	ctx := ctxT(t, 30*time.Second)
+	r := c.client(t, 0, 2)
+	var last string
+	for i := range 3 {
+		id, err := r.XAdd(ctx, &redis.XAddArgs{Stream: "far", ID: "*", Values: []string{"n", fmt.Sprint(i)}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = id
+	}
+	got, err := r.XRange(ctx, "far", "1000000000", "+").Result()
+	if err != nil || len(got) != 0 {
+		t.Fatalf("XRANGE from beyond %s: %v, %v; want nothing", last, got, err)
+	}
+	res, err := r.XRead(ctx, &redis.XReadArgs{Streams: []string{"far", "1000000000-0"}, Count: 10, Block: -1}).Result()
+	if err != redis.Nil || len(res) != 0 {
+		t.Fatalf("XREAD after beyond %s: %v, %v; want nil", last, res, err)
+	}
+	if got, err := r.XRange(ctx, "far", "-", "+").Result(); err != nil || len(got) != 3 {
+		t.Fatalf("XRANGE - +: %v, %v", got, err)
+	}
+}

@@ -243,6 +243,10 @@ func (r *Router) Listen(ctx context.Context, l *api.Listener) error {
 					return err
 				}
 			}
+			// Accepted: a later record's failure must not bring this
+			// one again on resume. Follow calls deliver from the loop
+			// that owns this partition's position.
+			l.Positions[b.Partition] = rec.LSN + 1
 		}
 		return nil
 	})

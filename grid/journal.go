@@ -195,6 +195,24 @@ func (j *journal) install(recs []wire.JournalEntry, last uint64) {
 	}
 }
 
+// freshBase is where the positions of a history that starts empty at
+// epoch begin: above every position of any history the partition had
+// before (a partition's epochs only grow, and a history spans less than
+// 2^40 positions), so a reader holding a position of a lost history gets
+// the explicit gap instead of reading the new one from there.
+func freshBase(epoch uint64) uint64 {
+	return min(epoch, 1<<23) << 40
+}
+
+// beginHistory starts the positions of a partition that restarts empty
+// (Fresh: no copy of it survived) at its epoch's base. Caller holds mu.
+func (p *partition) beginHistory(epoch uint64) {
+	if base := freshBase(epoch); p.lsn < base {
+		p.lsn = base
+		p.journal.restart(base)
+	}
+}
+
 // snapshotJournalBytes bounds the journal a snapshot carries: the newest
 // records within it. A snapshot of freshly loaded data would otherwise
 // carry every value twice (once as the entry, once in the journal), and

@@ -107,10 +107,11 @@ func TestListenerThroughPrimaryKill(t *testing.T) {
 		}
 	}
 	h := &heard{values: map[string][]int{}, last: map[int]uint64{}}
-	l := &grid.Listener{Map: "lm", Positions: make([]uint64, victim.Partitions()), OnEvent: h.onEvent}
-	for i := range l.Positions {
-		l.Positions[i] = 1 // from the beginning: the map is new
+	ends, err := c.Nodes[0].JournalEnds(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
 	}
+	l := &grid.Listener{Map: "lm", Positions: ends, OnEvent: h.onEvent}
 	lctx, stopListen := context.WithCancel(context.Background())
 	listened := make(chan error, 1)
 	go func() { listened <- c.Nodes[0].Listen(lctx, l) }()
@@ -189,27 +190,25 @@ func TestListenerToldOfGap(t *testing.T) {
 	n := c.Nodes[0]
 	ctx := ctxT(t, 30*time.Second)
 	m := n.Map("gap")
+	ends, err := n.JournalEnds(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for v := 1; v <= 50; v++ {
 		if err := m.Put(ctx, "k", []byte(strconv.Itoa(v))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	part := affinity.Partition("k", n.Partitions())
-	from := func() []uint64 {
-		pos := make([]uint64, n.Partitions())
-		for i := range pos {
-			pos[i] = 1
-		}
-		return pos
-	}
+	from := func() []uint64 { return append([]uint64(nil), ends...) }
 
 	l := &grid.Listener{Map: "gap", Positions: from(), OnEvent: func(grid.Event) error { return nil }}
-	err := n.Listen(ctx, l)
+	err = n.Listen(ctx, l)
 	var te *grid.TrimmedError
-	if !errors.As(err, &te) || te.Partition != part || te.Asked != 1 || te.Oldest <= 1 {
+	if !errors.As(err, &te) || te.Partition != part || te.Asked != ends[part] || te.Oldest <= ends[part] {
 		t.Fatalf("Listen without OnGap: %v", err)
 	}
-	if l.Positions[part] != 1 {
+	if l.Positions[part] != ends[part] {
 		t.Fatalf("position moved past the gap to %d", l.Positions[part])
 	}
 

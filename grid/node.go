@@ -638,6 +638,9 @@ func (n *Node) becomePrimary(p *partition, part wire.Part) bool {
 	if part.Epoch > p.epoch {
 		p.epoch = part.Epoch
 	}
+	if part.Fresh && !p.complete {
+		p.beginHistory(part.Epoch)
+	}
 	if p.role != rolePrimary {
 		n.log.Debug("became primary", "partition", p.id, "epoch", part.Epoch, "lsn", p.lsn)
 	}

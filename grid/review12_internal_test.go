@@ -1,12 +1,14 @@
 package grid
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/internal/wire"
 )
 
@@ -92,42 +94,48 @@ func TestJournalBytesBoundHoldsOnTheHeap(t *testing.T) {
 	runtime.KeepAlive(j)
 }
 
-// A position from a history the partition lost (every copy died, the
-// authority restarted it empty: Fresh) must be told as a gap, never read
-// as a position of the new history. While the new history is shorter the
-// read says so ("restarted empty?"); once it has grown past the position,
-// the read silently answers the new history from there: the listener
-// misses the new records before it and never hears that the old ones
-// after its position were lost.
-//
-// DEFECT (issue 12 review, not fixed): positions are bare LSNs, and a
-// Fresh partition restarts its LSNs at 1. A fix needs a position that
-// names its history: e.g. the reader sends the epoch of the record before
-// its position (raft's prevLogTerm) and the primary answers the gap when
-// its record there differs, or a Fresh partition starts its LSNs above
-// any position of the history it replaces.
+// A partition restarted empty (Fresh: every copy lost) begins a new history
+// whose positions start above every earlier one: a listener holding a
+// position of the lost history is told the gap, never read on in the new
+// history from there (found by review: positions restarted at 1, and once
+// the new history passed the listener's position it silently missed the
+// new history's first records).
 func TestPositionFromALostHistoryIsAGap(t *testing.T) {
-	t.Skip("DEFECT: a position from before a Fresh restart reads the new history silently once it is longer; see the comment")
 	p := newPartition(0, time.Second)
-	p.role, p.epoch = rolePrimary, 1
-	for i := range 100 {
-		p.applyRecord(&wire.Record{LSN: uint64(i + 1), Epoch: 1, Time: 1, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "k", Value: []byte(fmt.Sprint("old", i))}}}, 1)
+	n := bareNode()
+	n.parts = []*partition{p}
+	promote := func(epoch uint64) {
+		p.reset()
+		if !n.becomePrimary(p, wire.Part{Primary: "me", Epoch: epoch, Fresh: true}) {
+			t.Fatal("a Fresh partition refused primacy")
+		}
 	}
-	p.commit = 100
-	listenerAt := uint64(61) // it heard the old history up to 60
+	write := func(epoch uint64, count int, prefix string) {
+		for i := range count {
+			p.applyRecord(&wire.Record{LSN: p.lsn + 1, Epoch: epoch, Time: 1, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "k", Value: []byte(fmt.Sprint(prefix, i))}}}, 1)
+		}
+		p.commit = p.lsn
+	}
+	promote(1)
+	write(1, 100, "old")
+	listenerAt := p.lsn - 39 // it heard the old history up to 60 records in
 
 	// Every copy is lost; the authority restarts the partition empty at a
-	// new epoch, and the new history grows past the listener's position.
-	p.reset()
-	p.role, p.epoch = rolePrimary, 5
-	for i := range 120 {
-		p.applyRecord(&wire.Record{LSN: uint64(i + 1), Epoch: 5, Time: 2, Muts: []wire.Mutation{{Kind: wire.MutSet, Map: "m", Key: "k", Value: []byte(fmt.Sprint("new", i))}}}, 2)
-	}
-	p.commit = 120
+	// new epoch, and the new history grows past the listener's position
+	// count.
+	promote(5)
+	write(5, 120, "new")
 	budget := 1 << 20
 	var out wire.JournalPart
 	err := p.readJournal(listenerAt, "", 100, &budget, &out)
-	if err == nil {
-		t.Fatalf("a position of the lost history answered %d records of the new one (first %q) without a gap", len(out.Records), out.Records[0].Events[0].Value)
+	if !errors.Is(err, api.ErrJournalTrimmed) {
+		t.Fatalf("a position of the lost history: %v, %d records", err, len(out.Records))
+	}
+	if out.Oldest <= listenerAt {
+		t.Fatalf("oldest %d not past the lost position %d", out.Oldest, listenerAt)
+	}
+	// The new history reads from its own start.
+	if err := p.readJournal(out.Oldest, "", 200, &budget, &out); err != nil || len(out.Records) != 120 {
+		t.Fatalf("the new history: %d records, %v", len(out.Records), err)
 	}
 }

@@ -2,6 +2,7 @@ package resp_test
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -100,11 +101,17 @@ func TestStreamIDsBeyondHistory(t *testing.T) {
 		}
 		last = id
 	}
-	got, err := r.XRange(ctx, "far", "1000000000", "+").Result()
+	ms, _, _ := strings.Cut(last, "-")
+	lastPos, err := strconv.ParseUint(ms, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	beyond := strconv.FormatUint(lastPos+1000000, 10)
+	got, err := r.XRange(ctx, "far", beyond, "+").Result()
 	if err != nil || len(got) != 0 {
 		t.Fatalf("XRANGE from beyond %s: %v, %v; want nothing", last, got, err)
 	}
-	res, err := r.XRead(ctx, &redis.XReadArgs{Streams: []string{"far", "1000000000-0"}, Count: 10, Block: -1}).Result()
+	res, err := r.XRead(ctx, &redis.XReadArgs{Streams: []string{"far", beyond + "-0"}, Count: 10, Block: -1}).Result()
 	if err != redis.Nil || len(res) != 0 {
 		t.Fatalf("XREAD after beyond %s: %v, %v; want nil", last, res, err)
 	}

@@ -40,7 +40,8 @@ func runJournalWorkloads(ctx context.Context, h *harness, cfg journalConfig, see
 	round.Listener, round.Stream = lr, sr
 
 	// The listener: from JournalEnds on even seeds, from position 1 of
-	// every partition on odd ones (the map is new: it hears everything).
+	// every partition on odd ones (told once per partition that the
+	// history begins later, then it hears everything: the map is new).
 	l := &jlistener{heard: map[string][]heard{}}
 	var start []uint64
 	if seed%2 == 1 {

@@ -193,9 +193,11 @@ func (n *Node) stepAttempt(ctx context.Context, end time.Time, p *partition, c s
 	v.filter = c.filter
 	res, err := n.guarded(ctx, end, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
 	v.close()
-	if errors.Is(err, api.ErrFunctionBudget) {
+	if ab := (abandonedError{}); errors.As(err, &ab) || errors.Is(err, api.ErrFunctionBudget) {
 		// The function may still be running and using v: never touch
-		// it again (v.close only sets an atomic flag).
+		// it again (v.close only sets an atomic flag). Whatever ended
+		// the wait (its budget, the member going down, the request),
+		// nothing was applied.
 		return nil, none, commitFloor{}, err
 	}
 	if v.err != nil {
@@ -296,9 +298,16 @@ func (n *Node) guarded(ctx context.Context, end time.Time, part int, fn func(ctx
 		}
 		return nil, functionErr(a.err)
 	case <-ctx.Done():
-		return nil, n.budgetErr(ctx, end, part)
+		return nil, abandonedError{n.budgetErr(ctx, end, part)}
 	}
 }
+
+// abandonedError wraps the error of a function its caller stopped waiting
+// for: the function may still be running, and using its view.
+type abandonedError struct{ err error }
+
+func (e abandonedError) Error() string { return e.err.Error() }
+func (e abandonedError) Unwrap() error { return e.err }
 
 // reserveFunction counts one more function goroutine, or fails with
 // ErrBusy when Config.MaxRunningFunctions already run.

@@ -60,3 +60,37 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+// A client that sends XREAD BLOCK 0 and leaves frees its connection within
+// the block bound: a blocked connection reads nothing and cannot see the
+// client go, so BLOCK 0 must not mean forever.
+func TestBlockedXReadOfADepartedClientEnds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 1, nil)
+	c.WaitStable(30 * time.Second)
+	cfg := DefaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	s, err := Listen(c.Nodes[0], cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	client, server := net.Pipe()
+	conn := s.newConn(server)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		conn.serve()
+	}()
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+	start := time.Now()
+	_, _ = client.Write([]byte("XREAD BLOCK 0 STREAMS s $\r\n"))
+	_ = client.Close()
+	select {
+	case <-served:
+	case <-time.After(maxBlock + 5*time.Second):
+		t.Fatalf("connection still served %v after the client left", time.Since(start))
+	}
+}

@@ -33,8 +33,11 @@ import (
 // maxXRead bounds the entries one XRANGE or XREAD answers per stream.
 const maxXRead = 10000
 
-// maxBlock bounds an XREAD BLOCK (BLOCK 0 waits this long).
-const maxBlock = 60 * time.Second
+// maxBlock bounds an XREAD BLOCK (BLOCK 0 waits this long, then answers
+// null like a timeout: clients reissue it). A blocked connection reads
+// nothing, so it cannot see its client leave: the bound is also how long a
+// departed client's connection lingers.
+const maxBlock = 5 * time.Second
 
 func streamPartition(c *conn, key []byte) int {
 	return affinity.Partition(string(key), c.s.node.Partitions())

@@ -28,7 +28,7 @@ func TestChaosShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process chaos test")
 	}
-	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 37946, Out: t.TempDir(), Log: testWriter{t},
+	cfg := Config{Nodes: 4, Backups: 1, Duration: 20 * time.Second, Seed: 42, BasePort: 21946, Out: t.TempDir(), Log: testWriter{t},
 		IdleKeys: 3000, BulkMB: 8, Script: []string{"restart-chain"}, MinFaults: 3, Profile: "test"}
 	if out := os.Getenv("GRID_CHAOS_OUT"); out != "" {
 		cfg.Out = out // keep the node logs after the test

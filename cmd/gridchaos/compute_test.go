@@ -23,7 +23,7 @@ func TestComputeSmoke(t *testing.T) {
 		t.Skip("process test")
 	}
 	cfg := computeConfig{Runs: 1, Seed: 2, Entries: 50_000, Workers: 8, Increments: 50,
-		BasePort: 35946, Out: t.TempDir(), Log: testWriter{t}}
+		BasePort: 22946, Out: t.TempDir(), Log: testWriter{t}}
 	runComputeTest(t, cfg)
 }
 
@@ -37,7 +37,7 @@ func TestComputeLong(t *testing.T) {
 		t.Skip("set GRID_COMPUTE_LONG=1 to run the compute evidence run")
 	}
 	cfg := computeConfig{Runs: 3, Seed: 1, Entries: 1_000_000, Profile: os.Getenv("GRID_COMPUTE_PROFILE"),
-		BasePort: 35946, Out: t.TempDir(), Log: testWriter{t}}
+		BasePort: 22946, Out: t.TempDir(), Log: testWriter{t}}
 	if out := os.Getenv("GRID_COMPUTE_OUT"); out != "" {
 		cfg.Out = out
 	}

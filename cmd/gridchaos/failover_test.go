@@ -21,7 +21,7 @@ func TestFailoverSmoke(t *testing.T) {
 		t.Skip("process test")
 	}
 	cfg := failoverConfig{Modes: []string{"kill"}, Profile: "test", Runs: 1, Writers: 8, Warmup: 2 * time.Second,
-		BasePort: 39946, Out: t.TempDir(), Log: testWriter{t}}
+		BasePort: 23946, Out: t.TempDir(), Log: testWriter{t}}
 	sum, err := RunFailover(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +64,7 @@ func TestFailoverLong(t *testing.T) {
 		modes = m
 	}
 	cfg := failoverConfig{Modes: strings.Split(modes, ","), Profile: os.Getenv("GRID_FAILOVER_PROFILE"),
-		BasePort: 39946, Out: t.TempDir(), Log: testWriter{t}}
+		BasePort: 23946, Out: t.TempDir(), Log: testWriter{t}}
 	if n, err := time.ParseDuration(os.Getenv("GRID_FAILOVER_DURATION")); err == nil {
 		cfg.Duration = n
 	}

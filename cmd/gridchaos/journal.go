@@ -96,7 +96,7 @@ func (c journalConfig) withDefaults() (journalConfig, error) {
 	def(&c.Kills, 4)
 	def(&c.Backups, 1)
 	def(&c.RejoinEntries, 1_000_000)
-	def(&c.BasePort, 33946)
+	def(&c.BasePort, 25946)
 	defD(&c.Pace, 5*time.Millisecond)
 	defD(&c.WritePace, 10*time.Millisecond)
 	defD(&c.Down, 2*time.Second)
@@ -278,7 +278,7 @@ func journalMain(args []string) int {
 	fs.DurationVar(&cfg.RejoinStop, "rejoin-stop", 3*time.Second, "rejoin: how long the member is SIGSTOPped")
 	fs.StringVar(&cfg.Gridnode, "gridnode", "", "gridnode binary (default: build ./cmd/gridnode)")
 	fs.StringVar(&cfg.Out, "out", "journal-out", "directory for the node logs of failed rounds")
-	fs.IntVar(&cfg.BasePort, "port", 33946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
+	fs.IntVar(&cfg.BasePort, "port", 25946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -24,7 +24,7 @@ func TestJournalSmoke(t *testing.T) {
 		t.Skip("process test")
 	}
 	cfg := journalConfig{Runs: 1, Seed: 2, Writers: 6, Publishers: 2, Pace: 10 * time.Millisecond, Kills: 2,
-		Down: time.Second, Warm: time.Second, BasePort: 34946, Out: t.TempDir(), Log: testWriter{t}}
+		Down: time.Second, Warm: time.Second, BasePort: 24946, Out: t.TempDir(), Log: testWriter{t}}
 	runJournalTest(t, cfg)
 }
 
@@ -37,7 +37,7 @@ func TestJournalLong(t *testing.T) {
 	if os.Getenv("GRID_JOURNAL_LONG") == "" {
 		t.Skip("set GRID_JOURNAL_LONG=1 to run the journal evidence run")
 	}
-	cfg := journalConfig{Runs: 3, Seed: 1, BasePort: 34946, Out: t.TempDir(), Log: testWriter{t}}
+	cfg := journalConfig{Runs: 3, Seed: 1, BasePort: 24946, Out: t.TempDir(), Log: testWriter{t}}
 	if out := os.Getenv("GRID_JOURNAL_OUT"); out != "" {
 		cfg.Out = out
 	}

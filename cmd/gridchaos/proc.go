@@ -202,3 +202,18 @@ func (h *harness) saveLogs() {
 	}
 	h.logf("node logs in %s", h.cfg.Out)
 }
+
+// logTail returns the last n lines of p's log, joined by " | " (a node's
+// last words for an error message: the logs of a test's temporary
+// directory are gone when CI prints it).
+func (p *proc) logTail(n int) string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

@@ -124,7 +124,7 @@ func (h *harness) heal(ctx context.Context, sum *Summary, violation func(string,
 	}
 	for _, p := range h.procs {
 		if p.exited() {
-			violation("%s exited on its own during the run (see its log); restarted for the checks", p.name)
+			violation("%s exited on its own during the run (restarted for the checks); its log ends: %s", p.name, p.logTail(5))
 			p.running = false
 			h.amnesiac[p.name] = true
 		}

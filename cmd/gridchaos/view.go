@@ -168,7 +168,7 @@ func (h *harness) unsafe(ctx context.Context) string {
 			return p.name + " is paused"
 		}
 		if p.exited() {
-			return p.name + " exited on its own (see its log)"
+			return p.name + " exited on its own; its log ends: " + p.logTail(5)
 		}
 		names = append(names, p.name)
 	}

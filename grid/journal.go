@@ -182,10 +182,11 @@ func (j *journal) from(pos, upTo uint64, max int) ([]wire.JournalEntry, bool) {
 	return recs[i:end], true
 }
 
-// install replaces the journal with recs (a snapshot's), oldest first,
-// ending at position last: the snapshot's LSN.
+// install replaces the partition journal with recs (a snapshot's), oldest
+// first, ending at position last: the snapshot's LSN. (A stream's events
+// arrive with their own trim point: receiveStreams.)
 func (j *journal) install(recs []wire.JournalEntry, last uint64) {
-	if len(recs) == 0 || !j.sparse && recs[len(recs)-1].Record.LSN != last {
+	if len(recs) == 0 || recs[len(recs)-1].Record.LSN != last {
 		j.restart(last)
 		return
 	}

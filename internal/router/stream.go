@@ -216,27 +216,50 @@ func (r *Router) groupStart(ctx context.Context, c *api.Consumer, parts []int) (
 		return nil, nil, err
 	}
 	positions, fresh = make([]uint64, r.cfg.Partitions), map[int]bool{}
+	var register []int
 	for i, p := range parts {
-		pos := got[i].Committed
-		if pos == 0 {
-			pos = max(got[i].Oldest, 1)
-			if err := r.SetGroupPosition(ctx, c.Stream, c.Group, p, pos); err != nil {
-				return nil, nil, err
-			}
-			fresh[p] = true
+		positions[p] = got[i].Committed
+		if positions[p] == 0 {
+			positions[p], fresh[p] = max(got[i].Oldest, 1), true
+			register = append(register, p)
 		}
-		positions[p] = pos
+	}
+	err = eachPart(register, func(p int) error { return r.SetGroupPosition(ctx, c.Stream, c.Group, p, positions[p]) })
+	if err != nil {
+		return nil, nil, err
 	}
 	return positions, fresh, nil
+}
+
+// partsAtOnce bounds the per-partition writes eachPart has in flight.
+const partsAtOnce = 16
+
+// eachPart runs fn for every partition of parts, partsAtOnce at a time,
+// and returns their errors joined.
+func eachPart(parts []int, fn func(p int) error) error {
+	sem := make(chan struct{}, partsAtOnce)
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(p); err != nil {
+				errs[i] = fmt.Errorf("partition %d: %w", p, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // DeleteGroup removes group from every partition of stream: it no longer
 // holds back the stream's retention.
 func (r *Router) DeleteGroup(ctx context.Context, stream, group string) error {
-	for p := range r.cfg.Partitions {
-		if err := r.SetGroupPosition(ctx, stream, group, p, 0); err != nil {
-			return fmt.Errorf("partition %d: %w", p, err)
-		}
+	parts := make([]int, r.cfg.Partitions)
+	for i := range parts {
+		parts[i] = i
 	}
-	return nil
+	return eachPart(parts, func(p int) error { return r.SetGroupPosition(ctx, stream, group, p, 0) })
 }

@@ -205,8 +205,10 @@ func freshBase(epoch uint64) uint64 {
 	return min(epoch, 1<<23) << 40
 }
 
-// beginHistory starts the positions of a partition that restarts empty
-// (Fresh: no copy of it survived) at its epoch's base. Caller holds mu.
+// beginHistory starts the positions of a partition restarted Fresh (no
+// copy the authority knew of survived) at its epoch's base, also over a
+// complete copy this node kept: the lost history may have gone on past
+// it. Caller holds mu.
 func (p *partition) beginHistory(epoch uint64) {
 	if base := freshBase(epoch); p.lsn < base {
 		p.lsn = base

@@ -180,8 +180,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				if !s.inSync && !s.filled {
 					migrations++
 				}
-				if s.acked < p.lsn {
-					lag += float64(p.lsn - s.acked)
+				// Only this term's records: a replica that acknowledged
+				// nothing yet is not 2^40 positions behind a Fresh history.
+				if from := max(s.acked, p.ready); from < p.lsn {
+					lag += float64(p.lsn - from)
 				}
 			}
 		case roleBackup:

@@ -638,7 +638,9 @@ func (n *Node) becomePrimary(p *partition, part wire.Part) bool {
 	if part.Epoch > p.epoch {
 		p.epoch = part.Epoch
 	}
-	if part.Fresh && !p.complete {
+	if part.Fresh {
+		// Also over a complete copy this node kept: it may end before the
+		// lost history did, which went on elsewhere from there.
 		p.beginHistory(part.Epoch)
 	}
 	if p.role != rolePrimary {

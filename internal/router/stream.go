@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/collocate/grid/internal/api"
@@ -235,17 +236,25 @@ func (r *Router) groupStart(ctx context.Context, c *api.Consumer, parts []int) (
 const partsAtOnce = 16
 
 // eachPart runs fn for every partition of parts, partsAtOnce at a time,
-// and returns their errors joined.
+// and returns their errors joined. Once one failed (a ctx canceled midway
+// fails every later one) it starts no more: the error is that one and
+// those of the calls already in flight.
 func eachPart(parts []int, fn func(p int) error) error {
 	sem := make(chan struct{}, partsAtOnce)
 	errs := make([]error, len(parts))
+	var failed atomic.Bool
 	var wg sync.WaitGroup
 	for i, p := range parts {
 		sem <- struct{}{}
+		if failed.Load() {
+			<-sem
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			if err := fn(p); err != nil {
+				failed.Store(true)
 				errs[i] = fmt.Errorf("partition %d: %w", p, err)
 			}
 		}()

@@ -239,9 +239,10 @@ func parseXRead(a [][]byte) (xreadArgs, string) {
 			if !ok || ms < 0 {
 				return x, "ERR timeout is not an integer or out of range"
 			}
-			x.block, i = min(time.Duration(ms)*time.Millisecond, maxBlock), i+1
-			if ms == 0 {
-				x.block = maxBlock
+			x.block, i = maxBlock, i+1 // BLOCK 0 too
+			if ms > 0 && ms < maxBlock.Milliseconds() {
+				// Compared in milliseconds: a huge count's nanoseconds overflow.
+				x.block = time.Duration(ms) * time.Millisecond
 			}
 		case "STREAMS":
 			rest := a[i+1:]

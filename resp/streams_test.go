@@ -119,3 +119,37 @@ func TestStreamIDsBeyondHistory(t *testing.T) {
 		t.Fatalf("XRANGE - +: %v, %v", got, err)
 	}
 }
+
+// BLOCK takes any non-negative count of milliseconds, as Redis does, and
+// waits at most maxBlock: a count whose nanoseconds overflow must not turn
+// into no wait at all.
+func TestXReadBlockOfAHugeTimeoutWaits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := newCluster(t, 1)
+	ctx := ctxT(t, 30*time.Second)
+	w, r := c.client(t, 0, 2), c.client(t, 0, 2)
+	first, err := w.XAdd(ctx, &redis.XAddArgs{Stream: "huge", ID: "*", Values: []string{"n", "1"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		v   any
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		v, err := r.Do(ctx, "XREAD", "BLOCK", strconv.FormatUint(1<<62, 10), "STREAMS", "huge", first).Result()
+		done <- answer{v, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the XREAD is blocked by now (if not, it reads the entry at once)
+	second, err := w.XAdd(ctx, &redis.XAddArgs{Stream: "huge", ID: "*", Values: []string{"n", "2"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil || !strings.Contains(fmt.Sprint(a.v), second) {
+		t.Fatalf("XREAD BLOCK 2^62 after %s: %v, %v; want the entry %s added while it waited", first, a.v, a.err, second)
+	}
+}

@@ -43,7 +43,7 @@ func TestPausedMemberCatchesUpByTail(t *testing.T) {
 					return
 				default:
 				}
-				k, v := fmt.Sprint("k", (w*500+i)%2000), fmt.Sprint("w", w, "-", i)
+				k, v := fmt.Sprint("k", w*500+i%500), fmt.Sprint("w", w, "-", i) // each writer its own keys: the last acknowledged value is the last applied
 				wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if err := mm.Put(wctx, k, []byte(v)); err == nil {
 					mu.Lock()

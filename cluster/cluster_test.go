@@ -266,6 +266,33 @@ func TestVoterRemovalKeepsLiveMajority(t *testing.T) {
 	}
 }
 
+// A voter counts as live for a removal only with positive evidence: a
+// recent lease renewal at this leader. A fresh leader that has not yet
+// failed a heartbeat to a voter killed with its predecessor must not count
+// it (CI: the table froze for good after TestKillAuthorityLeader's new
+// leader removed a live voter its membership had not seen yet).
+func TestConfirmedLiveNeedsARecentRenewal(t *testing.T) {
+	now := time.Now()
+	live := map[string]MemberInfo{"a-1": {Name: "a"}, "b-1": {Name: "b"}, "c-1": {Name: "c"}, "d-1": {Name: "d"}}
+	renewed := map[string]time.Time{"b": now.Add(-100 * time.Millisecond), "c": now.Add(-2 * time.Second), "d": now.Add(-50 * time.Millisecond)}
+	unreachable := map[string]bool{"d-1": true}
+	got := confirmedLive(live, now, func(id string) bool { return !unreachable[id] },
+		func(name string) time.Time { return renewed[name] }, 500*time.Millisecond)
+	if len(got) != 1 || got["b-1"].Name != "b" {
+		t.Fatalf("confirmed %v: want only b (a never renewed, c renewed too long ago, d's heartbeats fail)", got)
+	}
+	// The frozen configuration of the CI run: voters {a killed with its
+	// predecessor's leadership, b leading, c live but missing from b's
+	// membership}. Without a renewal from a, removing c must be refused.
+	servers := []raft.Server{{ID: "a-1", Suffrage: raft.Voter}, {ID: "b-1", Suffrage: raft.Voter}, {ID: "c-1", Suffrage: raft.Voter}}
+	view := map[string]MemberInfo{"a-1": {Name: "a"}, "b-1": {Name: "b"}}
+	confirmed := confirmedLive(view, now, func(string) bool { return true },
+		func(name string) time.Time { return renewed[name] }, 500*time.Millisecond)
+	if keepsMajority(servers, "c-1", confirmed, "b-1") {
+		t.Fatal("removing c leaves {a unconfirmed, b}: must keep c")
+	}
+}
+
 // A drain belongs to the incarnation that asked: a member restarted under
 // the same name right after a graceful leave is not left out of the table
 // (found by the chaos suite: the restarted member was never used again).

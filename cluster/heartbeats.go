@@ -81,14 +81,37 @@ func (c *Cluster) watchHeartbeats() {
 	}
 }
 
-// reachableLive is live less the voters whose heartbeats fail here.
+// reachableLive is live less the voters whose heartbeats fail here, and
+// less those that have not renewed a lease with this leader lately.
 func (c *Cluster) reachableLive(live map[string]MemberInfo) map[string]MemberInfo {
 	now := time.Now()
+	return confirmedLive(live, now, func(id string) bool { return c.beats.reachable(id, now) },
+		func(name string) time.Time { return c.leases.lastRenewal(name) }, c.cfg.LeaseDuration/2)
+}
+
+// confirmedLive keeps the members of live (by raft id) that count as live
+// when a voter removal must leave a live majority: raft's heartbeats to
+// them do not fail, and they renewed a lease at this leader within window.
+//
+// The absence of failed heartbeats alone is no evidence: a leader only a
+// few milliseconds old has not yet tried to reach a voter that died with
+// its predecessor. CI saw exactly that: the authority leader was killed, a
+// new leader took over while membership still showed the killed one alive
+// and did not yet show a third voter (its gossip view lagged), removed the
+// third voter at once, and raft applied {new leader, killed leader}: no
+// live majority, no election could be won, the table froze for good. A
+// member renews its lease every eighth of a lease, so a live voter proves
+// itself within a few renewals of a new leader taking over.
+func confirmedLive(live map[string]MemberInfo, now time.Time, reachable func(id string) bool, lastRenewal func(name string) time.Time, window time.Duration) map[string]MemberInfo {
 	out := make(map[string]MemberInfo, len(live))
 	for id, m := range live {
-		if c.beats.reachable(id, now) {
-			out[id] = m
+		if !reachable(id) {
+			continue
 		}
+		if at := lastRenewal(m.Name); at.IsZero() || now.Sub(at) > window {
+			continue
+		}
+		out[id] = m
 	}
 	return out
 }

@@ -88,6 +88,13 @@ func (b *leaseBook) renew(name, id string, now time.Time, version uint64) {
 	}
 }
 
+// lastRenewal is this leader's time of name's last renewal (zero: none).
+func (b *leaseBook) lastRenewal(name string) time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.renewed[name]
+}
+
 // grants returns a copy of the granted versions of the live incarnations
 // (StepInput.Granted) and forgets the others.
 func (b *leaseBook) grants(live []wire.Member) map[string]uint64 {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -188,6 +189,19 @@ func (c *Cluster) Close() {
 	}
 }
 
+// votersSeen lists each live node's raft voters (its latest configuration):
+// a table that never converges is often an authority without a quorum.
+func (c *Cluster) votersSeen() string {
+	var b strings.Builder
+	for i, n := range c.Nodes {
+		if n == nil || n.Cluster() == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "n%d %v; ", i, n.Cluster().Voters())
+	}
+	return b.String()
+}
+
 // WaitStable waits until every live node has installed the same table, that
 // table names exactly the live nodes, and it is converged (full backups,
 // nothing pending).
@@ -208,7 +222,7 @@ func (c *Cluster) waitStable(timeout time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("cluster not stable after %v: %s", timeout, why)
+	return fmt.Errorf("cluster not stable after %v: %s; raft voters per node: %s", timeout, why, c.votersSeen())
 }
 
 func (c *Cluster) unstable() string {

@@ -56,6 +56,9 @@ func (p *partition) notOwner() error {
 }
 
 func checkKey(req *wire.MapRequest, partitions int) error {
+	if wire.IsMutation(req.Op) && (reserved(req.Map) || (req.Op == wire.OpGroupSet && reserved(req.Key))) {
+		return fmt.Errorf("%w: names starting with %q are the grid's own", api.ErrBadRequest, ReservedPrefix)
+	}
 	if req.Op == wire.OpGroupSet {
 		return nil // a group's position is per partition, named by Partition
 	}

@@ -203,6 +203,7 @@ type Node struct {
 	subs     subscriptions
 	jwake    journalWake
 	subCount atomic.Int64
+	tagCache // PartitionTag (local.go)
 
 	base         time.Time    // monotonic reference for the lease
 	leaseUntil   atomic.Int64 // nanoseconds since base; see lease.go

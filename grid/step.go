@@ -247,8 +247,11 @@ func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []by
 		return r.resp.Value, none, commitFloor{lsn: r.lsn, epoch: p.epoch}, nil
 	}
 	now := nowNano()
-	if !v.validate(now) {
+	if !v.validate(now) || !v.validateStreams() {
 		return nil, none, commitFloor{}, errConflict
+	}
+	if err := v.checkStreamWrites(); err != nil {
+		return nil, none, commitFloor{}, err
 	}
 	if len(v.writes) == 0 {
 		// Nothing to record: the answer rests only on what was read.

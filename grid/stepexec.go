@@ -51,6 +51,12 @@ func (n *Node) stepAt(ctx context.Context, req *wire.StepRequest, fn StepFunc) (
 }
 
 func (n *Node) resolveStep(name string, args []byte) (StepFunc, error) {
+	if name == deliverStep {
+		return n.bindDeliver(args)
+	}
+	if bind, ok := n.internalStep(name); ok {
+		return bind(args)
+	}
 	funcs, err := n.functions()
 	if err != nil {
 		return nil, err

@@ -42,6 +42,12 @@ type StepView struct {
 	written map[mapKey]int // index into writes, for read-your-writes
 	wbytes  int            // size of writes as checkSize counts it
 
+	// Streams (stepstream.go): writes' indexes by stream (published) and
+	// by (stream, group) (positioned); group positions read.
+	published  map[mapKey]int
+	positioned map[mapKey]int
+	groupReads map[mapKey]uint64
+
 	err    error
 	closed atomic.Bool
 }
@@ -291,7 +297,7 @@ func (v *StepView) validate(now int64) bool {
 // nothing: what it read must be on every in-sync backup. Caller holds p.mu.
 func (v *StepView) readFloor() uint64 {
 	p := v.p
-	if len(v.ranged) > 0 {
+	if len(v.ranged) > 0 || len(v.groupReads) > 0 {
 		return p.partFloor()
 	}
 	f := p.ready

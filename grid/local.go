@@ -1,0 +1,206 @@
+package grid
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/internal/wire"
+)
+
+// This file is the partition-local API that runs next to a partition's
+// primary (package process builds event processors on it): which
+// partitions this node leads, committed reads of a local stream that wait
+// for the next commit of that partition only, and steps run here without
+// a network hop. None of it forwards: a partition this node does not lead
+// answers ErrNotOwner, and the caller moves on.
+
+// Leads reports whether this node is the serving primary of partition
+// part now (it may lose it at any moment: a step it then runs fails).
+func (n *Node) Leads(part int) bool {
+	if part < 0 || part >= len(n.parts) {
+		return false
+	}
+	p := n.parts[part]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.role == rolePrimary && p.seated()
+}
+
+// StepAt runs fn as a step of partition part, which this node must lead
+// (ErrNotOwner otherwise, nothing run), within budget (0: MaxStepTime).
+// It returns fn's result and the epoch it committed at. Unlike Execute it
+// carries no client session: the caller makes its retries idempotent (a
+// processor by the group position its step checks).
+func (n *Node) StepAt(ctx context.Context, part int, name string, fn StepFunc, budget time.Duration) ([]byte, uint64, error) {
+	if part < 0 || part >= len(n.parts) {
+		return nil, 0, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, part, len(n.parts))
+	}
+	if err := n.checkLease(); err != nil {
+		return nil, 0, err
+	}
+	c := stepCall{name: name, fn: fn, budget: n.budget(int64(budget))}
+	return n.runStep(ctx, n.parts[part], c)
+}
+
+// LocalEvents is a local stream read's answer.
+type LocalEvents struct {
+	Events    []StreamEvent
+	Next      uint64 // the position to read next
+	Committed uint64 // the group's committed position (0: no group)
+	Oldest    uint64 // the oldest retained position
+	Epoch     uint64 // the primary epoch that answered
+}
+
+// ReadLocal returns stream's committed events of partition part from
+// position from (at most max), with group's committed position; part must
+// be led here (ErrNotOwner). With none to answer it waits up to wait for
+// the partition's next commit. A position older than retention answers
+// ErrJournalTrimmed (a *TrimmedError naming the oldest).
+func (n *Node) ReadLocal(ctx context.Context, part int, stream, group string, from uint64, max int, wait time.Duration) (LocalEvents, error) {
+	if part < 0 || part >= len(n.parts) {
+		return LocalEvents{}, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, part, len(n.parts))
+	}
+	if max <= 0 || max > maxJournalMax {
+		max = defaultJournalMax
+	}
+	p := n.parts[part]
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		var out wire.JournalPart
+		budget := n.cfg.MaxFrame / 4
+		err := n.checkLease()
+		p.mu.Lock()
+		if err == nil {
+			err = p.readStream(from, stream, group, max, &budget, &out)
+		}
+		committed := p.commitCh
+		p.mu.Unlock()
+		if err != nil {
+			return LocalEvents{}, err
+		}
+		if len(out.Records) > 0 || out.Next != from {
+			return localEvents(stream, part, &out), nil
+		}
+		select {
+		case <-committed:
+		case <-timer.C:
+			return localEvents(stream, part, &out), nil
+		case <-ctx.Done():
+			return LocalEvents{}, ctx.Err()
+		case <-n.done:
+			return LocalEvents{}, api.ErrClosed
+		}
+	}
+}
+
+func localEvents(stream string, part int, out *wire.JournalPart) LocalEvents {
+	le := LocalEvents{Next: out.Next, Committed: out.Committed, Oldest: out.Oldest, Epoch: out.Epoch}
+	for _, r := range out.Records {
+		for _, ev := range r.Events {
+			le.Events = append(le.Events, StreamEvent{Stream: stream, Partition: part, Position: r.LSN, Key: ev.Key, Value: ev.Value, Time: time.Unix(0, r.Time)})
+		}
+	}
+	return le
+}
+
+// PartitionTag returns an affinity tag of partition part: any key
+// containing "{" + tag + "}" as its first hash tag lives in part. Internal
+// per-partition records (inbox watermarks) are keyed with it.
+func (n *Node) PartitionTag(part int) string {
+	n.tagsOnce.Do(func() { n.tags = partitionTags(len(n.parts)) })
+	return n.tags[part]
+}
+
+// partitionTags finds, for every partition, the first of "p0", "p1", ...
+// that hashes to it.
+func partitionTags(parts int) []string {
+	tags := make([]string, parts)
+	left := parts
+	for i := 0; left > 0; i++ {
+		t := "p" + strconv.Itoa(i)
+		if p := affinity.Partition(t, parts); tags[p] == "" {
+			tags[p] = t
+			left--
+		}
+	}
+	return tags
+}
+
+// tagCache is the lazily built PartitionTag table, and the internal steps
+// (embedded in Node).
+type tagCache struct {
+	tagsOnce sync.Once
+	tags     []string
+
+	internalMu sync.RWMutex
+	internal   map[string]func(args []byte) (StepFunc, error)
+}
+
+// SetInternalStep installs the step name, bound to its arguments by bind,
+// for callers of Execute on this node and remote ones (install it on
+// every member). The name must start with ReservedPrefix; it takes
+// precedence over the functions of SetFunctions.
+func (n *Node) SetInternalStep(name string, bind func(args []byte) (StepFunc, error)) error {
+	if !reserved(name) || name == deliverStep {
+		return fmt.Errorf("%w: internal step names start with %q (and %q is the grid's)", api.ErrBadRequest, ReservedPrefix, deliverStep)
+	}
+	n.internalMu.Lock()
+	defer n.internalMu.Unlock()
+	if n.internal == nil {
+		n.internal = map[string]func([]byte) (StepFunc, error){}
+	}
+	n.internal[name] = bind
+	return nil
+}
+
+// internalStep returns the binder of an internal step, if installed.
+func (n *Node) internalStep(name string) (func([]byte) (StepFunc, error), bool) {
+	if !reserved(name) {
+		return nil, false
+	}
+	n.internalMu.RLock()
+	defer n.internalMu.RUnlock()
+	b, ok := n.internal[name]
+	return b, ok
+}
+
+// Backlog is what a group has not consumed of a local stream.
+type Backlog struct {
+	Events int       // committed events at or after the position
+	Oldest time.Time // when the first of them was committed (zero: none)
+	Last   uint64    // the stream's last committed position (0: none)
+}
+
+// StreamBacklog counts stream's committed events of partition part from
+// position from on; part must be led here (ErrNotOwner).
+func (n *Node) StreamBacklog(part int, stream string, from uint64) (Backlog, error) {
+	if part < 0 || part >= len(n.parts) {
+		return Backlog{}, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, part, len(n.parts))
+	}
+	p := n.parts[part]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.role != rolePrimary {
+		return Backlog{}, p.notOwner()
+	}
+	s := p.logs[stream]
+	if s == nil {
+		return Backlog{}, nil
+	}
+	recs, _ := s.events.from(max(from, s.events.oldest()), p.commit, len(s.events.retained()))
+	var b Backlog
+	if all := s.events.retained(); len(all) > 0 {
+		b.Last = min(all[len(all)-1].Record.LSN, p.commit)
+	}
+	b.Events = len(recs)
+	if len(recs) > 0 {
+		b.Oldest = time.Unix(0, recs[0].Record.Time)
+	}
+	return b, nil
+}

@@ -1,0 +1,147 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/collocate/grid/grid"
+)
+
+// Event is one event a processor handles.
+type Event struct {
+	Stream    string
+	Partition int
+	Position  uint64 // the event's position in its partition's stream
+	Key       string
+	Value     []byte
+	Time      time.Time // when the grid committed it
+	Attempt   int       // 1 on the first try, then each retry
+}
+
+// Handler handles one event at its partition's primary. Its writes (through
+// c) and its emitted events apply together with the processor's new
+// position, as one replicated record, only if it returns nil. It may run
+// more than once for an event (a retry after an error, a conflicting
+// write, a failover before the commit), but its effects inside the grid
+// apply once. Effects outside the grid should be made idempotent with
+// c.IdempotencyKey().
+type Handler func(ctx context.Context, c *Context, e Event) error
+
+// Processor is an event processor: Handler runs for every event of
+// Stream, at the primary of the event's partition, one event at a time in
+// the stream's order.
+type Processor struct {
+	Name    string
+	Stream  string
+	Handler Handler
+	// MaxAttempts is how often an event is tried before it is parked in
+	// the dead-letter stream Name+".dlq" (0: DefaultMaxAttempts).
+	MaxAttempts int
+	// Backoff is the wait before the first retry, doubled for each next
+	// one up to MaxBackoff (0: defaults).
+	Backoff, MaxBackoff time.Duration
+	// MaxBatch is the most queued events handled in one record (0:
+	// DefaultMaxBatch; 1: one record per event).
+	MaxBatch int
+	// Budget bounds one record's handler runs (0: the node's MaxStepTime).
+	Budget time.Duration
+}
+
+// Processor defaults.
+const (
+	DefaultMaxAttempts = 5
+	DefaultBackoff     = 50 * time.Millisecond
+	DefaultMaxBackoff  = 2 * time.Second
+	DefaultMaxBatch    = 32
+	// maxBatch bounds MaxBatch: a record holds every write of its batch.
+	maxBatch = 1024
+)
+
+// ErrBadProcessor marks an invalid Processor.
+var ErrBadProcessor = errors.New("process: invalid processor")
+
+func (p *Processor) withDefaults() Processor {
+	q := *p
+	if q.MaxAttempts == 0 {
+		q.MaxAttempts = DefaultMaxAttempts
+	}
+	if q.Backoff == 0 {
+		q.Backoff = DefaultBackoff
+	}
+	if q.MaxBackoff == 0 {
+		q.MaxBackoff = DefaultMaxBackoff
+	}
+	if q.MaxBatch == 0 {
+		q.MaxBatch = DefaultMaxBatch
+	}
+	return q
+}
+
+// Validate reports whether p can run.
+func (p *Processor) Validate() error {
+	switch {
+	case p.Name == "" || len(p.Name) > 200:
+		return fmt.Errorf("%w: a name of 1 to 200 bytes", ErrBadProcessor)
+	case p.Name[0] == grid.ReservedPrefix[0]:
+		return fmt.Errorf("%w: name %q starts with the grid's reserved prefix", ErrBadProcessor, p.Name)
+	case p.Stream == "" || p.Stream[0] == grid.ReservedPrefix[0]:
+		return fmt.Errorf("%w: stream %q: a user stream is required", ErrBadProcessor, p.Stream)
+	case p.Handler == nil:
+		return fmt.Errorf("%w: %s has no handler", ErrBadProcessor, p.Name)
+	case p.MaxAttempts < 0 || p.MaxBatch < 0 || p.MaxBatch > maxBatch:
+		return fmt.Errorf("%w: %s: MaxAttempts %d, MaxBatch %d (max %d)", ErrBadProcessor, p.Name, p.MaxAttempts, p.MaxBatch, maxBatch)
+	case p.Backoff < 0 || p.MaxBackoff < 0 || p.Budget < 0:
+		return fmt.Errorf("%w: %s: negative durations", ErrBadProcessor, p.Name)
+	}
+	return nil
+}
+
+// group is the consumer group that holds the processor's position.
+func (p *Processor) group() string { return grid.ReservedPrefix + "proc:" + p.Name }
+
+// DeadLetters is the stream where a processor parks the events it gave up
+// on (in the event's own partition, keyed like the event).
+func DeadLetters(processor string) string { return processor + ".dlq" }
+
+// Context is a handler's access to the event's partition: map reads and
+// writes of entries collocated with the event's key, and events to emit.
+// It is valid only during the handler call.
+type Context struct {
+	v     *grid.StepView
+	proc  string
+	ev    *Event
+	out   *[]outEvent
+	index int // the event's place in its record's batch
+}
+
+// Get returns the value of key in map m (key must be collocated with the
+// event's key: the same affinity key, or any key of the partition).
+func (c *Context) Get(m, key string) ([]byte, bool) { return c.v.Get(m, key) }
+
+// Set writes key in map m (collocated, see Get), expiring after ttl (0:
+// never).
+func (c *Context) Set(m, key string, value []byte, ttl time.Duration) { c.v.Set(m, key, value, ttl) }
+
+// Delete deletes key in map m (collocated, see Get).
+func (c *Context) Delete(m, key string) { c.v.Delete(m, key) }
+
+// View is the whole step view of the partition (ranges, entries with
+// versions and TTLs).
+func (c *Context) View() *grid.StepView { return c.v }
+
+// Emit sends event to stream at key's partition, anywhere in the grid: it
+// goes into this partition's outbox with the handler's other effects, and
+// is delivered once to its stream, after the commit, whatever fails in
+// between.
+func (c *Context) Emit(stream, key string, event []byte) {
+	*c.out = append(*c.out, outEvent{Proc: c.proc, Stream: stream, Key: key, Value: append([]byte(nil), event...)})
+}
+
+// IdempotencyKey names this event's handling for effects outside the grid:
+// the same for every attempt, different for every event.
+func (c *Context) IdempotencyKey() string {
+	return c.proc + "/" + c.ev.Stream + "/" + strconv.Itoa(c.ev.Partition) + "/" + strconv.FormatUint(c.ev.Position, 10)
+}

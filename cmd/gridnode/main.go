@@ -40,6 +40,8 @@ import (
 	"github.com/collocate/grid/cluster"
 	"github.com/collocate/grid/compute"
 	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/process"
+	"github.com/collocate/grid/process/builtin"
 	"github.com/collocate/grid/resp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -97,9 +99,16 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gridnode: no partition table:", err)
 		return 1
 	}
+	rt, err := startProcessors(node, opts.processors, log, reg)
+	if err != nil {
+		node.Kill()
+		fmt.Fprintln(stderr, "gridnode: -processors:", err)
+		return 1
+	}
+	defer rt.Close()
 	var srv *http.Server
 	if httpLn != nil {
-		srv = &http.Server{Handler: newHTTPHandler(node, reg, funcs, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: newHTTPHandler(node, reg, funcs, rt, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("http server", "err", err)
@@ -125,6 +134,9 @@ func run(args []string, stderr io.Writer) int {
 		// Redis clients reconnect elsewhere while this node hands its data over.
 		_ = rs.Close()
 	}
+	// Processors stop before the node hands its partitions over; their
+	// new primaries go on from the last committed positions.
+	rt.Close()
 	log.Info("leaving the cluster", "timeout", opts.leaveTimeout)
 	leaveCtx, cancel := context.WithTimeout(context.Background(), opts.leaveTimeout)
 	defer cancel()
@@ -136,6 +148,23 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("left")
 	return 0
+}
+
+// startProcessors starts the node's processor runtime with the built-in
+// sets named in list (the runtime runs with none too: operations and
+// status answer for an empty set).
+func startProcessors(node *grid.Node, list string, log *slog.Logger, reg prometheus.Registerer) (*process.Runtime, error) {
+	pcfg := process.DefaultConfig()
+	pcfg.Logger, pcfg.Registerer = log, reg
+	rt, err := process.Start(node, pcfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := builtin.Register(rt, list); err != nil {
+		rt.Close()
+		return nil, err
+	}
+	return rt, nil
 }
 
 // respConfig is the Redis endpoint's config: a bulk argument may be as
@@ -165,6 +194,7 @@ type options struct {
 	http         string
 	pprof        bool
 	leaveTimeout time.Duration
+	processors   string
 }
 
 // parse merges flags over GRID_* environment variables over the -config
@@ -192,6 +222,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	respMap := fs.String("resp-map", resp.DefaultConfig().DefaultMap, "map that Redis connections use before SELECT")
 	journalRecs := fs.Int("journal-records", cfg.JournalRecords, "records each partition's journal retains (listeners resume and replicas catch up by tail within it)")
 	journalBytes := fs.Int("journal-bytes", cfg.JournalBytes, "bytes each partition's journal retains at most")
+	procs := fs.String("processors", "", "built-in event processor sets to run, comma-separated ("+strings.Join(builtin.Names(), ", ")+"); every member must run the same")
 
 	envKey := func(name string) string { return "GRID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
 	// The config file's path may come from a flag or the environment.
@@ -269,6 +300,10 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	}
 	o.cfg, o.http, o.pprof, o.leaveTimeout = cfg, *httpAddr, *pprofOn, *leave
 	o.resp, o.respMap = *respFlag, *respMap
+	if err := builtin.Valid(*procs); err != nil {
+		return o, fmt.Errorf("-processors: %v", err)
+	}
+	o.processors = *procs
 	return o, nil
 }
 

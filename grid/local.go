@@ -47,50 +47,61 @@ func (n *Node) StepAt(ctx context.Context, part int, name string, fn StepFunc, b
 	return n.runStep(ctx, n.parts[part], c)
 }
 
-// LocalEvents is a local stream read's answer.
-type LocalEvents struct {
-	Events    []StreamEvent
-	Next      uint64 // the position to read next
-	Committed uint64 // the group's committed position (0: no group)
-	Oldest    uint64 // the oldest retained position
-	Epoch     uint64 // the primary epoch that answered
+// LocalRead asks for committed events of one partition led here.
+type LocalRead struct {
+	Part int
+	// Name is a stream, or with Feed a map whose changes are read from
+	// the partition's journal.
+	Name string
+	Feed bool
+	// Group's committed position is answered too (a feed's groups are
+	// kept in the stream FeedStream(Name)).
+	Group string
+	From  uint64 // the first position wanted (0: none, just the end)
+	Max   int    // records at most (0: a default)
+	Wait  time.Duration
 }
 
-// ReadLocal returns stream's committed events of partition part from
-// position from (at most max), with group's committed position; part must
-// be led here (ErrNotOwner). With none to answer it waits up to wait for
-// the partition's next commit. A position older than retention answers
-// ErrJournalTrimmed (a *TrimmedError naming the oldest).
-func (n *Node) ReadLocal(ctx context.Context, part int, stream, group string, from uint64, max int, wait time.Duration) (LocalEvents, error) {
-	if part < 0 || part >= len(n.parts) {
-		return LocalEvents{}, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, part, len(n.parts))
+// LocalEvents is a local read's answer.
+type LocalEvents struct {
+	Events    []Event // Map is the stream's or the map's name; a stream's events are of kind EventPublished
+	Next      uint64  // the position to read next
+	Committed uint64  // the group's committed position (0: no group)
+	Oldest    uint64  // the oldest retained position
+	Epoch     uint64  // the primary epoch that answered
+}
+
+// FeedStream is where the consumer groups of map m's change feed keep
+// their positions (a stream without events).
+func FeedStream(m string) string { return ReservedPrefix + "feed:" + m }
+
+// ReadLocal returns committed events of partition r.Part from position
+// r.From (at most r.Max records), with r.Group's committed position; the
+// partition must be led here (ErrNotOwner). With none to answer it waits
+// up to r.Wait for the partition's next commit. A position older than
+// retention answers ErrJournalTrimmed (a *TrimmedError naming the oldest).
+func (n *Node) ReadLocal(ctx context.Context, r LocalRead) (LocalEvents, error) {
+	if r.Part < 0 || r.Part >= len(n.parts) {
+		return LocalEvents{}, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, r.Part, len(n.parts))
 	}
-	if max <= 0 || max > maxJournalMax {
-		max = defaultJournalMax
+	if r.Max <= 0 || r.Max > maxJournalMax {
+		r.Max = defaultJournalMax
 	}
-	p := n.parts[part]
-	timer := time.NewTimer(wait)
+	p := n.parts[r.Part]
+	timer := time.NewTimer(r.Wait)
 	defer timer.Stop()
 	for {
-		var out wire.JournalPart
-		budget := n.cfg.MaxFrame / 4
-		err := n.checkLease()
-		p.mu.Lock()
-		if err == nil {
-			err = p.readStream(from, stream, group, max, &budget, &out)
-		}
-		committed := p.commitCh
-		p.mu.Unlock()
+		out, committed, err := n.readLocalOnce(p, &r)
 		if err != nil {
 			return LocalEvents{}, err
 		}
-		if len(out.Records) > 0 || out.Next != from {
-			return localEvents(stream, part, &out), nil
+		if len(out.Records) > 0 || out.Next != r.From {
+			return localEvents(&r, &out), nil
 		}
 		select {
 		case <-committed:
 		case <-timer.C:
-			return localEvents(stream, part, &out), nil
+			return localEvents(&r, &out), nil
 		case <-ctx.Done():
 			return LocalEvents{}, ctx.Err()
 		case <-n.done:
@@ -99,11 +110,35 @@ func (n *Node) ReadLocal(ctx context.Context, part int, stream, group string, fr
 	}
 }
 
-func localEvents(stream string, part int, out *wire.JournalPart) LocalEvents {
+// readLocalOnce reads what there is now, and the channel the partition's
+// next commit closes.
+func (n *Node) readLocalOnce(p *partition, r *LocalRead) (wire.JournalPart, <-chan struct{}, error) {
+	var out wire.JournalPart
+	budget := n.cfg.MaxFrame / 4
+	err := n.checkLease()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		return out, nil, err
+	}
+	if r.Feed {
+		err = p.readJournal(r.From, r.Name, r.Max, &budget, &out)
+		out.Committed, _ = p.groupPos(FeedStream(r.Name), r.Group)
+	} else {
+		err = p.readStream(r.From, r.Name, r.Group, r.Max, &budget, &out)
+	}
+	return out, p.commitCh, err
+}
+
+func localEvents(r *LocalRead, out *wire.JournalPart) LocalEvents {
 	le := LocalEvents{Next: out.Next, Committed: out.Committed, Oldest: out.Oldest, Epoch: out.Epoch}
-	for _, r := range out.Records {
-		for _, ev := range r.Events {
-			le.Events = append(le.Events, StreamEvent{Stream: stream, Partition: part, Position: r.LSN, Key: ev.Key, Value: ev.Value, Time: time.Unix(0, r.Time)})
+	for _, rec := range out.Records {
+		for _, ev := range rec.Events {
+			e := Event{Partition: r.Part, Position: rec.LSN, Kind: EventKind(ev.Kind), Map: r.Name, Key: ev.Key, Value: ev.Value, Old: ev.Old, Time: time.Unix(0, rec.Time)}
+			if ev.ExpireAt != 0 {
+				e.ExpireAt = time.Unix(0, ev.ExpireAt)
+			}
+			le.Events = append(le.Events, e)
 		}
 	}
 	return le

@@ -51,6 +51,8 @@ const (
 	EventRemoved = api.EventRemoved
 	EventExpired = api.EventExpired
 	EventCleared = api.EventCleared
+	// EventPublished: an event of a stream (ReadLocal, package process).
+	EventPublished = api.EventPublished
 )
 
 // Errors; match with errors.Is.

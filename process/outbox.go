@@ -59,13 +59,14 @@ const deliverBatch = 64
 
 // deliver runs partition part's deliverer while this node leads it.
 func (r *Runtime) deliver(ctx context.Context, part int) {
-	pos, err := r.startPosition(ctx, part, outboxStream, deliverGroup)
+	src := grid.LocalRead{Name: outboxStream}
+	pos, err := r.startPosition(ctx, part, src, outboxStream, deliverGroup)
 	if err != nil {
 		r.quiet(ctx, part, "outbox position", err)
 		return
 	}
 	for ctx.Err() == nil {
-		le, err := r.node.ReadLocal(ctx, part, outboxStream, deliverGroup, pos, deliverBatch, r.cfg.Poll)
+		le, err := r.node.ReadLocal(ctx, grid.LocalRead{Part: part, Name: outboxStream, Group: deliverGroup, From: pos, Max: deliverBatch, Wait: r.cfg.Poll})
 		if err != nil {
 			r.quiet(ctx, part, "outbox read", err)
 			return
@@ -91,10 +92,10 @@ func (r *Runtime) deliver(ctx context.Context, part int) {
 // deliverOne delivers every event of one outbox entry, in order, retrying
 // each until its target applied it or had it already. An event no target
 // can ever take (bad input) is parked in its processor's dead letters.
-func (r *Runtime) deliverOne(ctx context.Context, part int, ev grid.StreamEvent) error {
+func (r *Runtime) deliverOne(ctx context.Context, part int, ev grid.Event) error {
 	outs, err := decodeOut(ev.Value)
 	if err != nil {
-		return r.park(ctx, part, "", ev.Key, ev.Position, ev.Value, fmt.Errorf("undecodable outbox entry: %w", err))
+		return r.park(ctx, part, "", ev.Key, ev.Position, ParkedEvent{Kind: ev.Kind, Key: ev.Key, Value: ev.Value}, fmt.Errorf("undecodable outbox entry: %w", err))
 	}
 	for i, o := range outs {
 		d := grid.Delivery{Source: source(part), Pos: ev.Position, Index: uint32(i), Stream: o.Stream, Key: o.Key, Value: o.Value}
@@ -102,7 +103,7 @@ func (r *Runtime) deliverOne(ctx context.Context, part int, ev grid.StreamEvent)
 			if !permanent(err) {
 				return err
 			}
-			if err := r.park(ctx, part, o.Proc, ev.Key, ev.Position, o.Value, fmt.Errorf("delivery to stream %q key %q: %w", o.Stream, o.Key, err)); err != nil {
+			if err := r.park(ctx, part, o.Proc, ev.Key, ev.Position, ParkedEvent{Kind: grid.EventPublished, Key: o.Key, Value: o.Value}, fmt.Errorf("delivery to stream %q key %q: %w", o.Stream, o.Key, err)); err != nil {
 				return err
 			}
 		}

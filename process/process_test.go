@@ -230,7 +230,7 @@ func TestFailingEventIsParkedAndTheProcessorGoesOn(t *testing.T) {
 		t.Fatalf("dead letters: %d events, want 1", len(evs))
 	}
 	dl, err := process.DecodeDeadLetter(evs[0].Value)
-	if err != nil || string(dl.Value) != "bad" || dl.Processor != "p" || dl.Error == "" {
+	if err != nil || len(dl.Events) != 1 || string(dl.Events[0].Value) != "bad" || dl.Processor != "p" || dl.Error == "" {
 		t.Fatalf("dead letter %+v, %v", dl, err)
 	}
 	if got := attempts.Load(); got != 3 {

@@ -12,11 +12,13 @@ import (
 
 // Event is one event a processor handles.
 type Event struct {
-	Stream    string
+	Stream    string // the stream, or the map of a change feed
 	Partition int
-	Position  uint64 // the event's position in its partition's stream
+	Position  uint64         // the event's position in its partition (a record's events share one)
+	Kind      grid.EventKind // EventPublished for a stream's events; a map change's kind for a feed
 	Key       string
 	Value     []byte
+	Old       []byte    // a feed's replaced or removed value, when the journal kept it
 	Time      time.Time // when the grid committed it
 	Attempt   int       // 1 on the first try, then each retry
 }
@@ -31,11 +33,21 @@ type Event struct {
 type Handler func(ctx context.Context, c *Context, e Event) error
 
 // Processor is an event processor: Handler runs for every event of
-// Stream, at the primary of the event's partition, one event at a time in
-// the stream's order.
+// Stream (or every change of map Map), at the primary of the event's
+// partition, one event at a time in the partition's order.
 type Processor struct {
-	Name    string
-	Stream  string
+	Name string
+	// Stream binds the processor to a stream: its consumer group holds
+	// the stream's retention, so no event is ever dropped before it was
+	// handled (a publisher gets ErrStreamFull instead).
+	Stream string
+	// Map, instead of Stream, binds it to the map's change feed (the
+	// partition journal's events of Map). The journal's retention is not
+	// held for processors: a processor that falls behind it by more than
+	// Config.JournalRecords records parks the gap in its dead letters and
+	// goes on. Its handler must not write Map, or it handles its own
+	// writes.
+	Map     string
 	Handler Handler
 	// MaxAttempts is how often an event is tried before it is parked in
 	// the dead-letter stream Name+".dlq" (0: DefaultMaxAttempts).
@@ -87,8 +99,10 @@ func (p *Processor) Validate() error {
 		return fmt.Errorf("%w: a name of 1 to 200 bytes", ErrBadProcessor)
 	case p.Name[0] == grid.ReservedPrefix[0]:
 		return fmt.Errorf("%w: name %q starts with the grid's reserved prefix", ErrBadProcessor, p.Name)
-	case p.Stream == "" || p.Stream[0] == grid.ReservedPrefix[0]:
-		return fmt.Errorf("%w: stream %q: a user stream is required", ErrBadProcessor, p.Stream)
+	case (p.Stream == "") == (p.Map == ""):
+		return fmt.Errorf("%w: %s needs a Stream or a Map, not both", ErrBadProcessor, p.Name)
+	case p.source()[0] == grid.ReservedPrefix[0]:
+		return fmt.Errorf("%w: %s: %q is one of the grid's own names", ErrBadProcessor, p.Name, p.source())
 	case p.Handler == nil:
 		return fmt.Errorf("%w: %s has no handler", ErrBadProcessor, p.Name)
 	case p.MaxAttempts < 0 || p.MaxBatch < 0 || p.MaxBatch > maxBatch:
@@ -102,6 +116,22 @@ func (p *Processor) Validate() error {
 // group is the consumer group that holds the processor's position.
 func (p *Processor) group() string { return grid.ReservedPrefix + "proc:" + p.Name }
 
+// source is the stream or map the processor reads.
+func (p *Processor) source() string {
+	if p.Map != "" {
+		return p.Map
+	}
+	return p.Stream
+}
+
+// positions is the stream whose groups hold the processor's position.
+func (p *Processor) positions() string {
+	if p.Map != "" {
+		return grid.FeedStream(p.Map)
+	}
+	return p.Stream
+}
+
 // DeadLetters is the stream where a processor parks the events it gave up
 // on (in the event's own partition, keyed like the event).
 func DeadLetters(processor string) string { return processor + ".dlq" }
@@ -110,11 +140,10 @@ func DeadLetters(processor string) string { return processor + ".dlq" }
 // writes of entries collocated with the event's key, and events to emit.
 // It is valid only during the handler call.
 type Context struct {
-	v     *grid.StepView
-	proc  string
-	ev    *Event
-	out   *[]outEvent
-	index int // the event's place in its record's batch
+	v    *grid.StepView
+	proc string
+	ev   *Event
+	out  *[]outEvent
 }
 
 // Get returns the value of key in map m (key must be collocated with the

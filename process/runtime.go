@@ -253,10 +253,12 @@ func (r *Runtime) quiet(ctx context.Context, part int, what string, err error) {
 	r.log.Debug("partition run ended", "partition", part, "what", what, "err", err)
 }
 
-// startPosition returns group's committed position in stream at part,
-// registering the group at the oldest retained event if it has none.
-func (r *Runtime) startPosition(ctx context.Context, part int, stream, group string) (uint64, error) {
-	le, err := r.node.ReadLocal(ctx, part, stream, group, 0, 1, 0)
+// startPosition returns group's committed position at part (kept in the
+// stream posStream), registering the group at the oldest retained event
+// of what src reads if it has none.
+func (r *Runtime) startPosition(ctx context.Context, part int, src grid.LocalRead, posStream, group string) (uint64, error) {
+	src.Part, src.Group, src.From, src.Max, src.Wait = part, group, 0, 1, 0
+	le, err := r.node.ReadLocal(ctx, src)
 	if err != nil {
 		return 0, err
 	}
@@ -265,16 +267,15 @@ func (r *Runtime) startPosition(ctx context.Context, part int, stream, group str
 	}
 	oldest := max(le.Oldest, 1)
 	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
-		if _, ok := v.Position(stream, group); !ok {
-			v.SetPosition(stream, group, oldest)
+		if _, ok := v.Position(posStream, group); !ok {
+			v.SetPosition(posStream, group, oldest)
 		}
 		return nil, v.Err()
 	}
 	if _, _, err := r.node.StepAt(ctx, part, "process.start", fn, 0); err != nil {
 		return 0, err
 	}
-	le, err = r.node.ReadLocal(ctx, part, stream, group, 0, 1, 0)
-	if err != nil {
+	if le, err = r.node.ReadLocal(ctx, src); err != nil {
 		return 0, err
 	}
 	if le.Committed == 0 {

@@ -20,12 +20,17 @@ import (
 // whoever runs it (a deposed primary's late step fails: its epoch is gone),
 // and a promoted backup starts after the last committed batch: no event
 // skipped, none applied twice.
+//
+// The unit of a position is a record: a map's change feed may hold several
+// events of one record (a PutAll, a function's writes), which share its
+// position. Batches, retries and dead letters therefore take whole
+// records ("units"): a position never moves past half a record.
 
 // errPositionMoved: the position changed under a batch (a replay, or
 // another run of this processor): read it again.
 var errPositionMoved = errors.New("process: the processor's position moved")
 
-// handlerError carries the batch index of the event whose handler failed.
+// handlerError carries the batch index of the unit whose handler failed.
 type handlerError struct {
 	index int
 	err   error
@@ -34,15 +39,43 @@ type handlerError struct {
 func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
+// unit is the events of one record, and its position.
+type unit struct {
+	pos    uint64
+	events []grid.Event
+}
+
+// units groups evs (in position order) by position.
+func units(evs []grid.Event) []unit {
+	var out []unit
+	for _, e := range evs {
+		if n := len(out); n > 0 && out[n-1].pos == e.Position {
+			out[n-1].events = append(out[n-1].events, e)
+			continue
+		}
+		out = append(out, unit{pos: e.Position, events: []grid.Event{e}})
+	}
+	return out
+}
+
+// read is proc's local read at part from position from.
+func (r *Runtime) read(ctx context.Context, proc *registered, part int, from uint64, wait time.Duration) (grid.LocalEvents, error) {
+	return r.node.ReadLocal(ctx, grid.LocalRead{Part: part, Name: proc.source(), Feed: proc.Map != "", Group: proc.group(),
+		From: from, Max: proc.MaxBatch, Wait: wait})
+}
+
 // run handles proc's events of partition part while this node leads it.
+// pos is the committed position; cursor is where reading goes on (a
+// feed's records of other maps are skipped without a commit).
 func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
-	pos, err := r.startPosition(ctx, part, proc.Stream, proc.group())
+	pos, err := r.startPosition(ctx, part, grid.LocalRead{Name: proc.source(), Feed: proc.Map != ""}, proc.positions(), proc.group())
 	if err != nil {
 		r.quiet(ctx, part, proc.Name+" position", err)
 		return
 	}
 	ps := proc.part(part)
 	ps.position.Store(pos)
+	cursor := pos
 	for ctx.Err() == nil {
 		if r.paused(proc.Name) {
 			if !r.sleep(ctx, r.cfg.Poll) {
@@ -50,12 +83,13 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 			}
 			continue
 		}
-		le, err := r.node.ReadLocal(ctx, part, proc.Stream, proc.group(), pos, proc.MaxBatch, r.cfg.Poll)
+		le, err := r.read(ctx, proc, part, cursor, r.cfg.Poll)
 		var trimmed *api.TrimmedError
-		if errors.As(err, &trimmed) {
+		if errors.As(err, &trimmed) || errors.Is(err, api.ErrJournalTrimmed) {
 			pos, err = r.skipGap(ctx, proc, part, pos, trimmed)
+			cursor = pos
+			ps.position.Store(pos)
 			if err == nil {
-				ps.position.Store(pos)
 				continue
 			}
 		}
@@ -65,66 +99,66 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 		}
 		if le.Committed != pos {
 			// Replayed, or moved by another run: follow the grid.
-			pos = le.Committed
+			pos, cursor = le.Committed, le.Committed
 			ps.position.Store(pos)
 			continue
 		}
+		cursor = le.Next
 		if len(le.Events) == 0 {
 			continue
 		}
-		next, err := r.handleEvents(ctx, proc, part, pos, le.Events)
+		next, err := r.handleUnits(ctx, proc, part, pos, units(le.Events))
 		if errors.Is(err, errPositionMoved) {
 			pos, err = r.currentPosition(ctx, part, proc)
+			cursor = pos
+		} else if err == nil {
+			pos = next
 		}
 		if err != nil {
 			r.quiet(ctx, part, proc.Name+" handling", err)
 			return
 		}
-		pos = next
 		ps.position.Store(pos)
 	}
 }
 
-// handleEvents handles evs (the events from position pos on) in as few
+// handleUnits handles us (the records from position pos on) in as few
 // records as the handler allows: the whole batch in one; on a handler
-// failure, the events before the failing one in one, then the failing one
+// failure, the units before the failing one in one, then the failing one
 // alone, with retries and finally the dead letters. It returns the new
 // position.
-func (r *Runtime) handleEvents(ctx context.Context, proc *registered, part int, pos uint64, evs []grid.StreamEvent) (uint64, error) {
-	for len(evs) > 0 {
-		_, err := r.commitBatch(ctx, proc, part, pos, evs, 1)
+func (r *Runtime) handleUnits(ctx context.Context, proc *registered, part int, pos uint64, us []unit) (uint64, error) {
+	for len(us) > 0 {
+		err := r.commitBatch(ctx, proc, part, pos, us, 1)
 		var he *handlerError
 		switch {
 		case err == nil:
-			pos = evs[len(evs)-1].Position + 1
-			proc.stats.handled.Add(int64(len(evs)))
-			proc.part(part).handled.Add(int64(len(evs)))
-			return pos, nil
+			r.counted(proc, part, us, false)
+			return us[len(us)-1].pos + 1, nil
 		case errors.As(err, &he):
 			if he.index > 0 {
 				// Commit those before the failing one together.
-				if _, err := r.commitBatch(ctx, proc, part, pos, evs[:he.index], 1); err != nil {
+				if err := r.commitBatch(ctx, proc, part, pos, us[:he.index], 1); err != nil {
 					return pos, err
 				}
-				pos = evs[he.index-1].Position + 1
-				proc.stats.handled.Add(int64(he.index))
-				proc.part(part).handled.Add(int64(he.index))
+				r.counted(proc, part, us[:he.index], false)
+				pos = us[he.index-1].pos + 1
 			}
-			// The failing event's first attempt was this one.
-			next, err := r.retryOne(ctx, proc, part, pos, evs[he.index])
+			// The failing unit's first attempt was this one.
+			next, err := r.retryOne(ctx, proc, part, pos, us[he.index], he.err)
 			if err != nil {
 				return pos, err
 			}
 			pos = next
-			evs = evs[he.index+1:]
-		case errors.Is(err, api.ErrValueTooLarge) && len(evs) > 1:
+			us = us[he.index+1:]
+		case errors.Is(err, api.ErrValueTooLarge) && len(us) > 1:
 			// The batch's writes do not fit one record: halve it.
-			half := len(evs) / 2
-			next, err := r.handleEvents(ctx, proc, part, pos, evs[:half])
+			half := len(us) / 2
+			next, err := r.handleUnits(ctx, proc, part, pos, us[:half])
 			if err != nil {
 				return pos, err
 			}
-			pos, evs = next, evs[half:]
+			pos, us = next, us[half:]
 		default:
 			return pos, err
 		}
@@ -132,60 +166,73 @@ func (r *Runtime) handleEvents(ctx context.Context, proc *registered, part int, 
 	return pos, nil
 }
 
-// retryOne handles ev alone until it commits or its attempts are spent;
-// then it parks ev in the dead letters, with the position, in one record.
-func (r *Runtime) retryOne(ctx context.Context, proc *registered, part int, pos uint64, ev grid.StreamEvent) (uint64, error) {
+// counted adds handled (or parked) units to the statistics.
+func (r *Runtime) counted(proc *registered, part int, us []unit, parked bool) {
+	n := int64(0)
+	for _, u := range us {
+		n += int64(len(u.events))
+	}
+	if parked {
+		proc.stats.parked.Add(n)
+		proc.part(part).parked.Add(n)
+		return
+	}
+	proc.stats.handled.Add(n)
+	proc.part(part).handled.Add(n)
+}
+
+// retryOne handles u alone until it commits or its attempts are spent;
+// then it parks u in the dead letters, with the position, in one record.
+func (r *Runtime) retryOne(ctx context.Context, proc *registered, part int, pos uint64, u unit, last error) (uint64, error) {
 	wait := proc.Backoff
-	var last error
 	for attempt := 2; attempt <= proc.MaxAttempts; attempt++ {
 		proc.stats.retries.Add(1)
 		if !r.sleep(ctx, wait) {
 			return pos, ctx.Err()
 		}
 		wait = min(2*wait, proc.MaxBackoff)
-		_, err := r.commitBatch(ctx, proc, part, pos, []grid.StreamEvent{ev}, attempt)
+		err := r.commitBatch(ctx, proc, part, pos, []unit{u}, attempt)
 		var he *handlerError
 		if err == nil {
-			proc.stats.handled.Add(1)
-			proc.part(part).handled.Add(1)
-			return ev.Position + 1, nil
+			r.counted(proc, part, []unit{u}, false)
+			return u.pos + 1, nil
 		}
 		if !errors.As(err, &he) {
 			return pos, err
 		}
 		last = he.err
 	}
-	if last == nil {
-		last = errors.New("failed on its only attempt")
-	}
-	if err := r.parkEvent(ctx, proc, part, pos, ev, last); err != nil {
+	dl := proc.deadLetter(part, u, last)
+	if err := r.parkAndMove(ctx, proc, part, pos, u.pos+1, u.events[0].Key, dl); err != nil {
 		return pos, err
 	}
-	proc.stats.parked.Add(1)
-	proc.part(part).parked.Add(1)
-	return ev.Position + 1, nil
+	r.counted(proc, part, []unit{u}, true)
+	r.log.Warn("processor parked an event in its dead letters", "processor", proc.Name, "partition", part, "position", u.pos, "err", last)
+	return u.pos + 1, nil
 }
 
-// commitBatch runs the handler over evs (from position pos) in one step
+// commitBatch runs the handler over us (from position pos) in one step
 // and commits its effects with the outbox event and the new position. A
-// handler failure is a *handlerError naming the event; nothing applied.
-func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, pos uint64, evs []grid.StreamEvent, attempt int) (int, error) {
+// handler failure is a *handlerError naming the unit; nothing applied.
+func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, pos uint64, us []unit, attempt int) error {
 	var failed atomic.Int64
 	failed.Store(-1)
 	fn := func(fctx context.Context, v *grid.StepView) ([]byte, error) {
-		if cur, ok := v.Position(proc.Stream, proc.group()); !ok || cur != pos {
+		if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
 			return nil, errPositionMoved
 		}
 		var out []outEvent
-		for i := range evs {
-			e := toEvent(&evs[i], attempt)
-			c := &Context{v: v, proc: proc.Name, ev: &e, out: &out, index: i}
+		for i := range us {
 			failed.Store(int64(i))
-			if err := proc.Handler(fctx, c, e); err != nil {
-				return nil, err
-			}
-			if v.Err() != nil {
-				return nil, v.Err()
+			for j := range us[i].events {
+				e := toEvent(&us[i].events[j], attempt)
+				c := &Context{v: v, proc: proc.Name, ev: &e, out: &out}
+				if err := proc.Handler(fctx, c, e); err != nil {
+					return nil, err
+				}
+				if v.Err() != nil {
+					return nil, v.Err()
+				}
 			}
 		}
 		failed.Store(-1)
@@ -196,25 +243,22 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 			}
 			v.Publish(outboxStream, outboxKey(r.node, part), b)
 		}
-		v.SetPosition(proc.Stream, proc.group(), evs[len(evs)-1].Position+1)
+		v.SetPosition(proc.positions(), proc.group(), us[len(us)-1].pos+1)
 		return nil, v.Err()
 	}
 	_, _, err := r.node.StepAt(ctx, part, proc.Name, fn, proc.Budget)
-	if err == nil {
-		return len(evs), nil
-	}
-	if errors.Is(err, errPositionMoved) {
-		return 0, errPositionMoved
+	if err == nil || errors.Is(err, errPositionMoved) {
+		return err
 	}
 	i := failed.Load()
-	if i < 0 && len(evs) == 1 && errors.Is(err, api.ErrValueTooLarge) {
-		i = 0 // the event's writes can never fit one record
+	if i < 0 && len(us) == 1 && errors.Is(err, api.ErrValueTooLarge) {
+		i = 0 // the unit's writes can never fit one record
 	}
 	if i >= 0 && ctx.Err() == nil && handlerFault(err) {
 		proc.stats.failures.Add(1)
-		return 0, &handlerError{index: int(i), err: err}
+		return &handlerError{index: int(i), err: err}
 	}
-	return 0, err
+	return err
 }
 
 // handlerFault reports whether an error met while the handler ran is the
@@ -225,22 +269,31 @@ func handlerFault(err error) bool {
 		!errors.Is(err, api.ErrClosed) && !errors.Is(err, api.ErrBusy)
 }
 
-func toEvent(ev *grid.StreamEvent, attempt int) Event {
-	return Event{Stream: ev.Stream, Partition: ev.Partition, Position: ev.Position, Key: ev.Key, Value: ev.Value, Time: ev.Time, Attempt: attempt}
+func toEvent(ev *grid.Event, attempt int) Event {
+	return Event{Stream: ev.Map, Partition: ev.Partition, Position: ev.Position, Kind: ev.Kind, Key: ev.Key, Value: ev.Value, Old: ev.Old,
+		Time: ev.Time, Attempt: attempt}
 }
 
-// DeadLetter is an event a processor gave up on, as parked in its
-// dead-letter stream (msgpack).
+// DeadLetter is what a processor gave up on, as parked in its dead-letter
+// stream (msgpack): the events of one record, or a gap.
 type DeadLetter struct {
 	_msgpack  struct{} `msgpack:",as_array"`
 	Processor string
-	Stream    string
+	Source    string // the stream or map the events came from
 	Partition int
-	Position  uint64 // the event's position (for a gap: the first lost one)
-	Key       string
-	Value     []byte
+	Position  uint64 // the events' position (for a gap: the first lost one)
+	Events    []ParkedEvent
 	Error     string
 	Gap       uint64 // for a gap past retention: the oldest retained position, where it went on
+}
+
+// ParkedEvent is one event of a dead letter.
+type ParkedEvent struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Kind     grid.EventKind
+	Key      string
+	Value    []byte
+	Old      []byte
 }
 
 // DecodeDeadLetter decodes an event of a dead-letter stream.
@@ -250,51 +303,61 @@ func DecodeDeadLetter(b []byte) (DeadLetter, error) {
 	return d, err
 }
 
-// parkEvent publishes ev with its error into proc's dead letters and moves
-// the position past it, in one record.
-func (r *Runtime) parkEvent(ctx context.Context, proc *registered, part int, pos uint64, ev grid.StreamEvent, cause error) error {
-	dl := DeadLetter{Processor: proc.Name, Stream: ev.Stream, Partition: part, Position: ev.Position, Key: ev.Key, Value: ev.Value, Error: cause.Error()}
-	return r.parkAndMove(ctx, proc, part, pos, ev.Position+1, ev.Key, dl)
+func (p *registered) deadLetter(part int, u unit, cause error) DeadLetter {
+	dl := DeadLetter{Processor: p.Name, Source: p.source(), Partition: part, Position: u.pos, Error: cause.Error()}
+	for _, e := range u.events {
+		dl.Events = append(dl.Events, ParkedEvent{Kind: e.Kind, Key: e.Key, Value: e.Value, Old: e.Old})
+	}
+	return dl
 }
 
 // skipGap records, in the dead letters, that events from pos were dropped
-// by retention before the processor handled them (its group holds them, so
-// only a lost history does that), and moves on to the oldest retained one.
+// by retention before the processor handled them (a stream's group holds
+// its events, so there only a lost history does that; a map's journal is
+// not held), and moves on to the oldest retained one.
 func (r *Runtime) skipGap(ctx context.Context, proc *registered, part int, pos uint64, t *api.TrimmedError) (uint64, error) {
-	dl := DeadLetter{Processor: proc.Name, Stream: proc.Stream, Partition: part, Position: pos, Gap: t.Oldest,
-		Error: fmt.Sprintf("events from position %d to %d are gone (retention or a lost history) and were not handled", pos, t.Oldest-1)}
-	if err := r.parkAndMove(ctx, proc, part, pos, t.Oldest, outboxKey(r.node, part), dl); err != nil {
+	oldest := pos
+	if t != nil {
+		oldest = t.Oldest
+	} else if le, err := r.read(ctx, proc, part, 0, 0); err == nil {
+		oldest = le.Oldest // the history restarted: go on from its start
+	}
+	dl := DeadLetter{Processor: proc.Name, Source: proc.source(), Partition: part, Position: pos, Gap: oldest,
+		Error: fmt.Sprintf("events from position %d to %d are gone (past retention, or a lost history) and were not handled", pos, oldest-1)}
+	if err := r.parkAndMove(ctx, proc, part, pos, oldest, outboxKey(r.node, part), dl); err != nil {
 		return pos, err
 	}
 	proc.stats.gaps.Add(1)
-	r.log.Warn("processor skipped a gap past retention", "processor", proc.Name, "partition", part, "from", pos, "to", t.Oldest)
-	return t.Oldest, nil
+	r.log.Warn("processor skipped a gap past retention", "processor", proc.Name, "partition", part, "from", pos, "to", oldest)
+	return oldest, nil
 }
 
+// parkAndMove publishes dl into proc's dead letters and moves the position
+// from pos to next, in one record.
 func (r *Runtime) parkAndMove(ctx context.Context, proc *registered, part int, pos, next uint64, key string, dl DeadLetter) error {
 	b, err := msgpack.Marshal(&dl)
 	if err != nil {
 		return err
 	}
 	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
-		if cur, ok := v.Position(proc.Stream, proc.group()); !ok || cur != pos {
+		if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
 			return nil, errPositionMoved
 		}
 		v.Publish(DeadLetters(proc.Name), key, b)
-		v.SetPosition(proc.Stream, proc.group(), next)
+		v.SetPosition(proc.positions(), proc.group(), next)
 		return nil, v.Err()
 	}
 	_, _, err = r.node.StepAt(ctx, part, proc.Name+".dlq", fn, 0)
 	return err
 }
 
-// park parks an outbox event no target can take in proc's dead letters
-// (the outbox's position moves on with the batch).
-func (r *Runtime) park(ctx context.Context, part int, procName, key string, pos uint64, value []byte, cause error) error {
+// park parks an outbox event no target can take in its processor's dead
+// letters (the outbox's position moves on with its batch).
+func (r *Runtime) park(ctx context.Context, part int, procName, key string, pos uint64, ev ParkedEvent, cause error) error {
 	if procName == "" {
 		procName = "outbox"
 	}
-	dl := DeadLetter{Processor: procName, Stream: outboxStream, Partition: part, Position: pos, Value: value, Error: cause.Error()}
+	dl := DeadLetter{Processor: procName, Source: outboxStream, Partition: part, Position: pos, Events: []ParkedEvent{ev}, Error: cause.Error()}
 	b, err := msgpack.Marshal(&dl)
 	if err != nil {
 		return err
@@ -310,7 +373,7 @@ func (r *Runtime) park(ctx context.Context, part int, procName, key string, pos 
 
 // currentPosition reads proc's committed position at part.
 func (r *Runtime) currentPosition(ctx context.Context, part int, proc *registered) (uint64, error) {
-	le, err := r.node.ReadLocal(ctx, part, proc.Stream, proc.group(), 0, 1, 0)
+	le, err := r.read(ctx, proc, part, 0, 0)
 	if err != nil {
 		return 0, err
 	}

@@ -12,6 +12,9 @@ const (
 	EventRemoved EventKind = 3 // a key was deleted
 	EventExpired EventKind = 4 // a key was deleted because its TTL passed
 	EventCleared EventKind = 5 // the whole map was cleared (Key is empty)
+	// EventPublished is an event published to a stream (local reads of
+	// streams, package process).
+	EventPublished EventKind = 6
 )
 
 func (k EventKind) String() string {
@@ -26,6 +29,8 @@ func (k EventKind) String() string {
 		return "expired"
 	case EventCleared:
 		return "cleared"
+	case EventPublished:
+		return "published"
 	}
 	return "unknown"
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/internal/api"
 )
 
 // Event is one event a processor handles.
@@ -144,6 +145,18 @@ type Context struct {
 	proc string
 	ev   *Event
 	out  *[]outEvent
+	err  error // the first misuse (a reserved name): fails the event
+}
+
+// refuse records a misuse; the handler's event fails with it.
+func (c *Context) refuse(what, name string) bool {
+	if name != "" && name[0] != grid.ReservedPrefix[0] {
+		return false
+	}
+	if c.err == nil {
+		c.err = fmt.Errorf("%w: %s %q: empty or one of the grid's own names", api.ErrBadRequest, what, name)
+	}
+	return true
 }
 
 // Get returns the value of key in map m (key must be collocated with the
@@ -152,10 +165,18 @@ func (c *Context) Get(m, key string) ([]byte, bool) { return c.v.Get(m, key) }
 
 // Set writes key in map m (collocated, see Get), expiring after ttl (0:
 // never).
-func (c *Context) Set(m, key string, value []byte, ttl time.Duration) { c.v.Set(m, key, value, ttl) }
+func (c *Context) Set(m, key string, value []byte, ttl time.Duration) {
+	if !c.refuse("map", m) {
+		c.v.Set(m, key, value, ttl)
+	}
+}
 
 // Delete deletes key in map m (collocated, see Get).
-func (c *Context) Delete(m, key string) { c.v.Delete(m, key) }
+func (c *Context) Delete(m, key string) {
+	if !c.refuse("map", m) {
+		c.v.Delete(m, key)
+	}
+}
 
 // View is the whole step view of the partition (ranges, entries with
 // versions and TTLs).
@@ -166,6 +187,9 @@ func (c *Context) View() *grid.StepView { return c.v }
 // is delivered once to its stream, after the commit, whatever fails in
 // between.
 func (c *Context) Emit(stream, key string, event []byte) {
+	if c.refuse("stream", stream) {
+		return
+	}
 	*c.out = append(*c.out, outEvent{Proc: c.proc, Stream: stream, Key: key, Value: append([]byte(nil), event...)})
 }
 

@@ -230,6 +230,9 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 				if err := proc.Handler(fctx, c, e); err != nil {
 					return nil, err
 				}
+				if c.err != nil {
+					return nil, c.err
+				}
 				if v.Err() != nil {
 					return nil, v.Err()
 				}

@@ -117,14 +117,45 @@ func scan(ctx context.Context, nd *grid.Node, m string, fn func(k string, v []by
 	return nil
 }
 
-// through reports whether every payment has an outcome and every booked
-// payment's two ledger entries reached the balances.
-func (ob *observed) through(n int) bool {
+// missing says what has not gone through yet, of n payments: those with
+// no outcome, and the booked payments' ledger entries not yet in the
+// balances ("" if nothing). An event parked in the dead letters went as
+// far as it will go: it counts as through (and fails the check).
+func (ob *observed) missing(n int) string {
+	parked, parkedEntries := parkedOf(ob.dead)
+	outcomes := len(ob.booked) + len(ob.rejected)
+	for id := range parked {
+		if _, rejected := ob.rejected[id]; !rejected && !ob.booked[id] {
+			outcomes++
+		}
+	}
 	var entries int64
 	for _, b := range ob.balances {
 		entries += b.Entries
 	}
-	return len(ob.booked)+len(ob.rejected) >= n && entries >= 2*int64(len(ob.booked))
+	want := 2 * int64(len(ob.booked))
+	if outcomes >= n && entries+parkedEntries >= want {
+		return ""
+	}
+	return fmt.Sprintf("%d of %d payments have an outcome; %d of the %d ledger entries of the booked ones are in the balances",
+		outcomes, n, entries, want)
+}
+
+// parkedOf returns the payments and counts the ledger entries in dead
+// letters.
+func parkedOf(dead []process.DeadLetter) (map[string]bool, int64) {
+	payments := map[string]bool{}
+	var entries int64
+	for _, d := range dead {
+		if d.Stream == streamLedger {
+			entries++
+			continue
+		}
+		if p, err := decode[Payment](d.Value); err == nil && p.ID != "" {
+			payments[p.ID] = true
+		}
+	}
+	return payments, entries
 }
 
 // deadLetters reads every processor's dead-letter stream (and the
@@ -175,17 +206,25 @@ func readAll(ctx context.Context, nd *grid.Node, stream string, part int) ([]gri
 // compare lists every difference between what the grid holds and what it
 // must hold (empty: none).
 func compare(ex *expected, ob *observed) []string {
+	return append(comparePayments(ex, ob), compareBalances(ex, ob)...)
+}
+
+// comparePayments compares every payment's outcome.
+func comparePayments(ex *expected, ob *observed) []string {
 	var bad []string
+	parked, _ := parkedOf(ob.dead)
 	for _, id := range slices.Sorted(maps.Keys(ex.outcome)) {
 		want := ex.outcome[id]
 		got, rejected := ob.rejected[id]
 		switch {
 		case ob.booked[id] && rejected:
 			bad = append(bad, fmt.Sprintf("payment %s: booked and rejected (%s)", id, got))
+		case parked[id] && !ob.booked[id] && !rejected:
+			bad = append(bad, fmt.Sprintf("payment %s: parked in the dead letters, want %s", id, outcome(want == "", want)))
 		case want == "" && !ob.booked[id]:
-			bad = append(bad, fmt.Sprintf("payment %s: not booked (%s), want booked", id, orMissing(got)))
+			bad = append(bad, fmt.Sprintf("payment %s: not booked (%s), want booked", id, outcome(false, got)))
 		case want != "" && got != want:
-			bad = append(bad, fmt.Sprintf("payment %s: %s, want rejected: %s", id, bookedOr(ob.booked[id], got), want))
+			bad = append(bad, fmt.Sprintf("payment %s: %s, want rejected: %s", id, outcome(ob.booked[id], got), want))
 		}
 	}
 	for id := range ob.booked {
@@ -193,6 +232,13 @@ func compare(ex *expected, ob *observed) []string {
 			bad = append(bad, fmt.Sprintf("payment %s: booked, but never requested", id))
 		}
 	}
+	return bad
+}
+
+// compareBalances compares every account's balance and its count of
+// ledger entries.
+func compareBalances(ex *expected, ob *observed) []string {
+	var bad []string
 	for _, a := range slices.Sorted(maps.Keys(ex.balances)) {
 		got, ok := ob.balances[a]
 		switch {
@@ -211,18 +257,16 @@ func compare(ex *expected, ob *observed) []string {
 	return bad
 }
 
-func orMissing(reason string) string {
+// outcome describes a payment's outcome: booked, rejected with a reason,
+// or none.
+func outcome(booked bool, reason string) string {
+	if booked {
+		return "booked"
+	}
 	if reason == "" {
 		return "no outcome"
 	}
 	return "rejected: " + reason
-}
-
-func bookedOr(booked bool, reason string) string {
-	if booked {
-		return "booked"
-	}
-	return orMissing(reason)
 }
 
 // money formats cents.

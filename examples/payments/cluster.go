@@ -37,16 +37,16 @@ type embedded struct {
 	log     *slog.Logger
 	procs   func() []process.Processor
 	members [clusterSize]member
-	// retired holds the handled counts of runtimes that were stopped, so
-	// that progress counts do not fall back when a node dies.
-	retired map[string]int64
+	// retired holds the counts of runtimes that were stopped, so that
+	// progress counts do not fall back when a node dies.
+	retired map[string]stageProgress
 }
 
 // startCluster starts the nodes (the first bootstraps, the others join
 // it), waits until the partition table is stable, and starts a runtime on
 // each.
 func startCluster(ctx context.Context, cfg Config, log *slog.Logger, procs func() []process.Processor) (*embedded, error) {
-	c := &embedded{cfg: cfg, log: log, procs: procs, retired: map[string]int64{}}
+	c := &embedded{cfg: cfg, log: log, procs: procs, retired: map[string]stageProgress{}}
 	for i := range c.members {
 		c.members[i].name = fmt.Sprintf("n%d", i+1)
 		if err := c.startNode(ctx, i, "127.0.0.1:0", "127.0.0.1:0"); err != nil {
@@ -124,7 +124,10 @@ func (c *embedded) startRuntime(i int) error {
 func (c *embedded) kill(i int) {
 	m := &c.members[i]
 	for _, s := range m.rt.Status() {
-		c.retired[s.Name] += s.Handled
+		r := c.retired[s.Name]
+		r.handled += s.Handled
+		r.parked += s.Parked
+		c.retired[s.Name] = r
 	}
 	m.node.Kill()
 	m.rt.Close()

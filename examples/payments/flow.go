@@ -92,7 +92,7 @@ func (f *flow) drive(ctx context.Context) error {
 		}
 		printed = time.Now()
 		printProgress(f.out, time.Since(f.began), &f.st, f.cfg.Payments, f.c)
-		if f.publishedAt.IsZero() || !f.converged {
+		if f.publishedAt.IsZero() || !f.restarted {
 			continue
 		}
 		done, err := f.through(ctx)
@@ -128,24 +128,50 @@ func (f *flow) chaos(ctx context.Context) error {
 	return nil
 }
 
-// through reports whether every payment went through, reading the grid's
-// state when the stages have nothing left to do; it fails past cfg.Drain.
+// through reports whether every payment went through: the restarted
+// node holds its share again, no stage has events waiting, and the grid's
+// state has every payment's outcome and ledger entries. It fails when that
+// takes longer than cfg.Drain.
 func (f *flow) through(ctx context.Context) (bool, error) {
-	from := f.publishedAt
-	if back := f.killedAt.Add(f.cfg.Down); back.After(from) {
-		from = back
-	}
-	if idle(f.c.progress()) {
-		ob, err := observe(ctx, f.c.members[0].node)
-		if err == nil && ob.through(f.cfg.Payments) {
+	var why string
+	prog := f.c.progress()
+	switch {
+	case !f.converged:
+		why = "the table is not stable again: " + f.c.unstable()
+	case !idle(prog):
+		why = "stages have events waiting"
+	default:
+		ob, err := f.observe(ctx, prog)
+		if err != nil {
+			why = err.Error()
+			break
+		}
+		if why = ob.missing(f.cfg.Payments); why == "" {
 			f.last = ob
 			return true, nil
 		}
 	}
+	from := f.publishedAt
+	if f.killedAt.Add(f.cfg.Down).After(from) {
+		from = f.killedAt.Add(f.cfg.Down)
+	}
 	if time.Since(from) > f.cfg.Drain {
-		return false, fmt.Errorf("the flow did not finish within %v after the last payment was published", f.cfg.Drain)
+		return false, fmt.Errorf("the flow did not finish within %v after the last payment was published and %s restarted: %s",
+			f.cfg.Drain, f.c.members[victim].name, why)
 	}
 	return false, nil
+}
+
+// observe reads the grid's state, and its dead letters if a stage parked
+// events.
+func (f *flow) observe(ctx context.Context, prog map[string]stageProgress) (*observed, error) {
+	nd := f.c.members[0].node
+	ob, err := observe(ctx, nd)
+	if err != nil || parked(prog) == 0 {
+		return ob, err
+	}
+	ob.dead, err = deadLetters(ctx, nd)
+	return ob, err
 }
 
 // idle reports whether no stage has events waiting at the partitions led

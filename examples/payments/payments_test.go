@@ -21,10 +21,9 @@ func TestMain(m *testing.M) {
 // under its name; every payment's outcome and every balance must equal the
 // recomputation from the inputs, no event may be in the dead letters, and
 // validate must drop exactly the client's resends.
+//
+// About 10 s (with -race too), so it runs under -short as well.
 func TestPaymentsThroughAKillAndRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster test")
-	}
 	cfg := DefaultConfig()
 	cfg.Payments, cfg.Accounts, cfg.Seed = 300, 20, 7
 	cfg.Partitions = 61

@@ -20,8 +20,8 @@ type stageProgress struct {
 // progress sums every processor's status over the live runtimes.
 func (c *embedded) progress() map[string]stageProgress {
 	out := map[string]stageProgress{}
-	for name, n := range c.retired {
-		out[name] = stageProgress{handled: n}
+	for name, r := range c.retired {
+		out[name] = r
 	}
 	for _, rt := range c.runtimes() {
 		for _, s := range rt.Status() {
@@ -35,19 +35,26 @@ func (c *embedded) progress() map[string]stageProgress {
 	return out
 }
 
+// parked sums the events the stages parked in their dead letters.
+func parked(prog map[string]stageProgress) int64 {
+	var n int64
+	for _, p := range prog {
+		n += p.parked
+	}
+	return n
+}
+
 // printProgress prints one line: the client's publishes and each stage's
 // counts.
 func printProgress(out io.Writer, elapsed time.Duration, st *pubStats, total int, c *embedded) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%6.1fs  published %4d/%d", elapsed.Seconds(), st.payments.Load(), total)
-	var parked int64
 	prog := c.progress()
 	for _, name := range stageNames {
 		p := prog[name]
 		fmt.Fprintf(&b, " | %s %5d lag %3d", name, p.handled, p.lag)
-		parked += p.parked
 	}
-	fmt.Fprintf(&b, " | dead %d | leads", parked)
+	fmt.Fprintf(&b, " | dead %d | leads", parked(prog))
 	for _, m := range c.members {
 		fmt.Fprintf(&b, " %s %s", m.name, leads(m.node))
 	}

@@ -26,7 +26,11 @@ func (f *flow) finish(ctx context.Context) error {
 	}
 	f.report(ob)
 	if len(bad) > 0 || len(ob.dead) > 0 {
-		for _, b := range bad {
+		for i, b := range bad {
+			if i == maxListed {
+				fmt.Fprintf(f.out, "MISMATCH: ... and %d more\n", len(bad)-i)
+				break
+			}
 			fmt.Fprintln(f.out, "MISMATCH:", b)
 		}
 		return fmt.Errorf("%w: %d differences, %d dead letters", errMismatch, len(bad), len(ob.dead))
@@ -48,6 +52,9 @@ func (f *flow) checkDuplicates(ob *observed) []string {
 	}
 	return nil
 }
+
+// maxListed bounds the differences and dead letters the report lists.
+const maxListed = 20
 
 // report prints the final table.
 func (f *flow) report(ob *observed) {
@@ -79,7 +86,11 @@ func (f *flow) report(ob *observed) {
 	}
 	row("ledger entries projected", entries, "a debit and a credit per booked payment")
 	row("dead letters", len(ob.dead), "")
-	for _, d := range ob.dead {
+	for i, d := range ob.dead {
+		if i == maxListed {
+			fmt.Fprintf(w, "    ... and %d more\n", len(ob.dead)-i)
+			break
+		}
 		fmt.Fprintf(w, "    %s, partition %d, position %d, key %q: %s\n", d.Processor, d.Partition, d.Position, d.Key, d.Error)
 	}
 	sum, opened := totalMoney(ob, f.in)

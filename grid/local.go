@@ -205,37 +205,49 @@ func (n *Node) internalStep(name string) (func([]byte) (StepFunc, error), bool) 
 	return b, ok
 }
 
-// Backlog is what a group has not consumed of a local stream.
+// Backlog is what a group has not consumed of a local stream or feed.
 type Backlog struct {
-	Events int       // committed events at or after the position
-	Oldest time.Time // when the first of them was committed (zero: none)
-	Last   uint64    // the stream's last committed position (0: none)
+	Position uint64    // the group's committed position (0: no group)
+	Events   int       // committed events at or after it
+	Oldest   time.Time // when the first of them was committed (zero: none)
 }
 
-// StreamBacklog counts stream's committed events of partition part from
-// position from on; part must be led here (ErrNotOwner).
-func (n *Node) StreamBacklog(part int, stream string, from uint64) (Backlog, error) {
-	if part < 0 || part >= len(n.parts) {
-		return Backlog{}, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, part, len(n.parts))
+// Backlog counts what r.Group has not consumed of r.Name (a stream, or
+// with r.Feed a map's changes) at partition r.Part, which must be led
+// here (ErrNotOwner). Without a group, everything retained counts.
+func (n *Node) Backlog(r LocalRead) (Backlog, error) {
+	if r.Part < 0 || r.Part >= len(n.parts) {
+		return Backlog{}, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, r.Part, len(n.parts))
 	}
-	p := n.parts[part]
+	p := n.parts[r.Part]
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.role != rolePrimary {
 		return Backlog{}, p.notOwner()
 	}
-	s := p.logs[stream]
-	if s == nil {
-		return Backlog{}, nil
-	}
-	recs, _ := s.events.from(max(from, s.events.oldest()), p.commit, len(s.events.retained()))
 	var b Backlog
-	if all := s.events.retained(); len(all) > 0 {
-		b.Last = min(all[len(all)-1].Record.LSN, p.commit)
+	var j *journal
+	if r.Feed {
+		b.Position, _ = p.groupPos(FeedStream(r.Name), r.Group)
+		j = &p.journal
+	} else {
+		s := p.logs[r.Name]
+		if s == nil {
+			return b, nil
+		}
+		b.Position = s.groups[r.Group]
+		j = &s.events
 	}
-	b.Events = len(recs)
-	if len(recs) > 0 {
-		b.Oldest = time.Unix(0, recs[0].Record.Time)
+	recs, _ := j.from(max(b.Position, j.oldest()), p.commit, j.len())
+	for i := range recs {
+		evs := recs[i].Events
+		if r.Feed {
+			evs = eventsOf(evs, r.Name)
+		}
+		if len(evs) > 0 && b.Events == 0 {
+			b.Oldest = time.Unix(0, recs[i].Record.Time)
+		}
+		b.Events += len(evs)
 	}
 	return b, nil
 }

@@ -176,7 +176,7 @@ func (r *Runtime) watchPauses() {
 type PartitionStatus struct {
 	Processor string    `json:"processor"`
 	Partition int       `json:"partition"`
-	Position  uint64    `json:"position"`     // the next event's position
+	Position  uint64    `json:"position"`     // the committed position (the next event's)
 	Lag       int       `json:"lag"`          // committed events not handled yet
 	OldestAt  time.Time `json:"oldest_at"`    // when the oldest of them was committed (zero: none)
 	LagAge    float64   `json:"lag_seconds"`  // how long it waits
@@ -224,12 +224,11 @@ func (r *Runtime) Status() []ProcessorStatus {
 				continue
 			}
 			ps := p.part(part)
-			pos := ps.position.Load()
-			bl, err := r.node.StreamBacklog(part, p.Stream, max(pos, 1))
+			bl, err := r.node.Backlog(grid.LocalRead{Part: part, Name: p.source(), Feed: p.Map != "", Group: p.group()})
 			if err != nil {
 				continue
 			}
-			s := PartitionStatus{Processor: p.Name, Partition: part, Position: pos, Lag: bl.Events, OldestAt: bl.Oldest,
+			s := PartitionStatus{Processor: p.Name, Partition: part, Position: bl.Position, Lag: bl.Events, OldestAt: bl.Oldest,
 				Handled: ps.handled.Load(), Parked: ps.parked.Load(), Paused: st.Paused}
 			if !bl.Oldest.IsZero() {
 				s.LagAge = now.Sub(bl.Oldest).Seconds()
@@ -241,4 +240,32 @@ func (r *Runtime) Status() []ProcessorStatus {
 		out = append(out, st)
 	}
 	return out
+}
+
+// OutboxStatus is the outboxes of the partitions this node leads.
+type OutboxStatus struct {
+	Lag       int     `json:"lag"`             // outbox records (each a batch's emitted events) not yet delivered
+	MaxLagAge float64 `json:"max_lag_seconds"` // how long the oldest of them waits
+	Delivered int64   `json:"delivered"`       // applied at their targets since this node started
+	Retries   int64   `json:"retries"`         // delivery attempts that failed and were retried
+}
+
+// Outbox reports the outboxes of the partitions this node leads: when
+// every processor's lag and every outbox's lag is 0 across the members,
+// every event and everything it emitted has been handled and delivered.
+func (r *Runtime) Outbox() OutboxStatus {
+	now := time.Now()
+	st := OutboxStatus{Delivered: r.stats.delivered.Load(), Retries: r.stats.deliveryRetries.Load()}
+	for part := range r.node.Partitions() {
+		if !r.node.Leads(part) {
+			continue
+		}
+		bl, err := r.node.Backlog(grid.LocalRead{Part: part, Name: outboxStream, Group: deliverGroup})
+		if err != nil || bl.Events == 0 {
+			continue
+		}
+		st.Lag += bl.Events
+		st.MaxLagAge = max(st.MaxLagAge, now.Sub(bl.Oldest).Seconds())
+	}
+	return st
 }

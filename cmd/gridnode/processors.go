@@ -15,6 +15,7 @@ import (
 // handleProcessors serves the processors' status and operations:
 //
 //	GET  /v1/processors                      this node's partitions: position, lag (events, age), counts
+//	GET  /v1/outbox                          this node's outboxes: records not yet delivered, their age
 //	POST /v1/processors/{name}/pause         every member stops handling within about a poll
 //	POST /v1/processors/{name}/resume
 //	POST /v1/processors/{name}/replay?partition=P&from=POS
@@ -27,6 +28,10 @@ func handleProcessors(mux *http.ServeMux, rt *process.Runtime) {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(rt.Status())
+	})
+	mux.HandleFunc("GET /v1/outbox", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(rt.Outbox())
 	})
 	op := func(do func(ctx context.Context, r *http.Request, name string) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,443 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/process"
+	"github.com/collocate/grid/process/builtin"
+)
+
+// The process mode's faults. The events are published in slices, one more
+// per fault: a fault waits until the previous slice is out and the cluster
+// is safe, lets the publishers start on the next slice, and hits while
+// they publish it (and while the processors work off the backlog).
+
+// processFaultKinds are the faults of the process mode:
+//
+//   - kill: SIGKILL a random node; restart it (same name and flags) once
+//     the cluster is safe without it;
+//   - kill-backlog: pause both processors (POST /v1/processors/{name}/pause),
+//     let the publishers burst a slice three times the others (no pace),
+//     resume them, and SIGKILL the node whose processors had the most
+//     unhandled events as soon as it handled a quarter of them: a kill
+//     while a large backlog is being worked off;
+//   - kill-rejoined: SIGKILL a node, restart it, wait until it leads
+//     partitions again (its processors start there), and SIGKILL it again
+//     at once;
+//   - restart-kill: SIGKILL a node, restart it at once (empty), and SIGKILL
+//     it again 0.3-1.5 s later, before it converged;
+//   - pause: SIGSTOP a random node for 2-4 s (past failure detection and
+//     the lease: its partitions fail over), then SIGCONT it;
+//   - pause-busy: the same for the primary of the stage-2 partition with
+//     the most unhandled events (a bucket's partition).
+var processFaultKinds = []string{"kill", "kill-backlog", "kill-rejoined", "restart-kill", "pause", "pause-busy"}
+
+func isProcessFault(k string) bool { return slices.Contains(processFaultKinds, k) }
+
+// chainFault is one fault of a round. Times are ms since the publishing
+// began.
+type chainFault struct {
+	Kind string  `json:"kind"`
+	Desc string  `json:"desc"`
+	AtMs float64 `json:"at_ms"`
+	// Published: events with a publish outcome when it hit, of Allowed
+	// allowed so far.
+	Published int64 `json:"published_at_hit"`
+	Allowed   int64 `json:"allowed_at_hit"`
+	// Lag: events the victim's processors had not handled when it hit
+	// (-1: unknown); Backlog: for kill-backlog, every node's unhandled
+	// events when the processors were resumed; Partition and PartLag: for
+	// pause-busy, the busy partition and its stage-2 lag.
+	Lag       int     `json:"lag_at_hit"`
+	Backlog   int     `json:"backlog_at_resume,omitempty"`
+	Partition int     `json:"partition,omitempty"`
+	PartLag   int     `json:"partition_lag,omitempty"`
+	Kills     int     `json:"kills"`
+	Pauses    int     `json:"pauses"`
+	SafeMs    float64 `json:"safe_after_ms"` // hit -> safe again after the restart or resume
+}
+
+// chainNemesis injects a round's faults.
+type chainNemesis struct {
+	h      *harness
+	cfg    processConfig
+	pubs   *chainPublishers
+	t0     int64
+	faults []chainFault
+}
+
+func (n *chainNemesis) msSince() float64 { return msOf(n.h.now() - n.t0) }
+
+// run injects cfg.Faults in order, one slice of the events each, and then
+// lets the publishers finish.
+func (n *chainNemesis) run(ctx context.Context) error {
+	h, pubs := n.h, n.pubs
+	total := len(pubs.evs)
+	ends := sliceEnds(n.cfg.Faults, total)
+	from := ends[0]
+	pubs.allow(from)
+	for i, kind := range n.cfg.Faults {
+		if !pubs.waitFinished(ctx, from, 3*time.Minute) {
+			return fmt.Errorf("before fault %d: only %d of %d events published in 3 minutes", i+1, pubs.finished.Load(), from)
+		}
+		if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
+			return fmt.Errorf("not safe before fault %d: %w", i+1, err)
+		}
+		rec, err := n.inject(ctx, kind, from, ends[i+1])
+		if rec.Kind != "" {
+			n.faults = append(n.faults, rec)
+		}
+		if err != nil {
+			return fmt.Errorf("fault %d (%s): %w", i+1, kind, err)
+		}
+		from = ends[i+1]
+	}
+	pubs.allow(total)
+	if !pubs.waitFinished(ctx, total, 5*time.Minute) {
+		return fmt.Errorf("only %d of %d events published", pubs.finished.Load(), total)
+	}
+	return nil
+}
+
+// sliceEnds splits total events into one slice before the faults, one per
+// fault (kill-backlog's three times as large: its burst makes the
+// backlog) and one after them; it returns where each of the first
+// len(faults)+1 ends.
+func sliceEnds(faults []string, total int) []int {
+	weights := []int{1}
+	for _, k := range faults {
+		w := 1
+		if k == "kill-backlog" {
+			w = 3
+		}
+		weights = append(weights, w)
+	}
+	weights = append(weights, 1)
+	sum := 0
+	for _, w := range weights {
+		sum += w
+	}
+	ends := make([]int, len(faults)+1)
+	acc := 0
+	for i := range ends {
+		acc += weights[i]
+		ends[i] = total * acc / sum
+	}
+	return ends
+}
+
+// inject lets the events from from up to to be published and fires kind
+// while they are.
+func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (chainFault, error) {
+	h, pubs := n.h, n.pubs
+	rec := chainFault{Kind: kind, Lag: -1}
+	start := h.now()
+	hit := func(desc string, victim *proc) {
+		rec.Desc, rec.AtMs = desc, n.msSince()
+		rec.Published, rec.Allowed = pubs.finished.Load(), pubs.limit.Load()
+		if victim != nil && rec.Lag < 0 {
+			rec.Lag = processorLag(ctx, victim).total
+		}
+		h.logf("fault %d: %s (%d events published, lag %d)", len(n.faults)+1, desc, rec.Published, rec.Lag)
+	}
+	var err error
+	var victim *proc
+	if kind == "kill-backlog" {
+		victim, err = n.burst(ctx, to, &rec)
+	} else {
+		// Hit while the slice is being published: a quarter of it in.
+		pubs.allow(to)
+		pubs.waitFinished(ctx, from+(to-from)/4, 30*time.Second)
+	}
+	switch {
+	case err != nil:
+	case kind == "kill":
+		err = n.killRestart(ctx, n.randomNode(), hit, &rec)
+	case kind == "kill-backlog":
+		err = n.killRestart(ctx, victim, hit, &rec)
+	case kind == "kill-rejoined":
+		err = n.killRejoined(ctx, hit, &rec)
+	case kind == "restart-kill":
+		err = n.restartKill(ctx, hit, &rec)
+	case kind == "pause":
+		n.pause(ctx, n.randomNode(), hit, &rec)
+	case kind == "pause-busy":
+		n.pause(ctx, n.busyPrimary(ctx, &rec), hit, &rec)
+	default:
+		err = fmt.Errorf("unknown fault %q", kind)
+	}
+	if err == nil {
+		if err = h.waitSafe(ctx, 3*time.Minute); err == nil {
+			rec.SafeMs = msOf(h.now() - start)
+		}
+	}
+	return rec, err
+}
+
+// burst pauses both processors, lets the publishers publish up to to
+// without pace, chooses the node whose processors have the most unhandled
+// events, resumes the processors (through it first: it notices within a
+// poll, the others within two) and returns it as soon as it handled a
+// quarter of its backlog (or after a second): the kill lands while the
+// backlog is being worked off.
+func (n *chainNemesis) burst(ctx context.Context, to int, rec *chainFault) (*proc, error) {
+	h, pubs := n.h, n.pubs
+	for _, name := range chainProcessors {
+		if err := processorsOp(ctx, h, name, "pause"); err != nil {
+			return nil, err
+		}
+	}
+	// Every member reads the pause within a poll (250 ms).
+	sleepCtx(ctx, 600*time.Millisecond)
+	pubs.fast.Store(true)
+	pubs.allow(to)
+	pubs.waitFinished(ctx, to, time.Minute)
+	pubs.fast.Store(false)
+	var victim *proc
+	most := -1
+	for _, p := range h.running() {
+		l := processorLag(ctx, p).total
+		if l > 0 {
+			rec.Backlog += l
+		}
+		if !p.paused && l > most {
+			victim, most = p, l
+		}
+	}
+	h.logf("kill-backlog: %d events published with the processors paused, %d unhandled (%d at %s); resuming", pubs.finished.Load(), rec.Backlog, most, victim.name)
+	for _, name := range chainProcessors {
+		if err := postOK(ctx, victim.httpURL+"/v1/processors/"+name+"/resume"); err != nil {
+			if err := processorsOp(ctx, h, name, "resume"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Kill once it is working the backlog off: a quarter of it handled
+	// (or after a second).
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		l := processorLag(ctx, victim).total
+		if l >= 0 && l <= most*3/4 {
+			rec.Lag = l
+			break
+		}
+		sleepCtx(ctx, 10*time.Millisecond)
+	}
+	return victim, nil
+}
+
+// chainProcessors are the processors of gridnode's -processors chain.
+var chainProcessors = []string{"chain1", "chain2"}
+
+// processorsOp POSTs /v1/processors/{name}/{op} to the first running,
+// unpaused node that takes it.
+func processorsOp(ctx context.Context, h *harness, name, op string) error {
+	var errs []error
+	for _, p := range h.running() {
+		if p.paused {
+			continue
+		}
+		if err := postOK(ctx, p.httpURL+"/v1/processors/"+name+"/"+op); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return nil
+	}
+	return fmt.Errorf("%s %s: no node took it: %w", op, name, errors.Join(errs...))
+}
+
+// postOK POSTs an empty body to url and wants a 200.
+func postOK(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "POST", url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// randomNode returns a running, unpaused node chosen by the seed.
+func (n *chainNemesis) randomNode() *proc {
+	var live []*proc
+	for _, p := range n.h.running() {
+		if !p.paused {
+			live = append(live, p)
+		}
+	}
+	return live[n.h.rng.IntN(len(live))]
+}
+
+// kill SIGKILLs p (counted in rec) unless that could lose data by design.
+func (n *chainNemesis) kill(ctx context.Context, p *proc, rec *chainFault) error {
+	cv, err := n.h.latest(ctx)
+	if err != nil {
+		return err
+	}
+	if why := n.h.wouldLose(cv, p.name); why != "" {
+		return fmt.Errorf("killing %s would lose data by design: %s", p.name, why)
+	}
+	n.h.kill(p)
+	rec.Kills++
+	return nil
+}
+
+// killRestart SIGKILLs p, waits -down and until the cluster is safe
+// without it, and restarts it.
+func (n *chainNemesis) killRestart(ctx context.Context, p *proc, hit func(string, *proc), rec *chainFault) error {
+	h := n.h
+	hit(fmt.Sprintf("%s: SIGKILL %s", rec.Kind, p.name), p)
+	if err := n.kill(ctx, p, rec); err != nil {
+		return err
+	}
+	sleepCtx(ctx, n.cfg.Down)
+	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
+		return fmt.Errorf("no failover after killing %s: %w", p.name, err)
+	}
+	return h.restart(ctx, p)
+}
+
+// killRejoined SIGKILLs a node, restarts it once the cluster is safe
+// without it, waits until the cluster is safe with it (it leads
+// partitions again) and SIGKILLs it at once; then restarts it again.
+func (n *chainNemesis) killRejoined(ctx context.Context, hit func(string, *proc), rec *chainFault) error {
+	h := n.h
+	p := n.randomNode()
+	h.logf("kill-rejoined: SIGKILL %s, restart it, SIGKILL it again once it leads partitions", p.name)
+	if err := n.kill(ctx, p, rec); err != nil {
+		return err
+	}
+	sleepCtx(ctx, n.cfg.Down)
+	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
+		return fmt.Errorf("no failover after killing %s: %w", p.name, err)
+	}
+	if err := h.restart(ctx, p); err != nil {
+		return err
+	}
+	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
+		return fmt.Errorf("not safe after restarting %s: %w", p.name, err)
+	}
+	hit(fmt.Sprintf("kill-rejoined: SIGKILL %s right after it rejoined", p.name), p)
+	return n.killRestart2(ctx, p, rec)
+}
+
+// restartKill SIGKILLs a node, restarts it at once (empty) and SIGKILLs it
+// again 0.3-1.5 s later, before it converged; then restarts it.
+func (n *chainNemesis) restartKill(ctx context.Context, hit func(string, *proc), rec *chainFault) error {
+	h := n.h
+	p := n.randomNode()
+	again := time.Duration(300+h.rng.IntN(1200)) * time.Millisecond
+	hit(fmt.Sprintf("restart-kill: SIGKILL %s, restart it at once, SIGKILL it again after %v", p.name, again), p)
+	if err := n.kill(ctx, p, rec); err != nil {
+		return err
+	}
+	if err := h.restart(ctx, p); err != nil {
+		return err
+	}
+	sleepCtx(ctx, again)
+	return n.killRestart2(ctx, p, rec)
+}
+
+// killRestart2 is the second kill of kill-rejoined and restart-kill.
+func (n *chainNemesis) killRestart2(ctx context.Context, p *proc, rec *chainFault) error {
+	h := n.h
+	if err := n.kill(ctx, p, rec); err != nil {
+		return err
+	}
+	sleepCtx(ctx, n.cfg.Down)
+	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
+		return fmt.Errorf("no failover after killing %s again: %w", p.name, err)
+	}
+	return h.restart(ctx, p)
+}
+
+// pause SIGSTOPs p for 2-4 s and SIGCONTs it.
+func (n *chainNemesis) pause(ctx context.Context, p *proc, hit func(string, *proc), rec *chainFault) {
+	h := n.h
+	d := time.Duration(2000+h.rng.IntN(2000)) * time.Millisecond
+	hit(fmt.Sprintf("%s: SIGSTOP %s for %v", rec.Kind, p.name, d), p)
+	h.signal(p, syscall.SIGSTOP)
+	p.paused = true
+	rec.Pauses++
+	sleepCtx(ctx, d)
+	h.signal(p, syscall.SIGCONT)
+	p.paused = false
+	h.logf("SIGCONT %s", p.name)
+}
+
+// busyPrimary returns the primary of the partition with the most
+// unhandled stage-2 events (a bucket's partition; bucket 0's if none
+// lags) and notes the partition in rec.
+func (n *chainNemesis) busyPrimary(ctx context.Context, rec *chainFault) *proc {
+	h := n.h
+	var best *proc
+	rec.Partition, rec.PartLag = -1, -1
+	for _, p := range h.running() {
+		if p.paused {
+			continue
+		}
+		l := processorLag(ctx, p)
+		if l.busiestLag > rec.PartLag {
+			best, rec.Partition, rec.PartLag, rec.Lag = p, l.busiest, l.busiestLag, l.total
+		}
+	}
+	if rec.PartLag > 0 {
+		return best
+	}
+	rec.PartLag, rec.Lag = 0, -1
+	cv, err := h.latest(ctx)
+	if err == nil && len(cv.Partitions) > 0 {
+		rec.Partition = affinity.Partition(builtin.ProjKey(0), len(cv.Partitions))
+		if p := h.byName(cv.Partitions[rec.Partition].Primary); p != nil && p.running && !p.paused {
+			return p
+		}
+	}
+	return n.randomNode()
+}
+
+// lagView is what one node's processors have not handled yet, at the
+// partitions it leads.
+type lagView struct {
+	total      int // both stages (-1: the node did not answer)
+	busiest    int // the partition with the most unhandled stage-2 events
+	busiestLag int
+}
+
+// processorLag reads p's GET /v1/processors.
+func processorLag(ctx context.Context, p *proc) lagView {
+	var st []process.ProcessorStatus
+	if err := getJSON(ctx, p.httpURL+"/v1/processors", &st); err != nil {
+		return lagView{total: -1, busiest: -1, busiestLag: -1}
+	}
+	lv := lagView{busiest: -1, busiestLag: -1}
+	for _, s := range st {
+		lv.total += s.Lag
+		if s.Name != "chain2" {
+			continue
+		}
+		for _, ps := range s.Partitions {
+			if ps.Lag > lv.busiestLag {
+				lv.busiest, lv.busiestLag = ps.Partition, ps.Lag
+			}
+		}
+	}
+	return lv
+}

@@ -37,8 +37,11 @@ import (
 //     it again 0.3-1.5 s later, before it converged;
 //   - pause: SIGSTOP a random node for 2-4 s (past failure detection and
 //     the lease: its partitions fail over), then SIGCONT it;
-//   - pause-busy: the same for the primary of the stage-2 partition with
-//     the most unhandled events (a bucket's partition).
+//   - pause-busy: pause stage 2 (chain2), let the publishers burst a slice
+//     twice the others, resume it, and SIGSTOP for 2-4 s the primary of the
+//     stage-2 partition with the most unhandled events (a bucket's) as
+//     soon as it handled a quarter of them: a deposed primary in the
+//     middle of its batches.
 var processFaultKinds = []string{"kill", "kill-backlog", "kill-rejoined", "restart-kill", "pause", "pause-busy"}
 
 func isProcessFault(k string) bool { return slices.Contains(processFaultKinds, k) }
@@ -54,9 +57,10 @@ type chainFault struct {
 	Published int64 `json:"published_at_hit"`
 	Allowed   int64 `json:"allowed_at_hit"`
 	// Lag: events the victim's processors had not handled when it hit
-	// (-1: unknown); Backlog: for kill-backlog, every node's unhandled
-	// events when the processors were resumed; Partition and PartLag: for
-	// pause-busy, the busy partition and its stage-2 lag.
+	// (-1: unknown); Backlog: when the processors were resumed, for
+	// kill-backlog every node's unhandled events, for pause-busy the busy
+	// partition's; Partition and PartLag: for pause-busy, the busy
+	// partition and its stage-2 backlog when it hit.
 	Lag       int     `json:"lag_at_hit"`
 	Backlog   int     `json:"backlog_at_resume,omitempty"`
 	Partition int     `json:"partition,omitempty"`
@@ -109,15 +113,18 @@ func (n *chainNemesis) run(ctx context.Context) error {
 }
 
 // sliceEnds splits total events into one slice before the faults, one per
-// fault (kill-backlog's three times as large: its burst makes the
-// backlog) and one after them; it returns where each of the first
+// fault (kill-backlog's three times as large and pause-busy's twice: their
+// bursts make the backlog) and one after them; it returns where each of the first
 // len(faults)+1 ends.
 func sliceEnds(faults []string, total int) []int {
 	weights := []int{1}
 	for _, k := range faults {
 		w := 1
-		if k == "kill-backlog" {
+		switch k {
+		case "kill-backlog":
 			w = 3
+		case "pause-busy":
+			w = 2
 		}
 		weights = append(weights, w)
 	}
@@ -151,9 +158,15 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 	}
 	var err error
 	var victim *proc
-	if kind == "kill-backlog" {
+	switch kind {
+	case "kill-backlog":
 		victim, err = n.burst(ctx, to, &rec)
-	} else {
+	case "pause-busy":
+		victim, err = n.busy(ctx, to, &rec)
+	case "kill-rejoined":
+		victim, err = n.rejoined(ctx, &rec)
+	}
+	if err == nil && kind != "kill-backlog" && kind != "pause-busy" {
 		// Hit while the slice is being published: a quarter of it in.
 		pubs.allow(to)
 		pubs.waitFinished(ctx, from+(to-from)/4, 30*time.Second)
@@ -165,13 +178,14 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 	case kind == "kill-backlog":
 		err = n.killRestart(ctx, victim, hit, &rec)
 	case kind == "kill-rejoined":
-		err = n.killRejoined(ctx, hit, &rec)
+		hit(fmt.Sprintf("kill-rejoined: SIGKILL %s right after it rejoined", victim.name), victim)
+		err = n.killRestart2(ctx, victim, &rec)
 	case kind == "restart-kill":
 		err = n.restartKill(ctx, hit, &rec)
 	case kind == "pause":
 		n.pause(ctx, n.randomNode(), hit, &rec)
 	case kind == "pause-busy":
-		n.pause(ctx, n.busyPrimary(ctx, &rec), hit, &rec)
+		n.pause(ctx, victim, hit, &rec)
 	default:
 		err = fmt.Errorf("unknown fault %q", kind)
 	}
@@ -190,18 +204,10 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 // quarter of its backlog (or after a second): the kill lands while the
 // backlog is being worked off.
 func (n *chainNemesis) burst(ctx context.Context, to int, rec *chainFault) (*proc, error) {
-	h, pubs := n.h, n.pubs
-	for _, name := range chainProcessors {
-		if err := processorsOp(ctx, h, name, "pause"); err != nil {
-			return nil, err
-		}
+	h := n.h
+	if err := n.pausedBurst(ctx, chainProcessors, to); err != nil {
+		return nil, err
 	}
-	// Every member reads the pause within a poll (250 ms).
-	sleepCtx(ctx, 600*time.Millisecond)
-	pubs.fast.Store(true)
-	pubs.allow(to)
-	pubs.waitFinished(ctx, to, time.Minute)
-	pubs.fast.Store(false)
 	var victim *proc
 	most := -1
 	for _, p := range h.running() {
@@ -213,26 +219,102 @@ func (n *chainNemesis) burst(ctx context.Context, to int, rec *chainFault) (*pro
 			victim, most = p, l
 		}
 	}
-	h.logf("kill-backlog: %d events published with the processors paused, %d unhandled (%d at %s); resuming", pubs.finished.Load(), rec.Backlog, most, victim.name)
-	for _, name := range chainProcessors {
-		if err := postOK(ctx, victim.httpURL+"/v1/processors/"+name+"/resume"); err != nil {
+	h.logf("kill-backlog: %d events published with the processors paused, %d unhandled (%d at %s); resuming", n.pubs.finished.Load(), rec.Backlog, most, victim.name)
+	if err := resumeVia(ctx, h, victim, chainProcessors); err != nil {
+		return nil, err
+	}
+	rec.Lag = waitWorking(ctx, most, func() int { return processorLag(ctx, victim).total })
+	return victim, nil
+}
+
+// busy pauses stage 2, lets the publishers publish up to to without pace
+// while stage 1 delivers them to the buckets' partitions, chooses the
+// primary of the partition with the most unhandled stage-2 events,
+// resumes stage 2 (through it first) and returns it as soon as it handled
+// a quarter of that partition's backlog (or after a second): the pause
+// lands on the busiest partition's primary in the middle of its batches.
+func (n *chainNemesis) busy(ctx context.Context, to int, rec *chainFault) (*proc, error) {
+	h := n.h
+	stage2 := []string{"chain2"}
+	if err := n.pausedBurst(ctx, stage2, to); err != nil {
+		return nil, err
+	}
+	// Let stage 1 and the outboxes deliver the burst: until the busiest
+	// partition's backlog stops growing (at most 5 s).
+	prev := -1
+	for range 50 {
+		l := busiestLag(ctx, h)
+		if l == prev {
+			break
+		}
+		prev = l
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+	p := n.busyPrimary(ctx, rec)
+	rec.Backlog = rec.PartLag
+	h.logf("pause-busy: %d events published with stage 2 paused; partition %d has %d unhandled at %s; resuming", n.pubs.finished.Load(), rec.Partition, rec.PartLag, p.name)
+	if err := resumeVia(ctx, h, p, stage2); err != nil {
+		return nil, err
+	}
+	part := rec.Partition
+	rec.PartLag = waitWorking(ctx, rec.PartLag, func() int { return processorLag(ctx, p).lagAt(part) })
+	rec.Lag = -1
+	return p, nil
+}
+
+// pausedBurst pauses the processors names, lets the publishers publish up
+// to to without pace and waits until they have.
+func (n *chainNemesis) pausedBurst(ctx context.Context, names []string, to int) error {
+	for _, name := range names {
+		if err := processorsOp(ctx, n.h, name, "pause"); err != nil {
+			return err
+		}
+	}
+	// Every member reads the pause within a poll (250 ms).
+	sleepCtx(ctx, 600*time.Millisecond)
+	n.pubs.fast.Store(true)
+	defer n.pubs.fast.Store(false)
+	n.pubs.allow(to)
+	n.pubs.waitFinished(ctx, to, time.Minute)
+	return nil
+}
+
+// resumeVia resumes the processors names through p (so that p notices at
+// once), or through any node if p does not take it.
+func resumeVia(ctx context.Context, h *harness, p *proc, names []string) error {
+	for _, name := range names {
+		if err := postOK(ctx, p.httpURL+"/v1/processors/"+name+"/resume"); err != nil {
 			if err := processorsOp(ctx, h, name, "resume"); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	// Kill once it is working the backlog off: a quarter of it handled
-	// (or after a second).
+	return nil
+}
+
+// waitWorking polls lag (-1: unknown) until it is at most three quarters
+// of most, or a second passed, and returns the last value.
+func waitWorking(ctx context.Context, most int, lag func() int) int {
 	deadline := time.Now().Add(time.Second)
+	l := -1
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		l := processorLag(ctx, victim).total
-		if l >= 0 && l <= most*3/4 {
-			rec.Lag = l
+		if l = lag(); l >= 0 && l <= most*3/4 {
 			break
 		}
 		sleepCtx(ctx, 10*time.Millisecond)
 	}
-	return victim, nil
+	return l
+}
+
+// busiestLag is the largest stage-2 backlog of any partition.
+func busiestLag(ctx context.Context, h *harness) int {
+	most := -1
+	for _, p := range h.running() {
+		if !p.paused {
+			most = max(most, processorLag(ctx, p).busiestLag)
+		}
+	}
+	return most
 }
 
 // chainProcessors are the processors of gridnode's -processors chain.
@@ -315,28 +397,28 @@ func (n *chainNemesis) killRestart(ctx context.Context, p *proc, hit func(string
 	return h.restart(ctx, p)
 }
 
-// killRejoined SIGKILLs a node, restarts it once the cluster is safe
-// without it, waits until the cluster is safe with it (it leads
-// partitions again) and SIGKILLs it at once; then restarts it again.
-func (n *chainNemesis) killRejoined(ctx context.Context, hit func(string, *proc), rec *chainFault) error {
+// rejoined is the first half of kill-rejoined: it SIGKILLs a node,
+// restarts it once the cluster is safe without it, and returns it once
+// the cluster is safe with it (it leads partitions again, its processors
+// just started there).
+func (n *chainNemesis) rejoined(ctx context.Context, rec *chainFault) (*proc, error) {
 	h := n.h
 	p := n.randomNode()
 	h.logf("kill-rejoined: SIGKILL %s, restart it, SIGKILL it again once it leads partitions", p.name)
 	if err := n.kill(ctx, p, rec); err != nil {
-		return err
+		return nil, err
 	}
 	sleepCtx(ctx, n.cfg.Down)
 	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
-		return fmt.Errorf("no failover after killing %s: %w", p.name, err)
+		return nil, fmt.Errorf("no failover after killing %s: %w", p.name, err)
 	}
 	if err := h.restart(ctx, p); err != nil {
-		return err
+		return nil, err
 	}
 	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
-		return fmt.Errorf("not safe after restarting %s: %w", p.name, err)
+		return nil, fmt.Errorf("not safe after restarting %s: %w", p.name, err)
 	}
-	hit(fmt.Sprintf("kill-rejoined: SIGKILL %s right after it rejoined", p.name), p)
-	return n.killRestart2(ctx, p, rec)
+	return p, nil
 }
 
 // restartKill SIGKILLs a node, restarts it at once (empty) and SIGKILLs it
@@ -419,6 +501,15 @@ type lagView struct {
 	total      int // both stages (-1: the node did not answer)
 	busiest    int // the partition with the most unhandled stage-2 events
 	busiestLag int
+	stage2     map[int]int // unhandled stage-2 events by partition
+}
+
+// lagAt is partition part's stage-2 backlog (-1: not led there).
+func (l lagView) lagAt(part int) int {
+	if v, ok := l.stage2[part]; ok {
+		return v
+	}
+	return -1
 }
 
 // processorLag reads p's GET /v1/processors.
@@ -427,13 +518,14 @@ func processorLag(ctx context.Context, p *proc) lagView {
 	if err := getJSON(ctx, p.httpURL+"/v1/processors", &st); err != nil {
 		return lagView{total: -1, busiest: -1, busiestLag: -1}
 	}
-	lv := lagView{busiest: -1, busiestLag: -1}
+	lv := lagView{busiest: -1, busiestLag: -1, stage2: map[int]int{}}
 	for _, s := range st {
 		lv.total += s.Lag
 		if s.Name != "chain2" {
 			continue
 		}
 		for _, ps := range s.Partitions {
+			lv.stage2[ps.Partition] = ps.Lag
 			if ps.Lag > lv.busiestLag {
 				lv.busiest, lv.busiestLag = ps.Partition, ps.Lag
 			}

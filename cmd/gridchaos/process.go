@@ -68,18 +68,27 @@ type processConfig struct {
 	Buckets     int           // stage-2 buckets (projections); default 16
 	IdleBuckets int           // buckets that get events only at the start and the end; default 4 (negative: none)
 	Publishers  int           // concurrent publishers; default 4
-	Pace        time.Duration // a publisher's pause between publishes (none in a burst); default 2ms
-	Faults      []string      // fault kinds in order; default processFaultsDefault
-	Down        time.Duration // how long a killed node stays down at least; default 1s
-	Drain       time.Duration // how long the processors may take to drain after the heal; default 3m
-	MinThrough  float64       // least fraction of the events that must go through both stages; default 0.5
-	Backups     int           // default 1
-	Profile     string        // gridnode -profile; "" passes none (gridnode's default)
-	LogLevel    string        // gridnode -log-level; "" keeps the harness' info
-	Gridnode    string
-	Out         string
-	BasePort    int
-	Log         io.Writer
+	Pace        time.Duration // a publisher's pause between publishes (none in a burst); default 10ms
+	// PublishTimeout is each publish call's deadline (an expired one leaves
+	// the event's outcome unknown); default 1s, negative: none (the
+	// client's RequestTimeout, 10 s, applies).
+	PublishTimeout time.Duration
+	Faults         []string      // fault kinds in order; default processFaultsDefault
+	Down           time.Duration // how long a killed node stays down at least; default 1s
+	Drain          time.Duration // how long the processors may take to drain after the heal; default 3m
+	MinThrough     float64       // least fraction of the events that must go through both stages; default 0.5
+	Backups        int           // default 1
+	Profile        string        // gridnode -profile; "" passes none (gridnode's default)
+	LogLevel       string        // gridnode -log-level; "" keeps the harness' info
+	KeepLogs       bool          // keep the node logs of every round, not only of failed ones
+	// Canary, after a round's check, publishes its first acknowledged
+	// event once more (the same id) and wants the check to find exactly
+	// that duplicate: evidence that the read-back sees a real duplicate.
+	Canary   bool
+	Gridnode string
+	Out      string
+	BasePort int
+	Log      io.Writer
 }
 
 // processFaultsDefault is the long run's fault script: each kind once,
@@ -106,7 +115,13 @@ func (c processConfig) withDefaults() (processConfig, error) {
 		c.IdleBuckets = 0
 	}
 	if c.Pace == 0 {
-		c.Pace = 2 * time.Millisecond
+		c.Pace = 10 * time.Millisecond
+	}
+	switch {
+	case c.PublishTimeout == 0:
+		c.PublishTimeout = time.Second
+	case c.PublishTimeout < 0:
+		c.PublishTimeout = 0
 	}
 	if c.Down <= 0 {
 		c.Down = time.Second
@@ -218,6 +233,7 @@ type processRound struct {
 	DrainMs       float64  `json:"drain_ms"`
 	Drained       bool     `json:"drained"`
 	ReplicasEqual bool     `json:"replicas_equal"`
+	Canary        string   `json:"canary,omitempty"`   // "detected", or what the check saw instead
 	Examples      []string `json:"examples,omitempty"` // the first events that went wrong
 	Loadavg       string   `json:"loadavg"`
 	Violations    []string `json:"violations,omitempty"`
@@ -269,6 +285,9 @@ func runProcessRound(ctx context.Context, cfg processConfig, bin string, seed ui
 	out := runRound(ctx, func() (*harness, error) { return startProcessCluster(ctx, cfg, bin, seed) },
 		func(h *harness, partitions int, violation func(string, ...any)) error {
 			sum.Partitions = partitions
+			if cfg.KeepLogs {
+				defer h.saveLogs()
+			}
 			return runChain(ctx, h, cfg, seed, partitions, &round, violation)
 		})
 	round.Error, round.Violations = out.Error, append(round.Violations, out.Violations...)
@@ -323,7 +342,8 @@ func processMain(args []string) int {
 	fs.IntVar(&cfg.Buckets, "buckets", 16, "stage-2 buckets (projections shared by many events)")
 	fs.IntVar(&cfg.IdleBuckets, "idle-buckets", 4, "buckets that get events only at the start and the end (negative: none)")
 	fs.IntVar(&cfg.Publishers, "publishers", 4, "concurrent publishers")
-	fs.DurationVar(&cfg.Pace, "pace", 2*time.Millisecond, "a publisher's pause between publishes (none during a burst)")
+	fs.DurationVar(&cfg.Pace, "pace", 10*time.Millisecond, "a publisher's pause between publishes (none during a burst)")
+	fs.DurationVar(&cfg.PublishTimeout, "publish-timeout", time.Second, "each publish call's deadline; an expired one leaves the event's outcome unknown (negative: none, the client's 10 s)")
 	fs.StringVar(&faults, "faults", strings.Join(processFaultsDefault, ","), "fault kinds in order ("+strings.Join(processFaultKinds, ", ")+")")
 	fs.DurationVar(&cfg.Down, "down", time.Second, "a killed node stays down at least this long")
 	fs.DurationVar(&cfg.Drain, "drain", 3*time.Minute, "how long the processors may take to drain after the heal")
@@ -331,6 +351,7 @@ func processMain(args []string) int {
 	fs.IntVar(&cfg.Backups, "backups", 1, "synchronous backups per partition")
 	fs.StringVar(&cfg.Profile, "profile", "", "gridnode -profile (default: none, gridnode's default)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "", "gridnode -log-level (default: info; debug logs why processor runs end)")
+	fs.BoolVar(&cfg.KeepLogs, "keep-logs", false, "keep the node logs of every round in -out/seed-<n>/, not only of failed ones")
 	fs.StringVar(&cfg.Gridnode, "gridnode", "", "gridnode binary (default: build ./cmd/gridnode)")
 	fs.StringVar(&cfg.Out, "out", "process-out", "directory for the node logs of failed rounds")
 	fs.IntVar(&cfg.BasePort, "port", 28946, "gossip port; rpc and http use the next two, on every 127.0.0.x")

@@ -19,14 +19,15 @@ import (
 // The process mode's faults. The events are published in slices, one more
 // per fault: a fault waits until the previous slice is out and the cluster
 // is safe, lets the publishers start on the next slice, and hits while
-// they publish it (and while the processors work off the backlog).
+// they publish it (a burst first publishes all but the last unit of it)
+// and while the processors work off the backlog.
 
 // processFaultKinds are the faults of the process mode:
 //
 //   - kill: SIGKILL a random node; restart it (same name and flags) once
 //     the cluster is safe without it;
 //   - kill-backlog: pause both processors (POST /v1/processors/{name}/pause),
-//     let the publishers burst a slice three times the others (no pace),
+//     let the publishers burst two units of events (no pace),
 //     resume them, and SIGKILL the node whose processors had the most
 //     unhandled events as soon as it handled a quarter of them: a kill
 //     while a large backlog is being worked off;
@@ -35,10 +36,11 @@ import (
 //     at once;
 //   - restart-kill: SIGKILL a node, restart it at once (empty), and SIGKILL
 //     it again 0.3-1.5 s later, before it converged;
-//   - pause: SIGSTOP a random node for 2-4 s (past failure detection and
-//     the lease: its partitions fail over), then SIGCONT it;
-//   - pause-busy: pause stage 2 (chain2), let the publishers burst a slice
-//     twice the others, resume it, and SIGSTOP for 2-4 s the primary of the
+//   - pause: SIGSTOP a random node for 0.5-4 s (a short pause stalls its
+//     steps within its lease, a long one fails its partitions over), then
+//     SIGCONT it;
+//   - pause-busy: pause stage 2 (chain2), let the publishers burst a unit
+//     of events, resume it, and SIGSTOP for 2-4 s the primary of the
 //     stage-2 partition with the most unhandled events (a bucket's) as
 //     soon as it handled a quarter of them: a deposed primary in the
 //     middle of its batches.
@@ -112,6 +114,17 @@ func (n *chainNemesis) run(ctx context.Context) error {
 	return nil
 }
 
+// sliceWeight is how many units of events fault kind's slice has.
+func sliceWeight(kind string) int {
+	switch kind {
+	case "kill-backlog":
+		return 3
+	case "pause-busy":
+		return 2
+	}
+	return 1
+}
+
 // sliceEnds splits total events into one slice before the faults, one per
 // fault (kill-backlog's three times as large and pause-busy's twice: their
 // bursts make the backlog) and one after them; it returns where each of the first
@@ -119,14 +132,7 @@ func (n *chainNemesis) run(ctx context.Context) error {
 func sliceEnds(faults []string, total int) []int {
 	weights := []int{1}
 	for _, k := range faults {
-		w := 1
-		switch k {
-		case "kill-backlog":
-			w = 3
-		case "pause-busy":
-			w = 2
-		}
-		weights = append(weights, w)
+		weights = append(weights, sliceWeight(k))
 	}
 	weights = append(weights, 1)
 	sum := 0
@@ -158,17 +164,20 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 	}
 	var err error
 	var victim *proc
+	// The bursts publish all but the last unit of their slice before they
+	// hit; that unit goes out (at pace) while they do.
+	mid := from + (to-from)*(sliceWeight(kind)-1)/sliceWeight(kind)
 	switch kind {
 	case "kill-backlog":
-		victim, err = n.burst(ctx, to, &rec)
+		victim, err = n.burst(ctx, mid, &rec)
 	case "pause-busy":
-		victim, err = n.busy(ctx, to, &rec)
+		victim, err = n.busy(ctx, mid, &rec)
 	case "kill-rejoined":
 		victim, err = n.rejoined(ctx, &rec)
 	}
-	if err == nil && kind != "kill-backlog" && kind != "pause-busy" {
+	pubs.allow(to)
+	if err == nil && mid == from {
 		// Hit while the slice is being published: a quarter of it in.
-		pubs.allow(to)
 		pubs.waitFinished(ctx, from+(to-from)/4, 30*time.Second)
 	}
 	switch {
@@ -183,9 +192,11 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 	case kind == "restart-kill":
 		err = n.restartKill(ctx, hit, &rec)
 	case kind == "pause":
-		n.pause(ctx, n.randomNode(), hit, &rec)
+		// 0.5-4 s: a short one stalls the node's steps within its lease,
+		// a long one fails it over.
+		n.pause(ctx, n.randomNode(), time.Duration(500+h.rng.IntN(3500))*time.Millisecond, hit, &rec)
 	case kind == "pause-busy":
-		n.pause(ctx, victim, hit, &rec)
+		n.pause(ctx, victim, time.Duration(2000+h.rng.IntN(2000))*time.Millisecond, hit, &rec)
 	default:
 		err = fmt.Errorf("unknown fault %q", kind)
 	}
@@ -451,10 +462,9 @@ func (n *chainNemesis) killRestart2(ctx context.Context, p *proc, rec *chainFaul
 	return h.restart(ctx, p)
 }
 
-// pause SIGSTOPs p for 2-4 s and SIGCONTs it.
-func (n *chainNemesis) pause(ctx context.Context, p *proc, hit func(string, *proc), rec *chainFault) {
+// pause SIGSTOPs p for d and SIGCONTs it.
+func (n *chainNemesis) pause(ctx context.Context, p *proc, d time.Duration, hit func(string, *proc), rec *chainFault) {
 	h := n.h
-	d := time.Duration(2000+h.rng.IntN(2000)) * time.Millisecond
 	hit(fmt.Sprintf("%s: SIGSTOP %s for %v", rec.Kind, p.name, d), p)
 	h.signal(p, syscall.SIGSTOP)
 	p.paused = true

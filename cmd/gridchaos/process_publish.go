@@ -107,8 +107,9 @@ func (p *chainPublishers) waitFinished(ctx context.Context, n int, d time.Durati
 	return true
 }
 
-// run publishes until every event is taken or ctx ends.
-func (p *chainPublishers) run(ctx context.Context, c *client.Client, pace time.Duration, now func() int64) {
+// run publishes until every event is taken or ctx ends; each publish call
+// gets timeout (0: none, the client's RequestTimeout applies).
+func (p *chainPublishers) run(ctx context.Context, c *client.Client, pace, timeout time.Duration, now func() int64) {
 	defer p.wg.Done()
 	for ctx.Err() == nil {
 		i := p.next.Add(1) - 1
@@ -122,7 +123,7 @@ func (p *chainPublishers) run(ctx context.Context, c *client.Client, pace time.D
 			sleepCtx(ctx, 5*time.Millisecond)
 		}
 		p.started.CompareAndSwap(0, now())
-		p.publish(ctx, c, int(i))
+		p.publish(ctx, c, int(i), timeout)
 		if !p.fast.Load() {
 			sleepCtx(ctx, pace)
 		}
@@ -131,12 +132,17 @@ func (p *chainPublishers) run(ctx context.Context, c *client.Client, pace time.D
 
 // publish publishes event i until it is acknowledged, fails with an open
 // outcome, or was refused publishAttempts times.
-func (p *chainPublishers) publish(ctx context.Context, c *client.Client, i int) {
+func (p *chainPublishers) publish(ctx context.Context, c *client.Client, i int, timeout time.Duration) {
 	ev, pb := p.evs[i], &p.pubs[i]
 	defer p.finished.Add(1)
 	for {
 		pb.attempts++
-		_, err := c.Publish(ctx, builtin.ChainIn, builtin.InKey(ev.id), builtin.Value(ev.id, ev.bucket, ev.amount))
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout > 0 {
+			cctx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		_, err := c.Publish(cctx, builtin.ChainIn, builtin.InKey(ev.id), builtin.Value(ev.id, ev.bucket, ev.amount))
+		cancel()
 		if err == nil {
 			pb.outcome = cAcked
 			p.acked.Add(1)

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/collocate/grid/client"
+	"github.com/collocate/grid/process/builtin"
 )
 
 // runChain is one round of the process mode on h's safe cluster: publish
@@ -24,7 +26,7 @@ func runChain(ctx context.Context, h *harness, cfg processConfig, seed uint64, p
 	t0 := h.now()
 	for range cfg.Publishers {
 		pubs.wg.Add(1)
-		go pubs.run(pctx, c, cfg.Pace, h.now)
+		go pubs.run(pctx, c, cfg.Pace, cfg.PublishTimeout, h.now)
 	}
 	defer pubs.wg.Wait()
 	defer cancel()
@@ -83,7 +85,47 @@ func runChain(ctx context.Context, h *harness, cfg processConfig, seed uint64, p
 	} else {
 		round.ReplicasEqual = true
 	}
+	if cfg.Canary && len(v.Violations) == 0 {
+		round.Canary = canary(ctx, h, c, evs, pubs.pubs, cfg, partitions)
+		if round.Canary != "detected" {
+			violation("canary: %s", round.Canary)
+		}
+	}
 	return nil
+}
+
+// canary publishes the first acknowledged event once more (same id) and
+// says whether the check then finds exactly that duplicate ("detected").
+func canary(ctx context.Context, h *harness, c *client.Client, evs []chainEvent, pubs []chainPub, cfg processConfig, partitions int) string {
+	i := slices.IndexFunc(pubs, func(p chainPub) bool { return p.outcome == cAcked })
+	if i < 0 {
+		return "no acknowledged event to publish again"
+	}
+	ev := evs[i]
+	if _, err := c.Publish(ctx, builtin.ChainIn, builtin.InKey(ev.id), builtin.Value(ev.id, ev.bucket, ev.amount)); err != nil {
+		return fmt.Sprintf("publishing %s again: %v", ev.id, err)
+	}
+	acked := 0
+	for _, p := range pubs {
+		if p.outcome == cAcked {
+			acked++
+		}
+	}
+	// Stage 1 and 2 sizes stay the same (the keys exist): drain on lag
+	// and stability.
+	if ok, state := drainChain(ctx, h, c, acked, cfg.Drain); !ok {
+		return "not drained: " + state
+	}
+	r, err := readChain(ctx, c, evs, cfg.Buckets, partitions)
+	if err != nil {
+		return err.Error()
+	}
+	v := checkChain(evs, pubs, r, cfg.Buckets, partitions)
+	if v.Duplicated != 1 || v.Lost != 0 || v.ProjMismatch != 0 || r.s1[i] != 2 || r.s2[i] != 2 {
+		return fmt.Sprintf("%s published twice: counts %d, %d; the check found %d duplicated, %d lost, %d projection mismatches",
+			ev.id, r.s1[i], r.s2[i], v.Duplicated, v.Lost, v.ProjMismatch)
+	}
+	return "detected"
 }
 
 // healChain resumes every paused node, restarts every stopped one (a node

@@ -17,13 +17,14 @@ import (
 // stage-2 partition is paused. Every acknowledged event must be counted
 // exactly once at both stages, every projection must equal its
 // recomputation, and the faults must have landed while events were
-// published and handled.
+// published and handled. Then the canary publishes one event again, and
+// the check must find exactly that duplicate.
 func TestProcessSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process test")
 	}
 	cfg := processConfig{Runs: 1, Seed: 2, Events: 600, Faults: []string{"kill-backlog", "pause-busy"},
-		BasePort: 26946, Out: t.TempDir(), Log: testWriter{t}}
+		Canary: true, BasePort: 26946, Out: t.TempDir(), Log: testWriter{t}}
 	runProcessTest(t, cfg)
 }
 
@@ -100,6 +101,8 @@ func roundExercised(r *processRound, cfg processConfig) string {
 		return "the processors did not drain"
 	case !r.ReplicasEqual:
 		return "replicas not compared equal at the end"
+	case cfg.Canary && r.Canary != "detected":
+		return "canary: " + r.Canary
 	}
 	for i, f := range r.Faults {
 		kills, pauses := 0, 0

@@ -91,9 +91,9 @@ type processConfig struct {
 	Log      io.Writer
 }
 
-// processFaultsDefault is the long run's fault script: each kind once,
-// then a plain kill and pause.
-var processFaultsDefault = []string{"kill-backlog", "pause-busy", "kill-rejoined", "restart-kill", "pause", "kill-backlog"}
+// processFaultsDefault is the long run's fault script: each kind but the
+// plain kill once, then kill-backlog again.
+var processFaultsDefault = []string{"kill-backlog", "pause-busy", "kill-rejoined", "restart-kill", "stop-kill", "pause", "kill-backlog"}
 
 func (c processConfig) withDefaults() (processConfig, error) {
 	def := func(v *int, d int) {

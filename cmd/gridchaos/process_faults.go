@@ -39,12 +39,17 @@ import (
 //   - pause: SIGSTOP a random node for 0.5-4 s (a short pause stalls its
 //     steps within its lease, a long one fails its partitions over), then
 //     SIGCONT it;
-//   - pause-busy: pause stage 2 (chain2), let the publishers burst a unit
-//     of events, resume it, and SIGSTOP for 2-4 s the primary of the
+//   - pause-busy: pause stage 2 (chain2), let the publishers burst three
+//     units of events (three in four into one bucket, hotRanges), resume
+//     it, and SIGSTOP for 2-4 s the primary of the
 //     stage-2 partition with the most unhandled events (a bucket's) as
 //     soon as it handled a quarter of them: a deposed primary in the
-//     middle of its batches.
-var processFaultKinds = []string{"kill", "kill-backlog", "kill-rejoined", "restart-kill", "pause", "pause-busy"}
+//     middle of its batches;
+//   - stop-kill: as pause-busy, but 0.5 s into the SIGSTOP (1.5-2.5 s) of
+//     the busy primary X, SIGKILL the node sharing most partitions with X:
+//     where X led, its backup dies before X is failed over (chaos Finding
+//     6); nothing may be lost, only the killed node's copies died.
+var processFaultKinds = []string{"kill", "kill-backlog", "kill-rejoined", "restart-kill", "pause", "pause-busy", "stop-kill"}
 
 func isProcessFault(k string) bool { return slices.Contains(processFaultKinds, k) }
 
@@ -119,15 +124,15 @@ func sliceWeight(kind string) int {
 	switch kind {
 	case "kill-backlog":
 		return 3
-	case "pause-busy":
-		return 2
+	case "pause-busy", "stop-kill":
+		return 4 // the burst spreads over the busy buckets: several batches each
 	}
 	return 1
 }
 
 // sliceEnds splits total events into one slice before the faults, one per
-// fault (kill-backlog's three times as large and pause-busy's twice: their
-// bursts make the backlog) and one after them; it returns where each of the first
+// fault (sliceWeight: the bursts of kill-backlog, pause-busy and
+// stop-kill make the backlog) and one after them; it returns where each of the first
 // len(faults)+1 ends.
 func sliceEnds(faults []string, total int) []int {
 	weights := []int{1}
@@ -170,7 +175,7 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 	switch kind {
 	case "kill-backlog":
 		victim, err = n.burst(ctx, mid, &rec)
-	case "pause-busy":
+	case "pause-busy", "stop-kill":
 		victim, err = n.busy(ctx, mid, &rec)
 	case "kill-rejoined":
 		victim, err = n.rejoined(ctx, &rec)
@@ -197,6 +202,8 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 		n.pause(ctx, n.randomNode(), time.Duration(500+h.rng.IntN(3500))*time.Millisecond, hit, &rec)
 	case kind == "pause-busy":
 		n.pause(ctx, victim, time.Duration(2000+h.rng.IntN(2000))*time.Millisecond, hit, &rec)
+	case kind == "stop-kill":
+		err = n.stopKill(ctx, victim, hit, &rec)
 	default:
 		err = fmt.Errorf("unknown fault %q", kind)
 	}
@@ -209,8 +216,8 @@ func (n *chainNemesis) inject(ctx context.Context, kind string, from, to int) (c
 }
 
 // burst pauses both processors, lets the publishers publish up to to
-// without pace, chooses the node whose processors have the most unhandled
-// events, resumes the processors (through it first: it notices within a
+// without pace, chooses a node whose processors have many unhandled
+// events (at least half the most of any node, chosen by the seed), resumes the processors (through it first: it notices within a
 // poll, the others within two) and returns it as soon as it handled a
 // quarter of its backlog (or after a second): the kill lands while the
 // backlog is being worked off.
@@ -219,22 +226,23 @@ func (n *chainNemesis) burst(ctx context.Context, to int, rec *chainFault) (*pro
 	if err := n.pausedBurst(ctx, chainProcessors, to); err != nil {
 		return nil, err
 	}
-	var victim *proc
-	most := -1
+	lags := map[*proc]int{}
 	for _, p := range h.running() {
 		l := processorLag(ctx, p).total
 		if l > 0 {
 			rec.Backlog += l
 		}
-		if !p.paused && l > most {
-			victim, most = p, l
+		if !p.paused {
+			lags[p] = l
 		}
 	}
+	victim := n.pick(lags)
+	most := lags[victim]
 	h.logf("kill-backlog: %d events published with the processors paused, %d unhandled (%d at %s); resuming", n.pubs.finished.Load(), rec.Backlog, most, victim.name)
 	if err := resumeVia(ctx, h, victim, chainProcessors); err != nil {
 		return nil, err
 	}
-	rec.Lag = waitWorking(ctx, most, func() int { return processorLag(ctx, victim).total })
+	rec.Lag = waitWorking(ctx, most, func() (int, int) { l := processorLag(ctx, victim).total; return l, l })
 	return victim, nil
 }
 
@@ -263,13 +271,16 @@ func (n *chainNemesis) busy(ctx context.Context, to int, rec *chainFault) (*proc
 	}
 	p := n.busyPrimary(ctx, rec)
 	rec.Backlog = rec.PartLag
-	h.logf("pause-busy: %d events published with stage 2 paused; partition %d has %d unhandled at %s; resuming", n.pubs.finished.Load(), rec.Partition, rec.PartLag, p.name)
+	h.logf("%s: %d events published with stage 2 paused; partition %d has %d unhandled at %s; resuming", rec.Kind, n.pubs.finished.Load(), rec.Partition, rec.PartLag, p.name)
 	if err := resumeVia(ctx, h, p, stage2); err != nil {
 		return nil, err
 	}
 	part := rec.Partition
-	rec.PartLag = waitWorking(ctx, rec.PartLag, func() int { return processorLag(ctx, p).lagAt(part) })
-	rec.Lag = -1
+	rec.Lag = waitWorking(ctx, rec.PartLag, func() (int, int) {
+		lv := processorLag(ctx, p)
+		rec.PartLag = lv.lagAt(part)
+		return rec.PartLag, lv.total
+	})
 	return p, nil
 }
 
@@ -303,18 +314,22 @@ func resumeVia(ctx context.Context, h *harness, p *proc, names []string) error {
 	return nil
 }
 
-// waitWorking polls lag (-1: unknown) until it is at most three quarters
-// of most, or a second passed, and returns the last value.
-func waitWorking(ctx context.Context, most int, lag func() int) int {
+// waitWorking polls lag (its first result; -1: unknown) until it is at
+// most three quarters of most, or a second passed, as fast as the node
+// answers (the batches take milliseconds), and returns lag's second
+// result of the last poll: the victim's lag at the hit, which then needs
+// no other poll before the signal.
+func waitWorking(ctx context.Context, most int, lag func() (int, int)) int {
 	deadline := time.Now().Add(time.Second)
-	l := -1
+	total := -1
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if l = lag(); l >= 0 && l <= most*3/4 {
+		var l int
+		if l, total = lag(); l >= 0 && l <= most*3/4 {
 			break
 		}
-		sleepCtx(ctx, 10*time.Millisecond)
+		sleepCtx(ctx, time.Millisecond)
 	}
-	return l
+	return total
 }
 
 // busiestLag is the largest stage-2 backlog of any partition.
@@ -475,26 +490,44 @@ func (n *chainNemesis) pause(ctx context.Context, p *proc, d time.Duration, hit 
 	h.logf("SIGCONT %s", p.name)
 }
 
-// busyPrimary returns the primary of the partition with the most
-// unhandled stage-2 events (a bucket's partition; bucket 0's if none
-// lags) and notes the partition in rec.
+// busyPrimary returns the primary of a partition with many unhandled
+// stage-2 events (at least half the most of any, chosen by the seed; a
+// bucket's partition) and notes the partition in rec; if none has any,
+// the primary of bucket 0's partition.
 func (n *chainNemesis) busyPrimary(ctx context.Context, rec *chainFault) *proc {
 	h := n.h
-	var best *proc
-	rec.Partition, rec.PartLag = -1, -1
+	type cand struct {
+		p         *proc
+		part, lag int
+	}
+	var cands []cand
+	most := 0
 	for _, p := range h.running() {
 		if p.paused {
 			continue
 		}
-		l := processorLag(ctx, p)
-		if l.busiestLag > rec.PartLag {
-			best, rec.Partition, rec.PartLag, rec.Lag = p, l.busiest, l.busiestLag, l.total
+		for part, lag := range processorLag(ctx, p).stage2 {
+			cands = append(cands, cand{p, part, lag})
+			most = max(most, lag)
 		}
 	}
-	if rec.PartLag > 0 {
-		return best
+	var all []string
+	for _, c := range cands {
+		if c.lag > 0 {
+			all = append(all, fmt.Sprintf("%d@%s:%d", c.part, c.p.name, c.lag))
+		}
 	}
-	rec.PartLag, rec.Lag = 0, -1
+	slices.Sort(all)
+	h.logf("stage-2 backlogs (partition@primary:events): %s", strings.Join(all, " "))
+	cands = slices.DeleteFunc(cands, func(c cand) bool { return most == 0 || 2*c.lag < most })
+	slices.SortFunc(cands, func(a, b cand) int { return a.part - b.part })
+	rec.Lag = -1
+	if len(cands) > 0 {
+		c := cands[h.rng.IntN(len(cands))]
+		rec.Partition, rec.PartLag = c.part, c.lag
+		return c.p
+	}
+	rec.PartLag = 0
 	cv, err := h.latest(ctx)
 	if err == nil && len(cv.Partitions) > 0 {
 		rec.Partition = affinity.Partition(builtin.ProjKey(0), len(cv.Partitions))
@@ -503,6 +536,57 @@ func (n *chainNemesis) busyPrimary(ctx context.Context, rec *chainFault) *proc {
 		}
 	}
 	return n.randomNode()
+}
+
+// pick returns one of the nodes in lags whose lag is at least half the
+// largest, chosen by the seed (the first by name if none lags).
+func (n *chainNemesis) pick(lags map[*proc]int) *proc {
+	most := 0
+	var all []*proc
+	for p, l := range lags {
+		most = max(most, l)
+		all = append(all, p)
+	}
+	slices.SortFunc(all, func(a, b *proc) int { return strings.Compare(a.name, b.name) })
+	cands := slices.DeleteFunc(slices.Clone(all), func(p *proc) bool { return 2*lags[p] < most })
+	if len(cands) == 0 {
+		return all[0]
+	}
+	return cands[n.h.rng.IntN(len(cands))]
+}
+
+// stopKill SIGSTOPs x, SIGKILLs 0.5 s later the node that shares most
+// partitions with it, SIGCONTs x 1.5-2.5 s after the stop, and restarts
+// the killed node once the cluster is safe without it.
+func (n *chainNemesis) stopKill(ctx context.Context, x *proc, hit func(string, *proc), rec *chainFault) error {
+	h := n.h
+	cv, err := h.latest(ctx)
+	if err != nil {
+		return err
+	}
+	y := sharesMost(h, cv, x)
+	if y == nil {
+		return fmt.Errorf("no node shares a partition with %s", x.name)
+	}
+	stop := time.Duration(1500+h.rng.IntN(1000)) * time.Millisecond
+	hit(fmt.Sprintf("stop-kill: SIGSTOP %s, SIGKILL %s 0.5 s later, SIGCONT %s after %v", x.name, y.name, x.name, stop), x)
+	h.signal(x, syscall.SIGSTOP)
+	x.paused = true
+	rec.Pauses++
+	start := time.Now()
+	sleepCtx(ctx, 500*time.Millisecond)
+	kerr := n.kill(ctx, y, rec)
+	sleepCtx(ctx, time.Until(start.Add(stop)))
+	h.signal(x, syscall.SIGCONT)
+	x.paused = false
+	h.logf("SIGCONT %s", x.name)
+	if kerr != nil {
+		return kerr
+	}
+	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
+		return fmt.Errorf("no failover after stopping %s and killing %s: %w", x.name, y.name, err)
+	}
+	return h.restart(ctx, y)
 }
 
 // lagView is what one node's processors have not handled yet, at the

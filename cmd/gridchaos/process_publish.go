@@ -24,10 +24,14 @@ type chainEvent struct {
 	amount int64
 }
 
+// hotRange sends three of every four events from from up to to into one
+// bucket: its partition gets a backlog of many batches.
+type hotRange struct{ from, to, bucket int }
+
 // chainPlan draws a round's events: unique ids, amounts 1..1000 from seed,
-// buckets in turn; the last idle buckets only in the first tenth and the
-// last fiftieth of the events.
-func chainPlan(seed uint64, n, buckets, idle int) []chainEvent {
+// buckets in turn but for the hot ranges; the last idle buckets only in
+// the first tenth and the last fiftieth of the events.
+func chainPlan(seed uint64, n, buckets, idle int, hot []hotRange) []chainEvent {
 	rng := randNew(seed)
 	busy := buckets - idle
 	head, tail := n/10, n-n/50
@@ -36,6 +40,11 @@ func chainPlan(seed uint64, n, buckets, idle int) []chainEvent {
 		b := i % busy
 		if i < head || i >= tail {
 			b = i % buckets
+		}
+		for _, r := range hot {
+			if i >= r.from && i < r.to && i%4 != 0 {
+				b = r.bucket
+			}
 		}
 		evs[i] = chainEvent{id: fmt.Sprintf("e%06d", i), bucket: b, amount: 1 + rng.Int64N(1000)}
 	}

@@ -113,6 +113,8 @@ func roundExercised(r *processRound, cfg processConfig) string {
 			kills = 2
 		case "pause", "pause-busy":
 			pauses = 1
+		case "stop-kill":
+			kills, pauses = 1, 1
 		}
 		switch {
 		case f.Kind != cfg.Faults[i]:
@@ -123,8 +125,8 @@ func roundExercised(r *processRound, cfg processConfig) string {
 			return fmt.Sprintf("fault %d (%s) hit after every event was published", i+1, f.Kind)
 		case f.Kind == "kill-backlog" && f.Lag <= 0:
 			return fmt.Sprintf("fault %d (kill-backlog) hit a node with no backlog (lag %d, %d at the resume)", i+1, f.Lag, f.Backlog)
-		case f.Kind == "pause-busy" && f.Backlog <= 0:
-			return fmt.Sprintf("fault %d (pause-busy) found no stage-2 backlog to pause", i+1)
+		case (f.Kind == "pause-busy" || f.Kind == "stop-kill") && f.Backlog <= 0:
+			return fmt.Sprintf("fault %d (%s) found no stage-2 backlog to pause", i+1, f.Kind)
 		}
 	}
 	return ""
@@ -231,10 +233,11 @@ func TestThroughVerdict(t *testing.T) {
 }
 
 // TestChainPlan: ids are unique, the idle buckets get events only in the
-// first tenth and the last fiftieth, and the slices grow with the burst.
+// first tenth and the last fiftieth, a hot range goes mostly to its
+// bucket, and the slices grow with the burst.
 func TestChainPlan(t *testing.T) {
 	const n, buckets, idle = 1000, 16, 4
-	evs := chainPlan(7, n, buckets, idle)
+	evs := chainPlan(7, n, buckets, idle, []hotRange{{from: 200, to: 400, bucket: 5}})
 	seen := map[string]bool{}
 	perBucket := map[int]int{}
 	for i, ev := range evs {
@@ -252,6 +255,15 @@ func TestChainPlan(t *testing.T) {
 	}
 	if len(perBucket) != buckets {
 		t.Fatalf("%d buckets used of %d", len(perBucket), buckets)
+	}
+	hot := 0
+	for _, ev := range evs[200:400] {
+		if ev.bucket == 5 {
+			hot++
+		}
+	}
+	if hot < 150 {
+		t.Fatalf("%d of the 200 events of the hot range in its bucket", hot)
 	}
 	ends := sliceEnds([]string{"kill", "kill-backlog", "pause"}, 700)
 	if want := []int{100, 200, 500, 600}; fmt.Sprint(ends) != fmt.Sprint(want) {

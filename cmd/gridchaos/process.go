@@ -15,16 +15,20 @@ package main
 //
 //  1. publishers (process_publish.go) publish -events events with unique
 //     ids through a default client (client.Publish of builtin.InKey(id),
-//     builtin.Value(id, bucket, amount)), over -buckets buckets; the last
-//     -idle-buckets buckets get events only in the first tenth and the
-//     last fiftieth of the events (their partitions' stage 2 sits idle
-//     through the faults, then must wake up);
+//     builtin.Value(id, bucket, amount)) with a -publish-timeout deadline
+//     per call (one that runs out leaves the outcome unknown), over
+//     -buckets buckets; the last -idle-buckets buckets get events only in
+//     the first tenth and the last fiftieth of the events (their
+//     partitions' stage 2 sits idle through the faults, then must wake
+//     up);
 //  2. the faults (process_faults.go, -faults) land while they publish and
 //     while the processors work off their backlog: SIGKILLs (each victim
 //     restarted under its name with the same flags) and SIGSTOP/SIGCONT
-//     pauses, including the node leading the most backlog right after a
-//     burst of publishes, the primary of the busiest stage-2 partition,
-//     and a node killed again right after its restart;
+//     pauses, including a node with a large backlog right after a burst
+//     of publishes, the primary of a hot stage-2 partition in the middle
+//     of its batches (alone, or with the node sharing its partitions
+//     SIGKILLed during the pause), and a node killed again right after its
+//     restart;
 //  3. after the heal (every node running, the cluster safe) the processors
 //     drain: the harness polls their lag and the stage maps' sizes until
 //     they are stable or -drain passes; then it reads every event's counts
@@ -49,6 +53,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -214,7 +219,7 @@ func (t *chainTotals) add(r *chainTotals) {
 	t.DeadLetters += r.DeadLetters
 	t.Kills += r.Kills
 	t.Pauses += r.Pauses
-	t.Seconds += r.Seconds
+	t.Seconds = math.Round((t.Seconds+r.Seconds)*1000) / 1000
 	if t.Seconds > 0 {
 		t.PerSecond = float64(int(float64(t.Through)/t.Seconds*10)) / 10
 	}

@@ -14,7 +14,7 @@ import (
 // runChain is one round of the process mode on h's safe cluster: publish
 // through the faults, heal, drain, read back and check.
 func runChain(ctx context.Context, h *harness, cfg processConfig, seed uint64, partitions int, round *processRound, violation func(string, ...any)) error {
-	evs := chainPlan(seed, cfg.Events, cfg.Buckets, cfg.IdleBuckets, hotRanges(cfg))
+	evs := chainPlan(seed, cfg.Events, cfg.Buckets, cfg.IdleBuckets, hotRanges(cfg, seed))
 	c, err := client.Dial(ctx, client.Config{Addrs: h.rpcAddrs()})
 	if err != nil {
 		return err
@@ -130,15 +130,15 @@ func canary(ctx context.Context, h *harness, c *client.Client, evs []chainEvent,
 
 // hotRanges are the bursts of pause-busy and stop-kill (the slice of the
 // fault but its last unit), each into a bucket of its own among the busy
-// ones: the partition they pause is busy.
-func hotRanges(cfg processConfig) []hotRange {
+// ones, chosen by the seed: the partition they pause is busy.
+func hotRanges(cfg processConfig, seed uint64) []hotRange {
 	ends := sliceEnds(cfg.Faults, cfg.Events)
 	var hot []hotRange
 	for i, k := range cfg.Faults {
 		if k == "pause-busy" || k == "stop-kill" {
 			from, to := ends[i], ends[i+1]
 			w := sliceWeight(k)
-			hot = append(hot, hotRange{from: from, to: from + (to-from)*(w-1)/w, bucket: (3 * len(hot)) % (cfg.Buckets - cfg.IdleBuckets)})
+			hot = append(hot, hotRange{from: from, to: from + (to-from)*(w-1)/w, bucket: int((seed + 3*uint64(len(hot))) % uint64(cfg.Buckets-cfg.IdleBuckets))})
 		}
 	}
 	return hot

@@ -31,6 +31,12 @@
 // consumer group every acknowledged event, while the keys' primaries are
 // SIGKILLed; -rejoin measures a paused member's catch-up (tail or
 // snapshot).
+//
+// `gridchaos process [flags]` checks exactly-once event processors under
+// failure (process.go): events with unique ids flow through a two-stage
+// processor chain that crosses partitions through the outbox while nodes
+// are SIGKILLed and paused; every event's effect must be there exactly
+// once and every projection must equal its recomputation.
 package main
 
 import (
@@ -147,6 +153,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "journal" {
 		os.Exit(journalMain(os.Args[2:])) // journal.go
+	}
+	if len(os.Args) > 1 && os.Args[1] == "process" {
+		os.Exit(processMain(os.Args[2:])) // process.go
 	}
 	var cfg Config
 	var script string

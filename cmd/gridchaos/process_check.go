@@ -206,7 +206,7 @@ func readDeadLetters(ctx context.Context, c *client.Client, stream string, part 
 		}
 		if sample == "" {
 			if dl, err := process.DecodeDeadLetter(evs[0].Value); err == nil {
-				sample = fmt.Sprintf("%s %s partition %d position %d key %q: %s", dl.Processor, dl.Stream, dl.Partition, dl.Position, dl.Key, dl.Error)
+				sample = fmt.Sprintf("%s %s partition %d position %d, %d events: %s", dl.Processor, dl.Source, dl.Partition, dl.Position, len(dl.Events), dl.Error)
 			} else {
 				sample = fmt.Sprintf("undecodable %q", evs[0].Value)
 			}

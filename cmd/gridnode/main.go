@@ -222,6 +222,8 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	respMap := fs.String("resp-map", resp.DefaultConfig().DefaultMap, "map that Redis connections use before SELECT")
 	journalRecs := fs.Int("journal-records", cfg.JournalRecords, "records each partition's journal retains (listeners resume and replicas catch up by tail within it)")
 	journalBytes := fs.Int("journal-bytes", cfg.JournalBytes, "bytes each partition's journal retains at most")
+	streamRecs := fs.Int("stream-records", cfg.StreamRecords, "events each stream retains per partition (never dropping one a consumer group or processor has not committed: publishers get ErrStreamFull)")
+	streamBytes := fs.Int("stream-bytes", cfg.StreamBytes, "bytes each stream retains per partition at most")
 	procs := fs.String("processors", "", "built-in event processor sets to run, comma-separated ("+strings.Join(builtin.Names(), ", ")+"); every member must run the same")
 
 	envKey := func(name string) string { return "GRID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
@@ -276,6 +278,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	cfg.Backups = *backups
 	cfg.MaxValueSize = *maxValue
 	cfg.JournalRecords, cfg.JournalBytes = *journalRecs, *journalBytes
+	cfg.StreamRecords, cfg.StreamBytes = *streamRecs, *streamBytes
 	cfg.Profile = cluster.Profile(*profile)
 	cfg.LeaseDuration = *lease
 	if cfg.Profile != cluster.ProfileLAN && cfg.Profile != cluster.ProfileTest {

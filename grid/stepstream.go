@@ -33,7 +33,7 @@ func reserved(name string) bool { return strings.HasPrefix(name, ReservedPrefix)
 // without room (ErrStreamFull: a consumer group holds its oldest events)
 // fails the step at commit, and nothing applies.
 func (v *StepView) Publish(stream, key string, event []byte) {
-	if !v.usable(key, true) {
+	if !v.usable(key, true) || !v.writable(stream) {
 		return
 	}
 	if stream == "" {
@@ -94,7 +94,7 @@ func (v *StepView) Position(stream, group string) (uint64, bool) {
 // SetPosition buffers group's committed position in stream (pos > 0; 0
 // deletes the group, releasing the events it held).
 func (v *StepView) SetPosition(stream, group string, pos uint64) {
-	if !v.usable("", false) {
+	if !v.usable("", false) || !v.writable(stream) || !v.writable(group) {
 		return
 	}
 	if stream == "" || group == "" {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/api"
 )
 
@@ -56,5 +57,31 @@ func TestFunctionsCannotWriteReservedNames(t *testing.T) {
 	}
 	if v, err := nd.Map(grid.ReservedPrefix+"inbox").Get(ctx, "{p0}outbox/1"); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("the reserved map holds %q (%v)", v, err)
+	}
+}
+
+// A step's event larger than a stream keeps is refused even when the step
+// creates the stream: it was accepted then (the size was checked only for
+// an existing stream), unlike a Publish's.
+func TestStepEventLargerThanANewStreamKeepsIsRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := gridtest.New(t, 1, func(_ int, cfg *grid.Config) { cfg.StreamBytes = 4096 })
+	nd := c.Nodes[0]
+	ctx := ctxT(t, 20*time.Second)
+	if err := nd.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key := "{" + nd.PartitionTag(0) + "}"
+	if _, err := nd.Publish(ctx, "a", key, make([]byte, 8192)); !errors.Is(err, api.ErrValueTooLarge) {
+		t.Fatalf("publish of an event larger than the stream keeps: %v, want ErrValueTooLarge", err)
+	}
+	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
+		v.Publish("b", key, make([]byte, 8192))
+		return nil, v.Err()
+	}
+	if _, _, err := nd.StepAt(ctx, 0, "big", fn, 0); !errors.Is(err, api.ErrValueTooLarge) {
+		t.Fatalf("a step's event larger than a new stream keeps: %v, want ErrValueTooLarge", err)
 	}
 }

@@ -154,6 +154,14 @@ func (v *StepView) checkStreamWrites() error {
 		if !isStreamMut(mu.Kind) {
 			continue
 		}
+		size := 0
+		if mu.Kind == wire.MutPublish {
+			// Checked for a stream this step creates too.
+			size = entrySize(&wire.JournalEntry{Events: []wire.JournalEvent{{Map: mu.Map, Key: mu.Key, Value: mu.Value}}})
+			if size > p.streamBytes {
+				return fmt.Errorf("%w: an event of %d bytes in a stream kept within %d bytes per partition", api.ErrValueTooLarge, size, p.streamBytes)
+			}
+		}
 		s := p.logs[mu.Map]
 		if s == nil {
 			if mu.Kind == wire.MutGroup && len(mu.Value) == 0 {
@@ -166,10 +174,6 @@ func (v *StepView) checkStreamWrites() error {
 		}
 		switch mu.Kind {
 		case wire.MutPublish:
-			size := entrySize(&wire.JournalEntry{Events: []wire.JournalEvent{{Map: mu.Map, Key: mu.Key, Value: mu.Value}}})
-			if size > p.streamBytes {
-				return fmt.Errorf("%w: an event of %d bytes in a stream kept within %d bytes per partition", api.ErrValueTooLarge, size, p.streamBytes)
-			}
 			if err := s.room(size); err != nil {
 				return err
 			}

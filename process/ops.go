@@ -127,12 +127,29 @@ func (r *Runtime) Replay(ctx context.Context, name string, part int, from uint64
 	if part < 0 || part >= r.node.Partitions() || from == 0 {
 		return fmt.Errorf("%w: partition %d of %d, position %d (> 0)", api.ErrBadRequest, part, r.node.Partitions(), from)
 	}
-	args, err := msgpack.Marshal(&seekArgs{Stream: p.Stream, Group: p.group(), Pos: from})
+	if err := r.checkEnd(ctx, part, from); err != nil {
+		return err
+	}
+	args, err := msgpack.Marshal(&seekArgs{Stream: p.positions(), Group: p.group(), Pos: from})
 	if err != nil {
 		return err
 	}
 	_, err = r.node.Execute(ctx, grid.StepCall{Partition: part, Name: seekStep, Args: args})
 	return err
+}
+
+// checkEnd refuses a replay position beyond partition part's history
+// (the position its next record takes): the run would read it as a lost
+// history and go back to the oldest retained event.
+func (r *Runtime) checkEnd(ctx context.Context, part int, from uint64) error {
+	ends, err := r.node.JournalEnds(ctx)
+	if err != nil {
+		return err
+	}
+	if end := ends[part]; from > end {
+		return fmt.Errorf("%w: position %d is beyond partition %d's history (its next position is %d)", api.ErrBadRequest, from, part, end)
+	}
+	return nil
 }
 
 func (r *Runtime) paused(name string) bool {

@@ -228,7 +228,7 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 				e := toEvent(&us[i].events[j], attempt)
 				c := &Context{v: v, proc: proc.Name, ev: &e, out: &out}
 				if err := proc.Handler(fctx, c, e); err != nil {
-					return nil, err
+					return nil, &ownError{err}
 				}
 				if c.err != nil {
 					return nil, c.err
@@ -257,12 +257,21 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 	if i < 0 && len(us) == 1 && errors.Is(err, api.ErrValueTooLarge) {
 		i = 0 // the unit's writes can never fit one record
 	}
-	if i >= 0 && ctx.Err() == nil && handlerFault(err) {
+	var own *ownError
+	if i >= 0 && ctx.Err() == nil && (handlerFault(err) || errors.As(err, &own)) {
 		proc.stats.failures.Add(1)
 		return &handlerError{index: int(i), err: err}
 	}
 	return err
 }
+
+// ownError is an error a handler returned: its failure whatever it wraps
+// (a grid code from a call it made, ErrUnavailable say, is not this
+// partition's step failing).
+type ownError struct{ err error }
+
+func (e *ownError) Error() string { return e.err.Error() }
+func (e *ownError) Unwrap() error { return e.err }
 
 // handlerFault reports whether an error met while the handler ran is the
 // handler's (its error, panic, budget, bad writes), not the grid's (the
@@ -338,20 +347,71 @@ func (r *Runtime) skipGap(ctx context.Context, proc *registered, part int, pos u
 // parkAndMove publishes dl into proc's dead letters and moves the position
 // from pos to next, in one record.
 func (r *Runtime) parkAndMove(ctx context.Context, proc *registered, part int, pos, next uint64, key string, dl DeadLetter) error {
-	b, err := msgpack.Marshal(&dl)
-	if err != nil {
-		return err
-	}
-	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
-		if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
-			return nil, errPositionMoved
+	return publishDeadLetter(dl, func(b []byte) error {
+		fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
+			if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
+				return nil, errPositionMoved
+			}
+			v.Publish(DeadLetters(proc.Name), key, b)
+			v.SetPosition(proc.positions(), proc.group(), next)
+			return nil, v.Err()
 		}
-		v.Publish(DeadLetters(proc.Name), key, b)
-		v.SetPosition(proc.positions(), proc.group(), next)
-		return nil, v.Err()
+		_, _, err := r.node.StepAt(ctx, part, proc.Name+".dlq", fn, 0)
+		return err
+	})
+}
+
+// publishDeadLetter encodes dl and publishes it with publish; a dead
+// letter too large for the dead-letter stream (the event filled its own
+// stream, the error is long) goes without the events' contents, then
+// without the events: parking must never fail for size, or the
+// partition's processor would retry it forever.
+func publishDeadLetter(dl DeadLetter, publish func(b []byte) error) error {
+	var err error
+	for _, d := range []DeadLetter{dl, dl.withoutValues(), dl.withoutEvents()} {
+		b, merr := msgpack.Marshal(&d)
+		if merr != nil {
+			return merr
+		}
+		if err = publish(b); !errors.Is(err, api.ErrValueTooLarge) {
+			return err
+		}
 	}
-	_, _, err = r.node.StepAt(ctx, part, proc.Name+".dlq", fn, 0)
 	return err
+}
+
+// Bounds of a dead letter's parts once it was too large.
+const (
+	maxParkedKey   = 256
+	maxParkedError = 1024
+)
+
+// withoutValues is dl with its events' values left out, keys and error
+// cut to a bound.
+func (dl DeadLetter) withoutValues() DeadLetter {
+	d := dl
+	d.Events = make([]ParkedEvent, len(dl.Events))
+	for i, e := range dl.Events {
+		d.Events[i] = ParkedEvent{Kind: e.Kind, Key: cut(e.Key, maxParkedKey)}
+	}
+	d.Error = cut(dl.Error, maxParkedError) + " (the events' values were left out: too large for the dead-letter stream)"
+	return d
+}
+
+// withoutEvents is dl without its events, its error cut to a bound.
+func (dl DeadLetter) withoutEvents() DeadLetter {
+	d := dl
+	d.Events = nil
+	d.Error = cut(dl.Error, maxParkedError) + fmt.Sprintf(" (the record's %d events were left out: too large for the dead-letter stream)", len(dl.Events))
+	return d
+}
+
+// cut returns s cut to at most n bytes.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
 
 // park parks an outbox event no target can take in its processor's dead
@@ -361,17 +421,15 @@ func (r *Runtime) park(ctx context.Context, part int, procName, key string, pos 
 		procName = "outbox"
 	}
 	dl := DeadLetter{Processor: procName, Source: outboxStream, Partition: part, Position: pos, Events: []ParkedEvent{ev}, Error: cause.Error()}
-	b, err := msgpack.Marshal(&dl)
-	if err != nil {
-		return err
-	}
 	r.log.Warn("outbox event parked", "processor", procName, "partition", part, "position", pos, "err", cause)
-	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
-		v.Publish(DeadLetters(procName), key, b)
-		return nil, v.Err()
-	}
-	_, _, err = r.node.StepAt(ctx, part, "outbox.dlq", fn, 0)
-	return err
+	return publishDeadLetter(dl, func(b []byte) error {
+		fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
+			v.Publish(DeadLetters(procName), key, b)
+			return nil, v.Err()
+		}
+		_, _, err := r.node.StepAt(ctx, part, "outbox.dlq", fn, 0)
+		return err
+	})
 }
 
 // currentPosition reads proc's committed position at part.

@@ -1,0 +1,246 @@
+package process_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/process"
+)
+
+// small is a node config for single-node tests: few partitions.
+func small(_ int, cfg *grid.Config) { cfg.Partitions = 16 }
+
+// get reads key of map m as a string ("" when absent).
+func get(ctx context.Context, nd *grid.Node, m, key string) string {
+	v, _ := nd.Map(m).Get(ctx, key)
+	return string(v)
+}
+
+// deadLetters reads processor name's dead letters at key's partition.
+func deadLetters(t *testing.T, ctx context.Context, nd *grid.Node, name, key string) []process.DeadLetter {
+	t.Helper()
+	part := affinity.Partition(key, nd.Partitions())
+	evs, _, err := nd.ReadStream(ctx, process.DeadLetters(name), part, 1, 100)
+	var trimmed *api.TrimmedError
+	if errors.As(err, &trimmed) {
+		evs, _, err = nd.ReadStream(ctx, process.DeadLetters(name), part, trimmed.Oldest, 100)
+	}
+	if err != nil {
+		t.Fatalf("read dead letters: %v", err)
+	}
+	var out []process.DeadLetter
+	for _, e := range evs {
+		dl, err := process.DecodeDeadLetter(e.Value)
+		if err != nil {
+			t.Fatalf("dead letter: %v", err)
+		}
+		out = append(out, dl)
+	}
+	return out
+}
+
+// waitRunning waits until every processor holds a position at every
+// partition (its first runs registered it): events published from then
+// on are held for it.
+func (g *grid3) waitRunning(t *testing.T) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "every processor running at every partition", func() bool {
+		held := map[string]int{}
+		for _, rt := range g.rts {
+			if rt == nil {
+				continue
+			}
+			for _, st := range rt.Status() {
+				for _, ps := range st.Partitions {
+					if ps.Position > 0 {
+						held[st.Name]++
+					}
+				}
+			}
+		}
+		for _, p := range g.procs() {
+			if held[p.Name] < g.Live()[0].Partitions() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Replay of a processor bound to a map's change feed moves its position
+// (kept in the feed's positions stream): the change is handled again.
+func TestReplayOfAMapFeedProcessor(t *testing.T) {
+	var at atomic.Uint64
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "audit", Map: "accounts", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			at.Store(e.Position)
+			count(c, "audit", e.Key)
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	if err := nd.Map("accounts").Put(ctx, "{a}1", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the change handled", func() bool { return get(ctx, nd, "audit", "{a}1") == "1" })
+	part := affinity.Partition("{a}1", nd.Partitions())
+	if err := g.rts[0].Replay(ctx, "audit", part, at.Load()); err != nil {
+		t.Fatalf("replay of a map-feed processor: %v", err)
+	}
+	waitFor(t, 20*time.Second, "the change handled again", func() bool { return get(ctx, nd, "audit", "{a}1") == "2" })
+}
+
+// A replay to a position beyond the partition's history is refused: the
+// run must not treat it as a lost history and go back to the oldest
+// retained event (which handled every retained event again and parked a
+// gap that never was).
+func TestReplayBeyondTheEndIsRefused(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			count(c, "done", "{a}"+string(e.Value))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	if _, err := nd.Publish(ctx, "s", "{a}", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "x handled", func() bool { return get(ctx, nd, "done", "{a}x") == "1" })
+	part := affinity.Partition("{a}", nd.Partitions())
+	if err := g.rts[0].Replay(ctx, "p", part, 1<<62); !errors.Is(err, api.ErrBadRequest) {
+		t.Fatalf("replay beyond the partition's end: %v, want ErrBadRequest", err)
+	}
+	if _, err := nd.Publish(ctx, "s", "{a}", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "y handled", func() bool { return get(ctx, nd, "done", "{a}y") == "1" })
+	time.Sleep(500 * time.Millisecond)
+	if x := get(ctx, nd, "done", "{a}x"); x != "1" {
+		t.Fatalf("x handled %s times, want 1", x)
+	}
+	if dls := deadLetters(t, ctx, nd, "p", "{a}"); len(dls) != 0 {
+		t.Fatalf("dead letters %+v, want none", dls)
+	}
+}
+
+// An event the stream accepted, whose dead letter (the event plus the
+// processor's name and the error) no longer fits the dead-letter stream,
+// is still parked (without its contents) and the processor goes on: it
+// once failed to park forever, wedging the partition.
+func TestEventTooLargeForItsDeadLetterIsParked(t *testing.T) {
+	const streamBytes = 16 << 10
+	g := newGridWith(t, 1, func(i int, cfg *grid.Config) {
+		small(i, cfg)
+		cfg.StreamBytes = streamBytes
+	}, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", MaxAttempts: 2, Backoff: time.Millisecond, Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			if len(e.Value) > 100 {
+				return errors.New("cannot handle a large event")
+			}
+			count(c, "done", "{a}"+string(e.Value))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	// The largest event the stream takes.
+	size := streamBytes
+	for ; size > 0; size -= 8 {
+		_, err := nd.Publish(ctx, "s", "{a}", make([]byte, size))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, api.ErrValueTooLarge) {
+			t.Fatal(err)
+		}
+	}
+	// The stream holds each large event until the processor moved past
+	// it: a second one (the first dead letter created the dead-letter
+	// stream) and then a small one.
+	for _, ev := range [][]byte{make([]byte, size), []byte("next")} {
+		waitFor(t, 20*time.Second, "room after a large event", func() bool {
+			_, err := nd.Publish(ctx, "s", "{a}", ev)
+			if err != nil && !errors.Is(err, api.ErrStreamFull) {
+				t.Fatal(err)
+			}
+			return err == nil
+		})
+	}
+	waitFor(t, 20*time.Second, "the event after the large one handled", func() bool { return get(ctx, nd, "done", "{a}next") == "1" })
+	if st := g.rts[0].Status(); st[0].Parked != 2 {
+		t.Fatalf("%d events parked, want the 2 large ones", st[0].Parked)
+	}
+	// The dead-letter stream keeps its own bytes' worth: the last one.
+	dls := deadLetters(t, ctx, nd, "p", "{a}")
+	last := dls[len(dls)-1]
+	if !strings.Contains(last.Error, "cannot handle a large event") || len(last.Events) != 1 || last.Events[0].Key != "{a}" {
+		t.Fatalf("dead letter %q with %d events: want the large event's key and error", last.Error, len(last.Events))
+	}
+	t.Logf("events of %d bytes parked: %s", size, last.Error)
+}
+
+// An event emitted with an empty key is delivered to the empty key's
+// partition: Deliver once sent it to partition 0, whose step refused the
+// key (not collocated), and retried forever, wedging the outbox.
+func TestEmitWithAnEmptyKeyIsDelivered(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{
+			{Name: "p", Stream: "s", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+				c.Emit("out", "", e.Value)
+				return nil
+			}},
+			{Name: "q", Stream: "out", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+				c.Set("done", e.Key, e.Value, 0) // the event's key: ""
+				return nil
+			}},
+		}
+	})
+	if affinity.Partition("", 16) == 0 {
+		t.Fatal("the test needs the empty key outside partition 0")
+	}
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	if _, err := nd.Publish(ctx, "s", "{a}", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the emitted event handled", func() bool { return get(ctx, nd, "done", "") == "x" })
+}
+
+// A handler's own error that wraps a grid error code (here what another
+// grid call answered, ErrUnavailable) is the handler's failure: retried
+// MaxAttempts times, then parked. It was taken for the grid's (the
+// partition moved) and retried forever, wedging the partition.
+func TestHandlerErrorWithAGridCodeIsParked(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", MaxAttempts: 2, Backoff: time.Millisecond, Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			if string(e.Value) == "bad" {
+				return fmt.Errorf("downstream call: %w", api.ErrUnavailable)
+			}
+			count(c, "done", "{a}"+string(e.Value))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	for _, v := range []string{"bad", "next"} {
+		if _, err := nd.Publish(ctx, "s", "{a}", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "the event after the failing one handled", func() bool { return get(ctx, nd, "done", "{a}next") == "1" })
+	dls := deadLetters(t, ctx, nd, "p", "{a}")
+	if len(dls) != 1 || len(dls[0].Events) != 1 || string(dls[0].Events[0].Value) != "bad" {
+		t.Fatalf("dead letters %+v: want the bad event's", dls)
+	}
+}

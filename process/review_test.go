@@ -244,3 +244,38 @@ func TestHandlerErrorWithAGridCodeIsParked(t *testing.T) {
 		t.Fatalf("dead letters %+v: want the bad event's", dls)
 	}
 }
+
+// Events published once Register returned are held for the processor
+// and handled: the processor's position at a partition was registered
+// only by its first run there (up to Config.Supervise later), so an event
+// published in between could be dropped by the stream's retention,
+// silently.
+func TestEventsPublishedAfterRegisterAreHandled(t *testing.T) {
+	const streamBytes = 16 << 10
+	g := newGridWith(t, 1, func(i int, cfg *grid.Config) {
+		small(i, cfg)
+		cfg.StreamBytes = streamBytes
+	}, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			count(c, "done", "{a}"+string(e.Value[:1]))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	// Two events that do not fit the stream together: the second waits
+	// for room once the processor holds the first.
+	for _, v := range []string{"1", "2"} {
+		ev := append([]byte(v), make([]byte, streamBytes/2)...)
+		waitFor(t, 20*time.Second, "room for event "+v, func() bool {
+			_, err := nd.Publish(ctx, "s", "{a}", ev)
+			if err != nil && !errors.Is(err, api.ErrStreamFull) {
+				t.Fatal(err)
+			}
+			return err == nil
+		})
+	}
+	waitFor(t, 20*time.Second, "both events handled", func() bool {
+		return get(ctx, nd, "done", "{a}1") == "1" && get(ctx, nd, "done", "{a}2") == "1"
+	})
+}

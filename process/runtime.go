@@ -129,18 +129,54 @@ func Start(node *grid.Node, cfg Config) (*Runtime, error) {
 
 // Register adds a processor; it starts at every partition this node leads.
 // A processor's position starts at the oldest retained event of each
-// partition's stream the first time it runs there.
+// partition's stream the first time it runs there, or Register registers
+// it: it returns once the processor holds a position at every partition
+// this node leads (as far as it could within registerTimeout), so the
+// events published there from then on are held for it.
 func (r *Runtime) Register(p Processor) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if _, ok := r.procs[p.Name]; ok {
+		r.mu.Unlock()
 		return fmt.Errorf("%w: %s is registered already", ErrBadProcessor, p.Name)
 	}
-	r.procs[p.Name] = &registered{Processor: p.withDefaults(), parts: make([]partStats, r.node.Partitions())}
+	reg := &registered{Processor: p.withDefaults(), parts: make([]partStats, r.node.Partitions())}
+	r.procs[p.Name] = reg
+	r.mu.Unlock()
+	r.holdPositions(reg)
 	return nil
+}
+
+// registerTimeout bounds Register's registration of positions.
+const registerTimeout = 5 * time.Second
+
+// holdPositions registers proc's position at every partition this node
+// leads (a few at a time); one that fails is left to the partition's run.
+func (r *Runtime) holdPositions(proc *registered) {
+	ctx, cancel := context.WithTimeout(r.ctx, registerTimeout)
+	defer cancel()
+	if err := r.node.WaitReady(ctx); err != nil {
+		r.quiet(ctx, -1, proc.Name+" register", err)
+		return
+	}
+	src := grid.LocalRead{Name: proc.source(), Feed: proc.Map != ""}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for part := range r.node.Partitions() {
+		if !r.node.Leads(part) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := r.startPosition(ctx, part, src, proc.positions(), proc.group()); err != nil {
+				r.quiet(ctx, part, proc.Name+" register", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // Close stops every run and waits for them.

@@ -279,3 +279,88 @@ func TestEventsPublishedAfterRegisterAreHandled(t *testing.T) {
 		return get(ctx, nd, "done", "{a}1") == "1" && get(ctx, nd, "done", "{a}2") == "1"
 	})
 }
+
+// A map-feed processor whose map is quiet while other maps of its
+// partitions are busy parks no gap when its run starts again (a
+// failover, a restart): its position stayed at its last handled change
+// while the run read past the other maps' records, so the next run
+// found it trimmed and parked a gap in which no change was lost.
+func TestQuietFeedParksNoGapOnRestart(t *testing.T) {
+	g := newGridWith(t, 1, func(i int, cfg *grid.Config) {
+		small(i, cfg)
+		cfg.JournalRecords = 32
+	}, func() []process.Processor {
+		return []process.Processor{{Name: "audit", Map: "accounts", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			count(c, "audit", e.Key)
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	if err := nd.Map("accounts").Put(ctx, "{a}1", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the first change handled", func() bool { return get(ctx, nd, "audit", "{a}1") == "1" })
+	// Other maps' writes, well past the journal's 32 records, in bursts
+	// the run reads past as they come.
+	for i := range 16 {
+		for j := range 8 {
+			if err := nd.Map("other").Put(ctx, "{a}o", []byte(fmt.Sprint(i, j))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	g.rts[0].Close()
+	g.rts[0] = g.startRuntime(t, 0)
+	if err := nd.Map("accounts").Put(ctx, "{a}2", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the second change handled", func() bool { return get(ctx, nd, "audit", "{a}2") == "1" })
+	if dls := deadLetters(t, ctx, nd, "audit", "{a}"); len(dls) != 0 {
+		t.Fatalf("dead letters %+v: want none (no change was lost)", dls)
+	}
+}
+
+// A map-feed processor that fell behind its journal's retention (paused
+// while its map changed more than JournalRecords times) parks one gap and
+// handles the retained changes and the later ones. With the journal full,
+// the gap's own record dropped the oldest change again, so the run parked
+// a gap after a gap forever (tens of thousands a second), never handling
+// anything.
+func TestFeedGapIsParkedOnceAndTheProcessorGoesOn(t *testing.T) {
+	g := newGridWith(t, 1, func(i int, cfg *grid.Config) {
+		small(i, cfg)
+		cfg.JournalRecords = 32
+	}, func() []process.Processor {
+		return []process.Processor{{Name: "audit", Map: "accounts", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			c.Set("audit", e.Key, e.Value, 0)
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	if err := g.rts[0].Pause(ctx, "audit"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * process.DefaultConfig().Poll)
+	const n = 200
+	for i := range n {
+		if err := nd.Map("accounts").Put(ctx, "{a}k", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.rts[0].Resume(ctx, "audit"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the last change handled", func() bool { return get(ctx, nd, "audit", "{a}k") == fmt.Sprint(n-1) })
+	if err := nd.Map("accounts").Put(ctx, "{a}k", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "a later change handled", func() bool { return get(ctx, nd, "audit", "{a}k") == "after" })
+	st := g.rts[0].Status()[0]
+	if st.Gaps != 1 || st.Handled < 2 {
+		t.Fatalf("%d gaps parked, %d changes handled: want 1 gap and the retained changes handled", st.Gaps, st.Handled)
+	}
+}

@@ -86,11 +86,12 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 		le, err := r.read(ctx, proc, part, cursor, r.cfg.Poll)
 		var trimmed *api.TrimmedError
 		if errors.As(err, &trimmed) || errors.Is(err, api.ErrJournalTrimmed) {
-			pos, err = r.skipGap(ctx, proc, part, pos, trimmed)
-			cursor = pos
-			ps.position.Store(pos)
+			// le: the events after the gap, read before the gap's record
+			// could drop them (a full journal drops one per record).
+			le, err = r.skipGap(ctx, proc, part, pos, trimmed)
 			if err == nil {
-				continue
+				pos, cursor = le.Committed, le.Committed
+				ps.position.Store(pos)
 			}
 		}
 		if err != nil {
@@ -105,6 +106,11 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 		}
 		cursor = le.Next
 		if len(le.Events) == 0 {
+			if pos, err = r.followQuiet(ctx, proc, part, pos, cursor, le.Oldest); err != nil {
+				r.quiet(ctx, part, proc.Name+" quiet position", err)
+				return
+			}
+			ps.position.Store(pos)
 			continue
 		}
 		next, err := r.handleUnits(ctx, proc, part, pos, units(le.Events))
@@ -326,22 +332,50 @@ func (p *registered) deadLetter(part int, u unit, cause error) DeadLetter {
 // skipGap records, in the dead letters, that events from pos were dropped
 // by retention before the processor handled them (a stream's group holds
 // its events, so there only a lost history does that; a map's journal is
-// not held), and moves on to the oldest retained one.
-func (r *Runtime) skipGap(ctx context.Context, proc *registered, part int, pos uint64, t *api.TrimmedError) (uint64, error) {
+// not held), and moves on to the oldest retained one. It answers the
+// events from there, read before the gap's record was written (which may
+// drop the oldest of them from a full journal: read after it, they were
+// a gap again, forever), with Committed the new position.
+func (r *Runtime) skipGap(ctx context.Context, proc *registered, part int, pos uint64, t *api.TrimmedError) (grid.LocalEvents, error) {
 	oldest := pos
 	if t != nil {
 		oldest = t.Oldest
 	} else if le, err := r.read(ctx, proc, part, 0, 0); err == nil {
 		oldest = le.Oldest // the history restarted: go on from its start
 	}
+	after, err := r.read(ctx, proc, part, oldest, 0)
+	if err != nil {
+		return after, err
+	}
 	dl := DeadLetter{Processor: proc.Name, Source: proc.source(), Partition: part, Position: pos, Gap: oldest,
 		Error: fmt.Sprintf("events from position %d to %d are gone (past retention, or a lost history) and were not handled", pos, oldest-1)}
 	if err := r.parkAndMove(ctx, proc, part, pos, oldest, outboxKey(r.node, part), dl); err != nil {
-		return pos, err
+		return after, err
 	}
 	proc.stats.gaps.Add(1)
 	r.log.Warn("processor skipped a gap past retention", "processor", proc.Name, "partition", part, "from", pos, "to", oldest)
-	return oldest, nil
+	after.Committed = oldest
+	return after, nil
+}
+
+// followQuiet moves a map-feed processor's position from pos to cursor
+// when its run read past records of other maps only (none of its map in
+// between) and pos fell into the older half of the retained journal: the
+// journal is not held for processors, so a position left there would be
+// found trimmed by the next run (a failover, a restart) and parked as a
+// gap in which no change was lost. At most one record per half journal.
+func (r *Runtime) followQuiet(ctx context.Context, proc *registered, part int, pos, cursor, oldest uint64) (uint64, error) {
+	if proc.Map == "" || cursor <= pos || (pos >= oldest && pos-oldest >= (cursor-oldest)/2) {
+		return pos, nil
+	}
+	err := r.commitPosition(ctx, part, proc.positions(), proc.group(), pos, cursor)
+	switch {
+	case err == nil:
+		return cursor, nil
+	case errors.Is(err, errPositionMoved):
+		return pos, nil // the next read follows the grid
+	}
+	return pos, err
 }
 
 // parkAndMove publishes dl into proc's dead letters and moves the position

@@ -91,6 +91,18 @@ func (v *StepView) Position(stream, group string) (uint64, bool) {
 	return pos, found
 }
 
+// End returns the position the partition's next record takes: every
+// position of its history (a stream's events, the journal's records) is
+// below it. It only grows, so a position found at or below it stays so.
+func (v *StepView) End() uint64 {
+	if !v.usable("", false) || !v.lockPrimary() {
+		return 0
+	}
+	end := v.p.lsn + 1
+	v.p.mu.Unlock()
+	return end
+}
+
 // SetPosition buffers group's committed position in stream (pos > 0; 0
 // deletes the group, releasing the events it held).
 func (v *StepView) SetPosition(stream, group string, pos uint64) {

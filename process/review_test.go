@@ -13,6 +13,7 @@ import (
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/process"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // small is a node config for single-node tests: few partitions.
@@ -362,5 +363,66 @@ func TestFeedGapIsParkedOnceAndTheProcessorGoesOn(t *testing.T) {
 	st := g.rts[0].Status()[0]
 	if st.Gaps != 1 || st.Handled < 2 {
 		t.Fatalf("%d gaps parked, %d changes handled: want 1 gap and the retained changes handled", st.Gaps, st.Handled)
+	}
+}
+
+// Events flow through the two-stage chain while a node joins (partitions
+// move to it, their runs and deliverers start there) and leaves again
+// (they move back): every acknowledged event's effects apply once at
+// both stages.
+func TestExactlyOnceThroughJoinAndLeave(t *testing.T) {
+	parts := func(cfg *grid.Config) { cfg.Partitions = 32 }
+	g := newGridWith(t, 3, func(_ int, cfg *grid.Config) { parts(cfg) }, twoStage)
+	ctx := ctxT(t, 180*time.Second)
+	pub := g.Nodes[0]
+	var acked, unknown []int
+	const n = 600
+	for i := range n {
+		switch i {
+		case n / 3:
+			j := g.Add(parts)
+			g.rts = append(g.rts, g.startRuntime(t, j))
+		case n / 2:
+			g.WaitStable(30 * time.Second)
+			led := 0
+			for p := range 32 {
+				if g.Nodes[3].Leads(p) {
+					led++
+				}
+			}
+			t.Logf("the new node leads %d partitions", led)
+		case 2 * n / 3:
+			g.rts[3].Close()
+			g.rts[3] = nil
+			g.Leave(3)
+		}
+		id := fmt.Sprint(i)
+		_, err := pub.Publish(ctx, "in", "k-"+id, []byte(id))
+		switch {
+		case err == nil:
+			acked = append(acked, i)
+		case errors.Is(err, api.ErrTimeout):
+			unknown = append(unknown, i)
+		default:
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	waitEffects(t, ctx, pub, acked, unknown)
+}
+
+// A runtime closed and started again on the same node with the same
+// Prometheus registry starts: Close unregisters its metrics (Start once
+// failed with a duplicate registration).
+func TestRuntimeRestartsWithTheSameRegistry(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor { return nil })
+	reg := prometheus.NewRegistry()
+	cfg := process.DefaultConfig()
+	cfg.Registerer = reg
+	for range 2 {
+		rt, err := process.Start(g.Nodes[0], cfg)
+		if err != nil {
+			t.Fatalf("start with the registry again: %v", err)
+		}
+		rt.Close()
 	}
 }

@@ -57,7 +57,8 @@ type Runtime struct {
 	pausedMu sync.RWMutex
 	pausedBy map[string]bool // processor -> paused (refreshed from the grid)
 
-	stats runtimeStats
+	stats   runtimeStats
+	metrics *collector // registered with Config.Registerer (nil: none)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -116,7 +117,8 @@ func Start(node *grid.Node, cfg Config) (*Runtime, error) {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(&collector{r: r}); err != nil {
+		r.metrics = &collector{r: r}
+		if err := cfg.Registerer.Register(r.metrics); err != nil {
 			cancel()
 			return nil, err
 		}
@@ -179,10 +181,14 @@ func (r *Runtime) holdPositions(proc *registered) {
 	wg.Wait()
 }
 
-// Close stops every run and waits for them.
+// Close stops every run and waits for them, and unregisters the
+// runtime's metrics.
 func (r *Runtime) Close() {
 	r.cancel()
 	r.wg.Wait()
+	if r.metrics != nil {
+		r.cfg.Registerer.Unregister(r.metrics)
+	}
 }
 
 // supervise starts a run for every (processor, partition) and every

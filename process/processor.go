@@ -141,11 +141,12 @@ func DeadLetters(processor string) string { return processor + ".dlq" }
 // writes of entries collocated with the event's key, and events to emit.
 // It is valid only during the handler call.
 type Context struct {
-	v    *grid.StepView
-	proc string
-	ev   *Event
-	out  *[]outEvent
-	err  error // the first misuse (a reserved name): fails the event
+	v     *grid.StepView
+	proc  string
+	ev    *Event
+	index int // the event's index among its record's (a feed's record may hold several)
+	out   *[]outEvent
+	err   error // the first misuse (a reserved name): fails the event
 }
 
 // refuse records a misuse; the handler's event fails with it.
@@ -194,7 +195,13 @@ func (c *Context) Emit(stream, key string, event []byte) {
 }
 
 // IdempotencyKey names this event's handling for effects outside the grid:
-// the same for every attempt, different for every event.
+// the same for every attempt, different for every event
+// (processor/stream/partition/position, and "/i" for the i-th event, from
+// 0, of a record past its first: a feed's record may hold several).
 func (c *Context) IdempotencyKey() string {
-	return c.proc + "/" + c.ev.Stream + "/" + strconv.Itoa(c.ev.Partition) + "/" + strconv.FormatUint(c.ev.Position, 10)
+	k := c.proc + "/" + c.ev.Stream + "/" + strconv.Itoa(c.ev.Partition) + "/" + strconv.FormatUint(c.ev.Position, 10)
+	if c.index > 0 {
+		k += "/" + strconv.Itoa(c.index)
+	}
+	return k
 }

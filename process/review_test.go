@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -424,5 +425,41 @@ func TestRuntimeRestartsWithTheSameRegistry(t *testing.T) {
 			t.Fatalf("start with the registry again: %v", err)
 		}
 		rt.Close()
+	}
+}
+
+// The events of one record (a PutAll's entries of one partition, seen by
+// a map-feed processor) have different idempotency keys: they shared
+// their position's, so an effect outside the grid deduplicated by it
+// was made for the first of them only.
+func TestIdempotencyKeysDifferWithinARecord(t *testing.T) {
+	var mu sync.Mutex
+	keys := map[string]string{} // idempotency key -> event key
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "audit", Map: "accounts", Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if k, ok := keys[c.IdempotencyKey()]; ok && k != e.Key {
+				return fmt.Errorf("events %q and %q share the idempotency key %q", k, e.Key, c.IdempotencyKey())
+			}
+			keys[c.IdempotencyKey()] = e.Key
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	entries := map[string][]byte{"{a}1": []byte("x"), "{a}2": []byte("x"), "{a}3": []byte("x")}
+	if err := nd.Map("accounts").PutAll(ctx, entries); err != nil { // one record
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the record handled or parked", func() bool {
+		st := g.rts[0].Status()[0]
+		return st.Handled+st.Parked == 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(keys) != 3 {
+		t.Fatalf("idempotency keys %v: want one per event", keys)
 	}
 }

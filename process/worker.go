@@ -232,7 +232,7 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 			failed.Store(int64(i))
 			for j := range us[i].events {
 				e := toEvent(&us[i].events[j], attempt)
-				c := &Context{v: v, proc: proc.Name, ev: &e, out: &out}
+				c := &Context{v: v, proc: proc.Name, ev: &e, index: j, out: &out}
 				if err := proc.Handler(fctx, c, e); err != nil {
 					return nil, &ownError{err}
 				}

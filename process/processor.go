@@ -145,8 +145,16 @@ type Context struct {
 	proc  string
 	ev    *Event
 	index int // the event's index among its record's (a feed's record may hold several)
-	out   *[]outEvent
-	err   error // the first misuse (a reserved name): fails the event
+	out   *outbox
+	err   error // the first misuse (a reserved name, too much emitted): fails the event
+}
+
+// outbox is what a batch's handlers emitted, and its bound: the encoded
+// events must fit one outbox event.
+type outbox struct {
+	events []outEvent
+	bytes  int // the encoding's size, over-estimated
+	limit  int
 }
 
 // refuse records a misuse; the handler's event fails with it.
@@ -187,12 +195,27 @@ func (c *Context) View() *grid.StepView { return c.v }
 // goes into this partition's outbox with the handler's other effects, and
 // is delivered once to its stream, after the commit, whatever fails in
 // between.
+//
+// What a batch emits must fit one outbox event (the node's MaxValueSize
+// and StreamBytes): an Emit past that fails the event (retried alone, then
+// parked) and keeps nothing, so a handler that emits in a loop does not
+// grow the node's memory for its whole budget.
 func (c *Context) Emit(stream, key string, event []byte) {
-	if c.refuse("stream", stream) {
+	if c.refuse("stream", stream) || c.err != nil {
 		return
 	}
-	*c.out = append(*c.out, outEvent{Proc: c.proc, Stream: stream, Key: key, Value: append([]byte(nil), event...)})
+	o := c.out
+	o.bytes += len(c.proc) + len(stream) + len(key) + len(event) + outEventOverhead
+	if o.bytes > o.limit {
+		c.err = fmt.Errorf("%w: the batch's emitted events reached %d bytes, more than one outbox event holds (%d)", api.ErrValueTooLarge, o.bytes, o.limit)
+		return
+	}
+	o.events = append(o.events, outEvent{Proc: c.proc, Stream: stream, Key: key, Value: append([]byte(nil), event...)})
 }
+
+// outEventOverhead over-estimates an emitted event's encoding besides its
+// strings and value.
+const outEventOverhead = 24
 
 // IdempotencyKey names this event's handling for effects outside the grid:
 // the same for every attempt, different for every event

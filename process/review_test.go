@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -461,5 +462,109 @@ func TestIdempotencyKeysDifferWithinARecord(t *testing.T) {
 	defer mu.Unlock()
 	if len(keys) != 3 {
 		t.Fatalf("idempotency keys %v: want one per event", keys)
+	}
+}
+
+// A handler that emits in a loop (a bug) does not grow the node's memory
+// with everything it emits: once its batch's emitted events can no longer
+// fit one outbox event, Emit refuses (the event fails, retried and
+// parked) and keeps nothing more. Emit kept a copy of every event until
+// the handler returned, up to its whole budget.
+func TestEmitsPastTheOutboxLimitAreNotKept(t *testing.T) {
+	const streamBytes = 64 << 10
+	ev := make([]byte, 4<<10)
+	const emits = 25000 // 100 MB of events
+	g := newGridWith(t, 1, func(i int, cfg *grid.Config) {
+		small(i, cfg)
+		cfg.StreamBytes = streamBytes
+	}, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", MaxAttempts: 1, Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			if string(e.Value) == "loop" {
+				for range emits {
+					c.Emit("out", "{a}", ev)
+				}
+				return nil
+			}
+			count(c, "done", "{a}"+string(e.Value))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for _, v := range []string{"loop", "next"} {
+		if _, err := nd.Publish(ctx, "s", "{a}", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "the event after the looping one handled", func() bool { return get(ctx, nd, "done", "{a}next") == "1" })
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > emits*uint64(len(ev))/2 {
+		t.Fatalf("%d MB allocated while the handler emitted %d MB: Emit kept what could never be committed", grew>>20, emits*len(ev)>>20)
+	}
+	dls := deadLetters(t, ctx, nd, "p", "{a}")
+	if len(dls) != 1 || string(dls[0].Events[0].Value) != "loop" {
+		t.Fatalf("dead letters %+v: want the looping event's", dls)
+	}
+	t.Logf("parked: %s", dls[0].Error)
+}
+
+// A batch whose events' emits or writes together do not fit one record is
+// split, never blamed on the event that crossed the limit: with
+// MaxAttempts 1 that event was parked though it fits alone.
+func TestBatchTooLargeTogetherParksNothing(t *testing.T) {
+	t.Run("emits", func(t *testing.T) {
+		ev := make([]byte, 24<<10)
+		testBatchTooLarge(t, func(_ int, cfg *grid.Config) { cfg.StreamBytes = 64 << 10 }, func(c *process.Context, e process.Event) {
+			c.Emit("out", "{a}", ev)
+		})
+	})
+	t.Run("writes", func(t *testing.T) {
+		val := make([]byte, 48<<10)
+		testBatchTooLarge(t, func(_ int, cfg *grid.Config) { cfg.MaxFrame, cfg.MaxValueSize = 256<<10, 64<<10 }, func(c *process.Context, e process.Event) {
+			c.Set("big", "{a}"+string(e.Value), val, 0)
+		})
+	})
+}
+
+// testBatchTooLarge handles three events in one batch with effect, which
+// fits one record for one event but not for three.
+func testBatchTooLarge(t *testing.T, configure func(int, *grid.Config), effect func(*process.Context, process.Event)) {
+	g := newGridWith(t, 1, func(i int, cfg *grid.Config) {
+		small(i, cfg)
+		configure(i, cfg)
+	}, func() []process.Processor {
+		return []process.Processor{
+			{Name: "p", Stream: "s", MaxAttempts: 1, Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+				effect(c, e)
+				count(c, "done", "{a}"+string(e.Value))
+				return nil
+			}},
+			{Name: "q", Stream: "out", Handler: func(context.Context, *process.Context, process.Event) error { return nil }},
+		}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	if err := g.rts[0].Pause(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * process.DefaultConfig().Poll)
+	for _, v := range []string{"1", "2", "3"} {
+		if _, err := nd.Publish(ctx, "s", "{a}", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.rts[0].Resume(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the three events handled or parked", func() bool {
+		st := g.rts[0].Status()
+		return st[0].Handled+st[0].Parked == 3
+	})
+	if st := g.rts[0].Status(); st[0].Parked != 0 {
+		t.Fatalf("%d events parked: want none (each fits alone)", st[0].Parked)
 	}
 }

@@ -227,12 +227,12 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 		if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
 			return nil, errPositionMoved
 		}
-		var out []outEvent
+		out := &outbox{limit: r.outboxLimit()}
 		for i := range us {
 			failed.Store(int64(i))
 			for j := range us[i].events {
 				e := toEvent(&us[i].events[j], attempt)
-				c := &Context{v: v, proc: proc.Name, ev: &e, index: j, out: &out}
+				c := &Context{v: v, proc: proc.Name, ev: &e, index: j, out: out}
 				if err := proc.Handler(fctx, c, e); err != nil {
 					return nil, &ownError{err}
 				}
@@ -245,8 +245,8 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 			}
 		}
 		failed.Store(-1)
-		if len(out) > 0 {
-			b, err := encodeOut(out)
+		if len(out.events) > 0 {
+			b, err := encodeOut(out.events)
 			if err != nil {
 				return nil, err
 			}
@@ -260,7 +260,12 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 		return err
 	}
 	i := failed.Load()
-	if i < 0 && len(us) == 1 && errors.Is(err, api.ErrValueTooLarge) {
+	if errors.Is(err, api.ErrValueTooLarge) {
+		if len(us) > 1 {
+			// The batch's writes or emits together do not fit one
+			// record: the caller splits it, blaming no unit.
+			return err
+		}
 		i = 0 // the unit's writes can never fit one record
 	}
 	var own *ownError

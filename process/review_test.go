@@ -568,3 +568,49 @@ func testBatchTooLarge(t *testing.T, configure func(int, *grid.Config), effect f
 		t.Fatalf("%d events parked: want none (each fits alone)", st[0].Parked)
 	}
 }
+
+// A batch that runs out of its budget blames the unit that was running
+// only if it ran alone from the batch's start: the units before it
+// commit, and it goes on in a batch of its own, not as a failed attempt
+// (with MaxAttempts 1 an event whose handler takes 40% of the budget was
+// parked whenever it came third in a batch).
+func TestBatchOutOfBudgetParksNothing(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", MaxAttempts: 1, Budget: time.Second, Handler: func(ctx context.Context, c *process.Context, e process.Event) error {
+			select {
+			case <-time.After(400 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			count(c, "done", "{a}"+string(e.Value))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	if err := g.rts[0].Pause(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * process.DefaultConfig().Poll)
+	for _, v := range []string{"1", "2", "3", "4"} {
+		if _, err := nd.Publish(ctx, "s", "{a}", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.rts[0].Resume(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the four events handled or parked", func() bool {
+		st := g.rts[0].Status()
+		return st[0].Handled+st[0].Parked == 4
+	})
+	if st := g.rts[0].Status(); st[0].Parked != 0 {
+		t.Fatalf("%d events parked: want none (each takes 40%% of the budget)", st[0].Parked)
+	}
+	for _, v := range []string{"1", "2", "3", "4"} {
+		if got := get(ctx, nd, "done", "{a}"+v); got != "1" {
+			t.Fatalf("event %s applied %q times, want 1", v, got)
+		}
+	}
+}

@@ -143,12 +143,19 @@ func (r *Runtime) handleUnits(ctx context.Context, proc *registered, part int, p
 			return us[len(us)-1].pos + 1, nil
 		case errors.As(err, &he):
 			if he.index > 0 {
-				// Commit those before the failing one together.
-				if err := r.commitBatch(ctx, proc, part, pos, us[:he.index], 1); err != nil {
+				// Commit those before the failing one (as a batch of
+				// their own, split again if need be).
+				next, err := r.handleUnits(ctx, proc, part, pos, us[:he.index])
+				if err != nil {
 					return pos, err
 				}
-				r.counted(proc, part, us[:he.index], false)
-				pos = us[he.index-1].pos + 1
+				pos = next
+				if errors.Is(he.err, api.ErrFunctionBudget) {
+					// The batch ran out of time, not necessarily the
+					// unit: it goes on first in a batch of its own.
+					us = us[he.index:]
+					continue
+				}
 			}
 			// The failing unit's first attempt was this one.
 			next, err := r.retryOne(ctx, proc, part, pos, us[he.index], he.err)

@@ -614,3 +614,23 @@ func TestBatchOutOfBudgetParksNothing(t *testing.T) {
 		}
 	}
 }
+
+// Timings so short that the runtime's loops would spin are refused: a
+// Poll or Supervise of 1ns was accepted, and the pause watcher and the
+// supervisor then ran without pause.
+func TestConfigRefusesSpinningTimings(t *testing.T) {
+	for _, mod := range []func(*process.Config){
+		func(c *process.Config) { c.Poll = time.Nanosecond },
+		func(c *process.Config) { c.Supervise = time.Nanosecond },
+		func(c *process.Config) { c.Backoff = time.Nanosecond },
+	} {
+		cfg := process.DefaultConfig()
+		mod(&cfg)
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("config %+v accepted", cfg)
+		}
+	}
+	if cfg := process.DefaultConfig(); cfg.Validate() != nil {
+		t.Fatalf("the defaults refused: %v", cfg.Validate())
+	}
+}

@@ -35,10 +35,14 @@ func DefaultConfig() Config {
 	return Config{Poll: 250 * time.Millisecond, Supervise: 100 * time.Millisecond, Backoff: 20 * time.Millisecond, MaxBackoff: time.Second}
 }
 
+// minTiming is the shortest Poll, Supervise and Backoff: shorter, the
+// runtime's loops (the pause watcher, the supervisor, retries) would spin.
+const minTiming = time.Millisecond
+
 // Validate reports whether c is usable.
 func (c *Config) Validate() error {
-	if c.Poll <= 0 || c.Supervise <= 0 || c.Backoff <= 0 || c.MaxBackoff < c.Backoff {
-		return fmt.Errorf("process: Poll, Supervise and Backoff must be positive, MaxBackoff at least Backoff: %+v", *c)
+	if c.Poll < minTiming || c.Supervise < minTiming || c.Backoff < minTiming || c.MaxBackoff < c.Backoff {
+		return fmt.Errorf("process: Poll, Supervise and Backoff must be at least %v, MaxBackoff at least Backoff: %+v", minTiming, *c)
 	}
 	return nil
 }

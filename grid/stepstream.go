@@ -25,6 +25,11 @@ import (
 // not write them.
 const ReservedPrefix = "\x00"
 
+// ErrPublishedTwice fails a step that publishes a second event to one
+// stream (an event's position is its record's: two would share it). It
+// is an ErrBadRequest.
+var ErrPublishedTwice = fmt.Errorf("%w: a step publishes at most one event per stream", api.ErrBadRequest)
+
 // reserved reports whether name is one of the grid's internal names.
 func reserved(name string) bool { return strings.HasPrefix(name, ReservedPrefix) }
 
@@ -42,7 +47,7 @@ func (v *StepView) Publish(stream, key string, event []byte) {
 	}
 	sk := mapKey{stream, ""}
 	if _, ok := v.published[sk]; ok {
-		v.fail(fmt.Errorf("%w: a step publishes at most one event per stream (stream %q)", api.ErrBadRequest, stream))
+		v.fail(fmt.Errorf("%w (stream %q)", ErrPublishedTwice, stream))
 		return
 	}
 	val := bytes.Clone(event)

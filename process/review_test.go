@@ -675,3 +675,39 @@ func TestCycleUnderBackpressureDrains(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Handlers that each publish an event to a stream of the partition
+// through the view (a step publishes at most one event per stream) are
+// handled in batches split where the second publish comes, none blamed:
+// the second event of every batch failed an attempt (with MaxAttempts 1,
+// parked).
+func TestViewPublishesOfABatchParkNothing(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", MaxAttempts: 1, Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			c.View().Publish("local", "{a}", e.Value)
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	if err := g.rts[0].Pause(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * process.DefaultConfig().Poll)
+	for _, v := range []string{"1", "2", "3"} {
+		if _, err := nd.Publish(ctx, "s", "{a}", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.rts[0].Resume(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the three events handled or parked", func() bool {
+		st := g.rts[0].Status()
+		return st[0].Handled+st[0].Parked == 3
+	})
+	if st := g.rts[0].Status(); st[0].Parked != 0 || st[0].Failures != 0 {
+		t.Fatalf("%d events parked, %d failures: want none", st[0].Parked, st[0].Failures)
+	}
+}

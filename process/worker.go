@@ -39,6 +39,14 @@ type handlerError struct {
 func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
+// batchFault reports whether the failure is the batch's rather than its
+// unit's when the unit is not the batch's first: the batch ran out of its
+// budget, or the unit published to a stream an earlier unit did (a step
+// publishes one event per stream).
+func (e *handlerError) batchFault() bool {
+	return e.index > 0 && (errors.Is(e.err, api.ErrFunctionBudget) || errors.Is(e.err, grid.ErrPublishedTwice))
+}
+
 // unit is the events of one record, and its position.
 type unit struct {
 	pos    uint64
@@ -150,9 +158,9 @@ func (r *Runtime) handleUnits(ctx context.Context, proc *registered, part int, p
 					return pos, err
 				}
 				pos = next
-				if errors.Is(he.err, api.ErrFunctionBudget) {
-					// The batch ran out of time, not necessarily the
-					// unit: it goes on first in a batch of its own.
+				if he.batchFault() {
+					// Not necessarily the unit's failure: it goes on
+					// first in a batch of its own.
 					us = us[he.index:]
 					continue
 				}
@@ -277,8 +285,11 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 	}
 	var own *ownError
 	if i >= 0 && ctx.Err() == nil && (handlerFault(err) || errors.As(err, &own)) {
-		proc.stats.failures.Add(1)
-		return &handlerError{index: int(i), err: err}
+		he := &handlerError{index: int(i), err: err}
+		if !he.batchFault() {
+			proc.stats.failures.Add(1)
+		}
+		return he
 	}
 	return err
 }

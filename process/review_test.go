@@ -711,3 +711,35 @@ func TestViewPublishesOfABatchParkNothing(t *testing.T) {
 		t.Fatalf("%d events parked, %d failures: want none", st[0].Parked, st[0].Failures)
 	}
 }
+
+// A handler that publishes to the partition's outbox itself through the
+// view (misuse: the batch's record publishes the outbox event) fails its
+// event, parked like any failure: the run ended on it and started again
+// forever, wedging the partition.
+func TestHandlerPublishingToTheOutboxIsParked(t *testing.T) {
+	g := newGridWith(t, 1, small, func() []process.Processor {
+		return []process.Processor{{Name: "p", Stream: "s", MaxAttempts: 2, Backoff: time.Millisecond, Handler: func(_ context.Context, c *process.Context, e process.Event) error {
+			if string(e.Value) == "bad" {
+				c.View().Publish(grid.ReservedPrefix+"outbox", e.Key, e.Value)
+			}
+			c.Emit("out", e.Key, e.Value)
+			count(c, "done", "{a}"+string(e.Value))
+			return nil
+		}}}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	nd := g.Nodes[0]
+	g.waitRunning(t)
+	for _, v := range []string{"bad", "next"} {
+		if _, err := nd.Publish(ctx, "s", "{a}", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "the event after the bad one handled", func() bool { return get(ctx, nd, "done", "{a}next") == "1" })
+	if got := get(ctx, nd, "done", "{a}bad"); got != "" {
+		t.Fatalf("the bad event applied (%q)", got)
+	}
+	if st := g.rts[0].Status(); st[0].Parked != 1 {
+		t.Fatalf("%d events parked, want the bad one", st[0].Parked)
+	}
+}

@@ -172,7 +172,7 @@ func (r *Runtime) handleUnits(ctx context.Context, proc *registered, part int, p
 			}
 			pos = next
 			us = us[he.index+1:]
-		case errors.Is(err, api.ErrValueTooLarge) && len(us) > 1:
+		case (errors.Is(err, api.ErrValueTooLarge) || errors.Is(err, grid.ErrPublishedTwice)) && len(us) > 1:
 			// The batch's writes do not fit one record: halve it.
 			half := len(us) / 2
 			next, err := r.handleUnits(ctx, proc, part, pos, us[:half])
@@ -275,13 +275,14 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 		return err
 	}
 	i := failed.Load()
-	if errors.Is(err, api.ErrValueTooLarge) {
+	if errors.Is(err, api.ErrValueTooLarge) || (i < 0 && errors.Is(err, grid.ErrPublishedTwice)) {
 		if len(us) > 1 {
 			// The batch's writes or emits together do not fit one
-			// record: the caller splits it, blaming no unit.
+			// record (or a handler published to the outbox itself):
+			// the caller splits it, blaming no unit.
 			return err
 		}
-		i = 0 // the unit's writes can never fit one record
+		i = 0 // the unit's effects can never commit
 	}
 	var own *ownError
 	if i >= 0 && ctx.Err() == nil && (handlerFault(err) || errors.As(err, &own)) {

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/collocate/grid/compute/invoke"
 	"github.com/collocate/grid/internal/router"
@@ -19,12 +20,25 @@ import (
 
 var _ invoke.Executor = (*Client)(nil)
 
+// checkFunction refuses the names of the grid's internal steps (they
+// start with "\x00", grid.ReservedPrefix): they write the grid's own
+// state (inbox watermarks, processors' positions).
+func checkFunction(name string) error {
+	if strings.HasPrefix(name, "\x00") {
+		return fmt.Errorf("%w: function %q: names starting with \\x00 are the grid's own", ErrBadRequest, name)
+	}
+	return nil
+}
+
 // ExecuteOnKey runs the partition function fn at the primary of key's
 // partition with msgpack args and returns its msgpack result. See
 // invoke.Executor.
 func (c *Client) ExecuteOnKey(ctx context.Context, mapName, key, fn string, args []byte, opts ...invoke.CallOption) ([]byte, error) {
 	if key == "" {
 		return nil, fmt.Errorf("%w: ExecuteOnKey needs a key", ErrBadRequest)
+	}
+	if err := checkFunction(fn); err != nil {
+		return nil, err
 	}
 	o := invoke.Options(opts)
 	resp, err := c.router.Step(ctx, &wire.StepRequest{Map: mapName, Key: key, Name: fn, Args: args, Budget: int64(o.Budget)})
@@ -38,6 +52,9 @@ func (c *Client) ExecuteOnKey(ctx context.Context, mapName, key, fn string, args
 // that retries did not cure; partitions answered before it were handed to
 // each.
 func (c *Client) ExecuteOnPartitions(ctx context.Context, fn string, args []byte, opts invoke.PartsOptions, each func(part int, result []byte)) error {
+	if err := checkFunction(fn); err != nil {
+		return err
+	}
 	var parts []int32
 	if opts.Partitions != nil {
 		parts = make([]int32, len(opts.Partitions))

@@ -57,7 +57,7 @@ func (p *partition) notOwner() error {
 
 func checkKey(req *wire.MapRequest, partitions int) error {
 	if wire.IsMutation(req.Op) && (reserved(req.Map) || (req.Op == wire.OpGroupSet && reserved(req.Key))) {
-		return fmt.Errorf("%w: names starting with %q are the grid's own", api.ErrBadRequest, ReservedPrefix)
+		return errReservedName()
 	}
 	if req.Op == wire.OpGroupSet {
 		return nil // a group's position is per partition, named by Partition
@@ -66,6 +66,20 @@ func checkKey(req *wire.MapRequest, partitions int) error {
 		return fmt.Errorf("%w: key %q belongs to partition %d, not %d", api.ErrBadRequest, req.Key, want, req.Partition)
 	}
 	return nil
+}
+
+// checkMapWrite refuses a client's write of one of the grid's internal
+// maps (multi-key and whole-map writes; checkKey covers the single-key
+// ones).
+func checkMapWrite(m string) error {
+	if reserved(m) {
+		return errReservedName()
+	}
+	return nil
+}
+
+func errReservedName() error {
+	return fmt.Errorf("%w: names starting with %q are the grid's own", api.ErrBadRequest, ReservedPrefix)
 }
 
 // recordOverhead over-estimates the encoding of a record's fixed fields.
@@ -624,6 +638,9 @@ func (n *Node) execPutAll(ctx context.Context, req *wire.PutAllRequest) (*wire.P
 }
 
 func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.PartsResponse, error) {
+	if err := checkMapWrite(req.Map); err != nil {
+		return nil, err
+	}
 	if len(req.Partitions) != len(req.Keys) || len(req.Keys) != len(req.Values) {
 		return nil, fmt.Errorf("%w: mismatched batch lengths", api.ErrBadRequest)
 	}
@@ -654,6 +671,9 @@ func (n *Node) execDeleteAll(ctx context.Context, req *wire.DeleteAllRequest) (*
 }
 
 func (n *Node) execDeleteAll1(ctx context.Context, req *wire.DeleteAllRequest) (*wire.DeleteAllResponse, error) {
+	if err := checkMapWrite(req.Map); err != nil {
+		return nil, err
+	}
 	if len(req.Partitions) != len(req.Keys) {
 		return nil, fmt.Errorf("%w: %d partitions, %d key lists", api.ErrBadRequest, len(req.Partitions), len(req.Keys))
 	}
@@ -683,6 +703,9 @@ func (n *Node) execClear(ctx context.Context, req *wire.ClearRequest) (*wire.Par
 }
 
 func (n *Node) execClear1(ctx context.Context, req *wire.ClearRequest) (*wire.PartsResponse, error) {
+	if err := checkMapWrite(req.Map); err != nil {
+		return nil, err
+	}
 	resp, _ := n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, wire.MapResponse, error) {
 		return []wire.Mutation{{Kind: wire.MutClear, Map: req.Map}}, wire.MapResponse{Done: true}, nil
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
@@ -54,7 +55,10 @@ func (n *Node) Deliver(ctx context.Context, d Delivery) (applied bool, err error
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
 	}
-	resp, err := n.router.Step(ctx, &wire.StepRequest{Key: d.Key, Name: deliverStep, Args: args})
+	// The partition is named too: the router derives it only from a
+	// non-empty key, and the empty key lives in a partition of its own.
+	part := int32(affinity.Partition(d.Key, len(n.parts)))
+	resp, err := n.router.Step(ctx, &wire.StepRequest{Partition: part, Key: d.Key, Name: deliverStep, Args: args})
 	if err != nil {
 		return false, err
 	}

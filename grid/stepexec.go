@@ -61,7 +61,21 @@ func (n *Node) resolveStep(name string, args []byte) (StepFunc, error) {
 	if err != nil {
 		return nil, err
 	}
-	return funcs.Step(name, args)
+	fn, err := funcs.Step(name, args)
+	if err != nil {
+		return nil, err
+	}
+	return asCallers(fn), nil
+}
+
+// asCallers marks fn's view as a function callers name: it may not write
+// the grid's internal maps, streams and groups (the callers name the map
+// many functions write).
+func asCallers(fn StepFunc) StepFunc {
+	return func(ctx context.Context, v *StepView) ([]byte, error) {
+		v.callers = true
+		return fn(ctx, v)
+	}
 }
 
 func (n *Node) execStepParts(ctx context.Context, req *wire.StepPartsRequest) (*wire.StepPartsResponse, error) {

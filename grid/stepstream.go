@@ -25,6 +25,11 @@ import (
 // not write them.
 const ReservedPrefix = "\x00"
 
+// ErrPublishedTwice fails a step that publishes a second event to one
+// stream (an event's position is its record's: two would share it). It
+// is an ErrBadRequest.
+var ErrPublishedTwice = fmt.Errorf("%w: a step publishes at most one event per stream", api.ErrBadRequest)
+
 // reserved reports whether name is one of the grid's internal names.
 func reserved(name string) bool { return strings.HasPrefix(name, ReservedPrefix) }
 
@@ -33,7 +38,7 @@ func reserved(name string) bool { return strings.HasPrefix(name, ReservedPrefix)
 // without room (ErrStreamFull: a consumer group holds its oldest events)
 // fails the step at commit, and nothing applies.
 func (v *StepView) Publish(stream, key string, event []byte) {
-	if !v.usable(key, true) {
+	if !v.usable(key, true) || !v.writable(stream) {
 		return
 	}
 	if stream == "" {
@@ -42,7 +47,7 @@ func (v *StepView) Publish(stream, key string, event []byte) {
 	}
 	sk := mapKey{stream, ""}
 	if _, ok := v.published[sk]; ok {
-		v.fail(fmt.Errorf("%w: a step publishes at most one event per stream (stream %q)", api.ErrBadRequest, stream))
+		v.fail(fmt.Errorf("%w (stream %q)", ErrPublishedTwice, stream))
 		return
 	}
 	val := bytes.Clone(event)
@@ -91,10 +96,22 @@ func (v *StepView) Position(stream, group string) (uint64, bool) {
 	return pos, found
 }
 
+// End returns the position the partition's next record takes: every
+// position of its history (a stream's events, the journal's records) is
+// below it. It only grows, so a position found at or below it stays so.
+func (v *StepView) End() uint64 {
+	if !v.usable("", false) || !v.lockPrimary() {
+		return 0
+	}
+	end := v.p.lsn + 1
+	v.p.mu.Unlock()
+	return end
+}
+
 // SetPosition buffers group's committed position in stream (pos > 0; 0
 // deletes the group, releasing the events it held).
 func (v *StepView) SetPosition(stream, group string, pos uint64) {
-	if !v.usable("", false) {
+	if !v.usable("", false) || !v.writable(stream) || !v.writable(group) {
 		return
 	}
 	if stream == "" || group == "" {
@@ -154,6 +171,14 @@ func (v *StepView) checkStreamWrites() error {
 		if !isStreamMut(mu.Kind) {
 			continue
 		}
+		size := 0
+		if mu.Kind == wire.MutPublish {
+			// Checked for a stream this step creates too.
+			size = entrySize(&wire.JournalEntry{Events: []wire.JournalEvent{{Map: mu.Map, Key: mu.Key, Value: mu.Value}}})
+			if size > p.streamBytes {
+				return fmt.Errorf("%w: an event of %d bytes in a stream kept within %d bytes per partition", api.ErrValueTooLarge, size, p.streamBytes)
+			}
+		}
 		s := p.logs[mu.Map]
 		if s == nil {
 			if mu.Kind == wire.MutGroup && len(mu.Value) == 0 {
@@ -166,10 +191,6 @@ func (v *StepView) checkStreamWrites() error {
 		}
 		switch mu.Kind {
 		case wire.MutPublish:
-			size := entrySize(&wire.JournalEntry{Events: []wire.JournalEvent{{Map: mu.Map, Key: mu.Key, Value: mu.Value}}})
-			if size > p.streamBytes {
-				return fmt.Errorf("%w: an event of %d bytes in a stream kept within %d bytes per partition", api.ErrValueTooLarge, size, p.streamBytes)
-			}
 			if err := s.room(size); err != nil {
 				return err
 			}

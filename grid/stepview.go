@@ -48,6 +48,10 @@ type StepView struct {
 	positioned map[mapKey]int
 	groupReads map[mapKey]uint64
 
+	// callers: a function callers name (not the grid's own steps nor
+	// StepAt's): it may not write reserved names.
+	callers bool
+
 	err    error
 	closed atomic.Bool
 }
@@ -202,10 +206,21 @@ func (v *StepView) Range(m string) iter.Seq2[string, []byte] {
 	}
 }
 
+// writable reports whether the step may write name (a map, stream or
+// group), failing it if not: a function callers name may not write the
+// grid's internal names.
+func (v *StepView) writable(name string) bool {
+	if v.callers && reserved(name) {
+		v.fail(errReservedName())
+		return false
+	}
+	return true
+}
+
 // Set buffers a write of value to key in map m, expiring after ttl (0:
 // never). The view keeps its own copy of value.
 func (v *StepView) Set(m, key string, value []byte, ttl time.Duration) {
-	if !v.usable(key, true) {
+	if !v.usable(key, true) || !v.writable(m) {
 		return
 	}
 	var exp int64
@@ -225,7 +240,7 @@ func (v *StepView) Set(m, key string, value []byte, ttl time.Duration) {
 
 // Delete buffers the deletion of key in map m.
 func (v *StepView) Delete(m, key string) {
-	if !v.usable(key, true) {
+	if !v.usable(key, true) || !v.writable(m) {
 		return
 	}
 	v.write(wire.Mutation{Kind: wire.MutDelete, Map: m, Key: key})

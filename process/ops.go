@@ -73,6 +73,11 @@ func bindSeek(args []byte) (grid.StepFunc, error) {
 		return nil, fmt.Errorf("%w: a replay needs a position > 0", api.ErrBadArgs)
 	}
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
+		// A position beyond the partition's history: the run would take
+		// it for a lost history and go back to the oldest retained event.
+		if end := v.End(); v.Err() == nil && a.Pos > end {
+			return nil, fmt.Errorf("%w: position %d is beyond partition %d's history (its next position is %d)", api.ErrBadRequest, a.Pos, v.Partition(), end)
+		}
 		v.SetPosition(a.Stream, a.Group, a.Pos)
 		return nil, v.Err()
 	}, nil
@@ -127,7 +132,7 @@ func (r *Runtime) Replay(ctx context.Context, name string, part int, from uint64
 	if part < 0 || part >= r.node.Partitions() || from == 0 {
 		return fmt.Errorf("%w: partition %d of %d, position %d (> 0)", api.ErrBadRequest, part, r.node.Partitions(), from)
 	}
-	args, err := msgpack.Marshal(&seekArgs{Stream: p.Stream, Group: p.group(), Pos: from})
+	args, err := msgpack.Marshal(&seekArgs{Stream: p.positions(), Group: p.group(), Pos: from})
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,13 @@ func source(part int) string { return "outbox/" + strconv.Itoa(part) }
 
 func encodeOut(evs []outEvent) ([]byte, error) { return msgpack.Marshal(evs) }
 
+// outboxLimit bounds the encoded events of one outbox event: a value the
+// node stores, in a stream it keeps.
+func (r *Runtime) outboxLimit() int {
+	cfg := r.node.Config()
+	return min(cfg.MaxValueSize, cfg.StreamBytes) - len(outboxStream) - len(outboxKey(r.node, 0)) - outEventOverhead
+}
+
 func decodeOut(b []byte) ([]outEvent, error) {
 	var evs []outEvent
 	err := msgpack.Unmarshal(b, &evs)

@@ -37,7 +37,12 @@ type grid3 struct {
 }
 
 func newGrid(t *testing.T, n int, procs func() []process.Processor) *grid3 {
-	g := &grid3{Cluster: gridtest.New(t, n, nil), procs: procs}
+	return newGridWith(t, n, nil, procs)
+}
+
+// newGridWith is newGrid with each node's config adjusted by configure.
+func newGridWith(t *testing.T, n int, configure func(i int, cfg *grid.Config), procs func() []process.Processor) *grid3 {
+	g := &grid3{Cluster: gridtest.New(t, n, configure), procs: procs}
 	g.WaitStable(30 * time.Second)
 	for i := range n {
 		g.rts = append(g.rts, g.startRuntime(t, i))

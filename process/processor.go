@@ -141,11 +141,20 @@ func DeadLetters(processor string) string { return processor + ".dlq" }
 // writes of entries collocated with the event's key, and events to emit.
 // It is valid only during the handler call.
 type Context struct {
-	v    *grid.StepView
-	proc string
-	ev   *Event
-	out  *[]outEvent
-	err  error // the first misuse (a reserved name): fails the event
+	v     *grid.StepView
+	proc  string
+	ev    *Event
+	index int // the event's index among its record's (a feed's record may hold several)
+	out   *outbox
+	err   error // the first misuse (a reserved name, too much emitted): fails the event
+}
+
+// outbox is what a batch's handlers emitted, and its bound: the encoded
+// events must fit one outbox event.
+type outbox struct {
+	events []outEvent
+	bytes  int // the encoding's size, over-estimated
+	limit  int
 }
 
 // refuse records a misuse; the handler's event fails with it.
@@ -186,15 +195,36 @@ func (c *Context) View() *grid.StepView { return c.v }
 // goes into this partition's outbox with the handler's other effects, and
 // is delivered once to its stream, after the commit, whatever fails in
 // between.
+//
+// What a batch emits must fit one outbox event (the node's MaxValueSize
+// and StreamBytes): an Emit past that fails the event (retried alone, then
+// parked) and keeps nothing, so a handler that emits in a loop does not
+// grow the node's memory for its whole budget.
 func (c *Context) Emit(stream, key string, event []byte) {
-	if c.refuse("stream", stream) {
+	if c.refuse("stream", stream) || c.err != nil {
 		return
 	}
-	*c.out = append(*c.out, outEvent{Proc: c.proc, Stream: stream, Key: key, Value: append([]byte(nil), event...)})
+	o := c.out
+	o.bytes += len(c.proc) + len(stream) + len(key) + len(event) + outEventOverhead
+	if o.bytes > o.limit {
+		c.err = fmt.Errorf("%w: the batch's emitted events reached %d bytes, more than one outbox event holds (%d)", api.ErrValueTooLarge, o.bytes, o.limit)
+		return
+	}
+	o.events = append(o.events, outEvent{Proc: c.proc, Stream: stream, Key: key, Value: append([]byte(nil), event...)})
 }
 
+// outEventOverhead over-estimates an emitted event's encoding besides its
+// strings and value.
+const outEventOverhead = 24
+
 // IdempotencyKey names this event's handling for effects outside the grid:
-// the same for every attempt, different for every event.
+// the same for every attempt, different for every event
+// (processor/stream/partition/position, and "/i" for the i-th event, from
+// 0, of a record past its first: a feed's record may hold several).
 func (c *Context) IdempotencyKey() string {
-	return c.proc + "/" + c.ev.Stream + "/" + strconv.Itoa(c.ev.Partition) + "/" + strconv.FormatUint(c.ev.Position, 10)
+	k := c.proc + "/" + c.ev.Stream + "/" + strconv.Itoa(c.ev.Partition) + "/" + strconv.FormatUint(c.ev.Position, 10)
+	if c.index > 0 {
+		k += "/" + strconv.Itoa(c.index)
+	}
+	return k
 }

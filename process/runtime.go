@@ -35,10 +35,14 @@ func DefaultConfig() Config {
 	return Config{Poll: 250 * time.Millisecond, Supervise: 100 * time.Millisecond, Backoff: 20 * time.Millisecond, MaxBackoff: time.Second}
 }
 
+// minTiming is the shortest Poll, Supervise and Backoff: shorter, the
+// runtime's loops (the pause watcher, the supervisor, retries) would spin.
+const minTiming = time.Millisecond
+
 // Validate reports whether c is usable.
 func (c *Config) Validate() error {
-	if c.Poll <= 0 || c.Supervise <= 0 || c.Backoff <= 0 || c.MaxBackoff < c.Backoff {
-		return fmt.Errorf("process: Poll, Supervise and Backoff must be positive, MaxBackoff at least Backoff: %+v", *c)
+	if c.Poll < minTiming || c.Supervise < minTiming || c.Backoff < minTiming || c.MaxBackoff < c.Backoff {
+		return fmt.Errorf("process: Poll, Supervise and Backoff must be at least %v, MaxBackoff at least Backoff: %+v", minTiming, *c)
 	}
 	return nil
 }
@@ -57,7 +61,8 @@ type Runtime struct {
 	pausedMu sync.RWMutex
 	pausedBy map[string]bool // processor -> paused (refreshed from the grid)
 
-	stats runtimeStats
+	stats   runtimeStats
+	metrics *collector // registered with Config.Registerer (nil: none)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -116,7 +121,8 @@ func Start(node *grid.Node, cfg Config) (*Runtime, error) {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(&collector{r: r}); err != nil {
+		r.metrics = &collector{r: r}
+		if err := cfg.Registerer.Register(r.metrics); err != nil {
 			cancel()
 			return nil, err
 		}
@@ -129,24 +135,64 @@ func Start(node *grid.Node, cfg Config) (*Runtime, error) {
 
 // Register adds a processor; it starts at every partition this node leads.
 // A processor's position starts at the oldest retained event of each
-// partition's stream the first time it runs there.
+// partition's stream the first time it runs there, or Register registers
+// it: it returns once the processor holds a position at every partition
+// this node leads (as far as it could within registerTimeout), so the
+// events published there from then on are held for it.
 func (r *Runtime) Register(p Processor) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if _, ok := r.procs[p.Name]; ok {
+		r.mu.Unlock()
 		return fmt.Errorf("%w: %s is registered already", ErrBadProcessor, p.Name)
 	}
-	r.procs[p.Name] = &registered{Processor: p.withDefaults(), parts: make([]partStats, r.node.Partitions())}
+	reg := &registered{Processor: p.withDefaults(), parts: make([]partStats, r.node.Partitions())}
+	r.procs[p.Name] = reg
+	r.mu.Unlock()
+	r.holdPositions(reg)
 	return nil
 }
 
-// Close stops every run and waits for them.
+// registerTimeout bounds Register's registration of positions.
+const registerTimeout = 5 * time.Second
+
+// holdPositions registers proc's position at every partition this node
+// leads (a few at a time); one that fails is left to the partition's run.
+func (r *Runtime) holdPositions(proc *registered) {
+	ctx, cancel := context.WithTimeout(r.ctx, registerTimeout)
+	defer cancel()
+	if err := r.node.WaitReady(ctx); err != nil {
+		r.quiet(ctx, -1, proc.Name+" register", err)
+		return
+	}
+	src := grid.LocalRead{Name: proc.source(), Feed: proc.Map != ""}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for part := range r.node.Partitions() {
+		if !r.node.Leads(part) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := r.startPosition(ctx, part, src, proc.positions(), proc.group()); err != nil {
+				r.quiet(ctx, part, proc.Name+" register", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// Close stops every run and waits for them, and unregisters the
+// runtime's metrics.
 func (r *Runtime) Close() {
 	r.cancel()
 	r.wg.Wait()
+	if r.metrics != nil {
+		r.cfg.Registerer.Unregister(r.metrics)
+	}
 }
 
 // supervise starts a run for every (processor, partition) and every

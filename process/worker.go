@@ -39,6 +39,14 @@ type handlerError struct {
 func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
+// batchFault reports whether the failure is the batch's rather than its
+// unit's when the unit is not the batch's first: the batch ran out of its
+// budget, or the unit published to a stream an earlier unit did (a step
+// publishes one event per stream).
+func (e *handlerError) batchFault() bool {
+	return e.index > 0 && (errors.Is(e.err, api.ErrFunctionBudget) || errors.Is(e.err, grid.ErrPublishedTwice))
+}
+
 // unit is the events of one record, and its position.
 type unit struct {
 	pos    uint64
@@ -86,11 +94,12 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 		le, err := r.read(ctx, proc, part, cursor, r.cfg.Poll)
 		var trimmed *api.TrimmedError
 		if errors.As(err, &trimmed) || errors.Is(err, api.ErrJournalTrimmed) {
-			pos, err = r.skipGap(ctx, proc, part, pos, trimmed)
-			cursor = pos
-			ps.position.Store(pos)
+			// le: the events after the gap, read before the gap's record
+			// could drop them (a full journal drops one per record).
+			le, err = r.skipGap(ctx, proc, part, pos, trimmed)
 			if err == nil {
-				continue
+				pos, cursor = le.Committed, le.Committed
+				ps.position.Store(pos)
 			}
 		}
 		if err != nil {
@@ -105,6 +114,11 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 		}
 		cursor = le.Next
 		if len(le.Events) == 0 {
+			if pos, err = r.followQuiet(ctx, proc, part, pos, cursor, le.Oldest); err != nil {
+				r.quiet(ctx, part, proc.Name+" quiet position", err)
+				return
+			}
+			ps.position.Store(pos)
 			continue
 		}
 		next, err := r.handleUnits(ctx, proc, part, pos, units(le.Events))
@@ -137,12 +151,19 @@ func (r *Runtime) handleUnits(ctx context.Context, proc *registered, part int, p
 			return us[len(us)-1].pos + 1, nil
 		case errors.As(err, &he):
 			if he.index > 0 {
-				// Commit those before the failing one together.
-				if err := r.commitBatch(ctx, proc, part, pos, us[:he.index], 1); err != nil {
+				// Commit those before the failing one (as a batch of
+				// their own, split again if need be).
+				next, err := r.handleUnits(ctx, proc, part, pos, us[:he.index])
+				if err != nil {
 					return pos, err
 				}
-				r.counted(proc, part, us[:he.index], false)
-				pos = us[he.index-1].pos + 1
+				pos = next
+				if he.batchFault() {
+					// Not necessarily the unit's failure: it goes on
+					// first in a batch of its own.
+					us = us[he.index:]
+					continue
+				}
 			}
 			// The failing unit's first attempt was this one.
 			next, err := r.retryOne(ctx, proc, part, pos, us[he.index], he.err)
@@ -151,7 +172,7 @@ func (r *Runtime) handleUnits(ctx context.Context, proc *registered, part int, p
 			}
 			pos = next
 			us = us[he.index+1:]
-		case errors.Is(err, api.ErrValueTooLarge) && len(us) > 1:
+		case (errors.Is(err, api.ErrValueTooLarge) || errors.Is(err, grid.ErrPublishedTwice)) && len(us) > 1:
 			// The batch's writes do not fit one record: halve it.
 			half := len(us) / 2
 			next, err := r.handleUnits(ctx, proc, part, pos, us[:half])
@@ -221,14 +242,14 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 		if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
 			return nil, errPositionMoved
 		}
-		var out []outEvent
+		out := &outbox{limit: r.outboxLimit()}
 		for i := range us {
 			failed.Store(int64(i))
 			for j := range us[i].events {
 				e := toEvent(&us[i].events[j], attempt)
-				c := &Context{v: v, proc: proc.Name, ev: &e, out: &out}
+				c := &Context{v: v, proc: proc.Name, ev: &e, index: j, out: out}
 				if err := proc.Handler(fctx, c, e); err != nil {
-					return nil, err
+					return nil, &ownError{err}
 				}
 				if c.err != nil {
 					return nil, c.err
@@ -239,8 +260,8 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 			}
 		}
 		failed.Store(-1)
-		if len(out) > 0 {
-			b, err := encodeOut(out)
+		if len(out.events) > 0 {
+			b, err := encodeOut(out.events)
 			if err != nil {
 				return nil, err
 			}
@@ -254,15 +275,33 @@ func (r *Runtime) commitBatch(ctx context.Context, proc *registered, part int, p
 		return err
 	}
 	i := failed.Load()
-	if i < 0 && len(us) == 1 && errors.Is(err, api.ErrValueTooLarge) {
-		i = 0 // the unit's writes can never fit one record
+	if errors.Is(err, api.ErrValueTooLarge) || (i < 0 && errors.Is(err, grid.ErrPublishedTwice)) {
+		if len(us) > 1 {
+			// The batch's writes or emits together do not fit one
+			// record (or a handler published to the outbox itself):
+			// the caller splits it, blaming no unit.
+			return err
+		}
+		i = 0 // the unit's effects can never commit
 	}
-	if i >= 0 && ctx.Err() == nil && handlerFault(err) {
-		proc.stats.failures.Add(1)
-		return &handlerError{index: int(i), err: err}
+	var own *ownError
+	if i >= 0 && ctx.Err() == nil && (handlerFault(err) || errors.As(err, &own)) {
+		he := &handlerError{index: int(i), err: err}
+		if !he.batchFault() {
+			proc.stats.failures.Add(1)
+		}
+		return he
 	}
 	return err
 }
+
+// ownError is an error a handler returned: its failure whatever it wraps
+// (a grid code from a call it made, ErrUnavailable say, is not this
+// partition's step failing).
+type ownError struct{ err error }
+
+func (e *ownError) Error() string { return e.err.Error() }
+func (e *ownError) Unwrap() error { return e.err }
 
 // handlerFault reports whether an error met while the handler ran is the
 // handler's (its error, panic, budget, bad writes), not the grid's (the
@@ -317,41 +356,120 @@ func (p *registered) deadLetter(part int, u unit, cause error) DeadLetter {
 // skipGap records, in the dead letters, that events from pos were dropped
 // by retention before the processor handled them (a stream's group holds
 // its events, so there only a lost history does that; a map's journal is
-// not held), and moves on to the oldest retained one.
-func (r *Runtime) skipGap(ctx context.Context, proc *registered, part int, pos uint64, t *api.TrimmedError) (uint64, error) {
+// not held), and moves on to the oldest retained one. It answers the
+// events from there, read before the gap's record was written (which may
+// drop the oldest of them from a full journal: read after it, they were
+// a gap again, forever), with Committed the new position.
+func (r *Runtime) skipGap(ctx context.Context, proc *registered, part int, pos uint64, t *api.TrimmedError) (grid.LocalEvents, error) {
 	oldest := pos
 	if t != nil {
 		oldest = t.Oldest
 	} else if le, err := r.read(ctx, proc, part, 0, 0); err == nil {
 		oldest = le.Oldest // the history restarted: go on from its start
 	}
+	after, err := r.read(ctx, proc, part, oldest, 0)
+	if err != nil {
+		return after, err
+	}
 	dl := DeadLetter{Processor: proc.Name, Source: proc.source(), Partition: part, Position: pos, Gap: oldest,
 		Error: fmt.Sprintf("events from position %d to %d are gone (past retention, or a lost history) and were not handled", pos, oldest-1)}
 	if err := r.parkAndMove(ctx, proc, part, pos, oldest, outboxKey(r.node, part), dl); err != nil {
-		return pos, err
+		return after, err
 	}
 	proc.stats.gaps.Add(1)
 	r.log.Warn("processor skipped a gap past retention", "processor", proc.Name, "partition", part, "from", pos, "to", oldest)
-	return oldest, nil
+	after.Committed = oldest
+	return after, nil
+}
+
+// followQuiet moves a map-feed processor's position from pos to cursor
+// when its run read past records of other maps only (none of its map in
+// between) and pos fell into the older half of the retained journal: the
+// journal is not held for processors, so a position left there would be
+// found trimmed by the next run (a failover, a restart) and parked as a
+// gap in which no change was lost. At most one record per half journal.
+func (r *Runtime) followQuiet(ctx context.Context, proc *registered, part int, pos, cursor, oldest uint64) (uint64, error) {
+	if proc.Map == "" || cursor <= pos || (pos >= oldest && pos-oldest >= (cursor-oldest)/2) {
+		return pos, nil
+	}
+	err := r.commitPosition(ctx, part, proc.positions(), proc.group(), pos, cursor)
+	switch {
+	case err == nil:
+		return cursor, nil
+	case errors.Is(err, errPositionMoved):
+		return pos, nil // the next read follows the grid
+	}
+	return pos, err
 }
 
 // parkAndMove publishes dl into proc's dead letters and moves the position
 // from pos to next, in one record.
 func (r *Runtime) parkAndMove(ctx context.Context, proc *registered, part int, pos, next uint64, key string, dl DeadLetter) error {
-	b, err := msgpack.Marshal(&dl)
-	if err != nil {
-		return err
-	}
-	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
-		if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
-			return nil, errPositionMoved
+	return publishDeadLetter(dl, func(b []byte) error {
+		fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
+			if cur, ok := v.Position(proc.positions(), proc.group()); !ok || cur != pos {
+				return nil, errPositionMoved
+			}
+			v.Publish(DeadLetters(proc.Name), key, b)
+			v.SetPosition(proc.positions(), proc.group(), next)
+			return nil, v.Err()
 		}
-		v.Publish(DeadLetters(proc.Name), key, b)
-		v.SetPosition(proc.positions(), proc.group(), next)
-		return nil, v.Err()
+		_, _, err := r.node.StepAt(ctx, part, proc.Name+".dlq", fn, 0)
+		return err
+	})
+}
+
+// publishDeadLetter encodes dl and publishes it with publish; a dead
+// letter too large for the dead-letter stream (the event filled its own
+// stream, the error is long) goes without the events' contents, then
+// without the events: parking must never fail for size, or the
+// partition's processor would retry it forever.
+func publishDeadLetter(dl DeadLetter, publish func(b []byte) error) error {
+	var err error
+	for _, d := range []DeadLetter{dl, dl.withoutValues(), dl.withoutEvents()} {
+		b, merr := msgpack.Marshal(&d)
+		if merr != nil {
+			return merr
+		}
+		if err = publish(b); !errors.Is(err, api.ErrValueTooLarge) {
+			return err
+		}
 	}
-	_, _, err = r.node.StepAt(ctx, part, proc.Name+".dlq", fn, 0)
 	return err
+}
+
+// Bounds of a dead letter's parts once it was too large.
+const (
+	maxParkedKey   = 256
+	maxParkedError = 1024
+)
+
+// withoutValues is dl with its events' values left out, keys and error
+// cut to a bound.
+func (dl DeadLetter) withoutValues() DeadLetter {
+	d := dl
+	d.Events = make([]ParkedEvent, len(dl.Events))
+	for i, e := range dl.Events {
+		d.Events[i] = ParkedEvent{Kind: e.Kind, Key: cut(e.Key, maxParkedKey)}
+	}
+	d.Error = cut(dl.Error, maxParkedError) + " (the events' values were left out: too large for the dead-letter stream)"
+	return d
+}
+
+// withoutEvents is dl without its events, its error cut to a bound.
+func (dl DeadLetter) withoutEvents() DeadLetter {
+	d := dl
+	d.Events = nil
+	d.Error = cut(dl.Error, maxParkedError) + fmt.Sprintf(" (the record's %d events were left out: too large for the dead-letter stream)", len(dl.Events))
+	return d
+}
+
+// cut returns s cut to at most n bytes.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
 
 // park parks an outbox event no target can take in its processor's dead
@@ -361,17 +479,15 @@ func (r *Runtime) park(ctx context.Context, part int, procName, key string, pos 
 		procName = "outbox"
 	}
 	dl := DeadLetter{Processor: procName, Source: outboxStream, Partition: part, Position: pos, Events: []ParkedEvent{ev}, Error: cause.Error()}
-	b, err := msgpack.Marshal(&dl)
-	if err != nil {
-		return err
-	}
 	r.log.Warn("outbox event parked", "processor", procName, "partition", part, "position", pos, "err", cause)
-	fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
-		v.Publish(DeadLetters(procName), key, b)
-		return nil, v.Err()
-	}
-	_, _, err = r.node.StepAt(ctx, part, "outbox.dlq", fn, 0)
-	return err
+	return publishDeadLetter(dl, func(b []byte) error {
+		fn := func(_ context.Context, v *grid.StepView) ([]byte, error) {
+			v.Publish(DeadLetters(procName), key, b)
+			return nil, v.Err()
+		}
+		_, _, err := r.node.StepAt(ctx, part, "outbox.dlq", fn, 0)
+		return err
+	})
 }
 
 // currentPosition reads proc's committed position at part.

@@ -48,6 +48,9 @@ func cmdFCall(c *conn, cmd *command, out []byte) []byte {
 	case numKeys != 1:
 		return appendError(out, "ERR FCALL takes exactly one key: the function runs at the primary of its partition")
 	}
+	if strings.HasPrefix(string(a[1]), grid.ReservedPrefix) {
+		return appendError(out, "ERR function names starting with \\x00 are the grid's own")
+	}
 	if len(a) > 5 {
 		return appendError(out, "ERR FCALL takes one argument after the key: the function's arguments as one JSON value")
 	}

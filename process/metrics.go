@@ -16,12 +16,13 @@ var (
 	descLagAge    = prometheus.NewDesc("grid_processor_lag_seconds", "Age of the oldest event not handled yet, over this node's partitions.", []string{"processor"}, nil)
 	descDelivered = prometheus.NewDesc("grid_outbox_delivered_total", "Outbox events this node delivered (applied at their target).", nil, nil)
 	descDelivRetr = prometheus.NewDesc("grid_outbox_delivery_retries_total", "Outbox delivery attempts that failed and were retried.", nil, nil)
+	descRunErrs   = prometheus.NewDesc("grid_processor_run_errors_total", "Partition runs (processors' and outboxes') that ended on an error and started again after a backoff.", nil, nil)
 	descOutLag    = prometheus.NewDesc("grid_outbox_lag_records", "Outbox records (a batch's emitted events each) not yet delivered, over this node's partitions.", nil, nil)
 	descOutAge    = prometheus.NewDesc("grid_outbox_lag_seconds", "Age of the oldest outbox record not yet delivered, over this node's partitions.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHandled, descFailures, descParked, descGaps, descLag, descLagAge, descDelivered, descDelivRetr, descOutLag, descOutAge} {
+	for _, d := range []*prometheus.Desc{descHandled, descFailures, descParked, descGaps, descLag, descLagAge, descDelivered, descDelivRetr, descOutLag, descOutAge, descRunErrs} {
 		ch <- d
 	}
 }
@@ -39,5 +40,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDelivered, prometheus.CounterValue, float64(ob.Delivered))
 	ch <- prometheus.MustNewConstMetric(descDelivRetr, prometheus.CounterValue, float64(ob.Retries))
 	ch <- prometheus.MustNewConstMetric(descOutLag, prometheus.GaugeValue, float64(ob.Lag))
+	ch <- prometheus.MustNewConstMetric(descRunErrs, prometheus.CounterValue, float64(c.r.stats.runErrors.Load()))
 	ch <- prometheus.MustNewConstMetric(descOutAge, prometheus.GaugeValue, ob.MaxLagAge)
 }

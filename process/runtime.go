@@ -83,7 +83,14 @@ type activeRun struct {
 
 type runtimeStats struct {
 	delivered, deliveryRetries atomic.Int64
+	runErrors                  atomic.Int64
+	lastWarn                   atomic.Int64 // unix nanoseconds of the last run error logged at Warn
 }
+
+// warnEvery bounds how often a failing run is logged at Warn (each run
+// that ends on an error starts again after a backoff, so a stuck one
+// would log several times a second).
+const warnEvery = 10 * time.Second
 
 // registered is a processor with its counters.
 type registered struct {
@@ -294,6 +301,13 @@ func (r *Runtime) stopAll() {
 // node stopped leading it or the runtime is closing.
 func (r *Runtime) quiet(ctx context.Context, part int, what string, err error) {
 	if ctx.Err() != nil || errors.Is(err, api.ErrNotOwner) || errors.Is(err, api.ErrClosed) {
+		return
+	}
+	r.stats.runErrors.Add(1)
+	now := time.Now().UnixNano()
+	if last := r.stats.lastWarn.Load(); now-last >= int64(warnEvery) && r.stats.lastWarn.CompareAndSwap(last, now) {
+		r.log.Warn("partition run ended on an error; it starts again after a backoff (further ones logged at debug for 10s)",
+			"partition", part, "what", what, "err", err)
 		return
 	}
 	r.log.Debug("partition run ended", "partition", part, "what", what, "err", err)

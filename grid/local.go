@@ -78,7 +78,8 @@ func FeedStream(m string) string { return ReservedPrefix + "feed:" + m }
 // ReadLocal returns committed events of partition r.Part from position
 // r.From (at most r.Max records), with r.Group's committed position; the
 // partition must be led here (ErrNotOwner). With none to answer it waits
-// up to r.Wait for the partition's next commit. A position older than
+// up to r.Wait for the next commit that changes the stream (an event, a
+// group position; for a feed: the partition's next commit). A position older than
 // retention answers ErrJournalTrimmed (a *TrimmedError naming the oldest).
 func (n *Node) ReadLocal(ctx context.Context, r LocalRead) (LocalEvents, error) {
 	if r.Part < 0 || r.Part >= len(n.parts) {
@@ -124,8 +125,13 @@ func (n *Node) readLocalOnce(p *partition, r *LocalRead) (wire.JournalPart, <-ch
 	if r.Feed {
 		err = p.readJournal(r.From, r.Name, r.Max, &budget, &out)
 		out.Committed, _ = p.groupPos(FeedStream(r.Name), r.Group)
-	} else {
-		err = p.readStream(r.From, r.Name, r.Group, r.Max, &budget, &out)
+		return out, p.commitCh, err
+	}
+	err = p.readStream(r.From, r.Name, r.Group, r.Max, &budget, &out)
+	if s := p.logs[r.Name]; s != nil && err == nil {
+		// Woken by this stream's commits only, not by every commit of
+		// the partition (other streams', the runs' own steps).
+		return out, p.streamWait(s), nil
 	}
 	return out, p.commitCh, err
 }

@@ -604,6 +604,7 @@ func (n *Node) install(t *wire.Table) {
 			// Wake writers and readers waiting for commit: they fail fast.
 			close(p.commitCh)
 			p.commitCh = make(chan struct{})
+			p.wakeStreams()
 		} else if p.seat != 0 {
 			unseated = true
 		}

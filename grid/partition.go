@@ -174,6 +174,9 @@ type partition struct {
 	// commit; jwake wakes them (journalread.go).
 	jwaiters int
 	jwake    *journalWake
+	// streamWaits are the streams local reads wait for (streamLog.wake,
+	// streamwait.go).
+	streamWaits []*streamLog
 	// logs are the partition's streams and consumer groups (stream.go),
 	// each bounded by streamRecs events and streamBytes bytes.
 	logs                    map[string]*streamLog
@@ -263,6 +266,7 @@ func (p *partition) reset() {
 	p.commit = 0
 	p.ready = 0
 	p.journal.restart(0)
+	p.wakeStreams()
 	p.logs = map[string]*streamLog{}
 }
 
@@ -621,6 +625,7 @@ func (p *partition) setCommit(c uint64) {
 	p.pendq = p.pendq[i:]
 	close(p.commitCh)
 	p.commitCh = make(chan struct{})
+	p.wakeStreamsUpTo(c)
 	if p.jwaiters > 0 && p.jwake != nil {
 		p.jwake.wake()
 	}

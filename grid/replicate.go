@@ -84,6 +84,7 @@ func (n *Node) fence(p *partition, epoch uint64) error {
 		p.streams = map[string]*stream{}
 		close(p.commitCh)
 		p.commitCh = make(chan struct{})
+		p.wakeStreams()
 	}
 	if epoch > p.epoch {
 		p.epoch = epoch
@@ -244,6 +245,7 @@ func (p *partition) receiveChunk(c *transport.Conn, ch *wire.SnapshotChunk) (uin
 	p.commit, p.ready = 0, 0
 	p.lsn = ch.LSN
 	p.journal.install(in.journal, ch.LSN)
+	p.wakeStreams()
 	p.logs = in.logs
 	p.syncedEpoch = ch.Epoch
 	p.syncedConn = c

@@ -34,6 +34,13 @@ const (
 type streamLog struct {
 	events journal
 	groups map[string]uint64 // committed next position per group
+	// changed is the LSN of the last record that published to the stream
+	// or moved a group. wake, while a local read waits for the stream, is
+	// closed when the commit reaches wakeAt, the first such record since
+	// the read found nothing (0: none yet).
+	changed uint64
+	wake    chan struct{}
+	wakeAt  uint64
 }
 
 // newStreamLog returns an empty stream bounded like the partition's.
@@ -86,6 +93,10 @@ func (p *partition) applyStreamMut(mu *wire.Mutation, lsn uint64, t int64) {
 		}
 		s = p.newStreamLog()
 		p.logs[mu.Map] = s
+	}
+	s.changed = lsn
+	if s.wake != nil && s.wakeAt == 0 {
+		s.wakeAt = lsn
 	}
 	switch mu.Kind {
 	case wire.MutPublish:

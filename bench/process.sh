@@ -98,6 +98,13 @@ EOF
 "$bin/gridbench" -addrs "$A" -clients "$clients" -depth "$depth" -workload process-single -keys 5000 -duration 60s -http "$H" >/dev/null
 "$bin/gridbench" -addrs "$A" -clients "$clients" -depth "$depth" -workload process-chain -keys 5000 -duration 60s -http "$H" >/dev/null
 
+# The nodes' idle CPU (raft, leases, the processors' idle polls), for the
+# summary's CPU per operation above idle.
+read -r _ n0 < <(busy | paste -sd' ')
+sleep 10
+read -r _ n1 < <(busy | paste -sd' ')
+echo "{\"name\": \"idle\", \"nodes_cores\": $(echo "scale=3; ($n1 - $n0) / 1000" | bc)}" | tee -a "$out"
+
 for r in $(seq "$rounds"); do
   measure put "$r" -workload kv -get-ratio 0 -preload=false -duration "${PUT_SECONDS:-10}s"
   measure single "$r" -workload process-single -keys "${N_SINGLE:-40000}" -duration 120s -http "$H"
@@ -109,18 +116,25 @@ done
 python3 - "$out" <<'EOF'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+idle = statistics.median(r["nodes_cores"] for r in rows if r["name"] == "idle")
+rows = [r for r in rows if r["name"] != "idle"]
 by = {}
 for r in rows:
     by.setdefault(r["name"], []).append(r)
-put = statistics.median(r.get("ops_per_sec", 0) for r in by.get("put", [{}]))
+put = {r["round"]: r.get("ops_per_sec", 0) for r in by.get("put", [])}
 def rng(xs, f="{:,.0f}"):
     xs = sorted(xs)
     return f.format(statistics.median(xs)) + " (" + f.format(xs[0]) + "-" + f.format(xs[-1]) + ")"
-print("\n| measurement | ops or events/s | x Put | server CPU/op (µs) | events/processor record | p50 / p99 ms | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print(f"\nnodes idle: {idle:.3f} cores; load average {min(r['load1'] for r in rows)}-{max(r['load1'] for r in rows)}, "
+      f"the rest of the machine {rng([r['others_cores'] for r in rows], '{:.2f}')} cores")
+print("\n| measurement | ops or events/s | x Put (same round) | server CPU/op (µs) | above idle (µs) | records/event | events/processor record | p50 / p99 ms | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, rs in by.items():
     ops = [r.get("ops_per_sec", 0) for r in rs]
     lat = "%.1f / %.1f" % (statistics.median(r.get("p50_us", 0) for r in rs) / 1e3, statistics.median(r.get("p99_us", 0) for r in rs) / 1e3)
     epr = rng([r.get("events_per_record", 0) for r in rs], "{:.1f}") if rs[0].get("events_per_record") else "-"
-    print(f"| {name} | {rng(ops)} | {statistics.median(ops) / put:.2f} | {rng([r.get('server_cpu_us_per_op', 0) for r in rs])} | {epr} | {lat} | {sum(r.get('errors', 0) for r in rs)} |")
+    cpu = [r.get('server_cpu_us_per_op', 0) for r in rs]
+    above = [r.get('server_cpu_us_per_op', 0) - idle * 1e6 / max(r.get('ops_per_sec', 1), 1) for r in rs]
+    recs = rng([r["records"] / r["ops"] for r in rs], "{:.2f}") if rs[0].get("records") else "-"
+    print(f"| {name} | {rng(ops)} | {rng([r.get('ops_per_sec', 0) / put[r['round']] for r in rs if put.get(r['round'])], '{:.2f}')} | {rng(cpu)} | {rng(above)} | {recs} | {epr} | {lat} | {sum(r.get('errors', 0) for r in rs)} |")
 EOF

@@ -83,6 +83,9 @@ type result struct {
 	// MaxLagSeconds is the age of the oldest unhandled event, the most
 	// any poll saw.
 	MaxLagSeconds float64 `json:"max_lag_seconds,omitempty"`
+	// PublishCPUusPerEvent (-drain) is the servers' CPU per event while
+	// the events were published, the processors paused.
+	PublishCPUusPerEvent float64 `json:"publish_server_cpu_us_per_event,omitempty"`
 }
 
 func main() {
@@ -335,6 +338,9 @@ func reportProcess(stdout io.Writer, o *options, r result) {
 		perRecord = " events/processor record=" + strconv.FormatFloat(r.EventsPerRecord, 'f', 1, 64)
 	}
 	fmt.Fprintf(stdout, "records=%d (%.2f per event)%s max lag=%.2fs\n", r.Records, float64(r.Records)/float64(max(r.Ops, 1)), perRecord, r.MaxLagSeconds)
+	if r.Drain && r.PublishCPUusPerEvent > 0 {
+		fmt.Fprintf(stdout, "publishing (processors paused): server cpu=%.1fµs/event\n", r.PublishCPUusPerEvent)
+	}
 	if !r.Drain {
 		fmt.Fprintf(stdout, "first-stage latency (publish call to a poll seeing it handled, poll %v) p50=%.1fms p99=%.1fms max=%.1fms\n", o.poll, r.P50us/1e3, r.P99us/1e3, r.MaxUs/1e3)
 	}

@@ -163,6 +163,7 @@ type procMeasure struct {
 	start                time.Time
 	publishSecs, seconds float64
 	cpuTicks             int64
+	publishTicks         int64 // -drain: the servers' CPU while publishing (the processors paused)
 	records              uint64
 	final                procTotals
 	obs                  [][]posObs // end to end: the first stage's positions seen, per partition
@@ -218,11 +219,20 @@ func (m *procMeasure) drain(ctx context.Context) error {
 		return err
 	}
 	m.base = base
+	cpu0, err := serverCPU(m.o.pids)
+	if err != nil {
+		return err
+	}
 	m.start = time.Now()
 	if err := m.publish(ctx); err != nil {
 		return err
 	}
 	m.publishSecs = time.Since(m.start).Seconds()
+	cpu1, err := serverCPU(m.o.pids)
+	if err != nil {
+		return err
+	}
+	m.publishTicks = cpu1 - cpu0
 	m.published.Store(max(time.Since(m.start).Nanoseconds(), 1))
 	held, err := m.pc.totals(ctx)
 	if err != nil {
@@ -427,6 +437,7 @@ func (m *procMeasure) result() result {
 	}
 	if len(o.pids) > 0 {
 		r.ServerCPUusPerOp = float64(m.cpuTicks) * (1e6 / clockTicks) / float64(n)
+		r.PublishCPUusPerEvent = float64(m.publishTicks) * (1e6 / clockTicks) / float64(n)
 	}
 	r.Errors = m.final.failures - m.base.failures + m.final.parked - m.base.parked
 	if r.Errors > 0 {

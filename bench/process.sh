@@ -103,7 +103,7 @@ EOF
 read -r _ n0 < <(busy | paste -sd' ')
 sleep 10
 read -r _ n1 < <(busy | paste -sd' ')
-echo "{\"name\": \"idle\", \"nodes_cores\": $(echo "scale=3; ($n1 - $n0) / 1000" | bc)}" | tee -a "$out"
+python3 -c 'import json,sys; print(json.dumps({"name": "idle", "nodes_cores": (int(sys.argv[2]) - int(sys.argv[1])) / 1000}))' "$n0" "$n1" | tee -a "$out"
 
 for r in $(seq "$rounds"); do
   measure put "$r" -workload kv -get-ratio 0 -preload=false -duration "${PUT_SECONDS:-10}s"

@@ -20,6 +20,12 @@
 // per operation; consume publishes -keys events to a new stream first, then
 // measures one consumer group reading them (partitions split over the
 // clients; -duration caps it).
+//
+// process-single and process-chain measure gridnode's built-in event
+// processors (gridnode -processors chain,single): -keys events published
+// by the writers, until every member's GET /v1/processors (-http: every
+// member's HTTP address) shows them all handled; -drain publishes them
+// with the processors paused and times the drain alone (process.go).
 package main
 
 import (
@@ -33,6 +39,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +68,24 @@ type result struct {
 	// -server-pids) per operation, in µs; 0 without -server-pids.
 	ServerCPUusPerOp float64 `json:"server_cpu_us_per_op,omitempty"`
 	FirstError       string  `json:"first_error,omitempty"`
+
+	// process-* workloads (process.go). Ops are the events, OpsPerSec
+	// the events handled per second over the measured window (end to
+	// end, or the drain), the latency percentiles the first stage's
+	// (end to end only).
+	Drain         bool    `json:"drain,omitempty"`
+	PublishPerSec float64 `json:"publish_per_sec,omitempty"`
+	// Records is the replicated records every partition wrote in the
+	// measured window; EventsPerRecord (process-single) the events per
+	// processor record (the Publish records not counted).
+	Records         uint64  `json:"records,omitempty"`
+	EventsPerRecord float64 `json:"events_per_record,omitempty"`
+	// MaxLagSeconds is the age of the oldest unhandled event, the most
+	// any poll saw.
+	MaxLagSeconds float64 `json:"max_lag_seconds,omitempty"`
+	// PublishCPUusPerEvent (-drain) is the servers' CPU per event while
+	// the events were published, the processors paused.
+	PublishCPUusPerEvent float64 `json:"publish_server_cpu_us_per_event,omitempty"`
 }
 
 func main() {
@@ -78,6 +103,10 @@ type options struct {
 	asJSON   bool
 	pids     []int
 	w        workload
+
+	httpAddrs []string      // process-*: every member's HTTP address
+	drain     bool          // process-*: time the drain of a paused backlog
+	poll      time.Duration // process-*: status poll interval
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, int) {
@@ -87,7 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.StringVar(&o.addrs, "addrs", "127.0.0.1:7070", "comma-separated RPC addresses of cluster members")
 	fs.IntVar(&o.clients, "clients", 50, "concurrent clients, each with its own connections")
 	fs.IntVar(&o.depth, "depth", 1, "requests in flight per client (pipelining)")
-	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map) or consume (-keys events published first, then read by one consumer group over the clients)")
+	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map), consume (-keys events published first, then read by one consumer group over the clients), process-single or process-chain (-keys events through gridnode's built-in processors)")
 	fs.Float64Var(&o.w.ratio, "get-ratio", 0.5, "kv: fraction of operations that are gets; the rest are puts")
 	valueSize := fs.Int("value", 100, "kv: value size in bytes")
 	fs.IntVar(&o.w.keys, "keys", 100000, "key space (kv, publish), customers (order-*) or events (consume)")
@@ -97,6 +126,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.BoolVar(&o.preload, "preload", true, "write every key once before measuring, so reads find values")
 	fs.StringVar(&o.w.mapName, "map", "bench", "kv: map to use")
 	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object instead of text")
+	httpList := fs.String("http", "", "process-*: comma-separated HTTP addresses of every member (GET /v1/processors, pause and resume)")
+	fs.BoolVar(&o.drain, "drain", false, "process-*: publish with the first stage paused, then time the drain alone")
+	fs.DurationVar(&o.poll, "poll", 100*time.Millisecond, "process-*: how often to poll the members' processor status (the latency's resolution)")
 	pids := fs.String("server-pids", "", "comma-separated pids of the servers (on this machine) whose CPU time per operation to report")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -107,6 +139,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	var err error
 	if o.pids, err = parsePids(*pids); err != nil {
 		fmt.Fprintln(stderr, "gridbench:", err)
+		return nil, 2
+	}
+	if *httpList != "" {
+		o.httpAddrs = strings.Split(*httpList, ",")
+	}
+	if o.w.processes() && (len(o.httpAddrs) == 0 || o.poll <= 0 || o.duration <= 0) {
+		fmt.Fprintln(stderr, "gridbench: process-* workloads need -http (every member), a positive -poll and -duration (the cap)")
 		return nil, 2
 	}
 	if o.clients < 1 || o.depth < 1 || o.w.keys < 1 || *valueSize < 0 || o.w.ratio < 0 || o.w.ratio > 1 || (o.ops <= 0 && o.duration <= 0) {
@@ -149,15 +188,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	timeout := func(ctx context.Context) (context.Context, context.CancelFunc) {
 		return context.WithTimeout(ctx, 30*time.Second)
 	}
-	if (o.preload && o.w.name != workloadPublish && o.w.name != workloadConsume) || o.w.name == workloadFetch {
+	if (o.preload && o.w.name != workloadPublish && o.w.name != workloadConsume && !o.w.processes()) || o.w.name == workloadFetch {
 		if err := o.w.preload(ctx, cls[0], timeout); err != nil {
 			fmt.Fprintln(stderr, "gridbench: preload:", err)
 			return 1
 		}
 	}
 	measureFn := measure
-	if o.w.name == workloadConsume {
+	switch {
+	case o.w.name == workloadConsume:
 		measureFn = measureConsume
+	case o.w.processes():
+		measureFn = measureProcess
 	}
 	r, err := measureFn(ctx, o, cls)
 	if err != nil {
@@ -256,7 +298,7 @@ func summarize(o *options, samples []int64, elapsed float64) result {
 		r.Lines = o.w.lines
 	case workloadConsume:
 		r.GetRatio = 0
-	case workloadPublish:
+	case workloadPublish, workloadProcSingle, workloadProcChain:
 		r.GetRatio = 0
 	}
 	if len(samples) > 0 {
@@ -272,11 +314,34 @@ func report(stdout io.Writer, o *options, r result) {
 	}
 	fmt.Fprintf(stdout, "workload=%s clients=%d depth=%d get-ratio=%.2f value=%dB keys=%d lines=%d\n", r.Workload, r.Clients, r.Depth, r.GetRatio, r.ValueSize, r.Keys, r.Lines)
 	fmt.Fprintf(stdout, "ops=%d errors=%d time=%.1fs throughput=%.0f ops/s\n", r.Ops, r.Errors, r.Seconds, r.OpsPerSec)
-	fmt.Fprintf(stdout, "latency p50=%.0fµs p99=%.0fµs p99.9=%.0fµs max=%.0fµs\n", r.P50us, r.P99us, r.P999us, r.MaxUs)
+	if o.w.processes() {
+		reportProcess(stdout, o, r)
+	} else {
+		fmt.Fprintf(stdout, "latency p50=%.0fµs p99=%.0fµs p99.9=%.0fµs max=%.0fµs\n", r.P50us, r.P99us, r.P999us, r.MaxUs)
+	}
 	if r.ServerCPUusPerOp > 0 {
 		fmt.Fprintf(stdout, "server cpu=%.1fµs/op\n", r.ServerCPUusPerOp)
 	}
 	if r.FirstError != "" {
 		fmt.Fprintf(stdout, "first error: %s\n", r.FirstError)
+	}
+}
+
+func reportProcess(stdout io.Writer, o *options, r result) {
+	mode := "end to end (first publish to last handled)"
+	if r.Drain {
+		mode = "drain (resume to last handled, published while paused)"
+	}
+	fmt.Fprintf(stdout, "%s; publish %.0f events/s\n", mode, r.PublishPerSec)
+	perRecord := ""
+	if r.EventsPerRecord > 0 {
+		perRecord = " events/processor record=" + strconv.FormatFloat(r.EventsPerRecord, 'f', 1, 64)
+	}
+	fmt.Fprintf(stdout, "records=%d (%.2f per event)%s max lag=%.2fs\n", r.Records, float64(r.Records)/float64(max(r.Ops, 1)), perRecord, r.MaxLagSeconds)
+	if r.Drain && r.PublishCPUusPerEvent > 0 {
+		fmt.Fprintf(stdout, "publishing (processors paused): server cpu=%.1fµs/event\n", r.PublishCPUusPerEvent)
+	}
+	if !r.Drain {
+		fmt.Fprintf(stdout, "first-stage latency (publish call to a poll seeing it handled, poll %v) p50=%.1fms p99=%.1fms max=%.1fms\n", o.poll, r.P50us/1e3, r.P99us/1e3, r.MaxUs/1e3)
 	}
 }

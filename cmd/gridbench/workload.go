@@ -38,15 +38,20 @@ func (w *workload) linesMap() string { return fmt.Sprintf("lines%d", w.lines) }
 
 func (w *workload) validate() error {
 	switch w.name {
-	case workloadKV, workloadPublish, workloadConsume:
+	case workloadKV, workloadPublish, workloadConsume, workloadProcSingle, workloadProcChain:
 	case workloadCollocate, workloadFetch:
 		if w.lines < 1 {
 			return errors.New("-lines must be positive")
 		}
 	default:
-		return fmt.Errorf("unknown -workload %q (kv, %s, %s, %s, %s)", w.name, workloadCollocate, workloadFetch, workloadPublish, workloadConsume)
+		return fmt.Errorf("unknown -workload %q (kv, %s, %s, %s, %s, %s, %s)", w.name, workloadCollocate, workloadFetch, workloadPublish, workloadConsume, workloadProcSingle, workloadProcChain)
 	}
 	return nil
+}
+
+// processes reports whether w is a process-* workload.
+func (w *workload) processes() bool {
+	return w.name == workloadProcSingle || w.name == workloadProcChain
 }
 
 func keyName(i int) string { return fmt.Sprintf("key:%d", i) }

@@ -61,6 +61,13 @@ type Processor struct {
 	MaxBatch int
 	// Budget bounds one record's handler runs (0: the node's MaxStepTime).
 	Budget time.Duration
+	// Linger is the least time between two records of the processor at
+	// one partition once it has caught up with its stream (0: none):
+	// events that arrive meanwhile share the next record, which costs
+	// them up to Linger of latency and saves a replicated record each.
+	// A full batch (MaxBatch records queued) never waits. Kafka Streams'
+	// exactly-once mode commits every 100 ms by default.
+	Linger time.Duration
 }
 
 // Processor defaults.
@@ -108,7 +115,7 @@ func (p *Processor) Validate() error {
 		return fmt.Errorf("%w: %s has no handler", ErrBadProcessor, p.Name)
 	case p.MaxAttempts < 0 || p.MaxBatch < 0 || p.MaxBatch > maxBatch:
 		return fmt.Errorf("%w: %s: MaxAttempts %d, MaxBatch %d (max %d)", ErrBadProcessor, p.Name, p.MaxAttempts, p.MaxBatch, maxBatch)
-	case p.Backoff < 0 || p.MaxBackoff < 0 || p.Budget < 0:
+	case p.Backoff < 0 || p.MaxBackoff < 0 || p.Budget < 0 || p.Linger < 0:
 		return fmt.Errorf("%w: %s: negative durations", ErrBadProcessor, p.Name)
 	}
 	return nil

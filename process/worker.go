@@ -84,12 +84,20 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 	ps := proc.part(part)
 	ps.position.Store(pos)
 	cursor := pos
+	var last time.Time // when the last batch committed
+	lastUnits := 0     // its records
 	for ctx.Err() == nil {
 		if r.paused(proc.Name) {
 			if !r.sleep(ctx, r.cfg.Poll) {
 				return
 			}
 			continue
+		}
+		if lastUnits < proc.MaxBatch {
+			// Caught up: let arrivals gather for the next record.
+			if wait := proc.Linger - time.Since(last); wait > 0 && !r.sleep(ctx, wait) {
+				return
+			}
 		}
 		le, err := r.read(ctx, proc, part, cursor, r.cfg.Poll)
 		var trimmed *api.TrimmedError
@@ -121,7 +129,8 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 			ps.position.Store(pos)
 			continue
 		}
-		next, err := r.handleUnits(ctx, proc, part, pos, units(le.Events))
+		us := units(le.Events)
+		next, err := r.handleUnits(ctx, proc, part, pos, us)
 		if errors.Is(err, errPositionMoved) {
 			pos, err = r.currentPosition(ctx, part, proc)
 			cursor = pos
@@ -133,6 +142,7 @@ func (r *Runtime) run(ctx context.Context, proc *registered, part int) {
 			return
 		}
 		ps.position.Store(pos)
+		last, lastUnits = time.Now(), len(us)
 	}
 }
 

@@ -99,7 +99,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gridnode: no partition table:", err)
 		return 1
 	}
-	rt, err := startProcessors(node, opts.processors, log, reg)
+	rt, err := startProcessors(node, opts.processors, opts.linger, log, reg)
 	if err != nil {
 		node.Kill()
 		fmt.Fprintln(stderr, "gridnode: -processors:", err)
@@ -153,14 +153,14 @@ func run(args []string, stderr io.Writer) int {
 // startProcessors starts the node's processor runtime with the built-in
 // sets named in list (the runtime runs with none too: operations and
 // status answer for an empty set).
-func startProcessors(node *grid.Node, list string, log *slog.Logger, reg prometheus.Registerer) (*process.Runtime, error) {
+func startProcessors(node *grid.Node, list string, linger time.Duration, log *slog.Logger, reg prometheus.Registerer) (*process.Runtime, error) {
 	pcfg := process.DefaultConfig()
 	pcfg.Logger, pcfg.Registerer = log, reg
 	rt, err := process.Start(node, pcfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := builtin.Register(rt, list); err != nil {
+	if err := builtin.Register(rt, list, linger); err != nil {
 		rt.Close()
 		return nil, err
 	}
@@ -195,6 +195,7 @@ type options struct {
 	pprof        bool
 	leaveTimeout time.Duration
 	processors   string
+	linger       time.Duration
 }
 
 // parse merges flags over GRID_* environment variables over the -config
@@ -224,6 +225,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 	journalBytes := fs.Int("journal-bytes", cfg.JournalBytes, "bytes each partition's journal retains at most")
 	streamRecs := fs.Int("stream-records", cfg.StreamRecords, "events each stream retains per partition (never dropping one a consumer group or processor has not committed: publishers get ErrStreamFull)")
 	streamBytes := fs.Int("stream-bytes", cfg.StreamBytes, "bytes each stream retains per partition at most")
+	linger := fs.Duration("processor-linger", 0, "least time between two records of a built-in processor at a partition once caught up: arrivals share records (fewer replicated records, up to this much more latency); 0: none")
 	procs := fs.String("processors", "", "built-in event processor sets to run, comma-separated ("+strings.Join(builtin.Names(), ", ")+"); every member must run the same")
 
 	envKey := func(name string) string { return "GRID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
@@ -307,6 +309,10 @@ func parse(args []string, getenv func(string) string, out io.Writer) (options, e
 		return o, fmt.Errorf("-processors: %v", err)
 	}
 	o.processors = *procs
+	if *linger < 0 {
+		return o, fmt.Errorf("-processor-linger %v: must not be negative", *linger)
+	}
+	o.linger = *linger
 	return o, nil
 }
 

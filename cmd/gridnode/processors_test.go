@@ -31,7 +31,7 @@ func TestHTTPProcessors(t *testing.T) {
 	if err := node.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rt, err := startProcessors(node, "single", c.Logger(0), metrics)
+	rt, err := startProcessors(node, "single", 0, c.Logger(0), metrics)
 	if err != nil {
 		t.Fatal(err)
 	}

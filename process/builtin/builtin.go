@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/collocate/grid/process"
 )
@@ -53,8 +54,9 @@ func set(name string) func() []process.Processor {
 // Names lists the sets.
 func Names() []string { return []string{"chain", "single"} }
 
-// Register registers the comma-separated sets on rt.
-func Register(rt *process.Runtime, list string) error {
+// Register registers the comma-separated sets on rt, each processor
+// lingering linger (Processor.Linger).
+func Register(rt *process.Runtime, list string, linger time.Duration) error {
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		if name == "" {
@@ -65,6 +67,7 @@ func Register(rt *process.Runtime, list string) error {
 			return fmt.Errorf("unknown processor set %q (known: %s)", name, strings.Join(Names(), ", "))
 		}
 		for _, p := range set() {
+			p.Linger = linger
 			if err := rt.Register(p); err != nil {
 				return err
 			}

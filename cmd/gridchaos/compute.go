@@ -63,36 +63,20 @@ type computeConfig struct {
 }
 
 func (c computeConfig) withDefaults() (computeConfig, error) {
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&c.Runs, 1)
-	def(&c.Entries, 1_000_000)
-	def(&c.Batch, 5000)
-	def(&c.Backups, 1)
-	def(&c.Workers, 16)
-	def(&c.Increments, 250)
-	def(&c.BasePort, 31946)
+	orDefault(&c.Runs, 1)
+	orDefault(&c.Entries, 1_000_000)
+	orDefault(&c.Batch, 5000)
+	orDefault(&c.Backups, 1)
+	orDefault(&c.Workers, 16)
+	orDefault(&c.Increments, 250)
+	orDefault(&c.BasePort, 31946)
 	if c.CallTimeout <= 0 {
 		c.CallTimeout = 2 * time.Minute
 	}
 	if c.Entries < 4 {
 		return c, errors.New("compute: -entries must be at least 4")
 	}
-	switch c.Profile {
-	case "", "lan", "test":
-	default:
-		return c, fmt.Errorf("compute: -profile %q: want lan or test", c.Profile)
-	}
-	if c.Out == "" {
-		c.Out = "compute-out"
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
-	return c, nil
+	return c, finishModeConfig("compute", c.Profile, &c.Out, &c.Log)
 }
 
 // computeSummary is the JSON the compute mode prints (one line).

@@ -77,43 +77,27 @@ func (c failoverConfig) withDefaults() (failoverConfig, error) {
 			return c, fmt.Errorf("failover: unknown mode %q (known: %s)", m, strings.Join(failoverModes, ", "))
 		}
 	}
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	defD := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&c.Nodes, 3)
-	def(&c.Backups, 1)
-	def(&c.Runs, 10)
-	def(&c.SetsRuns, 3)
-	def(&c.FPRuns, 2)
-	def(&c.Writers, 32)
-	def(&c.Sets, 60)
-	def(&c.BasePort, 29946)
-	defD(&c.Warmup, 3*time.Second)
-	defD(&c.Hold, 10*time.Second)
-	defD(&c.Duration, 60*time.Second)
-	defD(&c.PauseEvery, time.Second)
-	defD(&c.PauseFor, 300*time.Millisecond)
-	defD(&c.SetWait, 5*time.Second)
+	orDefault(&c.Nodes, 3)
+	orDefault(&c.Backups, 1)
+	orDefault(&c.Runs, 10)
+	orDefault(&c.SetsRuns, 3)
+	orDefault(&c.FPRuns, 2)
+	orDefault(&c.Writers, 32)
+	orDefault(&c.Sets, 60)
+	orDefault(&c.BasePort, 29946)
+	orDefault(&c.Warmup, 3*time.Second)
+	orDefault(&c.Hold, 10*time.Second)
+	orDefault(&c.Duration, 60*time.Second)
+	orDefault(&c.PauseEvery, time.Second)
+	orDefault(&c.PauseFor, 300*time.Millisecond)
+	orDefault(&c.SetWait, 5*time.Second)
 	if c.Nodes < 3 {
 		return c, errors.New("failover: -nodes must be at least 3")
 	}
 	if c.PauseFor >= c.PauseEvery {
 		return c, errors.New("failover: -pause-for must be shorter than -pause-every")
 	}
-	if c.Out == "" {
-		c.Out = "failover-out"
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
-	return c, nil
+	return c, finishModeConfig("failover", c.Profile, &c.Out, &c.Log)
 }
 
 // failoverSummary is the JSON the failover mode prints.

@@ -80,40 +80,19 @@ type journalConfig struct {
 }
 
 func (c journalConfig) withDefaults() (journalConfig, error) {
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	defD := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&c.Runs, 1)
-	def(&c.Writers, 8)
-	def(&c.Publishers, 4)
-	def(&c.Kills, 4)
-	def(&c.Backups, 1)
-	def(&c.RejoinEntries, 1_000_000)
-	def(&c.BasePort, 25946)
-	defD(&c.Pace, 5*time.Millisecond)
-	defD(&c.WritePace, 10*time.Millisecond)
-	defD(&c.Down, 2*time.Second)
-	defD(&c.Warm, 2*time.Second)
-	defD(&c.RejoinStop, 3*time.Second)
-	switch c.Profile {
-	case "", "lan", "test":
-	default:
-		return c, fmt.Errorf("journal: -profile %q: want lan or test", c.Profile)
-	}
-	if c.Out == "" {
-		c.Out = "journal-out"
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
-	return c, nil
+	orDefault(&c.Runs, 1)
+	orDefault(&c.Writers, 8)
+	orDefault(&c.Publishers, 4)
+	orDefault(&c.Kills, 4)
+	orDefault(&c.Backups, 1)
+	orDefault(&c.RejoinEntries, 1_000_000)
+	orDefault(&c.BasePort, 25946)
+	orDefault(&c.Pace, 5*time.Millisecond)
+	orDefault(&c.WritePace, 10*time.Millisecond)
+	orDefault(&c.Down, 2*time.Second)
+	orDefault(&c.Warm, 2*time.Second)
+	orDefault(&c.RejoinStop, 3*time.Second)
+	return c, finishModeConfig("journal", c.Profile, &c.Out, &c.Log)
 }
 
 // journalSummary is the JSON the journal mode prints (one line).

@@ -101,18 +101,13 @@ type processConfig struct {
 var processFaultsDefault = []string{"kill-backlog", "pause-busy", "kill-rejoined", "restart-kill", "stop-kill", "pause", "kill-backlog"}
 
 func (c processConfig) withDefaults() (processConfig, error) {
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&c.Runs, 1)
-	def(&c.Nodes, 3)
-	def(&c.Events, 6000)
-	def(&c.Buckets, 16)
-	def(&c.Publishers, 4)
-	def(&c.Backups, 1)
-	def(&c.BasePort, 28946)
+	orDefault(&c.Runs, 1)
+	orDefault(&c.Nodes, 3)
+	orDefault(&c.Events, 6000)
+	orDefault(&c.Buckets, 16)
+	orDefault(&c.Publishers, 4)
+	orDefault(&c.Backups, 1)
+	orDefault(&c.BasePort, 28946)
 	switch {
 	case c.IdleBuckets == 0:
 		c.IdleBuckets = 4
@@ -155,18 +150,7 @@ func (c processConfig) withDefaults() (processConfig, error) {
 			return c, fmt.Errorf("process: unknown fault %q (known: %s)", k, strings.Join(processFaultKinds, ", "))
 		}
 	}
-	switch c.Profile {
-	case "", "lan", "test":
-	default:
-		return c, fmt.Errorf("process: -profile %q: want lan or test", c.Profile)
-	}
-	if c.Out == "" {
-		c.Out = "process-out"
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
-	return c, nil
+	return c, finishModeConfig("process", c.Profile, &c.Out, &c.Log)
 }
 
 // processSummary is the JSON the process mode prints (one line). The

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 )
 
 // roundOutcome is what a measurement round (compute, journal) reports
@@ -92,4 +93,29 @@ func seedRounds(ctx context.Context, mode string, runs int, seed0 uint64, log io
 		}
 	}
 	return seeds, violations, errs
+}
+
+// orDefault sets *v to d unless it is positive (a flag left at zero).
+func orDefault[T int | int64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
+
+// finishModeConfig applies what every mode's config shares: the gridnode
+// profile (lan or test; "" passes none), the output folder (<mode>-out by
+// default) and the log.
+func finishModeConfig(mode, profile string, out *string, log *io.Writer) error {
+	switch profile {
+	case "", "lan", "test":
+	default:
+		return fmt.Errorf("%s: -profile %q: want lan or test", mode, profile)
+	}
+	if *out == "" {
+		*out = mode + "-out"
+	}
+	if *log == nil {
+		*log = io.Discard
+	}
+	return nil
 }

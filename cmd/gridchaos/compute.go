@@ -30,18 +30,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 )
 
@@ -156,9 +151,7 @@ func RunCompute(ctx context.Context, cfg computeConfig) (*computeSummary, error)
 		MapReduce:  mrTotals{Errors: map[string]int{}},
 		Counter:    counterTotals{Workers: cfg.Workers, PerWorker: cfg.Increments, Errors: map[string]int{}},
 		Violations: []string{}}
-	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
-		sum.Commit = strings.TrimSpace(string(out))
-	}
+	sum.Commit = gitCommit()
 	bin, cleanup, err := gridnodeBinary(cfg.Gridnode)
 	if err != nil {
 		return nil, err
@@ -311,29 +304,10 @@ func computeMain(args []string) int {
 	fs.StringVar(&cfg.Gridnode, "gridnode", "", "gridnode binary (default: build ./cmd/gridnode)")
 	fs.StringVar(&cfg.Out, "out", "compute-out", "directory for the node logs of failed rounds")
 	fs.IntVar(&cfg.BasePort, "port", 31946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "gridchaos compute: unexpected arguments %v\n", fs.Args())
+	if !parseModeArgs("compute", fs, args) {
 		return 2
 	}
 	cfg.Log = os.Stderr
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	sum, err := RunCompute(ctx, cfg)
-	if sum != nil {
-		b, _ := json.Marshal(sum)
-		fmt.Println(string(b))
-	}
-	switch {
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "gridchaos compute:", err)
-		return 2
-	case len(sum.Violations) > 0:
-		return 1
-	case !sum.OK:
-		return 2
-	}
-	return 0
+	return runMode("compute", func(ctx context.Context) (*computeSummary, error) { return RunCompute(ctx, cfg) },
+		func(s *computeSummary) (bool, bool) { return len(s.Violations) > 0, s.OK })
 }

@@ -164,9 +164,7 @@ func RunFailover(ctx context.Context, cfg failoverConfig) (*failoverSummary, err
 		Writers: cfg.Writers, Faults: map[string]*faultSummary{}, Skipped: map[string]string{}, Errors: map[string]string{},
 		Load: map[string]string{},
 	}}
-	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
-		f.sum.Commit = strings.TrimSpace(string(out))
-	}
+	f.sum.Commit = gitCommit()
 	bin, cleanup, err := gridnodeBinary(cfg.Gridnode)
 	if err != nil {
 		return nil, err

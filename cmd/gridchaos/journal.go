@@ -39,18 +39,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 )
 
@@ -138,9 +132,7 @@ func RunJournal(ctx context.Context, cfg journalConfig) (*journalSummary, error)
 		profile = "default"
 	}
 	sum := &journalSummary{Date: time.Now().UTC().Format(time.RFC3339), Profile: profile, Violations: []string{}}
-	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
-		sum.Commit = strings.TrimSpace(string(out))
-	}
+	sum.Commit = gitCommit()
 	bin, cleanup, err := gridnodeBinary(cfg.Gridnode)
 	if err != nil {
 		return nil, err
@@ -258,31 +250,10 @@ func journalMain(args []string) int {
 	fs.StringVar(&cfg.Gridnode, "gridnode", "", "gridnode binary (default: build ./cmd/gridnode)")
 	fs.StringVar(&cfg.Out, "out", "journal-out", "directory for the node logs of failed rounds")
 	fs.IntVar(&cfg.BasePort, "port", 25946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "gridchaos journal: unexpected arguments %v\n", fs.Args())
+	if !parseModeArgs("journal", fs, args) {
 		return 2
 	}
 	cfg.Log = os.Stderr
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	sum, err := RunJournal(ctx, cfg)
-	if sum != nil {
-		b, _ := json.Marshal(sum)
-		fmt.Println(string(b))
-	}
-	switch {
-	case err != nil && !errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "gridchaos journal:", err)
-		return 2
-	case err != nil:
-		return 2
-	case len(sum.Violations) > 0:
-		return 1
-	case !sum.OK:
-		return 2
-	}
-	return 0
+	return runMode("journal", func(ctx context.Context) (*journalSummary, error) { return RunJournal(ctx, cfg) },
+		func(s *journalSummary) (bool, bool) { return len(s.Violations) > 0, s.OK })
 }

@@ -48,7 +48,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,11 +55,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -241,9 +237,7 @@ func RunProcess(ctx context.Context, cfg processConfig) (*processSummary, error)
 		profile = "default"
 	}
 	sum := &processSummary{Date: time.Now().UTC().Format(time.RFC3339), Profile: profile, Runs: []processRound{}, Violations: []string{}}
-	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
-		sum.Commit = strings.TrimSpace(string(out))
-	}
+	sum.Commit = gitCommit()
 	bin, cleanup, err := gridnodeBinary(cfg.Gridnode)
 	if err != nil {
 		return nil, err
@@ -344,11 +338,7 @@ func processMain(args []string) int {
 	fs.StringVar(&cfg.Gridnode, "gridnode", "", "gridnode binary (default: build ./cmd/gridnode)")
 	fs.StringVar(&cfg.Out, "out", "process-out", "directory for the node logs of failed rounds")
 	fs.IntVar(&cfg.BasePort, "port", 28946, "gossip port; rpc and http use the next two, on every 127.0.0.x")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "gridchaos process: unexpected arguments %v\n", fs.Args())
+	if !parseModeArgs("process", fs, args) {
 		return 2
 	}
 	cfg.Faults = []string{}
@@ -358,21 +348,6 @@ func processMain(args []string) int {
 		}
 	}
 	cfg.Log = os.Stderr
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	sum, err := RunProcess(ctx, cfg)
-	if sum != nil {
-		b, _ := json.Marshal(sum)
-		fmt.Println(string(b))
-	}
-	switch {
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "gridchaos process:", err)
-		return 2
-	case len(sum.Violations) > 0:
-		return 1
-	case !sum.OK:
-		return 2
-	}
-	return 0
+	return runMode("process", func(ctx context.Context) (*processSummary, error) { return RunProcess(ctx, cfg) },
+		func(s *processSummary) (bool, bool) { return len(s.Violations) > 0, s.OK })
 }

@@ -2,11 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -118,4 +123,50 @@ func finishModeConfig(mode, profile string, out *string, log *io.Writer) error {
 		*log = io.Discard
 	}
 	return nil
+}
+
+// gitCommit names the tree a summary was measured on ("" outside git).
+func gitCommit() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// parseModeArgs parses a mode's flags; positional arguments are refused.
+func parseModeArgs(mode string, fs *flag.FlagSet, args []string) bool {
+	if err := fs.Parse(args); err != nil {
+		return false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "gridchaos %s: unexpected arguments %v\n", mode, fs.Args())
+		return false
+	}
+	return true
+}
+
+// runMode runs a mode until it ends or SIGINT/SIGTERM, prints its summary
+// as one JSON line, and returns the exit status: 1 with violations, 2 on
+// an error or a summary that is not ok, 0 otherwise. verdict reports the
+// summary's violations and whether it is ok.
+func runMode[S any](mode string, run func(context.Context) (*S, error), verdict func(*S) (violated, ok bool)) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sum, err := run(ctx)
+	if sum != nil {
+		b, _ := json.Marshal(sum)
+		fmt.Println(string(b))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gridchaos "+mode+":", err)
+		return 2
+	}
+	switch violated, ok := verdict(sum); {
+	case violated:
+		return 1
+	case !ok:
+		return 2
+	}
+	return 0
 }

@@ -551,3 +551,6 @@ func (c *Client) install(t *wire.Table) {
 	c.tableCh = make(chan struct{})
 	c.log.Debug("installed table", "version", t.Version, "members", len(t.Members))
 }
+
+// Partitions is the cluster's partition count (from the installed table).
+func (c *Client) Partitions() int { return len(c.table.Load().Partitions) }

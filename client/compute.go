@@ -24,10 +24,30 @@ var _ invoke.Executor = (*Client)(nil)
 // start with "\x00", grid.ReservedPrefix): they write the grid's own
 // state (inbox watermarks, processors' positions).
 func checkFunction(name string) error {
+	if strings.HasPrefix(name, TxnStepPrefix) {
+		return nil
+	}
 	if strings.HasPrefix(name, "\x00") {
 		return fmt.Errorf("%w: function %q: names starting with \\x00 are the grid's own", ErrBadRequest, name)
 	}
 	return nil
+}
+
+// TxnStepPrefix starts the names of package txn's steps (prepare, commit,
+// finish, resolve): the only internal steps a client may call. They
+// check their own arguments (a transaction's id, deadline and keys).
+const TxnStepPrefix = "\x00txn."
+
+// ExecuteOnPartition runs the partition step fn at partition part's
+// primary, retried like ExecuteOnKey (applied once). Package txn runs its
+// steps with it.
+func (c *Client) ExecuteOnPartition(ctx context.Context, part int, fn string, args []byte, opts ...invoke.CallOption) ([]byte, error) {
+	if err := checkFunction(fn); err != nil {
+		return nil, err
+	}
+	o := invoke.Options(opts)
+	resp, err := c.router.Step(ctx, &wire.StepRequest{Partition: int32(part), Name: fn, Args: args, Budget: int64(o.Budget)})
+	return resp.Result, err
 }
 
 // ExecuteOnKey runs the partition function fn at the primary of key's

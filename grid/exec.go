@@ -242,6 +242,16 @@ func (n *Node) execMap1(ctx context.Context, req *wire.MapRequest) (wire.MapResp
 			}
 			return r.resp, nil
 		}
+		if req.Op != wire.OpPublish && req.Op != wire.OpGroupSet && p.blocks(req.Map, req.Key, true) {
+			// A transaction being committed holds the key: wait for its
+			// outcome, then decide on top of it.
+			epoch := p.epoch
+			p.mu.Unlock()
+			if err := n.waitLock(ctx, p, epoch, req.Map, req.Key, true); err != nil {
+				return wire.MapResponse{}, err
+			}
+			continue
+		}
 		resp, muts, err := decide(p, req, now)
 		if err == nil {
 			err = n.checkSize(muts, &resp)
@@ -477,6 +487,14 @@ func (n *Node) read(ctx context.Context, p *partition, req *wire.MapRequest) (wi
 			p.mu.Unlock()
 			return wire.MapResponse{}, err
 		}
+		if p.blocks(req.Map, req.Key, false) {
+			epoch := p.epoch
+			p.mu.Unlock()
+			if err := n.waitLock(ctx, p, epoch, req.Map, req.Key, false); err != nil {
+				return wire.MapResponse{}, err
+			}
+			continue
+		}
 		floor := p.readFloor(req.Map, req.Key)
 		if p.commit >= floor {
 			var resp wire.MapResponse
@@ -545,7 +563,7 @@ func (n *Node) execGetAll1(ctx context.Context, req *wire.GetAllRequest) (*wire.
 		out := &resp.Parts[i]
 		p, err := n.partitionFor(ctx, pid, req.Version)
 		if err == nil {
-			err = n.primaryLocked(ctx, p, func() uint64 {
+			err = n.unlockedKeys(ctx, p, req.Map, req.Keys[i], func() uint64 {
 				f := p.ready
 				for _, k := range req.Keys[i] {
 					f = max(f, p.readFloor(req.Map, k))
@@ -659,6 +677,9 @@ func (n *Node) execPutAll1(ctx context.Context, req *wire.PutAllRequest) (*wire.
 			if affinity.Partition(k, len(n.parts)) != p.id {
 				return nil, wire.MapResponse{}, fmt.Errorf("%w: key %q is not in partition %d", api.ErrBadRequest, k, p.id)
 			}
+			if p.blocks(req.Map, k, true) {
+				return nil, wire.MapResponse{}, lockedErr(p.id, req.Map, k, nil)
+			}
 			ms[j] = wire.Mutation{Kind: wire.MutSet, Map: req.Map, Key: k, Value: req.Values[i][j], ExpireAt: exp}
 		}
 		return ms, wire.MapResponse{Done: true}, nil
@@ -684,6 +705,9 @@ func (n *Node) execDeleteAll1(ctx context.Context, req *wire.DeleteAllRequest) (
 			if affinity.Partition(k, len(n.parts)) != p.id {
 				return nil, wire.MapResponse{}, fmt.Errorf("%w: key %q is not in partition %d", api.ErrBadRequest, k, p.id)
 			}
+			if p.blocks(req.Map, k, true) {
+				return nil, wire.MapResponse{}, lockedErr(p.id, req.Map, k, nil)
+			}
 			if !seen[k] && p.get(req.Map, k, now) != nil {
 				ms = append(ms, wire.Mutation{Kind: wire.MutDelete, Map: req.Map, Key: k})
 			}
@@ -707,6 +731,9 @@ func (n *Node) execClear1(ctx context.Context, req *wire.ClearRequest) (*wire.Pa
 		return nil, err
 	}
 	resp, _ := n.execPartsWrite(ctx, req.Version, req.Partitions, req.Session, func(i int, p *partition, now int64) ([]wire.Mutation, wire.MapResponse, error) {
+		if p.mapLocked(req.Map) {
+			return nil, wire.MapResponse{}, fmt.Errorf("%w: partition %d: keys of map %q are locked by a transaction being committed", api.ErrBusy, p.id, req.Map)
+		}
 		return []wire.Mutation{{Kind: wire.MutClear, Map: req.Map}}, wire.MapResponse{Done: true}, nil
 	})
 	return resp, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -256,4 +257,38 @@ func (n *Node) Backlog(r LocalRead) (Backlog, error) {
 		b.Events += len(evs)
 	}
 	return b, nil
+}
+
+// LocalEntry is an entry of a partition led here, as LocalEntries sees it.
+type LocalEntry struct {
+	Key   string
+	Value []byte // shared with the store: never modify it
+}
+
+// LocalEntries returns the live entries of map m whose keys start with
+// prefix in partition part, which must be led here (ErrNotOwner), at most
+// max of them (0: all). It reads what the primary applied, which may not be
+// committed yet: callers act on it only through steps, which check again.
+func (n *Node) LocalEntries(part int, m, prefix string, max int) ([]LocalEntry, error) {
+	if part < 0 || part >= len(n.parts) {
+		return nil, fmt.Errorf("%w: partition %d out of range [0, %d)", api.ErrBadRequest, part, len(n.parts))
+	}
+	p := n.parts[part]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.role != rolePrimary {
+		return nil, p.notOwner()
+	}
+	now := nowNano()
+	var out []LocalEntry
+	for k, e := range p.maps[m] {
+		if !e.live(now) || !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		out = append(out, LocalEntry{Key: k, Value: e.value})
+		if max > 0 && len(out) >= max {
+			break
+		}
+	}
+	return out, nil
 }

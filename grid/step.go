@@ -253,6 +253,9 @@ func (n *Node) stepCommit(p *partition, v *StepView, sess wire.Session, res []by
 	if err := v.checkStreamWrites(); err != nil {
 		return nil, none, commitFloor{}, err
 	}
+	if err := v.checkLocks(); err != nil {
+		return nil, none, commitFloor{}, err
+	}
 	if len(v.writes) == 0 {
 		// Nothing to record: the answer rests only on what was read.
 		return res, none, commitFloor{lsn: v.readFloor(), epoch: p.epoch}, nil

@@ -51,6 +51,9 @@ type StepView struct {
 	// callers: a function callers name (not the grid's own steps nor
 	// StepAt's): it may not write reserved names.
 	callers bool
+	// managesLocks: the step inspects or changes key locks itself
+	// (txlock.go), so its commit does not refuse locked keys.
+	managesLocks bool
 
 	err    error
 	closed atomic.Bool

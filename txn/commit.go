@@ -1,0 +1,215 @@
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/collocate/grid/txn/internal/proto"
+)
+
+// finishTimeout bounds telling the participants the outcome.
+const finishTimeout = 5 * time.Second
+
+// call runs step name at part with v as arguments and decodes the result.
+func (t *Tx) call(ctx context.Context, part int, name string, v any) (proto.Result, error) {
+	var res proto.Result
+	args, err := proto.Encode(v)
+	if err != nil {
+		return res, err
+	}
+	raw, err := t.g.Step(ctx, part, name, args)
+	if err != nil {
+		return res, err
+	}
+	if err := proto.Decode(raw, &res); err != nil {
+		return res, fmt.Errorf("txn: step %q answered %d undecodable bytes: %w", name, len(raw), err)
+	}
+	return res, nil
+}
+
+// waitDie runs a validating step (one, prepare, commit) and runs it again
+// while it answers Wait (a younger transaction holds a key), for at most
+// LockWait; then the answer is Conflict.
+func (t *Tx) waitDie(ctx context.Context, part int, name string, w *proto.Work) (proto.Result, error) {
+	end := time.Now().Add(t.opts.LockWait)
+	pause := 2 * time.Millisecond
+	for {
+		res, err := t.call(ctx, part, name, w)
+		if err != nil || res.Status != proto.Wait {
+			return res, err
+		}
+		if time.Now().After(end) {
+			return proto.Result{Status: proto.Conflict, Detail: res.Detail + fmt.Sprintf(" (waited %v)", t.opts.LockWait)}, nil
+		}
+		if err := sleep(ctx, pause); err != nil {
+			return res, err
+		}
+		pause = min(pause*2, 50*time.Millisecond)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// outcome turns a final status into Commit's error.
+func outcome(res proto.Result) error {
+	switch res.Status {
+	case proto.Done:
+		return nil
+	case proto.Conflict:
+		return fmt.Errorf("%w: %s", ErrConflict, res.Detail)
+	case proto.Expired, proto.Aborted, proto.Finished:
+		return fmt.Errorf("%w (%s)", ErrExpired, res.Status)
+	}
+	return fmt.Errorf("%w: unexpected answer %s", ErrConflict, res.Status)
+}
+
+// commitOne commits a transaction of one partition with one step.
+func (t *Tx) commitOne(ctx context.Context, part int, w *proto.Work) error {
+	w.H = t.header(part)
+	res, err := t.waitDie(ctx, part, proto.StepOne, w)
+	if err != nil {
+		return err
+	}
+	return outcome(res)
+}
+
+// commitTwoPhase commits across partitions: prepare every participant
+// but the coordinator, then the coordinator's step decides and applies
+// its own share, then the others finish.
+func (t *Tx) commitTwoPhase(ctx context.Context, parts map[int]*proto.Work) error {
+	order := sortedParts(parts)
+	coord, readOnly := t.coordinator(order, parts)
+	others := make([]int, 0, len(order))
+	for _, p := range order {
+		if p != coord || readOnly {
+			others = append(others, p)
+		}
+	}
+	for _, p := range order {
+		parts[p].H = t.header(coord)
+	}
+	if err := t.prepareAll(ctx, others, parts); err != nil {
+		return err
+	}
+	if readOnly {
+		// Every read was current while all of them were locked: release.
+		t.finishAll(ctx, others, false)
+		return nil
+	}
+	cw := parts[coord]
+	cw.Parts = others
+	res, err := t.waitDie(ctx, coord, proto.StepCommit, cw)
+	if err != nil {
+		res, err = t.decideAbort(ctx, coord)
+		if err != nil {
+			return fmt.Errorf("%w: the commit's outcome is not known yet (it is decided at the latest by the transaction's deadline): %w", ErrUnknown, err)
+		}
+	}
+	t.finishAll(ctx, others, res.Status == proto.Done)
+	return outcome(res)
+}
+
+// coordinator picks the coordinator partition: one with writes, chosen by
+// the transaction's id to spread decisions. readOnly: no partition
+// writes; every participant only prepares (locks) and releases.
+func (t *Tx) coordinator(order []int, parts map[int]*proto.Work) (coord int, readOnly bool) {
+	var writers []int
+	for _, p := range order {
+		if len(parts[p].Writes) > 0 {
+			writers = append(writers, p)
+		}
+	}
+	if len(writers) == 0 {
+		return order[0], true
+	}
+	return writers[int(t.id[0])%len(writers)], false
+}
+
+// prepareAll prepares parts in parallel. If any does not prepare, every
+// one is told to abort and the error says why.
+func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work) error {
+	type answer struct {
+		res proto.Result
+		err error
+	}
+	answers := make([]answer, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i].res, answers[i].err = t.waitDie(ctx, p, proto.StepPrepare, parts[p])
+		}()
+	}
+	wg.Wait()
+	var first error
+	var held []int // prepared, or not known: told to abort
+	for i, a := range answers {
+		err := a.err
+		if err == nil && a.res.Status != proto.Done {
+			err = outcome(a.res)
+		}
+		if err == nil || a.err != nil {
+			held = append(held, ps[i])
+		}
+		if err != nil && (first == nil || errors.Is(first, ErrExpired)) {
+			first = err
+		}
+	}
+	if first != nil {
+		t.finishAll(ctx, held, false)
+	}
+	return first
+}
+
+// decideAbort learns the outcome of a commit step whose answer was lost:
+// the coordinator answers the decision, or decides abort now.
+func (t *Tx) decideAbort(ctx context.Context, coord int) (proto.Result, error) {
+	for {
+		res, err := t.call(ctx, coord, proto.StepResolve, proto.IDs{IDs: []string{t.id}, Deadline: t.deadline.UnixNano(), Abort: true})
+		if err == nil {
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return res, err
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return res, err
+		}
+	}
+}
+
+// finishAll tells parts the outcome, in parallel. A participant that
+// cannot be told now is finished by its member's recovery after the
+// deadline.
+func (t *Tx) finishAll(ctx context.Context, ps []int, commit bool) {
+	if len(ps) == 0 {
+		return
+	}
+	f := proto.Finish{ID: t.id, Commit: commit, Deadline: t.deadline.UnixNano()}
+	// Locks are released by this; a caller whose ctx is ending still
+	// gets them released now rather than by recovery after the deadline.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = t.call(ctx, p, proto.StepFinish, f)
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,161 @@
+// Package proto is what package txn's callers and its members' steps
+// exchange: the steps' names, arguments, results and the records the
+// steps keep in each partition. Both sides encode with msgpack; a field
+// added breaks mixed builds, like every wire message of the grid.
+package proto
+
+import (
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The steps (installed on every member by txnnode.Start). Names start
+// with "\x00txn." (client.TxnStepPrefix): clients may call them.
+const (
+	StepOne     = "\x00txn.one"     // a transaction of one partition: validate and apply
+	StepPrepare = "\x00txn.prepare" // a participant: validate, lock, keep the writes
+	StepCommit  = "\x00txn.commit"  // the coordinator: validate, apply its writes, record the decision
+	StepFinish  = "\x00txn.finish"  // a participant: apply or drop what it prepared, unlock
+	StepResolve = "\x00txn.resolve" // the coordinator: the decision; abort if none and past the deadline
+	StepHeld    = "\x00txn.held"    // a participant: which of these transactions it still holds prepared
+	StepForget  = "\x00txn.forget"  // the coordinator: drop decisions nobody needs any more
+)
+
+// Map is the internal map of transaction records. Keys start with the
+// partition's tag ("{tag}"), so each lives in its partition:
+//
+//	{tag}p/<id>  a prepared participant's Prepared record
+//	{tag}d/<id>  the coordinator's Decision
+//	{tag}t/<id>  a finished participant's tombstone (a late prepare is refused), with a TTL
+const Map = "\x00txn"
+
+// Record kinds, the letter after the tag.
+const (
+	KindPrepared = "p/"
+	KindDecision = "d/"
+	KindTomb     = "t/"
+)
+
+// Key is a record's key in partition tag's Map.
+func Key(tag, kind, id string) string { return "{" + tag + "}" + kind + id }
+
+// Read is a key the transaction read, with the version it saw (0: absent).
+type Read struct {
+	_       struct{} `msgpack:",as_array"`
+	Map     string
+	Key     string
+	Version uint64
+}
+
+// Write is a key the transaction writes: a value, or a deletion.
+type Write struct {
+	_      struct{} `msgpack:",as_array"`
+	Map    string
+	Key    string
+	Value  []byte
+	Delete bool
+}
+
+// Header names a transaction and its limits.
+type Header struct {
+	_        struct{} `msgpack:",as_array"`
+	ID       string
+	Coord    int   // the coordinator partition
+	Deadline int64 // unix nanoseconds: no commit decision after it
+	Prio     int64 // wait-die age: smaller is older
+}
+
+// Work is a transaction's reads and writes at one partition (StepOne,
+// StepPrepare, StepCommit).
+type Work struct {
+	_      struct{} `msgpack:",as_array"`
+	H      Header
+	Reads  []Read
+	Writes []Write
+	// Parts are the other participants (StepCommit: the decision keeps
+	// them for its collection).
+	Parts []int
+}
+
+// Prepared is a participant's record of what it prepared.
+type Prepared struct {
+	_      struct{} `msgpack:",as_array"`
+	H      Header
+	Writes []Write
+	Locked []Read // every key it locked (Version unused)
+}
+
+// Decision is the coordinator's record of a transaction's outcome.
+type Decision struct {
+	_        struct{} `msgpack:",as_array"`
+	Commit   bool
+	Deadline int64
+	Parts    []int
+}
+
+// Finish tells a participant the outcome (StepFinish).
+type Finish struct {
+	_        struct{} `msgpack:",as_array"`
+	ID       string
+	Commit   bool
+	Deadline int64 // for the tombstone's lifetime
+}
+
+// IDs names transactions (StepResolve: one with its deadline; StepHeld,
+// StepForget: a batch).
+type IDs struct {
+	_        struct{} `msgpack:",as_array"`
+	IDs      []string
+	Deadline int64
+	// Abort (StepResolve): decide abort now if there is no decision yet
+	// (the caller gives up on its commit).
+	Abort bool
+}
+
+// Status is a step's outcome.
+type Status uint8
+
+const (
+	Done     Status = iota + 1 // prepared, committed, finished, or resolved as committed
+	Aborted                    // resolved as aborted
+	Pending                    // no decision yet, before the deadline (StepResolve)
+	Wait                       // a younger transaction holds a key: retry shortly (wait-die)
+	Conflict                   // a read changed, or an older transaction holds a key (die)
+	Expired                    // past the deadline: nothing applied
+	Finished                   // StepPrepare: the transaction was already finished here
+)
+
+func (s Status) String() string {
+	switch s {
+	case Done:
+		return "done"
+	case Aborted:
+		return "aborted"
+	case Pending:
+		return "pending"
+	case Wait:
+		return "wait"
+	case Conflict:
+		return "conflict"
+	case Expired:
+		return "expired"
+	case Finished:
+		return "finished"
+	}
+	return fmt.Sprintf("status(%d)", uint8(s))
+}
+
+// Result is a step's answer.
+type Result struct {
+	_      struct{} `msgpack:",as_array"`
+	Status Status
+	Detail string   // why (a conflict's key, the holder)
+	IDs    []string // StepHeld: the ones still prepared
+}
+
+// Encode marshals v.
+func Encode(v any) ([]byte, error) { return msgpack.Marshal(v) }
+
+// Decode unmarshals b into v.
+func Decode(b []byte, v any) error { return msgpack.Unmarshal(b, v) }

@@ -1,0 +1,273 @@
+package txn
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/txn/internal/proto"
+)
+
+// Grid is what transactions run on: a txnnode.Service (embedded) or
+// Client(c) (the client SDK).
+type Grid interface {
+	// Step runs one of txn's steps at partition part's primary, applied
+	// at most once however often it is retried, and returns its result.
+	Step(ctx context.Context, part int, name string, args []byte) ([]byte, error)
+	// Read returns key's committed entry of map m (api.ErrNotFound if
+	// absent), waiting while a transaction being committed holds it.
+	Read(ctx context.Context, m, key string) (api.Entry, error)
+	// Partitions is the partition count.
+	Partitions() int
+}
+
+var (
+	// ErrConflict: the transaction was aborted, nothing applied; a key it
+	// read changed, or an older transaction held a key it needs. Run
+	// retries it.
+	ErrConflict = errors.New("txn: conflict; the transaction was aborted and nothing applied")
+	// ErrExpired: the transaction reached its Timeout before it could
+	// commit; aborted, nothing applied. Run retries it.
+	ErrExpired = errors.New("txn: the transaction's timeout passed; aborted, nothing applied")
+	// ErrDone: the transaction already committed or rolled back.
+	ErrDone = errors.New("txn: the transaction is already finished")
+	// ErrTooLarge: too many keys for one transaction (Options.MaxKeys).
+	ErrTooLarge = errors.New("txn: too many keys for one transaction")
+	// ErrNotFound is the grid's: a key that is absent.
+	ErrNotFound = api.ErrNotFound
+	// ErrUnknown: the commit's outcome could not be learned before ctx
+	// ended (it is decided by the transaction's deadline: ask again with
+	// a new transaction reading the keys). It is api.ErrTimeout.
+	ErrUnknown = api.ErrTimeout
+)
+
+// Options tune a transaction.
+type Options struct {
+	// Timeout bounds the transaction from Begin to its commit decision:
+	// past it the transaction can only abort, and locks a dead caller
+	// left are released about Timeout+2s after Begin. Default 5s.
+	Timeout time.Duration
+	// LockWait bounds how long an older transaction waits for a younger
+	// one's lock at commit before it gives up with ErrConflict. Default
+	// 500ms.
+	LockWait time.Duration
+	// MaxKeys bounds the keys a transaction reads and writes. Default 4096.
+	MaxKeys int
+	// prio keeps a retried transaction's age (Run).
+	prio int64
+}
+
+func (o Options) withDefaults() Options {
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.LockWait <= 0 {
+		o.LockWait = 500 * time.Millisecond
+	}
+	if o.MaxKeys <= 0 {
+		o.MaxKeys = 4096
+	}
+	return o
+}
+
+type key struct{ m, k string }
+
+// Tx is one transaction. It is not safe for concurrent use.
+type Tx struct {
+	g        Grid
+	opts     Options
+	id       string
+	prio     int64
+	deadline time.Time
+
+	reads  map[key]proto.Read
+	rvals  map[key][]byte // read values (nil: absent)
+	writes map[key]proto.Write
+	order  []key // writes in first-write order
+	done   bool
+}
+
+// Begin starts a transaction on g. Nothing crosses the network until the
+// first Get.
+func Begin(ctx context.Context, g Grid, opts Options) (*Tx, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if g == nil {
+		return nil, fmt.Errorf("%w: txn.Begin needs a Grid", api.ErrBadRequest)
+	}
+	opts = opts.withDefaults()
+	now := time.Now()
+	prio := opts.prio
+	if prio == 0 {
+		prio = now.UnixNano()
+	}
+	return &Tx{g: g, opts: opts, id: newID(), prio: prio, deadline: now.Add(opts.Timeout),
+		reads: map[key]proto.Read{}, rvals: map[key][]byte{}, writes: map[key]proto.Write{}}, nil
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ID is the transaction's id (it names its records in the grid).
+func (t *Tx) ID() string { return t.id }
+
+func (t *Tx) usable(m, k string) error {
+	switch {
+	case t.done:
+		return ErrDone
+	case m == "" || k == "":
+		return fmt.Errorf("%w: a transaction's key needs a map and a key", api.ErrBadRequest)
+	case m[0] == 0:
+		return fmt.Errorf("%w: map %q is the grid's own", api.ErrBadRequest, m)
+	case len(t.reads)+len(t.writes) >= t.opts.MaxKeys:
+		if _, r := t.reads[key{m, k}]; !r {
+			if _, w := t.writes[key{m, k}]; !w {
+				return fmt.Errorf("%w: %d keys (Options.MaxKeys)", ErrTooLarge, t.opts.MaxKeys)
+			}
+		}
+	}
+	return nil
+}
+
+// Get returns key's value in map m as the transaction sees it: its own
+// write if any, else the committed value (ErrNotFound if absent), which
+// Commit checks is still current. A second Get of a key answers the
+// first one's value.
+func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
+	if err := t.usable(m, k); err != nil {
+		return nil, err
+	}
+	kk := key{m, k}
+	if w, ok := t.writes[kk]; ok {
+		if w.Delete {
+			return nil, ErrNotFound
+		}
+		return w.Value, nil
+	}
+	if _, ok := t.reads[kk]; ok {
+		if v := t.rvals[kk]; v != nil {
+			return v, nil
+		}
+		return nil, ErrNotFound
+	}
+	e, err := t.g.Read(ctx, m, k)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	t.reads[kk] = proto.Read{Map: m, Key: k, Version: e.Version}
+	if err != nil {
+		return nil, ErrNotFound
+	}
+	v := e.Value
+	if v == nil {
+		v = []byte{}
+	}
+	t.rvals[kk] = v
+	return v, nil
+}
+
+// Put buffers a write of value to key of map m; it applies at Commit.
+func (t *Tx) Put(m, k string, value []byte) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	v := append([]byte{}, value...)
+	t.write(proto.Write{Map: m, Key: k, Value: v})
+	return nil
+}
+
+// Delete buffers the deletion of key of map m; it applies at Commit.
+func (t *Tx) Delete(m, k string) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	t.write(proto.Write{Map: m, Key: k, Delete: true})
+	return nil
+}
+
+func (t *Tx) write(w proto.Write) {
+	kk := key{w.Map, w.Key}
+	if _, ok := t.writes[kk]; !ok {
+		t.order = append(t.order, kk)
+	}
+	t.writes[kk] = w
+}
+
+// Rollback abandons the transaction: nothing was applied or locked
+// before Commit, so nothing crosses the network.
+func (t *Tx) Rollback(context.Context) error {
+	if t.done {
+		return ErrDone
+	}
+	t.done = true
+	return nil
+}
+
+// Commit applies every write of the transaction, or none. It returns nil
+// once the transaction is committed (its writes visible to every later
+// read), ErrConflict or ErrExpired when it aborted (nothing applied), or
+// ErrUnknown when ctx ended before the outcome was known.
+func (t *Tx) Commit(ctx context.Context) error {
+	if t.done {
+		return ErrDone
+	}
+	t.done = true
+	if len(t.writes) == 0 && len(t.reads) == 0 {
+		return nil
+	}
+	parts := t.split()
+	if len(parts) == 1 {
+		for p, w := range parts {
+			return t.commitOne(ctx, p, w)
+		}
+	}
+	return t.commitTwoPhase(ctx, parts)
+}
+
+// split groups the transaction's reads and writes by partition.
+func (t *Tx) split() map[int]*proto.Work {
+	n := t.g.Partitions()
+	parts := map[int]*proto.Work{}
+	at := func(m, k string) *proto.Work {
+		p := affinity.Partition(k, n)
+		w := parts[p]
+		if w == nil {
+			w = &proto.Work{}
+			parts[p] = w
+		}
+		return w
+	}
+	for _, r := range t.reads {
+		w := at(r.Map, r.Key)
+		w.Reads = append(w.Reads, r)
+	}
+	for _, kk := range t.order {
+		w := at(kk.m, kk.k)
+		w.Writes = append(w.Writes, t.writes[kk])
+	}
+	return parts
+}
+
+func (t *Tx) header(coord int) proto.Header {
+	return proto.Header{ID: t.id, Coord: coord, Deadline: t.deadline.UnixNano(), Prio: t.prio}
+}
+
+// sortedParts lists parts' partitions in order.
+func sortedParts(parts map[int]*proto.Work) []int {
+	out := make([]int, 0, len(parts))
+	for p := range parts {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out
+}

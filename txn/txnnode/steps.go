@@ -1,0 +1,374 @@
+package txnnode
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/txn/internal/proto"
+)
+
+// This file holds the steps every member runs for transactions. Each is a
+// grid partition step: its reads, its writes and the records it keeps
+// (prepared records, locks, decisions, tombstones) commit as one
+// replicated record, so a promoted backup holds all of it or none of it.
+
+// tombMargin is how long past a transaction's deadline a participant
+// remembers that it finished it: a prepare arriving later (a delayed
+// retry) is refused, since no prepare is accepted past the deadline.
+const tombMargin = time.Minute
+
+// steps binds the steps to node n.
+type steps struct{ n *grid.Node }
+
+func (s steps) tag(v *grid.StepView) string { return s.n.PartitionTag(v.Partition()) }
+
+func (s steps) install() error {
+	for name, bind := range map[string]func([]byte) (grid.StepFunc, error){
+		proto.StepOne:     s.bindOne,
+		proto.StepPrepare: s.bindPrepare,
+		proto.StepCommit:  s.bindCommit,
+		proto.StepFinish:  s.bindFinish,
+		proto.StepResolve: s.bindResolve,
+		proto.StepHeld:    s.bindHeld,
+		proto.StepForget:  s.bindForget,
+	} {
+		if err := s.n.SetInternalStep(name, bind); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func decodeArgs(args []byte, v any) error {
+	if err := proto.Decode(args, v); err != nil {
+		return fmt.Errorf("%w: %v", grid.ErrBadArgs, err)
+	}
+	return nil
+}
+
+func answer(st proto.Status, detail string) ([]byte, error) {
+	return proto.Encode(proto.Result{Status: st, Detail: detail})
+}
+
+// checkWork refuses what no step may do: keys of internal maps, or none.
+func checkWork(w *proto.Work) error {
+	for _, r := range w.Reads {
+		if len(r.Map) > 0 && r.Map[0] == 0 {
+			return fmt.Errorf("%w: map %q is the grid's own", grid.ErrBadArgs, r.Map)
+		}
+	}
+	for _, wr := range w.Writes {
+		if len(wr.Map) > 0 && wr.Map[0] == 0 {
+			return fmt.Errorf("%w: map %q is the grid's own", grid.ErrBadArgs, wr.Map)
+		}
+	}
+	if w.H.ID == "" {
+		return fmt.Errorf("%w: a transaction needs an id", grid.ErrBadArgs)
+	}
+	return nil
+}
+
+func (s steps) bindWork(args []byte, run func(context.Context, *grid.StepView, *proto.Work) ([]byte, error)) (grid.StepFunc, error) {
+	var w proto.Work
+	if err := decodeArgs(args, &w); err != nil {
+		return nil, err
+	}
+	if err := checkWork(&w); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, v *grid.StepView) ([]byte, error) { return run(ctx, v, &w) }, nil
+}
+
+func (s steps) bindOne(args []byte) (grid.StepFunc, error)     { return s.bindWork(args, s.one) }
+func (s steps) bindPrepare(args []byte) (grid.StepFunc, error) { return s.bindWork(args, s.prepare) }
+func (s steps) bindCommit(args []byte) (grid.StepFunc, error)  { return s.bindWork(args, s.commit) }
+
+// one runs a transaction whose keys all live in this partition: one
+// record, no coordinator, no lock held past the step.
+func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	if time.Now().UnixNano() > w.H.Deadline {
+		return answer(proto.Expired, "")
+	}
+	if st, why := lockConflict(v, w); st != 0 {
+		return answer(st, why)
+	}
+	if why := changedRead(v, w.Reads); why != "" {
+		return answer(proto.Conflict, why)
+	}
+	apply(v, w.Writes)
+	return answer(proto.Done, "")
+}
+
+// prepare makes this partition a participant: it checks the reads, locks
+// every key and keeps the writes in a prepared record, all in one record.
+// A second prepare of the same transaction answers Done again.
+func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	tag := s.tag(v)
+	if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindPrepared, w.H.ID)); ok {
+		return answer(proto.Done, "")
+	}
+	if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindTomb, w.H.ID)); ok {
+		return answer(proto.Finished, "")
+	}
+	if time.Now().UnixNano() > w.H.Deadline {
+		return answer(proto.Expired, "")
+	}
+	if st, why := lockConflict(v, w); st != 0 {
+		return answer(st, why)
+	}
+	if why := changedRead(v, w.Reads); why != "" {
+		return answer(proto.Conflict, why)
+	}
+	locked := keysOf(w)
+	for _, k := range locked {
+		v.Lock(k.Map, k.Key, grid.KeyLock{Owner: w.H.ID, Write: k.Version == 1, Prio: w.H.Prio})
+	}
+	rec, err := proto.Encode(proto.Prepared{H: w.H, Writes: w.Writes, Locked: locked})
+	if err != nil {
+		return nil, err
+	}
+	v.Set(proto.Map, proto.Key(tag, proto.KindPrepared, w.H.ID), rec, 0)
+	return answer(proto.Done, "")
+}
+
+// commit is the coordinator's decision: with every other participant
+// prepared, it checks its own reads and applies its own writes together
+// with the decision record, in one record. The decision is the
+// transaction's commit point; once it exists it never changes.
+func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	key := proto.Key(s.tag(v), proto.KindDecision, w.H.ID)
+	if d, ok := decision(v, key); ok {
+		return decided(d)
+	}
+	if time.Now().UnixNano() > w.H.Deadline {
+		if err := setDecision(v, key, proto.Decision{Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {
+			return nil, err
+		}
+		return answer(proto.Expired, "")
+	}
+	if st, why := lockConflict(v, w); st != 0 {
+		return answer(st, why)
+	}
+	if why := changedRead(v, w.Reads); why != "" {
+		return answer(proto.Conflict, why)
+	}
+	apply(v, w.Writes)
+	if err := setDecision(v, key, proto.Decision{Commit: true, Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {
+		return nil, err
+	}
+	return answer(proto.Done, "")
+}
+
+func (s steps) bindFinish(args []byte) (grid.StepFunc, error) {
+	var f proto.Finish
+	if err := decodeArgs(args, &f); err != nil {
+		return nil, err
+	}
+	return func(_ context.Context, v *grid.StepView) ([]byte, error) { return s.finish(v, &f) }, nil
+}
+
+// finish applies (commit) or drops (abort) what this participant
+// prepared, releases its locks and leaves a tombstone; without a prepared
+// record an abort still leaves the tombstone, so a prepare still on its
+// way is refused.
+func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
+	tag := s.tag(v)
+	pkey, tkey := proto.Key(tag, proto.KindPrepared, f.ID), proto.Key(tag, proto.KindTomb, f.ID)
+	raw, ok := v.Get(proto.Map, pkey)
+	if !ok {
+		if _, done := v.Get(proto.Map, tkey); !done && !f.Commit {
+			v.Set(proto.Map, tkey, nil, tombTTL(f.Deadline))
+		}
+		return answer(proto.Done, "")
+	}
+	var rec proto.Prepared
+	if err := proto.Decode(raw, &rec); err != nil {
+		return nil, fmt.Errorf("txn: prepared record of %s: %w", f.ID, err)
+	}
+	if f.Commit {
+		apply(v, rec.Writes)
+	}
+	for _, k := range rec.Locked {
+		if l, ok := v.LockOf(k.Map, k.Key); ok && l.Owner == f.ID {
+			v.Unlock(k.Map, k.Key)
+		}
+	}
+	v.Delete(proto.Map, pkey)
+	v.Set(proto.Map, tkey, nil, tombTTL(rec.H.Deadline))
+	return answer(proto.Done, "")
+}
+
+func tombTTL(deadline int64) time.Duration {
+	return max(time.Duration(deadline-time.Now().UnixNano()), 0) + tombMargin
+}
+
+func (s steps) bindResolve(args []byte) (grid.StepFunc, error) {
+	var ids proto.IDs
+	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	if len(ids.IDs) != 1 {
+		return nil, fmt.Errorf("%w: resolve names one transaction", grid.ErrBadArgs)
+	}
+	return func(_ context.Context, v *grid.StepView) ([]byte, error) { return s.resolve(v, ids.IDs[0], ids.Deadline, ids.Abort) }, nil
+}
+
+// resolve answers a transaction's decision; with none past its deadline
+// it decides abort (no commit can come after the deadline), so a
+// participant left prepared learns the outcome. With abort, the caller
+// that gave up on its commit decides abort at once unless the commit
+// already happened.
+func (s steps) resolve(v *grid.StepView, id string, deadline int64, abort bool) ([]byte, error) {
+	key := proto.Key(s.tag(v), proto.KindDecision, id)
+	if d, ok := decision(v, key); ok {
+		return decided(d)
+	}
+	if !abort && time.Now().UnixNano() <= deadline {
+		return answer(proto.Pending, "")
+	}
+	if err := setDecision(v, key, proto.Decision{Deadline: deadline}); err != nil {
+		return nil, err
+	}
+	return answer(proto.Aborted, "")
+}
+
+func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
+	var ids proto.IDs
+	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
+		tag := s.tag(v)
+		var held []string
+		for _, id := range ids.IDs {
+			if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindPrepared, id)); ok {
+				held = append(held, id)
+			}
+		}
+		return proto.Encode(proto.Result{Status: proto.Done, IDs: held})
+	}, nil
+}
+
+func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
+	var ids proto.IDs
+	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
+		tag := s.tag(v)
+		for _, id := range ids.IDs {
+			key := proto.Key(tag, proto.KindDecision, id)
+			if _, ok := v.Get(proto.Map, key); ok {
+				v.Delete(proto.Map, key)
+			}
+		}
+		return answer(proto.Done, "")
+	}, nil
+}
+
+func decision(v *grid.StepView, key string) (proto.Decision, bool) {
+	raw, ok := v.Get(proto.Map, key)
+	if !ok {
+		return proto.Decision{}, false
+	}
+	var d proto.Decision
+	if err := proto.Decode(raw, &d); err != nil {
+		return proto.Decision{}, false
+	}
+	return d, true
+}
+
+func decided(d proto.Decision) ([]byte, error) {
+	if d.Commit {
+		return answer(proto.Done, "")
+	}
+	return answer(proto.Aborted, "")
+}
+
+func setDecision(v *grid.StepView, key string, d proto.Decision) error {
+	raw, err := proto.Encode(d)
+	if err != nil {
+		return err
+	}
+	v.Set(proto.Map, key, raw, 0)
+	return nil
+}
+
+// keysOf lists every key w touches once, Version 1 marking a written one.
+func keysOf(w *proto.Work) []proto.Read {
+	out := make([]proto.Read, 0, len(w.Reads)+len(w.Writes))
+	seen := make(map[[2]string]int, cap(out))
+	for _, wr := range w.Writes {
+		k := [2]string{wr.Map, wr.Key}
+		if _, ok := seen[k]; !ok {
+			seen[k] = len(out)
+			out = append(out, proto.Read{Map: wr.Map, Key: wr.Key, Version: 1})
+		}
+	}
+	for _, r := range w.Reads {
+		k := [2]string{r.Map, r.Key}
+		if _, ok := seen[k]; !ok {
+			seen[k] = len(out)
+			out = append(out, proto.Read{Map: r.Map, Key: r.Key})
+		}
+	}
+	return out
+}
+
+// lockConflict checks w's keys against other transactions' locks: a
+// lock held by a younger transaction makes an older one wait (Wait: the
+// caller retries shortly), any other conflict makes it die (Conflict):
+// wait-die, so waits never form a cycle. Zero: no conflict.
+func lockConflict(v *grid.StepView, w *proto.Work) (proto.Status, string) {
+	var st proto.Status
+	var why string
+	for _, k := range keysOf(w) {
+		l, ok := v.LockOf(k.Map, k.Key)
+		if !ok || l.Owner == w.H.ID {
+			continue
+		}
+		if !older(w.H, l) {
+			return proto.Conflict, fmt.Sprintf("key %q of map %q is locked by an older transaction", k.Key, k.Map)
+		}
+		st, why = proto.Wait, fmt.Sprintf("key %q of map %q is locked by a younger transaction", k.Key, k.Map)
+	}
+	return st, why
+}
+
+// older reports whether h is older than the holder of l (wait-die's
+// order; ties broken by id).
+func older(h proto.Header, l grid.KeyLock) bool {
+	if h.Prio != l.Prio {
+		return h.Prio < l.Prio
+	}
+	return h.ID < l.Owner
+}
+
+// changedRead names the first read whose version changed, or "".
+func changedRead(v *grid.StepView, reads []proto.Read) string {
+	for _, r := range reads {
+		e, ok := v.Entry(r.Map, r.Key)
+		var ver uint64
+		if ok {
+			ver = e.Version
+		}
+		if ver != r.Version {
+			return fmt.Sprintf("key %q of map %q changed since it was read", r.Key, r.Map)
+		}
+	}
+	return ""
+}
+
+func apply(v *grid.StepView, writes []proto.Write) {
+	for _, w := range writes {
+		if w.Delete {
+			if _, ok := v.Get(w.Map, w.Key); ok {
+				v.Delete(w.Map, w.Key)
+			}
+			continue
+		}
+		v.Set(w.Map, w.Key, w.Value, 0)
+	}
+}

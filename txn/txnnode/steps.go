@@ -212,7 +212,9 @@ func (s steps) bindResolve(args []byte) (grid.StepFunc, error) {
 	if len(ids.IDs) != 1 {
 		return nil, fmt.Errorf("%w: resolve names one transaction", grid.ErrBadArgs)
 	}
-	return func(_ context.Context, v *grid.StepView) ([]byte, error) { return s.resolve(v, ids.IDs[0], ids.Deadline, ids.Abort) }, nil
+	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
+		return s.resolve(v, ids.IDs[0], ids.Deadline, ids.Abort)
+	}, nil
 }
 
 // resolve answers a transaction's decision; with none past its deadline

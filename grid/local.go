@@ -159,6 +159,9 @@ func (n *Node) PartitionTag(part int) string {
 	return n.tags[part]
 }
 
+// PartitionTag is the tag of the step's partition (Node.PartitionTag).
+func (v *StepView) PartitionTag() string { return v.n.PartitionTag(v.p.id) }
+
 // partitionTags finds, for every partition, the first of "p0", "p1", ...
 // that hashes to it.
 func partitionTags(parts int) []string {

@@ -104,6 +104,10 @@ type Config struct {
 	// Functions, if set, are installed before the node serves (see
 	// SetFunctions, which may replace them later). Optional.
 	Functions Functions
+	// InternalSteps, if set, are installed before the node serves (see
+	// SetInternalStep): a member never answers a caller that it lacks
+	// them (package txnnode's Steps). Optional.
+	InternalSteps map[string]func(args []byte) (StepFunc, error)
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the node's Prometheus metrics; nil registers
@@ -312,6 +316,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.fmetrics = newFuncMetrics(cfg.Registerer)
 	if cfg.Functions != nil {
 		n.SetFunctions(cfg.Functions)
+	}
+	for name, bind := range cfg.InternalSteps {
+		if err := n.SetInternalStep(name, bind); err != nil {
+			return nil, err
+		}
 	}
 	for i := range n.parts {
 		n.parts[i] = newPartition(i, cfg.RequestTimeout)

@@ -43,6 +43,7 @@ import (
 	"github.com/collocate/grid/process"
 	"github.com/collocate/grid/process/builtin"
 	"github.com/collocate/grid/resp"
+	"github.com/collocate/grid/txn/txnnode"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.yaml.in/yaml/v3"
@@ -73,6 +74,7 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	cfg.Functions = funcs // installed before the node serves
+	cfg.InternalSteps = txnnode.Steps()
 	var httpLn net.Listener
 	if opts.http != "" {
 		if httpLn, err = net.Listen("tcp", opts.http); err != nil {
@@ -106,6 +108,15 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer rt.Close()
+	tcfg := txnnode.DefaultConfig()
+	tcfg.Logger = log
+	txs, err := txnnode.Start(node, tcfg)
+	if err != nil {
+		node.Kill()
+		fmt.Fprintln(stderr, "gridnode: transactions:", err)
+		return 1
+	}
+	defer txs.Close()
 	var srv *http.Server
 	if httpLn != nil {
 		srv = &http.Server{Handler: newHTTPHandler(node, reg, funcs, rt, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
@@ -137,6 +148,7 @@ func run(args []string, stderr io.Writer) int {
 	// Processors stop before the node hands its partitions over; their
 	// new primaries go on from the last committed positions.
 	rt.Close()
+	_ = txs.Close()
 	log.Info("leaving the cluster", "timeout", opts.leaveTimeout)
 	leaveCtx, cancel := context.WithTimeout(context.Background(), opts.leaveTimeout)
 	defer cancel()

@@ -84,8 +84,10 @@ func Start(n *grid.Node, cfg Config) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := (steps{n}).install(); err != nil {
-		return nil, err
+	for name, bind := range Steps() {
+		if err := n.SetInternalStep(name, bind); err != nil {
+			return nil, err
+		}
 	}
 	log := cfg.Logger
 	if log == nil {

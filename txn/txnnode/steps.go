@@ -19,13 +19,17 @@ import (
 // retry) is refused, since no prepare is accepted past the deadline.
 const tombMargin = time.Minute
 
-// steps binds the steps to node n.
-type steps struct{ n *grid.Node }
+// steps are the members' transaction steps.
+type steps struct{}
 
-func (s steps) tag(v *grid.StepView) string { return s.n.PartitionTag(v.Partition()) }
+func (steps) tag(v *grid.StepView) string { return v.PartitionTag() }
 
-func (s steps) install() error {
-	for name, bind := range map[string]func([]byte) (grid.StepFunc, error){
+// Steps returns the transaction steps, for grid.Config.InternalSteps:
+// installed before a member serves, no caller ever finds a member without
+// them. Start installs them too.
+func Steps() map[string]func(args []byte) (grid.StepFunc, error) {
+	s := steps{}
+	return map[string]func([]byte) (grid.StepFunc, error){
 		proto.StepOne:     s.bindOne,
 		proto.StepPrepare: s.bindPrepare,
 		proto.StepCommit:  s.bindCommit,
@@ -33,12 +37,7 @@ func (s steps) install() error {
 		proto.StepResolve: s.bindResolve,
 		proto.StepHeld:    s.bindHeld,
 		proto.StepForget:  s.bindForget,
-	} {
-		if err := s.n.SetInternalStep(name, bind); err != nil {
-			return err
-		}
 	}
-	return nil
 }
 
 func decodeArgs(args []byte, v any) error {

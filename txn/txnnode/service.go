@@ -116,12 +116,12 @@ func (s *Service) Stats() Stats {
 
 // Step runs a transaction step at partition part (txn.Grid).
 func (s *Service) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
-	return s.n.Execute(ctx, grid.StepCall{Partition: part, Name: name, Args: args})
+	return local{s.n}.Step(ctx, part, name, args)
 }
 
 // Read reads a committed entry (txn.Grid).
 func (s *Service) Read(ctx context.Context, m, key string) (api.Entry, error) {
-	return s.n.Map(m).GetEntry(ctx, key)
+	return local{s.n}.Read(ctx, m, key)
 }
 
 // Partitions is the partition count (txn.Grid).
@@ -292,3 +292,20 @@ func (s *Service) call(ctx context.Context, part int, name string, args []byte) 
 	}
 	return res, nil
 }
+
+// Local returns a txn.Grid for transactions run through node n without a
+// recovery loop of its own (the member's Service runs it); package resp
+// uses it.
+func Local(n *grid.Node) txn.Grid { return local{n} }
+
+type local struct{ n *grid.Node }
+
+func (l local) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
+	return l.n.Execute(ctx, grid.StepCall{Partition: part, Name: name, Args: args})
+}
+
+func (l local) Read(ctx context.Context, m, key string) (api.Entry, error) {
+	return l.n.Map(m).GetEntry(ctx, key)
+}
+
+func (l local) Partitions() int { return l.n.Partitions() }

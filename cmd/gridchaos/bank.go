@@ -110,7 +110,8 @@ type bankConfig struct {
 }
 
 // bankFaultsDefault is the long run's fault script.
-var bankFaultsDefault = []string{"kill-coordinator", "pause", "kill-participant", "restart-now", "pause-coordinator", "abandon-kill", "kill"}
+var bankFaultsDefault = []string{"kill-coordinator", "pause", "kill-participant", "restart-now", "pause-coordinator", "abandon-kill",
+	"kill-client", "kill-client-mid", "kill"}
 
 func (c bankConfig) withDefaults() (bankConfig, error) {
 	orDefault(&c.Runs, 1)

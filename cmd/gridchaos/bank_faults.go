@@ -29,11 +29,16 @@ import (
 //     prepares and its client dies before the commit step; the primary of
 //     one of its prepared participants is SIGKILLed: the promoted backup
 //     holds its prepared record and locks, and its recovery must abort it;
+//   - kill-client: a transfer runs in a client process of its own (the
+//     harness' binary again, bank_client.go), which is SIGKILLed right
+//     after its prepares: nothing may apply, and only recovery releases
+//     its locks; kill-client-mid: SIGKILLed 0-2 ms after it started to
+//     send its commit step (outcome unknown);
 //   - partition (-netns): cut a minority of the nodes off for 4-7 s;
 //   - partition-coordinator (-netns): as kill-coordinator, but cut the
 //     coordinator's primary off for 4-7 s (clients still reach it).
 var bankFaultKinds = []string{"kill", "restart-now", "kill-coordinator", "kill-participant", "pause", "pause-coordinator",
-	"abandon-kill", "partition", "partition-coordinator"}
+	"abandon-kill", "kill-client", "kill-client-mid", "partition", "partition-coordinator"}
 
 func isBankFault(k string) bool { return slices.Contains(bankFaultKinds, k) }
 
@@ -44,11 +49,13 @@ type bankFault struct {
 	AtMs float64 `json:"at_ms"`
 	// Transfer: the transfer held at the trap, or abandoned; Outcome: what
 	// became of it.
-	Transfer   string `json:"transfer,omitempty"`
-	Outcome    string `json:"transfer_outcome,omitempty"`
-	Kills      int    `json:"kills"`
-	Pauses     int    `json:"pauses"`
-	Partitions int    `json:"partitions"`
+	Transfer string `json:"transfer,omitempty"`
+	Outcome  string `json:"transfer_outcome,omitempty"`
+	Kills    int    `json:"kills"`
+	// ClientKills: client processes SIGKILLed in their commit.
+	ClientKills int `json:"client_kills,omitempty"`
+	Pauses      int `json:"pauses"`
+	Partitions  int `json:"partitions"`
 	// SafeMs: from the hit until the cluster was safe again (after the
 	// restart or the heal); CommittedUntilSafe: transfers committed
 	// meanwhile.
@@ -119,6 +126,15 @@ func (n *bankNemesis) inject(ctx context.Context, kind string) (bankFault, error
 		n.pauseFor(ctx, p, d, &rec)
 	case "abandon-kill":
 		err = n.abandonKill(ctx, hit, &rec)
+	case "kill-client", "kill-client-mid":
+		hit(kind + ": a client process SIGKILLed in its commit")
+		var p *transferPlan
+		p, err = n.load.killClient(ctx, h.rng, fmt.Sprintf("k%d", len(n.faults)+1), kind == "kill-client-mid")
+		if p != nil {
+			rec.Transfer = p.id
+			rec.ClientKills++
+			h.logf("%s: transfer %s (%s -> %s) killed with its client", kind, p.id, p.from, p.to)
+		}
 	case "partition":
 		live := h.running()
 		k := 1 + h.rng.IntN(max(1, (len(live)-1)/2))
@@ -311,44 +327,52 @@ func participantToHit(cv *clusterView, th trapHit, r int) int {
 
 // abandonKill runs a transfer through a connection of its own that dies
 // right after its prepares, and SIGKILLs the primary of one of its
-// prepared participants before it dies; then the victim restarts.
+// prepared participants before it dies; then the victim restarts. A
+// transfer that does not reach its commit (declined: its source held too
+// little) is followed by another, up to 10.
 func (n *bankNemesis) abandonKill(ctx context.Context, hit func(string), rec *bankFault) error {
 	h := n.h
 	var victim *proc
 	var kerr error
-	id := fmt.Sprintf("n%d", len(n.faults)+1)
-	p := n.load.abandon(ctx, h.rng, id, false, func(coord int, prepared []int) {
-		cv, err := h.latest(ctx)
-		if err != nil {
-			kerr = err
-			return
+	for try := 0; victim == nil && kerr == nil; try++ {
+		id := fmt.Sprintf("n%d.%d", len(n.faults)+1, try)
+		p := n.load.abandon(ctx, h.rng, id, false, func(coord int, prepared []int) {
+			victim, kerr = n.killParticipant(ctx, id, coord, prepared, hit, rec)
+		})
+		rec.Transfer = p.id
+		if victim == nil && kerr == nil && (try == 9 || ctx.Err() != nil) {
+			return fmt.Errorf("10 transfers did not reach their commit, the last %s: %s (%s)", p.id, p.outcome, p.kind)
 		}
-		part := participantToHit(cv, trapHit{coord: coord, prepared: prepared}, h.rng.IntN(len(prepared)+1))
-		if part < 0 {
-			kerr = fmt.Errorf("no prepared participant (coordinator %d)", coord)
-			return
-		}
-		victim = h.byName(cv.Partitions[part].Primary)
-		if victim == nil || !victim.running || victim.paused {
-			kerr = fmt.Errorf("partition %d's primary %q is not a running node", part, cv.Partitions[part].Primary)
-			return
-		}
-		hit(fmt.Sprintf("abandon-kill: transfer %s prepared %v (coordinator %d), its client dies; SIGKILL %s, primary of partition %d",
-			id, prepared, coord, victim.name, part))
-		kerr = n.kill(ctx, victim, rec)
-	})
-	rec.Transfer = p.id
+	}
 	if kerr != nil {
 		return kerr
-	}
-	if victim == nil {
-		return fmt.Errorf("transfer %s did not reach its commit: %s (%s)", p.id, p.outcome, p.kind)
 	}
 	sleepCtx(ctx, time.Second)
 	if err := h.waitSafe(ctx, 3*time.Minute); err != nil {
 		return fmt.Errorf("no failover after killing %s: %w", victim.name, err)
 	}
 	return h.restart(ctx, victim)
+}
+
+// killParticipant SIGKILLs the primary of one of transfer id's prepared
+// participants (abandon-kill, before its client dies).
+func (n *bankNemesis) killParticipant(ctx context.Context, id string, coord int, prepared []int, hit func(string), rec *bankFault) (*proc, error) {
+	h := n.h
+	cv, err := h.latest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	part := participantToHit(cv, trapHit{coord: coord, prepared: prepared}, h.rng.IntN(len(prepared)+1))
+	if part < 0 {
+		return nil, fmt.Errorf("transfer %s: no prepared participant (coordinator %d)", id, coord)
+	}
+	victim := h.byName(cv.Partitions[part].Primary)
+	if victim == nil || !victim.running || victim.paused {
+		return nil, fmt.Errorf("partition %d's primary %q is not a running node", part, cv.Partitions[part].Primary)
+	}
+	hit(fmt.Sprintf("abandon-kill: transfer %s prepared %v (coordinator %d), its client dies; SIGKILL %s, primary of partition %d",
+		id, prepared, coord, victim.name, part))
+	return victim, n.kill(ctx, victim, rec)
 }
 
 // bankHeal resumes paused nodes, heals a cut, restarts stopped nodes (one

@@ -17,15 +17,15 @@ import (
 // gridnode processes (gridnode's default flags), transfers between 64
 // accounts across partitions and within pairs, auditors, and an abandoned
 // transfer every 2 s, while the primary of a transfer's coordinator
-// partition is SIGKILLed between its prepares and its commit step and a
-// node is paused. No money may appear or vanish, no audit may see another
+// partition is SIGKILLed between its prepares and its commit step, a
+// node is paused, and a client process is SIGKILLed after its prepares. No money may appear or vanish, no audit may see another
 // total, nothing may be left in doubt, and the faults must have landed
 // on a held transfer.
 func TestBankSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process test")
 	}
-	cfg := bankConfig{Runs: 1, Seed: 1, Faults: []string{"kill-coordinator", "pause"}, BasePort: 20946, Out: t.TempDir(), Log: testWriter{t}}
+	cfg := bankConfig{Runs: 1, Seed: 1, Faults: []string{"kill-coordinator", "pause", "kill-client"}, BasePort: 20946, Out: t.TempDir(), Log: testWriter{t}}
 	runBankTest(t, cfg)
 }
 
@@ -75,7 +75,7 @@ func runBankTest(t *testing.T, cfg bankConfig) {
 
 // bankExercised says how a summary without violations fails to show what
 // the bank mode claims: every fault landed (on a held transfer, for the
-// trapped kinds), transfers committed in one partition and across
+// trapped kinds and the client kills), transfers committed in one partition and across
 // several, also after the heal, audits committed, transfers were
 // abandoned before their commit step, nothing was left in doubt, and the
 // replicas were compared.
@@ -109,8 +109,10 @@ func bankRoundExercised(r *bankRound, cfg bankConfig) string {
 		return "replicas not compared equal at the end"
 	}
 	for i, f := range r.Faults {
-		kills, pauses, parts := 0, 0, 0
+		kills, pauses, parts, clients := 0, 0, 0, 0
 		switch f.Kind {
+		case "kill-client", "kill-client-mid":
+			clients = 1
 		case "kill", "restart-now", "kill-coordinator", "kill-participant", "abandon-kill":
 			kills = 1
 		case "pause", "pause-coordinator":
@@ -121,9 +123,9 @@ func bankRoundExercised(r *bankRound, cfg bankConfig) string {
 		switch {
 		case f.Kind != cfg.Faults[i]:
 			return fmt.Sprintf("fault %d is %s, not %s", i+1, f.Kind, cfg.Faults[i])
-		case f.Kills != kills || f.Pauses != pauses || f.Partitions != parts:
-			return fmt.Sprintf("fault %d (%s): %d kills, %d pauses, %d partitions", i+1, f.Kind, f.Kills, f.Pauses, f.Partitions)
-		case strings.HasSuffix(f.Kind, "-coordinator") || f.Kind == "kill-participant" || f.Kind == "abandon-kill":
+		case f.Kills != kills || f.Pauses != pauses || f.Partitions != parts || f.ClientKills != clients:
+			return fmt.Sprintf("fault %d (%s): %d kills, %d pauses, %d partitions, %d client kills", i+1, f.Kind, f.Kills, f.Pauses, f.Partitions, f.ClientKills)
+		case f.Kind != "kill" && f.Kind != "restart-now" && f.Kind != "pause" && f.Kind != "partition":
 			if f.Transfer == "" || f.Outcome == "" || f.Outcome == "not recorded" {
 				return fmt.Sprintf("fault %d (%s) held no transfer (%q, %q)", i+1, f.Kind, f.Transfer, f.Outcome)
 			}
@@ -135,7 +137,7 @@ func bankRoundExercised(r *bankRound, cfg bankConfig) string {
 // TestBankExercisedFails shows that each thing the tests require is
 // checked.
 func TestBankExercisedFails(t *testing.T) {
-	cfg, err := bankConfig{Runs: 1, Faults: []string{"kill-coordinator", "pause"}}.withDefaults()
+	cfg, err := bankConfig{Runs: 1, Faults: []string{"kill-coordinator", "pause", "kill-client"}}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +148,7 @@ func TestBankExercisedFails(t *testing.T) {
 			Faults: []bankFault{
 				{Kind: "kill-coordinator", Kills: 1, Transfer: "w1.2", Outcome: "committed"},
 				{Kind: "pause", Pauses: 1},
+				{Kind: "kill-client", ClientKills: 1, Transfer: "k3.0", Outcome: "abandoned before its commit"},
 			},
 		}}}
 	}
@@ -158,6 +161,8 @@ func TestBankExercisedFails(t *testing.T) {
 		"fault out of order":       func(s *bankSummary) { s.Runs[0].Faults[0].Kind = "kill" },
 		"kill missing":             func(s *bankSummary) { s.Runs[0].Faults[0].Kills = 0 },
 		"pause missing":            func(s *bankSummary) { s.Runs[0].Faults[1].Pauses = 0 },
+		"client kill missing":      func(s *bankSummary) { s.Runs[0].Faults[2].ClientKills = 0 },
+		"client kill unrecorded":   func(s *bankSummary) { s.Runs[0].Faults[2].Outcome = "" },
 		"no held transfer":         func(s *bankSummary) { s.Runs[0].Faults[0].Transfer = "" },
 		"held transfer unrecorded": func(s *bankSummary) { s.Runs[0].Faults[0].Outcome = "not recorded" },
 		"no single-partition":      func(s *bankSummary) { s.Runs[0].SinglePartition = 0 },

@@ -488,10 +488,7 @@ func (l *bankLoad) abandon(ctx context.Context, rng *rand.Rand, id string, mid b
 	if mid {
 		p.outcome = tAbandonedMid
 	}
-	l.mu.Lock()
-	l.abandons++
-	l.mu.Unlock()
-	l.file(p)
+	l.filePlan(p)
 	return p
 }
 

@@ -154,6 +154,9 @@ type Summary struct {
 }
 
 func main() {
+	if os.Getenv(bankClientEnv) != "" {
+		os.Exit(bankClientMain(os.Args[1:])) // bank_client.go: a client process of the bank mode
+	}
 	if len(os.Args) > 1 && os.Args[1] == "failover" {
 		os.Exit(failoverMain(os.Args[2:])) // failover.go
 	}

@@ -15,7 +15,10 @@ type nopFSM struct{}
 
 func (nopFSM) Apply(*raft.Log) any                 { return nil }
 func (nopFSM) Snapshot() (raft.FSMSnapshot, error) { return nopSnapshot{}, nil }
-func (nopFSM) Restore(r io.ReadCloser) error       { _, err := io.Copy(io.Discard, r); return errorsJoin(err, r.Close()) }
+func (nopFSM) Restore(r io.ReadCloser) error {
+	_, err := io.Copy(io.Discard, r)
+	return errorsJoin(err, r.Close())
+}
 
 type nopSnapshot struct{}
 

@@ -51,7 +51,8 @@ var (
 type Options struct {
 	// Timeout bounds the transaction from Begin to its commit decision:
 	// past it the transaction can only abort, and locks a dead caller
-	// left are released about Timeout+2s after Begin. Default 5s.
+	// left are released about Timeout+2s after Begin. Default 5s, at
+	// most 5m.
 	Timeout time.Duration
 	// LockWait bounds how long an older transaction waits for a younger
 	// one's lock at commit before it gives up with ErrConflict. Default
@@ -103,6 +104,9 @@ func Begin(ctx context.Context, g Grid, opts Options) (*Tx, error) {
 		return nil, fmt.Errorf("%w: txn.Begin needs a Grid", api.ErrBadRequest)
 	}
 	opts = opts.withDefaults()
+	if opts.Timeout > 5*time.Minute {
+		return nil, fmt.Errorf("%w: Timeout %v is above 5m", api.ErrBadRequest, opts.Timeout)
+	}
 	now := time.Now()
 	prio := opts.prio
 	if prio == 0 {

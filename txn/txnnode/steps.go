@@ -14,6 +14,10 @@ import (
 // (prepared records, locks, decisions, tombstones) commit as one
 // replicated record, so a promoted backup holds all of it or none of it.
 
+// maxTimeout bounds a transaction's deadline from now: a caller that dies
+// cannot leave locks held longer than this (plus recovery's grace).
+const maxTimeout = 5 * time.Minute
+
 // tombMargin is how long past a transaction's deadline a participant
 // remembers that it finished it: a prepare arriving later (a delayed
 // retry) is refused, since no prepare is accepted past the deadline.
@@ -77,7 +81,15 @@ func (s steps) bindWork(args []byte, run func(context.Context, *grid.StepView, *
 	if err := checkWork(&w); err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context, v *grid.StepView) ([]byte, error) { return run(ctx, v, &w) }, nil
+	return func(ctx context.Context, v *grid.StepView) ([]byte, error) {
+		if w.H.Coord < 0 || w.H.Coord >= v.Partitions() {
+			return nil, fmt.Errorf("%w: coordinator partition %d out of range", grid.ErrBadArgs, w.H.Coord)
+		}
+		if w.H.Deadline > time.Now().Add(maxTimeout).UnixNano() {
+			return nil, fmt.Errorf("%w: a transaction's deadline is at most %v away", grid.ErrBadArgs, maxTimeout)
+		}
+		return run(ctx, v, &w)
+	}, nil
 }
 
 func (s steps) bindOne(args []byte) (grid.StepFunc, error)     { return s.bindWork(args, s.one) }

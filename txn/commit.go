@@ -69,6 +69,8 @@ func outcome(res proto.Result) error {
 		return nil
 	case proto.Conflict:
 		return fmt.Errorf("%w: %s", ErrConflict, res.Detail)
+	case proto.Condition:
+		return fmt.Errorf("%w: %s", ErrCondition, res.Detail)
 	case proto.Expired, proto.Aborted, proto.Finished:
 		return fmt.Errorf("%w (%s)", ErrExpired, res.Status)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -35,6 +36,10 @@ var (
 	// ErrExpired: the transaction reached its Timeout before it could
 	// commit; aborted, nothing applied. Run retries it.
 	ErrExpired = errors.New("txn: the transaction's timeout passed; aborted, nothing applied")
+	// ErrCondition: an Add would take a value below its floor, or its key
+	// does not hold an integer; the transaction aborted, nothing applied.
+	// It is the data's answer: Run does not retry it.
+	ErrCondition = errors.New("txn: a condition of the transaction failed; aborted, nothing applied")
 	// ErrDone: the transaction already committed or rolled back.
 	ErrDone = errors.New("txn: the transaction is already finished")
 	// ErrTooLarge: too many keys for one transaction (Options.MaxKeys).
@@ -152,7 +157,7 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 		return nil, err
 	}
 	kk := key{m, k}
-	if w, ok := t.writes[kk]; ok {
+	if w, ok := t.writes[kk]; ok && !w.Add {
 		if w.Delete {
 			return nil, ErrNotFound
 		}
@@ -169,15 +174,24 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 		return nil, err
 	}
 	t.reads[kk] = proto.Read{Map: m, Key: k, Version: e.Version}
+	if err == nil {
+		v := e.Value
+		if v == nil {
+			v = []byte{}
+		}
+		t.rvals[kk] = v
+	}
+	if w, ok := t.writes[kk]; ok && w.Add {
+		// A deferred Add becomes a write of the value now known.
+		if err := t.addTo(kk, w); err != nil {
+			return nil, err
+		}
+		return t.writes[kk].Value, nil
+	}
 	if err != nil {
 		return nil, ErrNotFound
 	}
-	v := e.Value
-	if v == nil {
-		v = []byte{}
-	}
-	t.rvals[kk] = v
-	return v, nil
+	return t.rvals[kk], nil
 }
 
 // Put buffers a write of value to key of map m; it applies at Commit.
@@ -205,6 +219,78 @@ func (t *Tx) write(w proto.Write) {
 		t.order = append(t.order, kk)
 	}
 	t.writes[kk] = w
+}
+
+// Add buffers adding delta to the integer held by key of map m (absent:
+// 0). Unless the transaction read or wrote the key, nothing is read now:
+// the key's partition applies it at commit, so a transfer with Add costs
+// no read round trip.
+func (t *Tx) Add(m, k string, delta int64) error {
+	return t.add(m, k, proto.Write{Map: m, Key: k, Add: true, Delta: delta})
+}
+
+// AddAtLeast is Add, and the commit fails with ErrCondition (nothing
+// applied) if the result would be below min: a transfer's debit that
+// must not overdraw.
+func (t *Tx) AddAtLeast(m, k string, delta, min int64) error {
+	return t.add(m, k, proto.Write{Map: m, Key: k, Add: true, Delta: delta, HasMin: true, Min: min})
+}
+
+func (t *Tx) add(m, k string, w proto.Write) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	kk := key{m, k}
+	if prev, ok := t.writes[kk]; ok && prev.Add {
+		// Two deferred Adds: one, with the floor both imply.
+		sum := prev.Delta + w.Delta
+		if (w.Delta > 0 && sum < prev.Delta) || (w.Delta < 0 && sum > prev.Delta) {
+			return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, k, m)
+		}
+		merged := proto.Write{Map: m, Key: k, Add: true, Delta: sum, HasMin: prev.HasMin || w.HasMin, Min: w.Min}
+		if prev.HasMin && (!w.HasMin || prev.Min+w.Delta > w.Min) {
+			merged.Min = prev.Min + w.Delta
+		}
+		t.writes[kk] = merged
+		return nil
+	}
+	_, written := t.writes[kk]
+	_, read := t.reads[kk]
+	if !written && !read {
+		t.write(w)
+		return nil
+	}
+	return t.addTo(kk, w)
+}
+
+// addTo applies the Add w to the value the transaction knows for kk (its
+// own write, or what it read) and buffers the result as a write.
+func (t *Tx) addTo(kk key, w proto.Write) error {
+	var cur []byte
+	if prev, ok := t.writes[kk]; ok && !prev.Add {
+		if !prev.Delete {
+			cur = prev.Value
+		}
+	} else {
+		cur = t.rvals[kk]
+	}
+	var n int64
+	if cur != nil {
+		v, err := strconv.ParseInt(string(cur), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: key %q of map %q does not hold an integer", ErrCondition, kk.k, kk.m)
+		}
+		n = v
+	}
+	next := n + w.Delta
+	if (w.Delta > 0 && next < n) || (w.Delta < 0 && next > n) {
+		return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, kk.k, kk.m)
+	}
+	if w.HasMin && next < w.Min {
+		return fmt.Errorf("%w: key %q of map %q would go below %d", ErrCondition, kk.k, kk.m, w.Min)
+	}
+	t.write(proto.Write{Map: kk.m, Key: kk.k, Value: strconv.AppendInt(nil, next, 10)})
+	return nil
 }
 
 // Rollback abandons the transaction: nothing was applied or locked

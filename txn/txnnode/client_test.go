@@ -63,7 +63,7 @@ func TestInternalMapsRefused(t *testing.T) {
 	if err := tx.Put("\x00lock", "k", []byte("x")); err == nil {
 		t.Fatal("a transaction wrote an internal map")
 	}
-	if _, err := tx.Get(ctx, "\x00txn", "k"); err == nil {
+	if _, err := tx.Get(ctx, "\x00txn.p", "k"); err == nil {
 		t.Fatal("a transaction read an internal map")
 	}
 	if err := tx.Put("m", "", []byte("x")); err == nil {

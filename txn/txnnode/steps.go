@@ -3,6 +3,7 @@ package txnnode
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/collocate/grid/grid"
@@ -19,9 +20,9 @@ import (
 const maxTimeout = 5 * time.Minute
 
 // tombMargin is how long past a transaction's deadline a participant
-// remembers that it finished it: a prepare arriving later (a delayed
-// retry) is refused, since no prepare is accepted past the deadline.
-const tombMargin = time.Minute
+// remembers that it finished it: no prepare is accepted past the deadline,
+// so the margin only covers the members' clock differences.
+const tombMargin = 10 * time.Second
 
 // steps are the members' transaction steps.
 type steps struct{}
@@ -108,7 +109,11 @@ func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, 
 	if why := changedRead(v, w.Reads); why != "" {
 		return answer(proto.Conflict, why)
 	}
-	apply(v, w.Writes)
+	writes, why := evaluate(v, w.Writes)
+	if why != "" {
+		return answer(proto.Condition, why)
+	}
+	apply(v, writes)
 	return answer(proto.Done, "")
 }
 
@@ -117,10 +122,10 @@ func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, 
 // A second prepare of the same transaction answers Done again.
 func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
 	tag := s.tag(v)
-	if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindPrepared, w.H.ID)); ok {
+	if _, ok := v.Get(proto.MapPrepared, proto.Key(tag, w.H.ID)); ok {
 		return answer(proto.Done, "")
 	}
-	if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindTomb, w.H.ID)); ok {
+	if _, ok := v.Get(proto.MapTomb, proto.Key(tag, w.H.ID)); ok {
 		return answer(proto.Finished, "")
 	}
 	if time.Now().UnixNano() > w.H.Deadline {
@@ -132,15 +137,19 @@ func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]by
 	if why := changedRead(v, w.Reads); why != "" {
 		return answer(proto.Conflict, why)
 	}
+	writes, why := evaluate(v, w.Writes)
+	if why != "" {
+		return answer(proto.Condition, why)
+	}
 	locked := keysOf(w)
 	for _, k := range locked {
 		v.Lock(k.Map, k.Key, grid.KeyLock{Owner: w.H.ID, Write: k.Version == 1, Prio: w.H.Prio})
 	}
-	rec, err := proto.Encode(proto.Prepared{H: w.H, Writes: w.Writes, Locked: locked})
+	rec, err := proto.Encode(proto.Prepared{H: w.H, Writes: writes, Locked: locked})
 	if err != nil {
 		return nil, err
 	}
-	v.Set(proto.Map, proto.Key(tag, proto.KindPrepared, w.H.ID), rec, 0)
+	v.Set(proto.MapPrepared, proto.Key(tag, w.H.ID), rec, 0)
 	return answer(proto.Done, "")
 }
 
@@ -149,7 +158,7 @@ func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]by
 // with the decision record, in one record. The decision is the
 // transaction's commit point; once it exists it never changes.
 func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
-	key := proto.Key(s.tag(v), proto.KindDecision, w.H.ID)
+	key := proto.Key(s.tag(v), w.H.ID)
 	if d, ok := decision(v, key); ok {
 		return decided(d)
 	}
@@ -165,7 +174,11 @@ func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byt
 	if why := changedRead(v, w.Reads); why != "" {
 		return answer(proto.Conflict, why)
 	}
-	apply(v, w.Writes)
+	writes, why := evaluate(v, w.Writes)
+	if why != "" {
+		return answer(proto.Condition, why)
+	}
+	apply(v, writes)
 	if err := setDecision(v, key, proto.Decision{Commit: true, Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {
 		return nil, err
 	}
@@ -181,16 +194,17 @@ func (s steps) bindFinish(args []byte) (grid.StepFunc, error) {
 }
 
 // finish applies (commit) or drops (abort) what this participant
-// prepared, releases its locks and leaves a tombstone; without a prepared
-// record an abort still leaves the tombstone, so a prepare still on its
-// way is refused.
+// prepared, releases its locks and leaves a tombstone until shortly past
+// the deadline: a prepare arriving later (one whose answer the caller
+// never got, still on its way; or any duplicate) is refused, and no
+// prepare is accepted past the deadline. Without a prepared record an
+// abort leaves the tombstone too.
 func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
-	tag := s.tag(v)
-	pkey, tkey := proto.Key(tag, proto.KindPrepared, f.ID), proto.Key(tag, proto.KindTomb, f.ID)
-	raw, ok := v.Get(proto.Map, pkey)
+	key := proto.Key(s.tag(v), f.ID)
+	raw, ok := v.Get(proto.MapPrepared, key)
 	if !ok {
-		if _, done := v.Get(proto.Map, tkey); !done && !f.Commit {
-			v.Set(proto.Map, tkey, nil, tombTTL(f.Deadline))
+		if _, done := v.Get(proto.MapTomb, key); !done && !f.Commit {
+			v.Set(proto.MapTomb, key, nil, tombTTL(f.Deadline))
 		}
 		return answer(proto.Done, "")
 	}
@@ -206,8 +220,8 @@ func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
 			v.Unlock(k.Map, k.Key)
 		}
 	}
-	v.Delete(proto.Map, pkey)
-	v.Set(proto.Map, tkey, nil, tombTTL(rec.H.Deadline))
+	v.Delete(proto.MapPrepared, key)
+	v.Set(proto.MapTomb, key, nil, tombTTL(rec.H.Deadline))
 	return answer(proto.Done, "")
 }
 
@@ -234,7 +248,7 @@ func (s steps) bindResolve(args []byte) (grid.StepFunc, error) {
 // that gave up on its commit decides abort at once unless the commit
 // already happened.
 func (s steps) resolve(v *grid.StepView, id string, deadline int64, abort bool) ([]byte, error) {
-	key := proto.Key(s.tag(v), proto.KindDecision, id)
+	key := proto.Key(s.tag(v), id)
 	if d, ok := decision(v, key); ok {
 		return decided(d)
 	}
@@ -256,7 +270,7 @@ func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
 		tag := s.tag(v)
 		var held []string
 		for _, id := range ids.IDs {
-			if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindPrepared, id)); ok {
+			if _, ok := v.Get(proto.MapPrepared, proto.Key(tag, id)); ok {
 				held = append(held, id)
 			}
 		}
@@ -272,9 +286,9 @@ func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
 		tag := s.tag(v)
 		for _, id := range ids.IDs {
-			key := proto.Key(tag, proto.KindDecision, id)
-			if _, ok := v.Get(proto.Map, key); ok {
-				v.Delete(proto.Map, key)
+			key := proto.Key(tag, id)
+			if _, ok := v.Get(proto.MapDecision, key); ok {
+				v.Delete(proto.MapDecision, key)
 			}
 		}
 		return answer(proto.Done, "")
@@ -282,7 +296,7 @@ func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 }
 
 func decision(v *grid.StepView, key string) (proto.Decision, bool) {
-	raw, ok := v.Get(proto.Map, key)
+	raw, ok := v.Get(proto.MapDecision, key)
 	if !ok {
 		return proto.Decision{}, false
 	}
@@ -305,7 +319,7 @@ func setDecision(v *grid.StepView, key string, d proto.Decision) error {
 	if err != nil {
 		return err
 	}
-	v.Set(proto.Map, key, raw, 0)
+	v.Set(proto.MapDecision, key, raw, 0)
 	return nil
 }
 
@@ -372,6 +386,41 @@ func changedRead(v *grid.StepView, reads []proto.Read) string {
 		}
 	}
 	return ""
+}
+
+// evaluate turns every Add of writes into the value it sets, from the
+// key's current value; why names a failed condition (nothing applies).
+// The key is read through v, so the step commits only on that value, and
+// a prepared participant keeps it locked until it finishes.
+func evaluate(v *grid.StepView, writes []proto.Write) ([]proto.Write, string) {
+	out := writes
+	copied := false
+	for i, w := range writes {
+		if !w.Add {
+			continue
+		}
+		if !copied {
+			out = append([]proto.Write(nil), writes...)
+			copied = true
+		}
+		var cur int64
+		if raw, ok := v.Get(w.Map, w.Key); ok {
+			n, err := strconv.ParseInt(string(raw), 10, 64)
+			if err != nil {
+				return nil, fmt.Sprintf("key %q of map %q does not hold an integer", w.Key, w.Map)
+			}
+			cur = n
+		}
+		next := cur + w.Delta
+		if (w.Delta > 0 && next < cur) || (w.Delta < 0 && next > cur) {
+			return nil, fmt.Sprintf("key %q of map %q would overflow", w.Key, w.Map)
+		}
+		if w.HasMin && next < w.Min {
+			return nil, fmt.Sprintf("key %q of map %q would go below %d (%d%+d)", w.Key, w.Map, w.Min, cur, w.Delta)
+		}
+		out[i] = proto.Write{Map: w.Map, Key: w.Key, Value: strconv.AppendInt(nil, next, 10)}
+	}
+	return out, ""
 }
 
 func apply(v *grid.StepView, writes []proto.Write) {

@@ -22,23 +22,17 @@ const (
 	StepForget  = "\x00txn.forget"  // the coordinator: drop decisions nobody needs any more
 )
 
-// Map is the internal map of transaction records. Keys start with the
-// partition's tag ("{tag}"), so each lives in its partition:
-//
-//	{tag}p/<id>  a prepared participant's Prepared record
-//	{tag}d/<id>  the coordinator's Decision
-//	{tag}t/<id>  a finished participant's tombstone (a late prepare is refused), with a TTL
-const Map = "\x00txn"
-
-// Record kinds, the letter after the tag.
+// The internal maps of transaction records, one per kind so that a scan
+// of one kind reads only its own. Keys are "{tag}<id>" (Key), so each
+// record lives in its partition.
 const (
-	KindPrepared = "p/"
-	KindDecision = "d/"
-	KindTomb     = "t/"
+	MapPrepared = "\x00txn.p" // a prepared participant's Prepared record
+	MapDecision = "\x00txn.d" // the coordinator's Decision
+	MapTomb     = "\x00txn.t" // an aborted participant's tombstone (a late prepare is refused), with a TTL
 )
 
-// Key is a record's key in partition tag's Map.
-func Key(tag, kind, id string) string { return "{" + tag + "}" + kind + id }
+// Key is transaction id's record key in partition tag.
+func Key(tag, id string) string { return "{" + tag + "}" + id }
 
 // Read is a key the transaction read, with the version it saw (0: absent).
 type Read struct {
@@ -48,13 +42,19 @@ type Read struct {
 	Version uint64
 }
 
-// Write is a key the transaction writes: a value, or a deletion.
+// Write is a key the transaction writes: a value, a deletion, or (Add)
+// an integer delta the participant applies to the key's current value
+// (absent: 0), refusing (Condition) a result below Min when HasMin.
 type Write struct {
 	_      struct{} `msgpack:",as_array"`
 	Map    string
 	Key    string
 	Value  []byte
 	Delete bool
+	Add    bool
+	Delta  int64
+	HasMin bool
+	Min    int64
 }
 
 // Header names a transaction and its limits.
@@ -117,13 +117,14 @@ type IDs struct {
 type Status uint8
 
 const (
-	Done     Status = iota + 1 // prepared, committed, finished, or resolved as committed
-	Aborted                    // resolved as aborted
-	Pending                    // no decision yet, before the deadline (StepResolve)
-	Wait                       // a younger transaction holds a key: retry shortly (wait-die)
-	Conflict                   // a read changed, or an older transaction holds a key (die)
-	Expired                    // past the deadline: nothing applied
-	Finished                   // StepPrepare: the transaction was already finished here
+	Done      Status = iota + 1 // prepared, committed, finished, or resolved as committed
+	Aborted                     // resolved as aborted
+	Pending                     // no decision yet, before the deadline (StepResolve)
+	Wait                        // a younger transaction holds a key: retry shortly (wait-die)
+	Conflict                    // a read changed, or an older transaction holds a key (die)
+	Expired                     // past the deadline: nothing applied
+	Finished                    // StepPrepare: the transaction was already finished here
+	Condition                   // an Add's condition failed, or its value is not an integer: nothing applied
 )
 
 func (s Status) String() string {
@@ -142,6 +143,8 @@ func (s Status) String() string {
 		return "expired"
 	case Finished:
 		return "finished"
+	case Condition:
+		return "condition"
 	}
 	return fmt.Sprintf("status(%d)", uint8(s))
 }

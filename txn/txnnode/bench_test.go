@@ -2,6 +2,7 @@ package txnnode_test
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -39,7 +40,7 @@ func benchTransfers(b *testing.B, kind string) {
 		}
 	}
 	var next atomic.Int64
-	b.SetParallelism(16)
+	b.SetParallelism(benchPar)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := int(next.Add(1))
@@ -72,3 +73,11 @@ func benchTransfers(b *testing.B, kind string) {
 		}
 	})
 }
+
+// benchPar is RunParallel's goroutines per CPU (GRID_TXN_BENCH_PAR).
+var benchPar = func() int {
+	if v, err := strconv.Atoi(os.Getenv("GRID_TXN_BENCH_PAR")); err == nil && v > 0 {
+		return v
+	}
+	return 16
+}()

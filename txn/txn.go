@@ -204,6 +204,19 @@ func (t *Tx) Put(m, k string, value []byte) error {
 	return nil
 }
 
+// PutTTL is Put with an expiry: the key expires ttl after the write
+// applies (at its participant's finish). A ttl of 0 is Put.
+func (t *Tx) PutTTL(m, k string, value []byte, ttl time.Duration) error {
+	if ttl < 0 {
+		return fmt.Errorf("%w: negative TTL", api.ErrBadRequest)
+	}
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	t.write(proto.Write{Map: m, Key: k, Value: append([]byte{}, value...), TTL: int64(ttl)})
+	return nil
+}
+
 // Delete buffers the deletion of key of map m; it applies at Commit.
 func (t *Tx) Delete(m, k string) error {
 	if err := t.usable(m, k); err != nil {

@@ -93,3 +93,33 @@ func TestAddWithReadsAndWrites(t *testing.T) {
 		t.Fatalf("two debits overdrawing together: %v, want ErrCondition", err)
 	}
 }
+
+// PutTTL's expiry applies at every participant.
+func TestPutTTL(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 30*time.Second)
+	keys := keysInDistinctPartitions(2, g.Nodes[0].Partitions())
+	err := txn.Run(ctx, g.svcs[0], txn.Options{}, func(ctx context.Context, tx *txn.Tx) error {
+		for _, k := range keys {
+			if err := tx.PutTTL("acct", k, []byte("v"), 300*time.Millisecond); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := g.Nodes[1].Map("acct")
+	for _, k := range keys {
+		if _, err := m.Get(ctx, k); err != nil {
+			t.Fatalf("%s right after the commit: %v", k, err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, k := range keys {
+		if _, err := m.Get(ctx, k); !errors.Is(err, txn.ErrNotFound) {
+			t.Fatalf("%s after its TTL: %v, want ErrNotFound", k, err)
+		}
+	}
+}

@@ -431,6 +431,6 @@ func apply(v *grid.StepView, writes []proto.Write) {
 			}
 			continue
 		}
-		v.Set(w.Map, w.Key, w.Value, 0)
+		v.Set(w.Map, w.Key, w.Value, time.Duration(w.TTL))
 	}
 }

@@ -55,6 +55,7 @@ type Write struct {
 	Delta  int64
 	HasMin bool
 	Min    int64
+	TTL    int64 // nanoseconds from when the write applies; 0: none
 }
 
 // Header names a transaction and its limits.

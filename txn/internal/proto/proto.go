@@ -158,8 +158,20 @@ type Result struct {
 	IDs    []string // StepHeld: the ones still prepared
 }
 
-// Encode marshals v.
-func Encode(v any) ([]byte, error) { return msgpack.Marshal(v) }
+// Encode marshals v. A Result with only a status is its one status byte
+// (most steps answer that; a msgpack array never starts with 1-8).
+func Encode(v any) ([]byte, error) {
+	if r, ok := v.(Result); ok && r.Detail == "" && r.IDs == nil {
+		return []byte{byte(r.Status)}, nil
+	}
+	return msgpack.Marshal(v)
+}
 
 // Decode unmarshals b into v.
-func Decode(b []byte, v any) error { return msgpack.Unmarshal(b, v) }
+func Decode(b []byte, v any) error {
+	if r, ok := v.(*Result); ok && len(b) == 1 {
+		*r = Result{Status: Status(b[0])}
+		return nil
+	}
+	return msgpack.Unmarshal(b, v)
+}

@@ -92,11 +92,13 @@ type Tx struct {
 	prio     int64
 	deadline time.Time
 
-	reads  map[key]proto.Read
-	rvals  map[key][]byte // read values (nil: absent)
-	writes map[key]proto.Write
-	order  []key // writes in first-write order
-	done   bool
+	reads map[key]proto.Read
+	rvals map[key][]byte // read values (nil: absent)
+	// watched: reads recorded by Watch whose value Get has not read yet
+	watched map[key]struct{}
+	writes  map[key]proto.Write
+	order   []key // writes in first-write order
+	done    bool
 }
 
 // Begin starts a transaction on g. Nothing crosses the network until the
@@ -163,7 +165,8 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 		}
 		return w.Value, nil
 	}
-	if _, ok := t.reads[kk]; ok {
+	_, watched := t.watched[kk]
+	if _, ok := t.reads[kk]; ok && !watched {
 		if v := t.rvals[kk]; v != nil {
 			return v, nil
 		}
@@ -172,6 +175,12 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 	e, err := t.g.Read(ctx, m, k)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, err
+	}
+	if watched {
+		delete(t.watched, kk)
+		if want := t.reads[kk].Version; e.Version != want {
+			return nil, fmt.Errorf("%w: key %q of map %q changed since it was watched (version %d, now %d)", ErrConflict, k, m, want, e.Version)
+		}
 	}
 	t.reads[kk] = proto.Read{Map: m, Key: k, Version: e.Version}
 	if err == nil {
@@ -214,6 +223,49 @@ func (t *Tx) PutTTL(m, k string, value []byte, ttl time.Duration) error {
 		return err
 	}
 	t.write(proto.Write{Map: m, Key: k, Value: append([]byte{}, value...), TTL: int64(ttl)})
+	return nil
+}
+
+// PutKeepTTL is Put keeping the key's expiry, as Redis's INCR, APPEND and
+// SET KEEPTTL do: the expiry the key has when the write applies (none if
+// it is absent then), or the one this transaction gave it earlier (none
+// after its Put or Delete, PutTTL's after a PutTTL).
+func (t *Tx) PutKeepTTL(m, k string, value []byte) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	w := proto.Write{Map: m, Key: k, Value: append([]byte{}, value...), KeepTTL: true}
+	if prev, ok := t.writes[key{m, k}]; ok {
+		w.KeepTTL, w.TTL = prev.KeepTTL, prev.TTL
+	}
+	t.write(w)
+	return nil
+}
+
+// Watch makes the transaction depend on key of map m being at version
+// (0: absent) when it commits, as if a Get had read that version, without
+// a network call: Redis's WATCH, whose caller learned the version earlier
+// (Map.GetEntry). A later Get of the key reads it, and fails with
+// ErrConflict if its version is no longer version. Watch a key before
+// any Get or Put of it; watching a key already read compares the two
+// versions at once. Under Run, a changed watched key fails every
+// attempt: fn should check (Get) its watched keys on a retry and stop.
+func (t *Tx) Watch(m, k string, version uint64) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	kk := key{m, k}
+	if r, ok := t.reads[kk]; ok {
+		if r.Version != version {
+			return fmt.Errorf("%w: key %q of map %q changed since it was watched (version %d, read %d)", ErrConflict, k, m, version, r.Version)
+		}
+		return nil
+	}
+	t.reads[kk] = proto.Read{Map: m, Key: k, Version: version}
+	if t.watched == nil {
+		t.watched = map[key]struct{}{}
+	}
+	t.watched[kk] = struct{}{}
 	return nil
 }
 

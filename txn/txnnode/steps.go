@@ -431,6 +431,19 @@ func apply(v *grid.StepView, writes []proto.Write) {
 			}
 			continue
 		}
-		v.Set(w.Map, w.Key, w.Value, time.Duration(w.TTL))
+		v.Set(w.Map, w.Key, w.Value, ttlOf(v, w))
 	}
+}
+
+// ttlOf is the expiry a write of a value sets: its own TTL, or with
+// KeepTTL the time the key has left now (none if absent or persistent).
+func ttlOf(v *grid.StepView, w proto.Write) time.Duration {
+	if !w.KeepTTL {
+		return time.Duration(w.TTL)
+	}
+	e, ok := v.Entry(w.Map, w.Key)
+	if !ok || e.ExpireAt == 0 {
+		return 0
+	}
+	return max(time.Until(time.Unix(0, e.ExpireAt)), time.Nanosecond)
 }

@@ -56,6 +56,9 @@ type Write struct {
 	HasMin bool
 	Min    int64
 	TTL    int64 // nanoseconds from when the write applies; 0: none
+	// KeepTTL: keep the key's expiry as it is when the write applies
+	// (none if the key is absent then); TTL is unused.
+	KeepTTL bool
 }
 
 // Header names a transaction and its limits.

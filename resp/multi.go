@@ -71,7 +71,7 @@ func (c *conn) refuse(spec *cmdSpec, msg string) {
 func (c *conn) queue(spec *cmdSpec, args [][]byte) {
 	st := c.multi
 	if spec.tx == nil {
-		c.refuse(spec, errNotInMulti + ": '" + spec.name + "' does not run in a grid transaction")
+		c.refuse(spec, errNotInMulti+": '"+spec.name+"' does not run in a grid transaction")
 		return
 	}
 	if spec.txCheck != nil {

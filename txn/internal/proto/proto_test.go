@@ -24,3 +24,33 @@ func TestResultRoundTrip(t *testing.T) {
 		t.Fatal("garbage decoded")
 	}
 }
+
+func TestWorkRoundTrip(t *testing.T) {
+	w := Work{H: Header{ID: "id", Coord: 17, Deadline: 1 << 60, Prio: -3},
+		Reads:  []Read{{Map: "m", Key: "k", Version: 1 << 41}},
+		Writes: []Write{{Map: "m", Key: "a", Value: []byte("v"), TTL: 5}, {Map: "m", Key: "b", Delete: true}, {Map: "m", Key: "c", Add: true, Delta: -9, HasMin: true, Min: 2}},
+		Parts:  []int{3, 4}}
+	b, err := Encode(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Work
+	if err := Decode(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, w) {
+		t.Fatalf("%+v came back as %+v", w, got)
+	}
+	p := Prepared{H: w.H, Writes: w.Writes, Locked: w.Reads}
+	if b, err = Encode(p); err != nil {
+		t.Fatal(err)
+	}
+	var gp Prepared
+	if err := Decode(b, &gp); err != nil || !reflect.DeepEqual(gp, p) {
+		t.Fatalf("prepared %+v came back as %+v (%v)", p, gp, err)
+	}
+	// Truncated input fails, never panics.
+	for i := range b {
+		_ = Decode(b[:i], &gp)
+	}
+}

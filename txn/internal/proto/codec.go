@@ -61,7 +61,7 @@ func (r *Read) DecodeMsgpack(dec *msgpack.Decoder) (err error) {
 
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (w Write) EncodeMsgpack(enc *msgpack.Encoder) error {
-	if err := enc.EncodeArrayLen(9); err != nil {
+	if err := enc.EncodeArrayLen(10); err != nil {
 		return err
 	}
 	for _, f := range []func() error{
@@ -74,6 +74,7 @@ func (w Write) EncodeMsgpack(enc *msgpack.Encoder) error {
 		func() error { return enc.EncodeBool(w.HasMin) },
 		func() error { return enc.EncodeInt(w.Min) },
 		func() error { return enc.EncodeInt(w.TTL) },
+		func() error { return enc.EncodeBool(w.KeepTTL) },
 	} {
 		if err := f(); err != nil {
 			return err
@@ -84,7 +85,7 @@ func (w Write) EncodeMsgpack(enc *msgpack.Encoder) error {
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
 func (w *Write) DecodeMsgpack(dec *msgpack.Decoder) (err error) {
-	if err = arrayLen(dec, 9, "write"); err != nil {
+	if err = arrayLen(dec, 10, "write"); err != nil {
 		return err
 	}
 	if w.Map, err = dec.DecodeString(); err != nil {
@@ -111,7 +112,10 @@ func (w *Write) DecodeMsgpack(dec *msgpack.Decoder) (err error) {
 	if w.Min, err = dec.DecodeInt64(); err != nil {
 		return err
 	}
-	w.TTL, err = dec.DecodeInt64()
+	if w.TTL, err = dec.DecodeInt64(); err != nil {
+		return err
+	}
+	w.KeepTTL, err = dec.DecodeBool()
 	return err
 }
 

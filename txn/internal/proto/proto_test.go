@@ -28,7 +28,7 @@ func TestResultRoundTrip(t *testing.T) {
 func TestWorkRoundTrip(t *testing.T) {
 	w := Work{H: Header{ID: "id", Coord: 17, Deadline: 1 << 60, Prio: -3},
 		Reads:  []Read{{Map: "m", Key: "k", Version: 1 << 41}},
-		Writes: []Write{{Map: "m", Key: "a", Value: []byte("v"), TTL: 5}, {Map: "m", Key: "b", Delete: true}, {Map: "m", Key: "c", Add: true, Delta: -9, HasMin: true, Min: 2}},
+		Writes: []Write{{Map: "m", Key: "a", Value: []byte("v"), TTL: 5}, {Map: "m", Key: "b", Delete: true}, {Map: "m", Key: "d", Value: []byte{}, KeepTTL: true}, {Map: "m", Key: "c", Add: true, Delta: -9, HasMin: true, Min: 2}},
 		Parts:  []int{3, 4}}
 	b, err := Encode(w)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -176,19 +177,8 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	if watched {
-		delete(t.watched, kk)
-		if want := t.reads[kk].Version; e.Version != want {
-			return nil, fmt.Errorf("%w: key %q of map %q changed since it was watched (version %d, now %d)", ErrConflict, k, m, want, e.Version)
-		}
-	}
-	t.reads[kk] = proto.Read{Map: m, Key: k, Version: e.Version}
-	if err == nil {
-		v := e.Value
-		if v == nil {
-			v = []byte{}
-		}
-		t.rvals[kk] = v
+	if err := t.record(kk, e, err == nil); err != nil {
+		return nil, err
 	}
 	if w, ok := t.writes[kk]; ok && w.Add {
 		// A deferred Add becomes a write of the value now known.
@@ -201,6 +191,84 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 		return nil, ErrNotFound
 	}
 	return t.rvals[kk], nil
+}
+
+// record remembers what a read of kk found (found false: absent, e's
+// Version 0). A watched key must still be at its watched version.
+func (t *Tx) record(kk key, e api.Entry, found bool) error {
+	if _, watched := t.watched[kk]; watched {
+		delete(t.watched, kk)
+		if want := t.reads[kk].Version; e.Version != want {
+			return fmt.Errorf("%w: key %q of map %q changed since it was watched (version %d, now %d)", ErrConflict, kk.k, kk.m, want, e.Version)
+		}
+	}
+	t.reads[kk] = proto.Read{Map: kk.m, Key: kk.k, Version: e.Version}
+	if found {
+		v := e.Value
+		if v == nil {
+			v = []byte{}
+		}
+		t.rvals[kk] = v
+	}
+	return nil
+}
+
+// prefetchParallel bounds the reads one Prefetch runs at once.
+const prefetchParallel = 32
+
+// Prefetch reads, in parallel, the keys of map m that a Get would read
+// (not yet read or written by the transaction, or only watched), so that
+// the Gets of them that follow answer without a round trip each. What it
+// reads is validated at Commit like any Get; a watched key found changed
+// fails it with ErrConflict, as Get would.
+func (t *Tx) Prefetch(ctx context.Context, m string, keys []string) error {
+	var todo []string
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if _, dup := seen[k]; dup {
+			continue
+		}
+		seen[k] = struct{}{}
+		if err := t.usable(m, k); err != nil {
+			return err
+		}
+		kk := key{m, k}
+		_, written := t.writes[kk]
+		_, read := t.reads[kk]
+		_, watched := t.watched[kk]
+		if !written && (!read || watched) {
+			todo = append(todo, k)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	ents := make([]api.Entry, len(todo))
+	errs := make([]error, len(todo))
+	sem := make(chan struct{}, prefetchParallel)
+	var wg sync.WaitGroup
+	for i, k := range todo {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ents[i], errs[i] = t.g.Read(ctx, m, k)
+		}()
+	}
+	wg.Wait()
+	for i, k := range todo {
+		if errs[i] != nil && !errors.Is(errs[i], ErrNotFound) {
+			return errs[i]
+		}
+		if err := t.usable(m, k); err != nil {
+			return err
+		}
+		if err := t.record(key{m, k}, ents[i], errs[i] == nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Put buffers a write of value to key of map m; it applies at Commit.

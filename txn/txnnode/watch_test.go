@@ -3,10 +3,12 @@ package txnnode_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn"
 )
 
@@ -116,5 +118,62 @@ func TestPutKeepTTL(t *testing.T) {
 		if want == 0 && ttl != 0 || want != 0 && (ttl <= want-10*time.Second || ttl > want) {
 			t.Errorf("key %d: TTL %v, want %v", i, ttl, want)
 		}
+	}
+}
+
+// countingGrid counts the reads that cross the network.
+type countingGrid struct {
+	txn.Grid
+	reads atomic.Int64
+}
+
+func (g *countingGrid) Read(ctx context.Context, m, key string) (api.Entry, error) {
+	g.reads.Add(1)
+	return g.Grid.Read(ctx, m, key)
+}
+
+// Prefetch reads keys in parallel once; the Gets that follow cost no
+// read, and what it read is validated at commit.
+func TestPrefetch(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 30*time.Second)
+	keys := keysInDistinctPartitions(3, g.Nodes[0].Partitions())
+	m := g.Nodes[1].Map("acct")
+	if err := m.Put(ctx, keys[0], itob(1)); err != nil {
+		t.Fatal(err)
+	}
+	cg := &countingGrid{Grid: g.svcs[0]}
+	tx, err := txn.Begin(ctx, cg, txn.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Prefetch(ctx, "acct", []string{keys[0], keys[1], keys[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := tx.Get(ctx, "acct", keys[0]); err != nil || string(v) != "1" {
+		t.Fatalf("Get after Prefetch: %q %v", v, err)
+	}
+	if _, err := tx.Get(ctx, "acct", keys[1]); !errors.Is(err, txn.ErrNotFound) {
+		t.Fatalf("Get of an absent prefetched key: %v", err)
+	}
+	if n := cg.reads.Load(); n != 2 {
+		t.Fatalf("%d reads, want 2 (one per distinct key)", n)
+	}
+	_ = tx.Put("acct", keys[2], itob(7))
+	if err := m.Put(ctx, keys[1], itob(5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); !errors.Is(err, txn.ErrConflict) {
+		t.Fatalf("commit after a prefetched key changed: %v, want ErrConflict", err)
+	}
+
+	old, _ := m.GetEntry(ctx, keys[0])
+	if err := m.Put(ctx, keys[0], itob(2)); err != nil {
+		t.Fatal(err)
+	}
+	tx, _ = txn.Begin(ctx, cg, txn.Options{})
+	_ = tx.Watch("acct", keys[0], old.Version)
+	if err := tx.Prefetch(ctx, "acct", keys[:1]); !errors.Is(err, txn.ErrConflict) {
+		t.Fatalf("Prefetch of a changed watched key: %v, want ErrConflict", err)
 	}
 }

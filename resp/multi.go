@@ -232,6 +232,9 @@ func (c *conn) runTx(ctx context.Context, queue []queued, watches []watch) ([]by
 		if err := watchIn(ctx, tx, watches, attempt > 1); err != nil {
 			return err
 		}
+		if err := tx.Prefetch(ctx, c.db, readKeys(queue)); err != nil {
+			return runError(err, len(watches) > 0)
+		}
 		x := &txExec{c: c, tx: tx, ctx: ctx, sel: selection{c.db, c.dbLabel}, maxEntry: c.s.node.Config().MaxValueSize}
 		replies = replies[:0]
 		for _, q := range queue {
@@ -258,12 +261,40 @@ func watchIn(ctx context.Context, tx *txn.Tx, watches []watch, check bool) error
 	if !check {
 		return nil
 	}
+	byMap := map[string][]string{}
 	for _, w := range watches {
-		if _, err := tx.Get(ctx, w.m, w.key); err != nil && !errors.Is(err, txn.ErrNotFound) {
+		byMap[w.m] = append(byMap[w.m], w.key)
+	}
+	for m, keys := range byMap {
+		if err := tx.Prefetch(ctx, m, keys); err != nil {
 			return runError(err, true)
 		}
 	}
 	return nil
+}
+
+// readKeys lists the keys the queued commands read, up to the first
+// SELECT (which changes the map of the keys after it): EXEC reads them
+// all at once before running the commands.
+func readKeys(queue []queued) []string {
+	var keys []string
+	for _, q := range queue {
+		s := q.spec
+		if s.name == "select" {
+			break
+		}
+		if !s.txReads {
+			continue
+		}
+		last := s.lastKey
+		if last < 0 {
+			last += len(q.args)
+		}
+		for i := s.firstKey; i <= last && i < len(q.args); i += s.step {
+			keys = append(keys, string(q.args[i]))
+		}
+	}
+	return keys
 }
 
 // runError classifies an error of a transaction's attempt before its

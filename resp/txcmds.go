@@ -52,7 +52,7 @@ func (x *txExec) put(key, value []byte) error { return x.tx.Put(x.sel.m, string(
 
 // putKeep writes keeping the key's expiry (INCR, APPEND, SET KEEPTTL).
 func (x *txExec) putKeep(key, value []byte) error {
-	return x.tx.PutKeepTTL(x.sel.m, string(key), value)
+	return x.tx.PutKeepTTL(x.ctx, x.sel.m, string(key), value)
 }
 
 func (x *txExec) del(key []byte) error { return x.tx.Delete(x.sel.m, string(key)) }

@@ -295,15 +295,25 @@ func (t *Tx) PutTTL(m, k string, value []byte, ttl time.Duration) error {
 }
 
 // PutKeepTTL is Put keeping the key's expiry, as Redis's INCR, APPEND and
-// SET KEEPTTL do: the expiry the key has when the write applies (none if
-// it is absent then), or the one this transaction gave it earlier (none
-// after its Put or Delete, PutTTL's after a PutTTL).
-func (t *Tx) PutKeepTTL(m, k string, value []byte) error {
+// SET KEEPTTL do: the one this transaction gave it (none after its Put or
+// Delete, PutTTL's after a PutTTL), else the expiry of the key it reads
+// (a Get, if the transaction has not read the key yet); none if absent.
+// Should the key expire between Commit's validation and the write's
+// application at its participant, the write expires with it.
+func (t *Tx) PutKeepTTL(ctx context.Context, m, k string, value []byte) error {
 	if err := t.usable(m, k); err != nil {
 		return err
 	}
-	w := proto.Write{Map: m, Key: k, Value: append([]byte{}, value...), KeepTTL: true}
-	if prev, ok := t.writes[key{m, k}]; ok {
+	kk := key{m, k}
+	w := proto.Write{Map: m, Key: k, Value: append([]byte{}, value...)}
+	if prev, ok := t.writes[kk]; !ok || prev.Add {
+		_, err := t.Get(ctx, m, k) // also turns a deferred Add into a write
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		w.KeepTTL = err == nil
+	}
+	if prev, ok := t.writes[kk]; ok {
 		w.KeepTTL, w.TTL = prev.KeepTTL, prev.TTL
 	}
 	t.write(w)

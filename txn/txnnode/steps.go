@@ -436,13 +436,17 @@ func apply(v *grid.StepView, writes []proto.Write) {
 }
 
 // ttlOf is the expiry a write of a value sets: its own TTL, or with
-// KeepTTL the time the key has left now (none if absent or persistent).
+// KeepTTL (the transaction read the key present) the time the key has
+// left now; a key that expired since it was read expires the write too.
 func ttlOf(v *grid.StepView, w proto.Write) time.Duration {
 	if !w.KeepTTL {
 		return time.Duration(w.TTL)
 	}
 	e, ok := v.Entry(w.Map, w.Key)
-	if !ok || e.ExpireAt == 0 {
+	switch {
+	case !ok:
+		return time.Nanosecond
+	case e.ExpireAt == 0:
 		return 0
 	}
 	return max(time.Until(time.Unix(0, e.ExpireAt)), time.Nanosecond)

@@ -85,32 +85,35 @@ func TestWatch(t *testing.T) {
 func TestPutKeepTTL(t *testing.T) {
 	g := newTGrid(t, 3)
 	ctx := ctxT(t, 30*time.Second)
-	keys := keysInDistinctPartitions(3, g.Nodes[0].Partitions())
+	keys := keysInDistinctPartitions(4, g.Nodes[0].Partitions())
 	m := g.Nodes[1].Map("acct")
-	for _, k := range keys {
+	for _, k := range keys[:3] {
 		if err := m.Put(ctx, k, itob(1), grid.WithTTL(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	err := txn.Run(ctx, g.svcs[0], txn.Options{}, func(ctx context.Context, tx *txn.Tx) error {
-		if err := tx.PutKeepTTL("acct", keys[0], itob(2)); err != nil { // keeps the hour
+		if err := tx.PutKeepTTL(ctx, "acct", keys[0], itob(2)); err != nil { // keeps the hour
 			return err
 		}
 		if err := tx.Put("acct", keys[1], itob(2)); err != nil { // no expiry, then kept
 			return err
 		}
-		if err := tx.PutKeepTTL("acct", keys[1], itob(3)); err != nil {
+		if err := tx.PutKeepTTL(ctx, "acct", keys[1], itob(3)); err != nil {
 			return err
 		}
 		if err := tx.PutTTL("acct", keys[2], itob(2), time.Minute); err != nil { // a minute, then kept
 			return err
 		}
-		return tx.PutKeepTTL("acct", keys[2], itob(3))
+		if err := tx.PutKeepTTL(ctx, "acct", keys[2], itob(3)); err != nil {
+			return err
+		}
+		return tx.PutKeepTTL(ctx, "acct", keys[3], itob(3)) // absent: none
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, want := range []time.Duration{time.Hour, 0, time.Minute} {
+	for i, want := range []time.Duration{time.Hour, 0, time.Minute, 0} {
 		ttl, err := m.TTL(ctx, keys[i])
 		if err != nil {
 			t.Fatal(err)

@@ -56,8 +56,9 @@ type Write struct {
 	HasMin bool
 	Min    int64
 	TTL    int64 // nanoseconds from when the write applies; 0: none
-	// KeepTTL: keep the key's expiry as it is when the write applies
-	// (none if the key is absent then); TTL is unused.
+	// KeepTTL: keep the expiry the key has when the write applies; the
+	// transaction read it present, so absent then means it expired
+	// meanwhile and the write expires at once. TTL is unused.
 	KeepTTL bool
 }
 

@@ -18,6 +18,9 @@
 // barriers: everything before them finishes first. Replies always come back
 // in request order.
 //
+// MULTI/EXEC run the queued commands as one grid transaction (package txn),
+// across partitions; WATCH compares key versions (multi.go).
+//
 // See docs/redis.md for the command list and the differences from Redis.
 package resp
 

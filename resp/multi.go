@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/collocate/grid/txn"
 )
@@ -22,6 +23,10 @@ const (
 	// maxWatched bounds the keys one connection watches (a transaction's
 	// default txn.Options.MaxKeys).
 	maxWatched = 4096
+
+	// maxTxTimeout is the longest txn.Options.Timeout (txn.Begin refuses
+	// more).
+	maxTxTimeout = 5 * time.Minute
 
 	errExecAbort  = "EXECABORT Transaction discarded because of previous errors."
 	errNotInMulti = "ERR Command not allowed inside a transaction"
@@ -223,7 +228,13 @@ type selection struct{ m, label string }
 // watched keys as reads at their versions. It returns the replies, one
 // after the other, and the map selected at the end.
 func (c *conn) runTx(ctx context.Context, queue []queued, watches []watch) ([]byte, selection, error) {
-	opts := txn.Options{Timeout: c.s.cfg.CommandTimeout}
+	if _, ok := ctx.Deadline(); !ok {
+		// CommandTimeout 0: the node's RequestTimeout bounds the retries.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.s.node.Config().RequestTimeout)
+		defer cancel()
+	}
+	opts := txn.Options{Timeout: min(c.s.cfg.CommandTimeout, maxTxTimeout)}
 	var replies []byte
 	var sel selection
 	attempt := 0

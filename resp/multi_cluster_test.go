@@ -353,3 +353,47 @@ func TestMultiQueueLimits(t *testing.T) {
 		}
 	})
 }
+
+// An EXEC with watched keys that conflicts on another key (here a counter
+// every client increments) runs again rather than answering null: only a
+// changed watched key aborts it.
+func TestWatchedExecRetriesOtherConflicts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := newCluster(t, 3)
+	ctx := ctxT(t, 90*time.Second)
+	const clients, rounds = 4, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		rc := c.client(t, i%3, 2)
+		own := fmt.Sprintf("own:%d", i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range rounds {
+				err := rc.Watch(ctx, func(tx *redis.Tx) error {
+					_, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+						p.Incr(ctx, "shared")
+						p.Set(ctx, own, r, 0)
+						return nil
+					})
+					return err
+				}, own)
+				if err != nil {
+					errs <- fmt.Errorf("client %d round %d: %w", i, r, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := c.client(t, 0, 2).Get(ctx, "shared").Val(); got != strconv.Itoa(clients*rounds) {
+		t.Fatalf("shared %s, want %d", got, clients*rounds)
+	}
+}

@@ -206,10 +206,11 @@ func (t *Tx) Put(m, k string, value []byte) error {
 }
 
 // PutTTL is Put with an expiry: the key expires ttl after the write
-// applies (at its participant's finish). A ttl of 0 is Put.
+// applies (at its participant's finish), at most 100 years. A ttl of 0
+// is Put.
 func (t *Tx) PutTTL(m, k string, value []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("%w: negative TTL", api.ErrBadRequest)
+	if ttl < 0 || ttl > proto.MaxTTL {
+		return fmt.Errorf("%w: TTL %v out of range [0, %v]", api.ErrBadRequest, ttl, proto.MaxTTL)
 	}
 	if err := t.usable(m, k); err != nil {
 		return err

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn"
+	"github.com/collocate/grid/txn/internal/proto"
 )
 
 // coordinatorOf is the partition txn picks as tx's coordinator when it
@@ -34,6 +36,53 @@ func beginWithCoordinator(t *testing.T, ctx context.Context, g txn.Grid, opts tx
 		}
 		if coordinatorOf(tx, g.Partitions(), keys...) == affinity.Partition(coord, g.Partitions()) {
 			return tx
+		}
+	}
+}
+
+// A TTL whose expiry overflows at the participant that must apply it:
+// the coordinator commits its share, the participant's finish can never
+// apply (the step fails every time), so the transaction stays half
+// applied and its locks are held forever. It must be refused before
+// anything is prepared.
+func TestOverflowingTTLNeverHalfApplies(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	tx := beginWithCoordinator(t, ctx, g.svcs[0], txn.Options{Timeout: 2 * time.Second}, keys[0], keys...)
+	_ = tx.Put("acct", keys[0], itob(90))
+	err := tx.PutTTL("acct", keys[1], itob(110), time.Duration(math.MaxInt64))
+	if err == nil {
+		err = tx.Commit(ctx)
+	}
+	t.Logf("PutTTL/Commit: %v", err)
+	g.noTxnState(t, 10*time.Second, false)
+	a, b := g.balances(t, ctx, keys)
+	if (a == 90) != (b == 110) {
+		t.Fatalf("balances %d %d: half of the transaction applied", a, b)
+	}
+	if err == nil && a != 90 {
+		t.Fatalf("Commit returned nil, balances %d %d", a, b)
+	}
+}
+
+// The steps refuse the same TTL from a caller that skipped PutTTL's check
+// (another build, or forged arguments): a prepare must not accept a write
+// its finish cannot apply.
+func TestStepsRefuseAnOverflowingTTL(t *testing.T) {
+	g := newTGrid(t, 1)
+	ctx := ctxT(t, 30*time.Second)
+	part := affinity.Partition("k", g.Nodes[0].Partitions())
+	w := proto.Work{H: proto.Header{ID: "forged", Coord: part, Deadline: time.Now().Add(time.Minute).UnixNano(), Prio: 1},
+		Writes: []proto.Write{{Map: "acct", Key: "k", Value: []byte("v"), TTL: math.MaxInt64}}}
+	args, err := proto.Encode(&w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []string{proto.StepPrepare, proto.StepOne, proto.StepCommit} {
+		_, err := g.svcs[0].Step(ctx, part, step, args)
+		if !errors.Is(err, api.ErrBadArgs) {
+			t.Errorf("%q with a TTL of MaxInt64: %v, want ErrBadArgs", step, err)
 		}
 	}
 }

@@ -56,7 +56,8 @@ func answer(st proto.Status, detail string) ([]byte, error) {
 	return proto.Encode(proto.Result{Status: st, Detail: detail})
 }
 
-// checkWork refuses what no step may do: keys of internal maps, or none.
+// checkWork refuses what no step may do: keys of internal maps, no id, or
+// a TTL out of range.
 func checkWork(w *proto.Work) error {
 	for _, r := range w.Reads {
 		if len(r.Map) > 0 && r.Map[0] == 0 {
@@ -66,6 +67,10 @@ func checkWork(w *proto.Work) error {
 	for _, wr := range w.Writes {
 		if len(wr.Map) > 0 && wr.Map[0] == 0 {
 			return fmt.Errorf("%w: map %q is the grid's own", grid.ErrBadArgs, wr.Map)
+		}
+		if wr.TTL < 0 || wr.TTL > int64(proto.MaxTTL) {
+			// A finish could never apply it: refused before anything is prepared.
+			return fmt.Errorf("%w: TTL %d out of range [0, %v]", grid.ErrBadArgs, wr.TTL, proto.MaxTTL)
 		}
 	}
 	if w.H.ID == "" {

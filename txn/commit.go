@@ -113,14 +113,34 @@ func (t *Tx) commitTwoPhase(ctx context.Context, parts map[int]*proto.Work) erro
 	cw := parts[coord]
 	cw.Parts = others
 	res, err := t.waitDie(ctx, coord, proto.StepCommit, cw)
-	if err != nil {
+	if err != nil || !recorded(res.Status) {
+		// No decision is known to exist: decide abort, so that a copy of
+		// the commit step still on its way finds it (it would commit the
+		// coordinator's share after the others dropped theirs), or learn
+		// the commit that a copy made.
+		why := err
+		if why == nil {
+			why = outcome(res)
+		}
 		res, err = t.decideAbort(ctx, coord)
 		if err != nil {
 			return fmt.Errorf("%w: the commit's outcome is not known yet (it is decided at the latest by the transaction's deadline): %w", ErrUnknown, err)
 		}
+		if res.Status != proto.Done && !errors.Is(why, ErrUnknown) {
+			// Aborted: the answer is why (a conflict, a condition, a
+			// value too large), not the abort it recorded.
+			t.finishAll(ctx, others, false)
+			return why
+		}
 	}
 	t.finishAll(ctx, others, res.Status == proto.Done)
 	return outcome(res)
+}
+
+// recorded reports whether a commit step's answer is a decision it
+// recorded (or found): commit, or abort (past the deadline).
+func recorded(st proto.Status) bool {
+	return st == proto.Done || st == proto.Aborted || st == proto.Expired
 }
 
 // coordinator picks the coordinator partition: one with writes, chosen by

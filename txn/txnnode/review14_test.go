@@ -3,15 +3,19 @@ package txnnode_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/grid"
+	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn"
 	"github.com/collocate/grid/txn/internal/proto"
+	"github.com/collocate/grid/txn/txnnode"
 )
 
 // coordinatorOf is the partition txn picks as tx's coordinator when it
@@ -122,5 +126,132 @@ func TestMergedAddKeepsAFloorNearTheTop(t *testing.T) {
 	}
 	if v, _ := m.Get(ctx, "k"); string(v) != "90" {
 		t.Fatalf("k = %s, want 90", v)
+	}
+}
+
+// newTGridCfg is newTGrid with every node's config adjusted.
+func newTGridCfg(t *testing.T, n int, configure func(i int, cfg *grid.Config)) *tgrid {
+	g := &tgrid{Cluster: gridtest.New(t, n, configure), cfg: txnnode.DefaultConfig()}
+	g.cfg.Interval = 100 * time.Millisecond
+	g.cfg.Grace = 200 * time.Millisecond
+	g.cfg.Keep = time.Second
+	g.cfg.Logger = g.Logger(slog.LevelWarn)
+	g.WaitStable(30 * time.Second)
+	for i := range n {
+		g.svcs = append(g.svcs, g.start(t, i))
+	}
+	t.Cleanup(func() {
+		for _, s := range g.svcs {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	return g
+}
+
+// A value too large for the grid is the data's answer wherever it lands:
+// at the coordinator as at a participant or in a one-partition
+// transaction, Commit fails with ErrValueTooLarge, which Run does not
+// retry (as ErrExpired, Run ran the transaction again until its ctx
+// ended).
+func TestTooLargeValueAtTheCoordinatorIsFinal(t *testing.T) {
+	g := newTGridCfg(t, 3, func(_ int, cfg *grid.Config) { cfg.MaxValueSize = 4096 })
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	big := make([]byte, 5000)
+	for _, coord := range keys {
+		tx := beginWithCoordinator(t, ctx, g.svcs[0], txn.Options{}, coord, keys...)
+		for _, k := range keys {
+			v := itob(1)
+			if k == coord {
+				v = big
+			}
+			_ = tx.Put("acct", k, v)
+		}
+		err := tx.Commit(ctx)
+		if !errors.Is(err, api.ErrValueTooLarge) || txn.Retryable(err) {
+			t.Errorf("a value too large at the coordinator: %v, want ErrValueTooLarge, not retryable", err)
+		}
+	}
+	a, b := g.balances(t, ctx, keys)
+	if a != 100 || b != 100 {
+		t.Fatalf("balances %d %d, want 100 100", a, b)
+	}
+	g.noTxnState(t, 10*time.Second, false)
+}
+
+// commitRecorder keeps the arguments of the last commit step sent.
+type commitRecorder struct {
+	txn.Grid
+	part int
+	args []byte
+}
+
+func (r *commitRecorder) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
+	if name == proto.StepCommit {
+		r.part, r.args = part, args
+	}
+	return r.Grid.Step(ctx, part, name, args)
+}
+
+// A commit step that answered Wait until LockWait ran out leaves no
+// decision at the coordinator, and Commit tells the participants to
+// abort. A copy of that commit step still on its way (a retransmission
+// that arrives after the caller gave up, once the younger holder's lock
+// is gone) must then not commit the coordinator's share: the participants
+// already dropped theirs, so that would be half a transaction, and one
+// whose Commit answered ErrConflict.
+func TestLateCommitStepAfterAWaitConflictDoesNotCommit(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	n := g.Nodes[0].Partitions()
+	keys := keysInDistinctPartitions(3, n) // a, b, c
+	m := g.Nodes[0].Map("acct")
+	for _, k := range keys {
+		if err := m.Put(ctx, k, itob(100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, c := keys[0], keys[1], keys[2]
+	// T1 (the older) will coordinate at a's partition.
+	rec := &commitRecorder{Grid: g.svcs[0]}
+	t1 := beginWithCoordinator(t, ctx, rec, txn.Options{Timeout: 30 * time.Second, LockWait: 300 * time.Millisecond}, a, a, b)
+	// T2 (younger) prepares at a's partition (it coordinates at c's), and
+	// its caller dies before its commit: a stays locked until recovery.
+	h := &hook{Grid: g.svcs[1]}
+	ctx2, cancel2 := context.WithCancel(ctx)
+	defer cancel2()
+	h.before = func(_ int, name string) {
+		if name == proto.StepCommit {
+			h.die()
+			cancel2()
+		}
+	}
+	t2 := beginWithCoordinator(t, ctx, h, txn.Options{Timeout: 2 * time.Second}, c, a, c)
+	_ = t2.Put("acct", a, itob(2))
+	_ = t2.Put("acct", c, itob(2))
+	if err := t2.Commit(ctx2); err == nil {
+		t.Fatal("the dead caller's transaction committed")
+	}
+	_ = t1.Put("acct", a, itob(1))
+	_ = t1.Put("acct", b, itob(1))
+	if err := t1.Commit(ctx); !errors.Is(err, txn.ErrConflict) {
+		t.Fatalf("a commit held back by a younger lock for longer than LockWait: %v, want ErrConflict", err)
+	}
+	if rec.args == nil || rec.part != affinity.Partition(a, n) {
+		t.Fatal("no commit step was sent to a's partition")
+	}
+	g.noTxnState(t, 15*time.Second, false) // T2 resolved: a is free
+	raw, err := g.svcs[2].Step(ctx, rec.part, proto.StepCommit, rec.args)
+	var res proto.Result
+	if err == nil {
+		err = proto.Decode(raw, &res)
+	}
+	t.Logf("the late commit step: %s %v", res.Status, err)
+	av, _ := m.Get(ctx, a)
+	bv, _ := m.Get(ctx, b)
+	if string(av) == "1" || string(bv) == "1" || res.Status == proto.Done {
+		t.Fatalf("after Commit answered ErrConflict, a late copy of its commit step answered %s: a=%s b=%s", res.Status, av, bv)
 	}
 }

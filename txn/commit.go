@@ -84,7 +84,22 @@ func (t *Tx) commitOne(ctx context.Context, part int, w *proto.Work) error {
 	if err != nil {
 		return err
 	}
+	if res.Status == proto.Conflict || res.Status == proto.Condition {
+		// Nothing applied. A copy of the step still on its way could
+		// apply once the state allows it: leave a tombstone it finds.
+		if err := t.finishOne(ctx, part); err != nil {
+			return fmt.Errorf("%w: the transaction answered %s, but a copy of its step could still apply: %w", ErrUnknown, res.Status, err)
+		}
+	}
 	return outcome(res)
+}
+
+// finishOne leaves the tombstone of an aborted transaction at part.
+func (t *Tx) finishOne(ctx context.Context, part int) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	_, err := t.call(ctx, part, proto.StepFinish, proto.Finish{ID: t.id, Deadline: t.deadline.UnixNano()})
+	return err
 }
 
 // commitTwoPhase commits across partitions: prepare every participant

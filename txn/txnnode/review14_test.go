@@ -181,7 +181,8 @@ func TestTooLargeValueAtTheCoordinatorIsFinal(t *testing.T) {
 	g.noTxnState(t, 10*time.Second, false)
 }
 
-// commitRecorder keeps the arguments of the last commit step sent.
+// commitRecorder keeps the arguments of the last commit (or one-partition)
+// step sent.
 type commitRecorder struct {
 	txn.Grid
 	part int
@@ -189,7 +190,7 @@ type commitRecorder struct {
 }
 
 func (r *commitRecorder) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
-	if name == proto.StepCommit {
+	if name == proto.StepCommit || name == proto.StepOne {
 		r.part, r.args = part, args
 	}
 	return r.Grid.Step(ctx, part, name, args)
@@ -217,23 +218,7 @@ func TestLateCommitStepAfterAWaitConflictDoesNotCommit(t *testing.T) {
 	// T1 (the older) will coordinate at a's partition.
 	rec := &commitRecorder{Grid: g.svcs[0]}
 	t1 := beginWithCoordinator(t, ctx, rec, txn.Options{Timeout: 30 * time.Second, LockWait: 300 * time.Millisecond}, a, a, b)
-	// T2 (younger) prepares at a's partition (it coordinates at c's), and
-	// its caller dies before its commit: a stays locked until recovery.
-	h := &hook{Grid: g.svcs[1]}
-	ctx2, cancel2 := context.WithCancel(ctx)
-	defer cancel2()
-	h.before = func(_ int, name string) {
-		if name == proto.StepCommit {
-			h.die()
-			cancel2()
-		}
-	}
-	t2 := beginWithCoordinator(t, ctx, h, txn.Options{Timeout: 2 * time.Second}, c, a, c)
-	_ = t2.Put("acct", a, itob(2))
-	_ = t2.Put("acct", c, itob(2))
-	if err := t2.Commit(ctx2); err == nil {
-		t.Fatal("the dead caller's transaction committed")
-	}
+	lockedByADeadCaller(t, ctx, g, a, c) // T2, younger
 	_ = t1.Put("acct", a, itob(1))
 	_ = t1.Put("acct", b, itob(1))
 	if err := t1.Commit(ctx); !errors.Is(err, txn.ErrConflict) {
@@ -253,5 +238,67 @@ func TestLateCommitStepAfterAWaitConflictDoesNotCommit(t *testing.T) {
 	bv, _ := m.Get(ctx, b)
 	if string(av) == "1" || string(bv) == "1" || res.Status == proto.Done {
 		t.Fatalf("after Commit answered ErrConflict, a late copy of its commit step answered %s: a=%s b=%s", res.Status, av, bv)
+	}
+}
+
+// lockedByADeadCaller leaves key a write-locked by a younger transaction
+// whose caller died after its prepare (it coordinates at c's partition):
+// recovery releases it once its 2 s timeout passed.
+func lockedByADeadCaller(t *testing.T, ctx context.Context, g *tgrid, a, c string) {
+	t.Helper()
+	h := &hook{Grid: g.svcs[1]}
+	ctx2, cancel2 := context.WithCancel(ctx)
+	defer cancel2()
+	h.before = func(_ int, name string) {
+		if name == proto.StepCommit {
+			h.die()
+			cancel2()
+		}
+	}
+	t2 := beginWithCoordinator(t, ctx, h, txn.Options{Timeout: 2 * time.Second}, c, a, c)
+	_ = t2.Put("acct", a, itob(2))
+	_ = t2.Put("acct", c, itob(2))
+	if err := t2.Commit(ctx2); err == nil {
+		t.Fatal("the dead caller's transaction committed")
+	}
+}
+
+// The one-partition step likewise: after Commit answered ErrConflict
+// (Wait until LockWait ran out), a late copy of its step must not apply
+// (Run would apply the transaction a second time with its retry).
+func TestLateOnePartitionStepAfterAWaitConflictDoesNotApply(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	n := g.Nodes[0].Partitions()
+	keys := keysInDistinctPartitions(2, n)
+	m := g.Nodes[0].Map("acct")
+	for _, k := range keys {
+		if err := m.Put(ctx, k, itob(100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, c := keys[0], keys[1]
+	rec := &commitRecorder{Grid: g.svcs[0]}
+	t1, err := txn.Begin(ctx, rec, txn.Options{Timeout: 30 * time.Second, LockWait: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockedByADeadCaller(t, ctx, g, a, c)
+	_ = t1.Add("acct", a, 7)
+	if err := t1.Commit(ctx); !errors.Is(err, txn.ErrConflict) {
+		t.Fatalf("a commit held back by a younger lock for longer than LockWait: %v, want ErrConflict", err)
+	}
+	if rec.args == nil {
+		t.Fatal("no one-partition step was sent")
+	}
+	g.noTxnState(t, 15*time.Second, false)
+	raw, err := g.svcs[2].Step(ctx, rec.part, proto.StepOne, rec.args)
+	var res proto.Result
+	if err == nil {
+		err = proto.Decode(raw, &res)
+	}
+	t.Logf("the late step: %s %v", res.Status, err)
+	if av, _ := m.Get(ctx, a); string(av) != "100" || res.Status == proto.Done {
+		t.Fatalf("after Commit answered ErrConflict, a late copy of its step answered %s: a=%s, want 100", res.Status, av)
 	}
 }

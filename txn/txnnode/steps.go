@@ -103,8 +103,13 @@ func (s steps) bindPrepare(args []byte) (grid.StepFunc, error) { return s.bindWo
 func (s steps) bindCommit(args []byte) (grid.StepFunc, error)  { return s.bindWork(args, s.commit) }
 
 // one runs a transaction whose keys all live in this partition: one
-// record, no coordinator, no lock held past the step.
+// record, no coordinator, no lock held past the step. A tombstone (the
+// caller aborted it after a conflict) refuses it.
 func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	if _, ok := v.Get(proto.MapTomb, proto.Key(s.tag(v), w.H.ID)); ok {
+		// Its caller gave up on it (a copy of the step arriving late).
+		return answer(proto.Finished, "")
+	}
 	if time.Now().UnixNano() > w.H.Deadline {
 		return answer(proto.Expired, "")
 	}

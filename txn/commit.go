@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn/internal/proto"
 )
 
@@ -207,6 +208,11 @@ func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work
 	}
 	if first != nil {
 		t.finishAll(ctx, held, false)
+	}
+	if errors.Is(first, ErrUnknown) {
+		// A prepare's outcome is unknown, the transaction's is not: no
+		// commit step was sent, so it aborted.
+		first = fmt.Errorf("%w: a participant's prepare: %v; no commit was sent, nothing applied", api.ErrUnavailable, first)
 	}
 	return first
 }

@@ -3,9 +3,11 @@ package txnnode_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"sort"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,4 +303,42 @@ func TestLateOnePartitionStepAfterAWaitConflictDoesNotApply(t *testing.T) {
 	if av, _ := m.Get(ctx, a); string(av) != "100" || res.Status == proto.Done {
 		t.Fatalf("after Commit answered ErrConflict, a late copy of its step answered %s: a=%s, want 100", res.Status, av)
 	}
+}
+
+// lostAnswer runs each step but answers ErrTimeout (outcome unknown) for
+// the first one named name, as a router does when a connection drops
+// after the step was sent.
+type lostAnswer struct {
+	txn.Grid
+	name string
+	lost atomic.Bool
+}
+
+func (l *lostAnswer) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
+	res, err := l.Grid.Step(ctx, part, name, args)
+	if err == nil && name == l.name && l.lost.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("%w: test: the answer was lost", api.ErrTimeout)
+	}
+	return res, err
+}
+
+// A prepare whose answer was lost leaves the outcome known: no commit
+// step was sent, so the transaction aborted and nothing applied. Commit
+// must say so (retryable), not ErrUnknown, which Run does not retry.
+func TestLostPrepareAnswerIsNotAnUnknownOutcome(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	l := &lostAnswer{Grid: g.svcs[0], name: proto.StepPrepare}
+	err := transferOnce(ctx, l, keys, 10*time.Second)
+	if !l.lost.Load() {
+		t.Fatal("no prepare answer was lost")
+	}
+	if errors.Is(err, txn.ErrUnknown) || !txn.Retryable(err) {
+		t.Fatalf("Commit after a lost prepare answer: %v, want a retryable error, not ErrUnknown", err)
+	}
+	if a, b := g.balances(t, ctx, keys); a != 100 || b != 100 {
+		t.Fatalf("balances %d %d, want 100 100", a, b)
+	}
+	g.noTxnState(t, 5*time.Second, false)
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -341,4 +342,199 @@ func TestLostPrepareAnswerIsNotAnUnknownOutcome(t *testing.T) {
 		t.Fatalf("balances %d %d, want 100 100", a, b)
 	}
 	g.noTxnState(t, 5*time.Second, false)
+}
+
+// Transfers (read-modify-write and deferred Adds, one partition and
+// several) run while a node joins (primaries move: a participant's or a
+// coordinator's partition changes hands mid-commit) and then another is
+// killed and restarted under its name (filled by snapshot): the total
+// never changes, inside transactions or after, and no lock or prepared
+// record is left.
+func TestTransfersThroughAJoinAndARestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 180*time.Second)
+	n := g.Nodes[0].Partitions()
+	keys := append(keysInDistinctPartitions(6, n), "{same}a", "{same}b")
+	m := g.Nodes[0].Map("acct")
+	for _, k := range keys {
+		if err := m.Put(ctx, k, itob(1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	// Node 1 runs transactions too: its callers die with it, mid-commit.
+	grids := []txn.Grid{txnnode.Local(g.Nodes[0]), txnnode.Local(g.Nodes[2]), txnnode.Local(g.Nodes[1])}
+	var killed atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var done, unknown atomic.Int64
+	var bad atomic.Value
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				mu.Lock()
+				gi := (w + i) % len(grids)
+				gr := grids[gi]
+				mu.Unlock()
+				a, b := keys[(w+i)%len(keys)], keys[(w*3+i*5+1)%len(keys)]
+				if a == b {
+					continue
+				}
+				cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				var err error
+				if i%2 == 0 {
+					err = transfer(cctx, gr, a, b, 1+i%5)
+				} else {
+					err = transferAdd(cctx, gr, a, b, int64(1+i%5))
+					if errors.Is(err, txn.ErrCondition) {
+						err = nil
+					}
+				}
+				cancel()
+				switch {
+				case err == nil:
+					done.Add(1)
+				case errors.Is(err, txn.ErrUnknown):
+					unknown.Add(1)
+				case gi == 2 && killed.Load():
+					// A caller on the killed node.
+				default:
+					bad.Store(fmt.Sprintf("transfer %s -> %s: %v", a, b, err))
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			sum := 0
+			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			err := txn.Run(cctx, grids[0], txn.Options{}, func(ctx context.Context, tx *txn.Tx) error {
+				sum = 0
+				for _, k := range keys {
+					v, err := tx.Get(ctx, "acct", k)
+					if err != nil {
+						return err
+					}
+					sum += atoi(v)
+				}
+				return nil
+			})
+			cancel()
+			if err == nil && sum != 8000 {
+				bad.Store(fmt.Sprintf("a transaction read a total of %d", sum))
+			}
+		}
+	}()
+	waitDone := func(k int64) {
+		for start := done.Load(); done.Load() < start+k && ctx.Err() == nil && bad.Load() == nil; {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitDone(20)
+	j := g.Add(nil)
+	g.svcs = append(g.svcs, g.start(t, j))
+	mu.Lock()
+	grids = append(grids, txnnode.Local(g.Nodes[j]))
+	mu.Unlock()
+	g.WaitStable(60 * time.Second)
+	waitDone(20)
+	killed.Store(true)
+	g.kill(1)
+	g.WaitStable(60 * time.Second)
+	waitDone(20)
+	g.Restart(1)
+	g.svcs[1] = g.start(t, 1)
+	mu.Lock()
+	grids[2] = txnnode.Local(g.Nodes[1])
+	mu.Unlock()
+	g.WaitStable(60 * time.Second)
+	waitDone(20)
+	close(stop)
+	wg.Wait()
+	if v := bad.Load(); v != nil {
+		t.Fatal(v)
+	}
+	g.noTxnState(t, 30*time.Second, false)
+	if got := total(t, ctx, g.Nodes[0].Map("acct"), keys); got != 8000 {
+		t.Fatalf("total %d after %d transfers (%d unknown), want 8000", got, done.Load(), unknown.Load())
+	}
+	t.Logf("%d transfers, %d unknown", done.Load(), unknown.Load())
+}
+
+// A caller paused (not dead) after its prepares, past its deadline and
+// the recovery that aborted its participant, then sends its commit step:
+// the coordinator refuses (the abort is decided), Commit answers
+// ErrExpired, and nothing applies.
+func TestPausedCallerCommitsAfterRecoveryAborted(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	h := &hook{Grid: g.svcs[0]}
+	var paused atomic.Bool
+	h.before = func(_ int, name string) {
+		if name == proto.StepCommit && paused.CompareAndSwap(false, true) {
+			if g.txnState(false) == "" {
+				t.Error("nothing prepared before the commit step")
+			}
+			g.noTxnState(t, 20*time.Second, false)
+		}
+	}
+	err := transferOnce(ctx, h, keys, time.Second)
+	if !errors.Is(err, txn.ErrExpired) {
+		t.Fatalf("a commit sent after recovery aborted the transaction: %v, want ErrExpired", err)
+	}
+	if a, b := g.balances(t, ctx, keys); a != 100 || b != 100 {
+		t.Fatalf("balances %d %d, want 100 100", a, b)
+	}
+	if resolved(g) == 0 {
+		t.Fatal("recovery resolved nothing")
+	}
+}
+
+// A read-only transaction over two partitions prepares (read locks) at
+// both, its coordinator among them; its caller dies before releasing:
+// recovery at the coordinator's own partition asks itself, and every
+// lock goes; a plain write of a read-locked key then applies.
+func TestReadOnlyCallerDiesAfterPrepare(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	h := &hook{Grid: g.svcs[0]}
+	h.after = func(_ int, name string, err error) {
+		if name == proto.StepPrepare && err == nil {
+			h.die()
+		}
+	}
+	tx, _ := txn.Begin(ctx, h, txn.Options{Timeout: time.Second})
+	for _, k := range keys {
+		if _, err := tx.Get(ctx, "acct", k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := tx.Commit(ctx)
+	t.Logf("commit: %v", err)
+	if g.txnState(false) == "" {
+		t.Fatal("nothing left prepared: the test did not reach its state")
+	}
+	if err := g.Nodes[1].Map("acct").Put(ctx, keys[0], itob(5)); err != nil {
+		t.Fatal(err)
+	}
+	g.noTxnState(t, 10*time.Second, false)
 }

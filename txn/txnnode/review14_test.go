@@ -538,3 +538,29 @@ func TestReadOnlyCallerDiesAfterPrepare(t *testing.T) {
 	}
 	g.noTxnState(t, 10*time.Second, false)
 }
+
+// A caller whose clock runs a little ahead of the members' (a client
+// machine), with the longest Timeout Begin allows (5m): its deadline is
+// then a little more than 5 minutes away by the member's clock. The
+// caller's clock only shifts when its locks are released; it must not
+// make every commit fail with ErrBadArgs (final: Run gives up).
+func TestLongestTimeoutFromACallerClockAhead(t *testing.T) {
+	g := newTGrid(t, 1)
+	ctx := ctxT(t, 30*time.Second)
+	part := affinity.Partition("k", g.Nodes[0].Partitions())
+	ahead := 2 * time.Second
+	w := proto.Work{H: proto.Header{ID: "ahead", Coord: part, Deadline: time.Now().Add(ahead + 5*time.Minute).UnixNano(), Prio: 1},
+		Writes: []proto.Write{{Map: "acct", Key: "k", Value: []byte("v")}}}
+	args, err := proto.Encode(&w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := g.svcs[0].Step(ctx, part, proto.StepOne, args)
+	if err != nil {
+		t.Fatalf("a 5m transaction from a caller whose clock is %v ahead: %v", ahead, err)
+	}
+	var res proto.Result
+	if err := proto.Decode(raw, &res); err != nil || res.Status != proto.Done {
+		t.Fatalf("answered %s %v, want done", res.Status, err)
+	}
+}

@@ -15,8 +15,9 @@ import (
 // (prepared records, locks, decisions, tombstones) commit as one
 // replicated record, so a promoted backup holds all of it or none of it.
 
-// maxTimeout bounds a transaction's deadline from now: a caller that dies
-// cannot leave locks held longer than this (plus recovery's grace).
+// maxTimeout bounds a transaction's deadline from now (plus tombMargin for
+// a caller's clock ahead of the member's): a caller that dies cannot leave
+// locks held longer than this (plus recovery's grace).
 const maxTimeout = 5 * time.Minute
 
 // tombMargin is how long past a transaction's deadline a participant
@@ -91,7 +92,8 @@ func (s steps) bindWork(args []byte, run func(context.Context, *grid.StepView, *
 		if w.H.Coord < 0 || w.H.Coord >= v.Partitions() {
 			return nil, fmt.Errorf("%w: coordinator partition %d out of range", grid.ErrBadArgs, w.H.Coord)
 		}
-		if w.H.Deadline > time.Now().Add(maxTimeout).UnixNano() {
+		if w.H.Deadline > time.Now().Add(maxTimeout+tombMargin).UnixNano() {
+			// tombMargin: the caller's clock may run ahead of this member's.
 			return nil, fmt.Errorf("%w: a transaction's deadline is at most %v away", grid.ErrBadArgs, maxTimeout)
 		}
 		return run(ctx, v, &w)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/client"
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/api"
@@ -563,4 +564,65 @@ func TestLongestTimeoutFromACallerClockAhead(t *testing.T) {
 	if err := proto.Decode(raw, &res); err != nil || res.Status != proto.Done {
 		t.Fatalf("answered %s %v, want done", res.Status, err)
 	}
+}
+
+// Forged arguments through the client SDK (which lets every "\x00txn."
+// step through): each is refused as bad arguments or does no harm, and
+// the partition goes on serving transactions. A commit step naming
+// participants out of range would leave a decision that collection asks
+// about forever (StepHeld of partition -1 fails: kept).
+func TestForgedStepsThroughTheClient(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	c, err := client.Dial(ctx, client.Config{Addrs: []string{g.Nodes[1].RPCAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	part := affinity.Partition("k", c.Partitions())
+	steps := []string{proto.StepOne, proto.StepPrepare, proto.StepCommit, proto.StepFinish, proto.StepResolve, proto.StepHeld, proto.StepForget}
+	for _, s := range steps {
+		for _, args := range [][]byte{nil, {0xc1}, {0x93, 0x01}, []byte("garbage")} {
+			if _, err := c.ExecuteOnPartition(ctx, part, s, args); err == nil || errors.Is(err, api.ErrFunctionPanic) {
+				t.Errorf("%q with args %x: %v, want a refusal", s, args, err)
+			}
+		}
+	}
+	enc := func(v any) []byte {
+		b, err := proto.Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	h := proto.Header{ID: "forged", Coord: part, Deadline: time.Now().Add(time.Minute).UnixNano(), Prio: 1}
+	refused := map[string][]byte{
+		"resolve of no id":           enc(proto.IDs{}),
+		"resolve of two ids":         enc(proto.IDs{IDs: []string{"a", "b"}}),
+		"a coordinator out of range": enc(proto.Work{H: proto.Header{ID: "x", Coord: 1 << 20, Deadline: h.Deadline}}),
+		"an internal map":            enc(proto.Work{H: h, Writes: []proto.Write{{Map: "\x00lock", Key: "k"}}}),
+		"a deadline a year away":     enc(proto.Work{H: proto.Header{ID: "x", Coord: part, Deadline: time.Now().Add(8760 * time.Hour).UnixNano()}}),
+		"no id":                      enc(proto.Work{H: proto.Header{Coord: part, Deadline: h.Deadline}}),
+		"participants out of range":  enc(proto.Work{H: h, Writes: []proto.Write{{Map: "acct", Key: "k", Value: []byte("1")}}, Parts: []int{-1, 1 << 20}}),
+	}
+	names := map[string]string{"resolve of no id": proto.StepResolve, "resolve of two ids": proto.StepResolve}
+	for what, args := range refused {
+		s := names[what]
+		if s == "" {
+			s = proto.StepCommit
+		}
+		if _, err := c.ExecuteOnPartition(ctx, part, s, args); !errors.Is(err, api.ErrBadArgs) {
+			t.Errorf("%s (%q): %v, want ErrBadArgs", what, s, err)
+		}
+	}
+	// Harmless: a finish or a resolve of an unknown transaction.
+	for _, f := range []proto.Finish{{ID: "nobody"}, {ID: "nobody2", Commit: true}} {
+		if _, err := c.ExecuteOnPartition(ctx, part, proto.StepFinish, enc(f)); err != nil {
+			t.Errorf("finish of an unknown transaction: %v", err)
+		}
+	}
+	if err := transferAdd(ctx, txn.Client(c), "k", "k2", 0); err != nil {
+		t.Fatalf("a transaction after the forged steps: %v", err)
+	}
+	g.noTxnState(t, 5*time.Second, false)
 }

@@ -92,6 +92,12 @@ func (s steps) bindWork(args []byte, run func(context.Context, *grid.StepView, *
 		if w.H.Coord < 0 || w.H.Coord >= v.Partitions() {
 			return nil, fmt.Errorf("%w: coordinator partition %d out of range", grid.ErrBadArgs, w.H.Coord)
 		}
+		for _, p := range w.Parts {
+			if p < 0 || p >= v.Partitions() {
+				// A decision naming it could never be collected.
+				return nil, fmt.Errorf("%w: participant partition %d out of range", grid.ErrBadArgs, p)
+			}
+		}
 		if w.H.Deadline > time.Now().Add(maxTimeout+tombMargin).UnixNano() {
 			// tombMargin: the caller's clock may run ahead of this member's.
 			return nil, fmt.Errorf("%w: a transaction's deadline is at most %v away", grid.ErrBadArgs, maxTimeout)

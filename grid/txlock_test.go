@@ -160,3 +160,37 @@ func TestStepsRespectLocks(t *testing.T) {
 		t.Fatalf("a function callers name took a lock: %v", err)
 	}
 }
+
+// LockOf is public: a function callers name that calls it must not be
+// taken for a step that manages locks, and so escape checkLocks.
+func TestLockOfDoesNotExemptAFunctionFromLocks(t *testing.T) {
+	c := gridtest.New(t, 1, nil)
+	c.WaitStable(30 * time.Second)
+	lockSteps(c)
+	n := c.Nodes[0]
+	n.SetFunctions(testFuncs{steps: map[string]grid.StepFunc{
+		"peek-and-write": func(_ context.Context, v *grid.StepView) ([]byte, error) {
+			_, _ = v.LockOf("m", "{L}k")
+			v.Set("m", "{L}k", []byte("fn"), 0)
+			return nil, nil
+		},
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := n.Map("m")
+	if err := m.Put(ctx, "{L}k", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	stepOn(t, ctx, n, "\x00test.lock", "w")
+	part := affinity.Partition("{L}k", n.Partitions())
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := n.Execute(short, grid.StepCall{Partition: part, Name: "peek-and-write"})
+	cancelShort()
+	if err == nil {
+		t.Fatal("a function that called LockOf wrote a write-locked key")
+	}
+	stepOn(t, ctx, n, "\x00test.unlock", "")
+	if v, err := m.Get(ctx, "{L}k"); err != nil || string(v) != "after" {
+		t.Fatalf("after the release: %q %v, want the release's value", v, err)
+	}
+}

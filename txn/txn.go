@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"sync"
@@ -282,10 +283,11 @@ func (t *Tx) Put(m, k string, value []byte) error {
 }
 
 // PutTTL is Put with an expiry: the key expires ttl after the write
-// applies (at its participant's finish). A ttl of 0 is Put.
+// applies (at its participant's finish), at most 100 years. A ttl of 0
+// is Put.
 func (t *Tx) PutTTL(m, k string, value []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("%w: negative TTL", api.ErrBadRequest)
+	if ttl < 0 || ttl > proto.MaxTTL {
+		return fmt.Errorf("%w: TTL %v out of range [0, %v]", api.ErrBadRequest, ttl, proto.MaxTTL)
 	}
 	if err := t.usable(m, k); err != nil {
 		return err
@@ -391,8 +393,14 @@ func (t *Tx) add(m, k string, w proto.Write) error {
 			return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, k, m)
 		}
 		merged := proto.Write{Map: m, Key: k, Add: true, Delta: sum, HasMin: prev.HasMin || w.HasMin, Min: w.Min}
-		if prev.HasMin && (!w.HasMin || prev.Min+w.Delta > w.Min) {
-			merged.Min = prev.Min + w.Delta
+		if prev.HasMin {
+			floor, ok := shiftFloor(prev.Min, w.Delta)
+			if !ok {
+				return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, k, m)
+			}
+			if !w.HasMin || floor > w.Min {
+				merged.Min = floor
+			}
 		}
 		t.writes[kk] = merged
 		return nil
@@ -404,6 +412,21 @@ func (t *Tx) add(m, k string, w proto.Write) error {
 		return nil
 	}
 	return t.addTo(kk, w)
+}
+
+// shiftFloor is the floor min of a first Add seen after a second Add of
+// delta: min+delta, saturated below (a floor under MinInt64 is none);
+// false if it is above MaxInt64 (the first Add's floor implies the result
+// overflows).
+func shiftFloor(min, delta int64) (int64, bool) {
+	floor := min + delta
+	switch {
+	case delta > 0 && floor < min:
+		return 0, false
+	case delta < 0 && floor > min:
+		return math.MinInt64, true
+	}
+	return floor, true
 }
 
 // addTo applies the Add w to the value the transaction knows for kk (its

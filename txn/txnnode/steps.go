@@ -15,8 +15,9 @@ import (
 // (prepared records, locks, decisions, tombstones) commit as one
 // replicated record, so a promoted backup holds all of it or none of it.
 
-// maxTimeout bounds a transaction's deadline from now: a caller that dies
-// cannot leave locks held longer than this (plus recovery's grace).
+// maxTimeout bounds a transaction's deadline from now (plus tombMargin for
+// a caller's clock ahead of the member's): a caller that dies cannot leave
+// locks held longer than this (plus recovery's grace).
 const maxTimeout = 5 * time.Minute
 
 // tombMargin is how long past a transaction's deadline a participant
@@ -56,7 +57,8 @@ func answer(st proto.Status, detail string) ([]byte, error) {
 	return proto.Encode(proto.Result{Status: st, Detail: detail})
 }
 
-// checkWork refuses what no step may do: keys of internal maps, or none.
+// checkWork refuses what no step may do: keys of internal maps, no id, or
+// a TTL out of range.
 func checkWork(w *proto.Work) error {
 	for _, r := range w.Reads {
 		if len(r.Map) > 0 && r.Map[0] == 0 {
@@ -66,6 +68,10 @@ func checkWork(w *proto.Work) error {
 	for _, wr := range w.Writes {
 		if len(wr.Map) > 0 && wr.Map[0] == 0 {
 			return fmt.Errorf("%w: map %q is the grid's own", grid.ErrBadArgs, wr.Map)
+		}
+		if wr.TTL < 0 || wr.TTL > int64(proto.MaxTTL) {
+			// A finish could never apply it: refused before anything is prepared.
+			return fmt.Errorf("%w: TTL %d out of range [0, %v]", grid.ErrBadArgs, wr.TTL, proto.MaxTTL)
 		}
 	}
 	if w.H.ID == "" {
@@ -86,7 +92,14 @@ func (s steps) bindWork(args []byte, run func(context.Context, *grid.StepView, *
 		if w.H.Coord < 0 || w.H.Coord >= v.Partitions() {
 			return nil, fmt.Errorf("%w: coordinator partition %d out of range", grid.ErrBadArgs, w.H.Coord)
 		}
-		if w.H.Deadline > time.Now().Add(maxTimeout).UnixNano() {
+		for _, p := range w.Parts {
+			if p < 0 || p >= v.Partitions() {
+				// A decision naming it could never be collected.
+				return nil, fmt.Errorf("%w: participant partition %d out of range", grid.ErrBadArgs, p)
+			}
+		}
+		if w.H.Deadline > time.Now().Add(maxTimeout+tombMargin).UnixNano() {
+			// tombMargin: the caller's clock may run ahead of this member's.
 			return nil, fmt.Errorf("%w: a transaction's deadline is at most %v away", grid.ErrBadArgs, maxTimeout)
 		}
 		return run(ctx, v, &w)
@@ -98,8 +111,13 @@ func (s steps) bindPrepare(args []byte) (grid.StepFunc, error) { return s.bindWo
 func (s steps) bindCommit(args []byte) (grid.StepFunc, error)  { return s.bindWork(args, s.commit) }
 
 // one runs a transaction whose keys all live in this partition: one
-// record, no coordinator, no lock held past the step.
+// record, no coordinator, no lock held past the step. A tombstone (the
+// caller aborted it after a conflict) refuses it.
 func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	if _, ok := v.Get(proto.MapTomb, proto.Key(s.tag(v), w.H.ID)); ok {
+		// Its caller gave up on it (a copy of the step arriving late).
+		return answer(proto.Finished, "")
+	}
 	if time.Now().UnixNano() > w.H.Deadline {
 		return answer(proto.Expired, "")
 	}

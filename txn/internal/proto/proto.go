@@ -6,6 +6,7 @@ package proto
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -55,12 +56,18 @@ type Write struct {
 	Delta  int64
 	HasMin bool
 	Min    int64
-	TTL    int64 // nanoseconds from when the write applies; 0: none
+	TTL    int64 // nanoseconds from when the write applies; 0: none; at most MaxTTL
 	// KeepTTL: keep the expiry the key has when the write applies; the
 	// transaction read it present, so absent then means it expired
 	// meanwhile and the write expires at once. TTL is unused.
 	KeepTTL bool
 }
+
+// MaxTTL bounds a write's TTL: its expiry is counted from when the write
+// applies (a participant's finish, possibly minutes after the prepare
+// accepted it) and must never overflow there, or the finish could never
+// apply.
+const MaxTTL = 100 * 365 * 24 * time.Hour
 
 // Header names a transaction and its limits.
 type Header struct {

@@ -11,6 +11,10 @@ import (
 	"github.com/collocate/grid/txn/internal/proto"
 )
 
+// settleWait bounds how long past its deadline Commit keeps asking an
+// unreachable coordinator for a lost commit step's outcome.
+const settleWait = 30 * time.Second
+
 // finishTimeout bounds telling the participants the outcome.
 const finishTimeout = 5 * time.Second
 
@@ -220,6 +224,11 @@ func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work
 // decideAbort learns the outcome of a commit step whose answer was lost:
 // the coordinator answers the decision, or decides abort now.
 func (t *Tx) decideAbort(ctx context.Context, coord int) (proto.Result, error) {
+	// Without a deadline of its own the caller is not kept waiting for
+	// an unreachable coordinator forever (ErrUnknown after settleWait
+	// past the transaction's deadline).
+	ctx, cancel := context.WithDeadline(ctx, t.deadline.Add(settleWait))
+	defer cancel()
 	for {
 		res, err := t.call(ctx, coord, proto.StepResolve, proto.IDs{IDs: []string{t.id}, Deadline: t.deadline.UnixNano(), Abort: true})
 		if err == nil {

@@ -169,40 +169,47 @@ func (s *Service) resolveRound(ctx context.Context, part int) {
 	}
 	now := time.Now().UnixNano()
 	handled := 0
+	// A coordinator that did not answer is not asked again this round:
+	// one unreachable partition must not hold up the others' records.
+	unreachable := map[int]bool{}
 	for _, e := range ents {
 		var rec proto.Prepared
-		if proto.Decode(e.Value, &rec) != nil || now < rec.H.Deadline+int64(s.cfg.Grace) {
+		if proto.Decode(e.Value, &rec) != nil || now < rec.H.Deadline+int64(s.cfg.Grace) || unreachable[rec.H.Coord] {
 			continue
 		}
 		if handled++; handled > s.cfg.MaxPerRound {
 			return
 		}
-		s.resolvePrepared(ctx, part, &rec)
+		if !s.resolvePrepared(ctx, part, &rec) {
+			unreachable[rec.H.Coord] = true
+		}
 	}
 }
 
 // resolvePrepared asks the coordinator for the outcome of a transaction
 // left prepared here (deciding abort if there is none) and finishes it.
-func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prepared) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// It reports whether the coordinator answered.
+func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prepared) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	res, err := s.call(ctx, rec.H.Coord, proto.StepResolve, proto.IDs{IDs: []string{rec.H.ID}, Deadline: rec.H.Deadline})
 	if err != nil {
 		s.log.Debug("resolving a prepared transaction", "id", rec.H.ID, "coordinator", rec.H.Coord, "err", err)
-		return
+		return false
 	}
 	if res.Status != proto.Done && res.Status != proto.Aborted {
-		return
+		return true
 	}
 	commit := res.Status == proto.Done
 	if _, err := s.call(ctx, part, proto.StepFinish, proto.Finish{ID: rec.H.ID, Commit: commit, Deadline: rec.H.Deadline}); err != nil {
 		s.log.Debug("finishing a prepared transaction", "id", rec.H.ID, "err", err)
-		return
+		return true
 	}
 	s.log.Info("finished a transaction its caller left prepared", "id", rec.H.ID, "partition", part, "commit", commit)
 	s.mu.Lock()
 	s.stats.Resolved++
 	s.mu.Unlock()
+	return true
 }
 
 // collectRound drops partition part's decisions kept Keep past their

@@ -233,20 +233,31 @@ func (s raftStream) Dial(a raft.ServerAddress, timeout time.Duration) (net.Conn,
 	return s.RaftLayer.Dial(string(a), timeout)
 }
 
-func (c *Cluster) startRaft(bootstrap bool) error {
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log.With("from", "raft")}})
+// raftConfig is the raft configuration of incarnation id.
+func raftConfig(id string, log hclog.Logger, p Profile) *raft.Config {
 	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(c.raftID)
-	rc.Logger = hl
+	rc.LocalID = raft.ServerID(id)
+	rc.Logger = log
 	rc.SnapshotThreshold = 64
 	rc.TrailingLogs = 128
 	rc.SnapshotInterval = 10 * time.Second
-	setRaftTiming(rc, c.cfg.Profile)
+	setRaftTiming(rc, p)
+	return rc
+}
+
+// raftStores are an incarnation's raft log (and stable) store and its
+// snapshot store: in memory, a restarted member starts empty.
+func raftStores() (*raft.InmemStore, *raft.InmemSnapshotStore) {
+	return raft.NewInmemStore(), raft.NewInmemSnapshotStore()
+}
+
+func (c *Cluster) startRaft(bootstrap bool) error {
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log.With("from", "raft")}})
+	rc := raftConfig(c.raftID, hl, c.cfg.Profile)
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: raftStream{c.cfg.RaftLayer}, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
 	})
-	logs := raft.NewInmemStore()
-	snaps := raft.NewInmemSnapshotStore()
+	logs, snaps := raftStores()
 	if bootstrap {
 		conf := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(c.cfg.RPCAddr),

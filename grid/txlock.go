@@ -29,8 +29,11 @@ import (
 //     locks itself (it called LockOf).
 // Scans, Range and journal reads see committed values and ignore locks.
 
-// lockMap is the internal map holding key locks, keyed lockKey(map, key).
-const lockMap = ReservedPrefix + "lock"
+// LockMap is the internal map holding key locks, keyed by the locked map,
+// a zero byte and the key (for inspection: Node.LocalEntries).
+const LockMap = ReservedPrefix + "lock"
+
+const lockMap = LockMap
 
 // lockWaitSlice is how long a waiting read or write sleeps before it
 // checks again that this node still leads the partition.

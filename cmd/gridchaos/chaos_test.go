@@ -13,6 +13,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(bankClientEnv) != "" {
+		os.Exit(bankClientMain(os.Args[1:])) // the bank mode's client process (bank_client.go)
+	}
 	goleak.VerifyTestMain(m)
 }
 

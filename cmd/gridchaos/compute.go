@@ -34,7 +34,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
@@ -216,34 +215,11 @@ func computeRoundBody(ctx context.Context, h *harness, cfg computeConfig, seed u
 }
 
 // startComputeCluster starts 3 members with gridnode's default flags
-// (plus -profile if given) and waits until the cluster is safe.
+// (and -profile if given) and waits until the cluster is safe.
 func startComputeCluster(ctx context.Context, cfg computeConfig, bin string, seed uint64) (*harness, error) {
-	dir, err := os.MkdirTemp("", "gridcompute")
-	if err != nil {
-		return nil, err
-	}
-	hc := Config{Nodes: 3, Backups: cfg.Backups, BasePort: cfg.BasePort,
-		Out: filepath.Join(cfg.Out, fmt.Sprintf("seed-%d", seed)), Log: cfg.Log}
-	h := &harness{cfg: hc, bin: bin, t0: time.Now(), dir: dir, amnesiac: map[string]bool{}, restartedAt: map[string]uint64{},
-		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
-	h.logf = func(format string, args ...any) {
-		fmt.Fprintf(cfg.Log, "[compute %d %6.1fs] %s\n", seed, time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
-	}
-	h.nodeArgs = func(p *proc) []string {
-		if cfg.Profile != "" {
-			return []string{"-profile", cfg.Profile}
-		}
-		return nil
-	}
-	for i := range hc.Nodes {
-		if err := h.start(h.slot(i)); err != nil {
-			return h, err
-		}
-	}
-	if err := h.waitSafe(ctx, 120*time.Second); err != nil {
-		return h, fmt.Errorf("cluster never became safe: %w", err)
-	}
-	return h, nil
+	return startRoundCluster(ctx, roundCluster{mode: "compute", seed: seed, nodes: 3, backups: cfg.Backups, port: cfg.BasePort,
+		out: filepath.Join(cfg.Out, fmt.Sprintf("seed-%d", seed)), log: cfg.Log,
+		args: func(*proc) []string { return profileArgs(cfg.Profile) }}, bin)
 }
 
 // total fills the summary's totals from its rounds.

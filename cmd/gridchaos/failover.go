@@ -33,7 +33,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -206,22 +205,7 @@ func (f *failover) cannotRun(mode string) string {
 	if mode != "netns" && mode != "isolate" {
 		return ""
 	}
-	if os.Geteuid() != 0 {
-		return "network namespaces need root"
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		return "no ip command"
-	}
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return "ip netns list: " + err.Error()
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "gcn") {
-			return "namespaces gcn* exist (another gridchaos -netns run, or a crashed one: ip netns del them)"
-		}
-	}
-	return ""
+	return netnsUnusable()
 }
 
 // runMode starts a fresh cluster, runs mode on it and tears it down.

@@ -42,7 +42,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
@@ -168,36 +167,15 @@ func RunJournal(ctx context.Context, cfg journalConfig) (*journalSummary, error)
 // startJournalCluster starts 3 members with gridnode's default flags (plus
 // -profile and -journal-records if given) and waits until it is safe.
 func startJournalCluster(ctx context.Context, cfg journalConfig, bin string, seed uint64, tag string) (*harness, error) {
-	dir, err := os.MkdirTemp("", "gridjournal")
-	if err != nil {
-		return nil, err
-	}
-	hc := Config{Nodes: 3, Backups: cfg.Backups, BasePort: cfg.BasePort,
-		Out: filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", tag, seed)), Log: cfg.Log}
-	h := &harness{cfg: hc, bin: bin, t0: time.Now(), dir: dir, amnesiac: map[string]bool{}, restartedAt: map[string]uint64{},
-		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
-	h.logf = func(format string, args ...any) {
-		fmt.Fprintf(cfg.Log, "[journal %d %6.1fs] %s\n", seed, time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
-	}
-	h.nodeArgs = func(p *proc) []string {
-		var args []string
-		if cfg.Profile != "" {
-			args = append(args, "-profile", cfg.Profile)
-		}
-		if cfg.JournalRecords > 0 {
-			args = append(args, "-journal-records", fmt.Sprint(cfg.JournalRecords))
-		}
-		return args
-	}
-	for i := range hc.Nodes {
-		if err := h.start(h.slot(i)); err != nil {
-			return h, err
-		}
-	}
-	if err := h.waitSafe(ctx, 120*time.Second); err != nil {
-		return h, fmt.Errorf("cluster never became safe: %w", err)
-	}
-	return h, nil
+	return startRoundCluster(ctx, roundCluster{mode: "journal", seed: seed, nodes: 3, backups: cfg.Backups, port: cfg.BasePort,
+		out: filepath.Join(cfg.Out, fmt.Sprintf("%s-%d", tag, seed)), log: cfg.Log,
+		args: func(*proc) []string {
+			args := profileArgs(cfg.Profile)
+			if cfg.JournalRecords > 0 {
+				args = append(args, "-journal-records", fmt.Sprint(cfg.JournalRecords))
+			}
+			return args
+		}}, bin)
 }
 
 // runJournalRound runs one seed on a fresh cluster and tears it down,

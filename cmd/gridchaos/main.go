@@ -37,6 +37,15 @@
 // processor chain that crosses partitions through the outbox while nodes
 // are SIGKILLed and paused; every event's effect must be there exactly
 // once and every projection must equal its recomputation.
+//
+// `gridchaos bank [flags]` checks distributed transactions under failure
+// (bank.go): concurrent transfers between accounts across partitions
+// (txn.Run through the client SDK), audits of every account in read-only
+// transactions, and clients that die in their commit, while the primaries
+// of transfers' coordinators and participants are SIGKILLed, paused and
+// (with -netns) cut off mid-commit; every audit must see the opening total,
+// no money may appear or vanish, and no lock or prepared record may be
+// left after the heal.
 package main
 
 import (
@@ -145,6 +154,9 @@ type Summary struct {
 }
 
 func main() {
+	if os.Getenv(bankClientEnv) != "" {
+		os.Exit(bankClientMain(os.Args[1:])) // bank_client.go: a client process of the bank mode
+	}
 	if len(os.Args) > 1 && os.Args[1] == "failover" {
 		os.Exit(failoverMain(os.Args[2:])) // failover.go
 	}
@@ -153,6 +165,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "journal" {
 		os.Exit(journalMain(os.Args[2:])) // journal.go
+	}
+	if len(os.Args) > 1 && os.Args[1] == "bank" {
+		os.Exit(bankMain(os.Args[2:])) // bank.go
 	}
 	if len(os.Args) > 1 && os.Args[1] == "process" {
 		os.Exit(processMain(os.Args[2:])) // process.go

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 )
@@ -20,6 +21,26 @@ const (
 	bridgeSplit = "gcbr1"
 	hostAddr    = "10.77.0.254"
 )
+
+// netnsUnusable says why network namespaces cannot be used here, or "".
+func netnsUnusable() string {
+	if os.Geteuid() != 0 {
+		return "network namespaces need root"
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return "no ip command"
+	}
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return "ip netns list: " + err.Error()
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "gcn") {
+			return "namespaces gcn* exist (another gridchaos -netns run, or a crashed one: ip netns del them)"
+		}
+	}
+	return ""
+}
 
 func sh(args ...string) error {
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()

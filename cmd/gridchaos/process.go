@@ -53,7 +53,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -281,36 +280,15 @@ func runProcessRound(ctx context.Context, cfg processConfig, bin string, seed ui
 // flags plus -processors chain (and -profile, -log-level if given) and
 // waits until the cluster is safe. A restart uses the same flags.
 func startProcessCluster(ctx context.Context, cfg processConfig, bin string, seed uint64) (*harness, error) {
-	dir, err := os.MkdirTemp("", "gridprocess")
-	if err != nil {
-		return nil, err
-	}
-	hc := Config{Nodes: cfg.Nodes, Backups: cfg.Backups, BasePort: cfg.BasePort,
-		Out: filepath.Join(cfg.Out, fmt.Sprintf("seed-%d", seed)), Log: cfg.Log}
-	h := &harness{cfg: hc, bin: bin, t0: time.Now(), dir: dir, amnesiac: map[string]bool{}, restartedAt: map[string]uint64{},
-		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
-	h.logf = func(format string, args ...any) {
-		fmt.Fprintf(cfg.Log, "[process %d %6.1fs] %s\n", seed, time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
-	}
-	h.nodeArgs = func(p *proc) []string {
-		args := []string{"-processors", "chain"}
-		if cfg.Profile != "" {
-			args = append(args, "-profile", cfg.Profile)
-		}
-		if cfg.LogLevel != "" {
-			args = append(args, "-log-level", cfg.LogLevel)
-		}
-		return args
-	}
-	for i := range hc.Nodes {
-		if err := h.start(h.slot(i)); err != nil {
-			return h, err
-		}
-	}
-	if err := h.waitSafe(ctx, 120*time.Second); err != nil {
-		return h, fmt.Errorf("cluster never became safe: %w", err)
-	}
-	return h, nil
+	return startRoundCluster(ctx, roundCluster{mode: "process", seed: seed, nodes: cfg.Nodes, backups: cfg.Backups, port: cfg.BasePort,
+		out: filepath.Join(cfg.Out, fmt.Sprintf("seed-%d", seed)), log: cfg.Log,
+		args: func(*proc) []string {
+			args := append([]string{"-processors", "chain"}, profileArgs(cfg.Profile)...)
+			if cfg.LogLevel != "" {
+				args = append(args, "-log-level", cfg.LogLevel)
+			}
+			return args
+		}}, bin)
 }
 
 // processMain is `gridchaos process [flags]`.

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -35,6 +36,9 @@ func runRound(ctx context.Context, start func() (*harness, error),
 			if out.Error != "" || len(out.Violations) > 0 {
 				h.saveLogs()
 			}
+			if h.cfg.Netns {
+				netTeardown()
+			}
 			os.RemoveAll(h.dir)
 		}()
 	}
@@ -57,6 +61,66 @@ func runRound(ctx context.Context, start func() (*harness, error),
 		out.Error = err.Error()
 	}
 	return out
+}
+
+// roundCluster is a measurement round's cluster (startRoundCluster).
+type roundCluster struct {
+	mode    string // names the log lines and the temporary directory
+	seed    uint64 // seeds the harness' choices
+	nodes   int
+	backups int
+	port    int    // gossip port; rpc +1, http +2
+	out     string // where the node logs go if the round fails
+	log     io.Writer
+	netns   bool // every node in its own network namespace (netns.go; root)
+	// args are a node's flags after the common ones (-name, -gossip, -rpc,
+	// -http, -backups, -log-level, -leave-timeout, -join); nil: none, so
+	// gridnode's defaults. A restart uses the same.
+	args func(p *proc) []string
+}
+
+// startRoundCluster starts rc.nodes members and waits until the cluster
+// is safe. The harness it returns (also on an error, if it started
+// anything) belongs to runRound, which tears it down.
+func startRoundCluster(ctx context.Context, rc roundCluster, bin string) (*harness, error) {
+	dir, err := os.MkdirTemp("", "grid"+rc.mode)
+	if err != nil {
+		return nil, err
+	}
+	hc := Config{Nodes: rc.nodes, Backups: rc.backups, BasePort: rc.port, Netns: rc.netns, Out: rc.out, Log: rc.log}
+	h := &harness{cfg: hc, bin: bin, t0: time.Now(), dir: dir, amnesiac: map[string]bool{}, restartedAt: map[string]uint64{},
+		rng: rand.New(rand.NewPCG(rc.seed, rc.seed^0x9e3779b97f4a7c15))}
+	h.logf = func(format string, args ...any) {
+		fmt.Fprintf(rc.log, "[%s %d %6.1fs] %s\n", rc.mode, rc.seed, time.Since(h.t0).Seconds(), fmt.Sprintf(format, args...))
+	}
+	h.nodeArgs = func(p *proc) []string {
+		if rc.args == nil {
+			return nil
+		}
+		return rc.args(p)
+	}
+	if rc.netns {
+		if err := netSetup(); err != nil {
+			return h, fmt.Errorf("-netns: %w", err)
+		}
+	}
+	for i := range hc.Nodes {
+		if err := h.start(h.slot(i)); err != nil {
+			return h, err
+		}
+	}
+	if err := h.waitSafe(ctx, 120*time.Second); err != nil {
+		return h, fmt.Errorf("cluster never became safe: %w", err)
+	}
+	return h, nil
+}
+
+// profileArgs is -profile profile unless it is "" (gridnode's default).
+func profileArgs(profile string) []string {
+	if profile == "" {
+		return nil
+	}
+	return []string{"-profile", profile}
 }
 
 // gridnodeBinary returns bin, or builds ./cmd/gridnode into a temporary

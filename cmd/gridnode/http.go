@@ -9,6 +9,7 @@ import (
 	"github.com/collocate/grid/compute"
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/process"
+	"github.com/collocate/grid/txn/txnnode"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -37,9 +38,10 @@ type clusterJSON struct {
 	Partitions []partitionJSON `json:"partitions"`
 }
 
-func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, funcs *compute.Registry, rt *process.Runtime, withPprof bool) http.Handler {
+func newHTTPHandler(node *grid.Node, reg *prometheus.Registry, funcs *compute.Registry, rt *process.Runtime, txs *txnnode.Service, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	handleProcessors(mux, rt)
+	handleTransactions(mux, txs)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if reason := unhealthy(node); reason != "" {
 			http.Error(w, reason, http.StatusServiceUnavailable)

@@ -36,7 +36,7 @@ func TestHTTPFunctionsAndMetrics(t *testing.T) {
 	if err := node.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h := newHTTPHandler(node, metrics, funcs, nil, false)
+	h := newHTTPHandler(node, metrics, funcs, nil, nil, false)
 
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/functions", nil))

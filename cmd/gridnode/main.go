@@ -119,7 +119,7 @@ func run(args []string, stderr io.Writer) int {
 	defer txs.Close()
 	var srv *http.Server
 	if httpLn != nil {
-		srv = &http.Server{Handler: newHTTPHandler(node, reg, funcs, rt, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: newHTTPHandler(node, reg, funcs, rt, txs, opts.pprof), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("http server", "err", err)

@@ -36,7 +36,7 @@ func TestHTTPProcessors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rt.Close()
-	h := newHTTPHandler(node, metrics, nil, rt, false)
+	h := newHTTPHandler(node, metrics, nil, rt, nil, false)
 	for i := range 20 {
 		if _, err := node.Publish(ctx, builtin.SingleIn, builtin.InKey(string(rune('a'+i))), []byte("x")); err != nil {
 			t.Fatal(err)

@@ -72,8 +72,8 @@ type Service struct {
 
 // Stats counts what a member's recovery did.
 type Stats struct {
-	Resolved  uint64 // prepared participants finished by recovery
-	Collected uint64 // decisions collected
+	Resolved  uint64 `json:"resolved"`  // prepared participants finished by recovery
+	Collected uint64 `json:"collected"` // decisions collected
 }
 
 var _ txn.Grid = (*Service)(nil)

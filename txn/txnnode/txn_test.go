@@ -15,6 +15,7 @@ import (
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/txn"
+	"github.com/collocate/grid/txn/internal/proto"
 	"github.com/collocate/grid/txn/txnnode"
 	"go.uber.org/goleak"
 )
@@ -350,4 +351,84 @@ func TestConcurrentTransfersConserveTheTotal(t *testing.T) {
 	}
 	g.noTxnState(t, 10*time.Second, false)
 	t.Logf("%d transfers", done.Load())
+}
+
+// abandoning is a txn.Grid whose caller dies right after its prepares: a
+// commit step is never sent, and the transaction's ctx is cancelled.
+type abandoning struct {
+	txn.Grid
+	cancel context.CancelFunc
+}
+
+func (a abandoning) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
+	if name == proto.StepCommit {
+		a.cancel()
+		return nil, context.Canceled
+	}
+	return a.Grid.Step(ctx, part, name, args)
+}
+
+// TestReportShowsAnAbandonedTransactionUntilRecovery: a transaction whose
+// caller died after its prepares shows in the members' Reports (its
+// prepared records and locks, past their deadline), and no longer once
+// recovery finished it; Resolved counts it.
+func TestReportShowsAnAbandonedTransactionUntilRecovery(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := keysInDistinctPartitions(3, g.Nodes[0].Partitions())
+	m := g.Nodes[0].Map("acct")
+	for _, k := range keys {
+		if err := m.Put(ctx, k, itob(10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	tx, err := txn.Begin(tctx, abandoning{g.svcs[0], cancel}, txn.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		_ = tx.Put("acct", k, itob(11))
+	}
+	if err := tx.Commit(tctx); !errors.Is(err, txn.ErrUnknown) {
+		t.Fatalf("commit of an abandoned transaction: %v, want ErrUnknown", err)
+	}
+	sum := func() (r txnnode.Report) {
+		for _, s := range g.svcs {
+			one := s.Report()
+			r.Led += one.Led
+			r.Locks += one.Locks
+			r.Prepared += one.Prepared
+			r.Recovery.Resolved += one.Recovery.Resolved
+			r.Partitions = append(r.Partitions, one.Partitions...)
+		}
+		return r
+	}
+	r := sum()
+	// Two of the three partitions prepared (the third would have been the
+	// coordinator), one lock each; recovery waits for the deadline (1 s)
+	// and the grace (200 ms).
+	if r.Led != g.Nodes[0].Partitions() || r.Prepared != 2 || r.Locks != 2 || r.Recovery.Resolved != 0 {
+		t.Fatalf("right after the abandon: led %d, prepared %d, locks %d, resolved %d; want %d, 2, 2, 0",
+			r.Led, r.Prepared, r.Locks, r.Recovery.Resolved, g.Nodes[0].Partitions())
+	}
+	for _, p := range r.Partitions {
+		for _, h := range p.Held {
+			if h.ID != tx.ID() || h.Keys != 1 || h.PastMs > 0 {
+				t.Fatalf("partition %d holds %+v, want %s with 1 key before its deadline", p.Partition, h, tx.ID())
+			}
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for r = sum(); r.Prepared+r.Locks > 0 || r.Recovery.Resolved < 2; r = sum() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not recovered: prepared %d, locks %d, resolved %d", r.Prepared, r.Locks, r.Recovery.Resolved)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, k := range keys {
+		if v, _ := m.Get(ctx, k); btoi(t, v) != 10 {
+			t.Fatalf("%s = %s after the abandoned transaction was recovered, want 10", k, v)
+		}
+	}
 }

@@ -37,26 +37,26 @@ func Key(tag, id string) string { return "{" + tag + "}" + id }
 
 // Read is a key the transaction read, with the version it saw (0: absent).
 type Read struct {
-	_       struct{} `msgpack:",as_array"`
-	Map     string
-	Key     string
-	Version uint64
+	_msgpack struct{} `msgpack:",as_array"`
+	Map      string
+	Key      string
+	Version  uint64
 }
 
 // Write is a key the transaction writes: a value, a deletion, or (Add)
 // an integer delta the participant applies to the key's current value
 // (absent: 0), refusing (Condition) a result below Min when HasMin.
 type Write struct {
-	_      struct{} `msgpack:",as_array"`
-	Map    string
-	Key    string
-	Value  []byte
-	Delete bool
-	Add    bool
-	Delta  int64
-	HasMin bool
-	Min    int64
-	TTL    int64 // nanoseconds from when the write applies; 0: none; at most MaxTTL
+	_msgpack struct{} `msgpack:",as_array"`
+	Map      string
+	Key      string
+	Value    []byte
+	Delete   bool
+	Add      bool
+	Delta    int64
+	HasMin   bool
+	Min      int64
+	TTL      int64 // nanoseconds from when the write applies; 0: none; at most MaxTTL
 	// KeepTTL: keep the expiry the key has when the write applies; the
 	// transaction read it present, so absent then means it expired
 	// meanwhile and the write expires at once. TTL is unused.
@@ -71,7 +71,7 @@ const MaxTTL = 100 * 365 * 24 * time.Hour
 
 // Header names a transaction and its limits.
 type Header struct {
-	_        struct{} `msgpack:",as_array"`
+	_msgpack struct{} `msgpack:",as_array"`
 	ID       string
 	Coord    int   // the coordinator partition
 	Deadline int64 // unix nanoseconds: no commit decision after it
@@ -81,10 +81,10 @@ type Header struct {
 // Work is a transaction's reads and writes at one partition (StepOne,
 // StepPrepare, StepCommit).
 type Work struct {
-	_      struct{} `msgpack:",as_array"`
-	H      Header
-	Reads  []Read
-	Writes []Write
+	_msgpack struct{} `msgpack:",as_array"`
+	H        Header
+	Reads    []Read
+	Writes   []Write
 	// Parts are the other participants (StepCommit: the decision keeps
 	// them for its collection).
 	Parts []int
@@ -92,15 +92,15 @@ type Work struct {
 
 // Prepared is a participant's record of what it prepared.
 type Prepared struct {
-	_      struct{} `msgpack:",as_array"`
-	H      Header
-	Writes []Write
-	Locked []Read // every key it locked (Version unused)
+	_msgpack struct{} `msgpack:",as_array"`
+	H        Header
+	Writes   []Write
+	Locked   []Read // every key it locked (Version unused)
 }
 
 // Decision is the coordinator's record of a transaction's outcome.
 type Decision struct {
-	_        struct{} `msgpack:",as_array"`
+	_msgpack struct{} `msgpack:",as_array"`
 	Commit   bool
 	Deadline int64
 	Parts    []int
@@ -108,7 +108,7 @@ type Decision struct {
 
 // Finish tells a participant the outcome (StepFinish).
 type Finish struct {
-	_        struct{} `msgpack:",as_array"`
+	_msgpack struct{} `msgpack:",as_array"`
 	ID       string
 	Commit   bool
 	Deadline int64 // for the tombstone's lifetime
@@ -117,7 +117,7 @@ type Finish struct {
 // IDs names transactions (StepResolve: one with its deadline; StepHeld,
 // StepForget: a batch).
 type IDs struct {
-	_        struct{} `msgpack:",as_array"`
+	_msgpack struct{} `msgpack:",as_array"`
 	IDs      []string
 	Deadline int64
 	// Abort (StepResolve): decide abort now if there is no decision yet
@@ -163,10 +163,10 @@ func (s Status) String() string {
 
 // Result is a step's answer.
 type Result struct {
-	_      struct{} `msgpack:",as_array"`
-	Status Status
-	Detail string   // why (a conflict's key, the holder)
-	IDs    []string // StepHeld: the ones still prepared
+	_msgpack struct{} `msgpack:",as_array"`
+	Status   Status
+	Detail   string   // why (a conflict's key, the holder)
+	IDs      []string // StepHeld: the ones still prepared
 }
 
 // Encode marshals v. A Result with only a status is its one status byte

@@ -121,18 +121,30 @@ func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, 
 	if time.Now().UnixNano() > w.H.Deadline {
 		return answer(proto.Expired, "")
 	}
-	if st, why := lockConflict(v, w); st != 0 {
+	writes, st, why := validate(v, w)
+	if st != 0 {
 		return answer(st, why)
-	}
-	if why := changedRead(v, w.Reads); why != "" {
-		return answer(proto.Conflict, why)
-	}
-	writes, why := evaluate(v, w.Writes)
-	if why != "" {
-		return answer(proto.Condition, why)
 	}
 	apply(v, writes)
 	return answer(proto.Done, "")
+}
+
+// validate is what every step that may commit a transaction's share
+// checks, in this order: no other transaction's lock on its keys
+// (wait-die), every read unchanged, every Add's condition. It returns the
+// writes with the Adds evaluated, or the status that refuses them.
+func validate(v *grid.StepView, w *proto.Work) ([]proto.Write, proto.Status, string) {
+	if st, why := lockConflict(v, w); st != 0 {
+		return nil, st, why
+	}
+	if why := changedRead(v, w.Reads); why != "" {
+		return nil, proto.Conflict, why
+	}
+	writes, why := evaluate(v, w.Writes)
+	if why != "" {
+		return nil, proto.Condition, why
+	}
+	return writes, 0, ""
 }
 
 // prepare makes this partition a participant: it checks the reads, locks
@@ -149,15 +161,9 @@ func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]by
 	if time.Now().UnixNano() > w.H.Deadline {
 		return answer(proto.Expired, "")
 	}
-	if st, why := lockConflict(v, w); st != 0 {
+	writes, st, why := validate(v, w)
+	if st != 0 {
 		return answer(st, why)
-	}
-	if why := changedRead(v, w.Reads); why != "" {
-		return answer(proto.Conflict, why)
-	}
-	writes, why := evaluate(v, w.Writes)
-	if why != "" {
-		return answer(proto.Condition, why)
 	}
 	locked := keysOf(w)
 	for _, k := range locked {
@@ -186,15 +192,9 @@ func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byt
 		}
 		return answer(proto.Expired, "")
 	}
-	if st, why := lockConflict(v, w); st != 0 {
+	writes, st, why := validate(v, w)
+	if st != 0 {
 		return answer(st, why)
-	}
-	if why := changedRead(v, w.Reads); why != "" {
-		return answer(proto.Conflict, why)
-	}
-	writes, why := evaluate(v, w.Writes)
-	if why != "" {
-		return answer(proto.Condition, why)
 	}
 	apply(v, writes)
 	if err := setDecision(v, key, proto.Decision{Commit: true, Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {

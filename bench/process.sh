@@ -11,88 +11,28 @@
 #   bench/process.sh [ROUNDS]
 #
 # Environment: HOST (127.0.0.1) and PORT (17000) place the nodes (RPC
-# PORT+70+i, gossip PORT+946+i, HTTP PORT+80+i); CLIENTS and DEPTH (16, 4)
+# PORT+70+i, gossip PORT+946+i, HTTP PORT+80+i, RESP PORT-620+i; lib.sh's
+# start_cluster); CLIENTS and DEPTH (16, 4)
 # the writers; N_SINGLE, N_SINGLE_DRAIN, N_CHAIN, N_CHAIN_DRAIN the events
 # per measurement; PUT_SECONDS (10); NODE_FLAGS more gridnode flags; OUT a
 # file for the JSON lines; BIN a directory with prebuilt gridnode and
 # gridbench (default: built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3}
-host=${HOST:-127.0.0.1} port=${PORT:-17000}
 clients=${CLIENTS:-16} depth=${DEPTH:-4}
 tmp=$(mktemp -d)
 out=${OUT:-$tmp/results.jsonl}
 pids=() rpc=() http=()
-# cleanup stops the nodes (a node that does not exit within 25 s of
-# SIGTERM is killed).
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 125); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap 'stop_cluster; rm -rf "$tmp"' EXIT
 bin=${BIN:-$tmp}
 if [ -z "${BIN:-}" ]; then
   go build -o "$tmp/gridnode" ./cmd/gridnode
   go build -o "$tmp/gridbench" ./cmd/gridbench
 fi
-
-for i in 0 1 2; do
-  join=""
-  [ "$i" -gt 0 ] && join="-join $host:$((port + 946))"
-  "$bin/gridnode" -name "n$i" -rpc "$host:$((port + 70 + i))" -gossip "$host:$((port + 946 + i))" \
-    -http "$host:$((port + 80 + i))" -backups 1 -processors chain,single -log-level warn \
-    $join ${NODE_FLAGS:-} 2>"$tmp/n$i.log" &
-  pids+=($!) rpc+=("$host:$((port + 70 + i))") http+=("$host:$((port + 80 + i))")
-  for _ in $(seq 100); do curl -sf "${http[$i]}/healthz" >/dev/null && break; sleep 0.1; done
-done
-converged() {
-  curl -sf "${http[0]}/v1/cluster" | python3 -c '
-import json,sys
-c=json.load(sys.stdin)
-ok=all(not p["pending"] and len(p["backups"])==1 for p in c["partitions"]) and len({p["primary"] for p in c["partitions"]})==3
-sys.exit(0 if ok else 1)'
-}
-for _ in $(seq 600); do converged && break; sleep 0.2; done
-converged || { echo "cluster did not converge" >&2; exit 1; }
-
-A=$(IFS=,; echo "${rpc[*]}") H=$(IFS=,; echo "${http[*]}") P=$(IFS=,; echo "${pids[*]}")
-# busy prints the machine's busy CPU ticks and those of the nodes.
-busy() {
-  awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat
-  for p in "${pids[@]}"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd+ | bc
-}
-# measure NAME ROUND GRIDBENCH-FLAGS...: one measurement, one JSON line.
-measure() {
-  local name=$1 round=$2
-  shift 2
-  local b0 n0 t0 b1 n1 t1 load res
-  read -r b0 n0 < <(busy | paste -sd' ')
-  t0=$(date +%s.%N)
-  res=$(/usr/bin/time -f '%U %S' -o "$tmp/time" "$bin/gridbench" -addrs "$A" -server-pids "$P" \
-    -clients "$clients" -depth "$depth" -json "$@") || true
-  t1=$(date +%s.%N)
-  read -r b1 n1 < <(busy | paste -sd' ')
-  load=$(cut -d' ' -f1 /proc/loadavg)
-  python3 - "$name" "$round" "$res" "$b0" "$b1" "$n0" "$n1" "$t0" "$t1" "$load" "$(cat "$tmp/time")" <<'EOF' | tee -a "$out"
-import json, sys
-name, rnd, res, b0, b1, n0, n1, t0, t1, load, tm = sys.argv[1:]
-r = json.loads(res) if res.strip() else {"first_error": "no result"}
-secs = float(t1) - float(t0)
-client = sum(float(x) for x in tm.split()[-2:])
-# CPU ticks are 1/100 s; "others" is what the rest of the machine used.
-others = (int(b1) - int(b0) - (int(n1) - int(n0))) / 100 - client
-r.update(name=name, round=int(rnd), load1=float(load), wall=round(secs, 1),
-         nodes_cores=round((int(n1) - int(n0)) / 100 / secs, 2), client_cores=round(client / secs, 2),
-         others_cores=round(others / secs, 2))
-print(json.dumps(r))
-EOF
-}
+start_cluster 3 "$bin" -processors chain,single ${NODE_FLAGS:-}
+A=$(IFS=,; echo "${rpc[*]}") H=$(IFS=,; echo "${http[*]}")
 
 # Warm up (not recorded): the first events create every partition's streams.
 "$bin/gridbench" -addrs "$A" -clients "$clients" -depth "$depth" -workload process-single -keys 5000 -duration 60s -http "$H" >/dev/null
@@ -100,10 +40,7 @@ EOF
 
 # The nodes' idle CPU (raft, leases, the processors' idle polls), for the
 # summary's CPU per operation above idle.
-read -r _ n0 < <(busy | paste -sd' ')
-sleep 10
-read -r _ n1 < <(busy | paste -sd' ')
-python3 -c 'import json,sys; print(json.dumps({"name": "idle", "nodes_cores": (int(sys.argv[2]) - int(sys.argv[1])) / 1000}))' "$n0" "$n1" | tee -a "$out"
+idle_cores 10
 
 for r in $(seq "$rounds"); do
   measure put "$r" -workload kv -get-ratio 0 -preload=false -duration "${PUT_SECONDS:-10}s"

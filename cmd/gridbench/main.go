@@ -26,6 +26,12 @@
 // by the writers, until every member's GET /v1/processors (-http: every
 // member's HTTP address) shows them all handled; -drain publishes them
 // with the processors paused and times the drain alone (process.go).
+//
+// txn-cross and txn-single run transactions (package txn): each operation
+// moves 1 between two of -keys accounts with txn.Run, reading both and
+// writing both, the two in different partitions (two-phase commit) or
+// sharing an affinity key (one step); -txn-reads=false writes both without
+// reading them (txn.go).
 package main
 
 import (
@@ -116,14 +122,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.StringVar(&o.addrs, "addrs", "127.0.0.1:7070", "comma-separated RPC addresses of cluster members")
 	fs.IntVar(&o.clients, "clients", 50, "concurrent clients, each with its own connections")
 	fs.IntVar(&o.depth, "depth", 1, "requests in flight per client (pipelining)")
-	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map), consume (-keys events published first, then read by one consumer group over the clients), process-single or process-chain (-keys events through gridnode's built-in processors)")
+	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map), consume (-keys events published first, then read by one consumer group over the clients), process-single or process-chain (-keys events through gridnode's built-in processors), txn-cross or txn-single (transfers between two of -keys accounts in different partitions, or sharing an affinity key)")
+	fs.BoolVar(&o.w.txnReads, "txn-reads", true, "txn-*: read both accounts before writing them (false: a transactional 2-key put of -value bytes)")
 	fs.Float64Var(&o.w.ratio, "get-ratio", 0.5, "kv: fraction of operations that are gets; the rest are puts")
 	valueSize := fs.Int("value", 100, "kv: value size in bytes")
 	fs.IntVar(&o.w.keys, "keys", 100000, "key space (kv, publish), customers (order-*) or events (consume)")
 	fs.IntVar(&o.w.lines, "lines", 100, "order-*: order lines per customer")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run (ignored with -ops)")
 	fs.Int64Var(&o.ops, "ops", 0, "total operations to run instead of a duration")
-	fs.BoolVar(&o.preload, "preload", true, "write every key once before measuring, so reads find values")
+	fs.BoolVar(&o.preload, "preload", true, "write every key once before measuring, so reads find values (txn-*: open every account; without it they must exist)")
 	fs.StringVar(&o.w.mapName, "map", "bench", "kv: map to use")
 	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object instead of text")
 	httpList := fs.String("http", "", "process-*: comma-separated HTTP addresses of every member (GET /v1/processors, pause and resume)")
@@ -298,7 +305,7 @@ func summarize(o *options, samples []int64, elapsed float64) result {
 		r.Lines = o.w.lines
 	case workloadConsume:
 		r.GetRatio = 0
-	case workloadPublish, workloadProcSingle, workloadProcChain:
+	case workloadPublish, workloadProcSingle, workloadProcChain, workloadTxnCross, workloadTxnSingle:
 		r.GetRatio = 0
 	}
 	if len(samples) > 0 {

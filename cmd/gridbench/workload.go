@@ -30,6 +30,7 @@ type workload struct {
 	ratio    float64
 	value    []byte
 	lineKeys [][]string // order-fetched: each customer's line keys
+	txnReads bool       // txn-*: read both accounts before writing them
 }
 
 // linesMap holds the order lines of the order-* workloads, one map per
@@ -38,13 +39,13 @@ func (w *workload) linesMap() string { return fmt.Sprintf("lines%d", w.lines) }
 
 func (w *workload) validate() error {
 	switch w.name {
-	case workloadKV, workloadPublish, workloadConsume, workloadProcSingle, workloadProcChain:
+	case workloadKV, workloadPublish, workloadConsume, workloadProcSingle, workloadProcChain, workloadTxnCross, workloadTxnSingle:
 	case workloadCollocate, workloadFetch:
 		if w.lines < 1 {
 			return errors.New("-lines must be positive")
 		}
 	default:
-		return fmt.Errorf("unknown -workload %q (kv, %s, %s, %s, %s, %s, %s)", w.name, workloadCollocate, workloadFetch, workloadPublish, workloadConsume, workloadProcSingle, workloadProcChain)
+		return fmt.Errorf("unknown -workload %q (kv, %s, %s, %s, %s, %s, %s, %s, %s)", w.name, workloadCollocate, workloadFetch, workloadPublish, workloadConsume, workloadProcSingle, workloadProcChain, workloadTxnCross, workloadTxnSingle)
 	}
 	return nil
 }
@@ -78,6 +79,20 @@ func (w *workload) preload(ctx context.Context, c *client.Client, timeout func(c
 		clear(batch)
 		return err
 	}
+	if w.transactions() {
+		m := c.Map(w.mapName)
+		err := w.preloadAccounts(func(k string, v []byte) error {
+			batch[k] = v
+			if len(batch) == 1000 {
+				return flush(m)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return flush(m)
+	}
 	if w.name == workloadKV {
 		m := c.Map(w.mapName)
 		for i := range w.keys {
@@ -109,6 +124,9 @@ func (w *workload) preload(ctx context.Context, c *client.Client, timeout func(c
 
 // op runs one operation of the workload with c.
 func (w *workload) op(ctx context.Context, c *client.Client, rng *rand.Rand) error {
+	if w.transactions() {
+		return w.transfer(ctx, c, rng)
+	}
 	i := rng.IntN(w.keys)
 	switch w.name {
 	case workloadCollocate:

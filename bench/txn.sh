@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Transaction throughput next to the plain replicated Put rate, in one run
+# (docs/benchmarks.md, "Transactions"). Starts 3 gridnode processes
+# (default profile, 1 backup) and runs ROUNDS rounds of: Put (kv, get-ratio
+# 0, 100-byte values), txn-cross (a transfer between two accounts in
+# different partitions: read both, write both; two-phase commit) and
+# txn-single (the two accounts share an affinity key: one step), with
+# BLIND=1 also the same two as blind 2-key puts (-txn-reads=false,
+# 100-byte values: a transactional putAll), all with the same clients;
+# every other round in the reverse order.
+#
+# A transaction leaves records behind for a while (its decision 30 s past
+# its deadline, its participants' tombstones a minute), which the members'
+# recovery scans and the expiry deletes: the cost of a steady load includes
+# them. So each transaction measurement follows WARM (60) seconds of the
+# same workload, unrecorded, and Put is measured only once the previous
+# transactions' records are gone (every node's GET /v1/transactions shows
+# no decision and no tombstone; at most 120 s).
+#
+# Prints one JSON line per measurement (with the load average and the CPU
+# the rest of the machine used meanwhile) and a summary: median and range
+# per measurement, and its ratio to the Put rate of the same round.
+#
+#   bench/txn.sh [ROUNDS]
+#
+# Environment: HOST (127.0.0.1) and PORT (18000) place the nodes (lib.sh's
+# start_cluster); CLIENTS and DEPTH (16, 4) the clients; KEYS (100000)
+# the accounts; SECS (20) per measurement; WARM (60); NODE_FLAGS more gridnode
+# flags (-pprof, say); OUT a file for the JSON lines; BIN a directory with
+# prebuilt gridnode and gridbench (default: built here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+rounds=${1:-5}
+clients=${CLIENTS:-16} depth=${DEPTH:-4}
+keys=${KEYS:-100000} secs=${SECS:-20} warm=${WARM:-60}
+export PORT=${PORT:-18000}
+tmp=$(mktemp -d)
+out=${OUT:-$tmp/results.jsonl}
+pids=() rpc=() http=()
+trap 'stop_cluster; rm -rf "$tmp"' EXIT
+bin=${BIN:-$tmp}
+if [ -z "${BIN:-}" ]; then
+  go build -o "$tmp/gridnode" ./cmd/gridnode
+  go build -o "$tmp/gridbench" ./cmd/gridbench
+fi
+start_cluster 3 "$bin" ${NODE_FLAGS:-}
+
+A=$(IFS=,; echo "${rpc[*]}")
+idle_cores 10
+
+# drained waits until no node holds a transaction record (decision,
+# tombstone, prepared record, lock), at most 120 s.
+drained() {
+  for _ in $(seq 240); do
+    python3 - "${http[@]}" <<'PY' && return 0
+import json, sys, urllib.request
+n = 0
+for h in sys.argv[1:]:
+    r = json.load(urllib.request.urlopen(f"http://{h}/v1/transactions", timeout=5))
+    n += r["decisions"] + r["tombstones"] + r["prepared"] + r["locks"]
+sys.exit(0 if n == 0 else 1)
+PY
+    sleep 0.5
+  done
+  echo "transaction records still there after 120 s" >&2
+}
+# warmed WORKLOAD FLAGS...: WARM seconds of a transaction workload, unrecorded.
+warmed() {
+  "$bin/gridbench" -addrs "$A" -clients "$clients" -depth "$depth" -keys "$keys" -duration "${warm}s" "$@" >/dev/null || true
+}
+
+names=(put cross single)
+[ -n "${BLIND:-}" ] && names+=(cross-blind single-blind)
+run() {
+  case $1 in
+  put) drained; measure put "$2" -workload kv -get-ratio 0 -preload=false -keys "$keys" -duration "${secs}s" ;;
+  cross) warmed -workload txn-cross; measure cross "$2" -workload txn-cross -preload=false -keys "$keys" -duration "${secs}s" ;;
+  single) warmed -workload txn-single; measure single "$2" -workload txn-single -preload=false -keys "$keys" -duration "${secs}s" ;;
+  cross-blind) warmed -workload txn-cross -txn-reads=false; measure cross-blind "$2" -workload txn-cross -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
+  single-blind) warmed -workload txn-single -txn-reads=false; measure single-blind "$2" -workload txn-single -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
+  esac
+}
+for r in $(seq "$rounds"); do
+  order=("${names[@]}")
+  if [ $((r % 2)) -eq 0 ]; then order=(); for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[$i]}"); done; fi
+  for n in "${order[@]}"; do run "$n" "$r"; done
+done
+
+python3 - "$out" <<'PY'
+import json, sys, statistics
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+idle = statistics.median(r["nodes_cores"] for r in rows if r["name"] == "idle")
+rows = [r for r in rows if r["name"] != "idle"]
+by = {}
+for r in rows:
+    by.setdefault(r["name"], []).append(r)
+put = {r["round"]: r.get("ops_per_sec", 0) for r in by.get("put", [])}
+def rng(xs, f="{:,.0f}"):
+    xs = sorted(xs)
+    return f.format(statistics.median(xs)) + " (" + f.format(xs[0]) + "-" + f.format(xs[-1]) + ")"
+print(f"\nnodes idle: {idle:.3f} cores; load average {min(r['load1'] for r in rows)}-{max(r['load1'] for r in rows)}, "
+      f"the rest of the machine {rng([r['others_cores'] for r in rows], '{:.2f}')} cores, the nodes {rng([r['nodes_cores'] for r in rows], '{:.2f}')} cores")
+print("\n| measurement | ops/s | x Put (same round) | p50 / p99 ms | server CPU/op (µs) | above idle (µs) | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for name, rs in by.items():
+    ops = [r.get("ops_per_sec", 0) for r in rs]
+    lat = "%.2f / %.2f" % (statistics.median(r.get("p50_us", 0) for r in rs) / 1e3, statistics.median(r.get("p99_us", 0) for r in rs) / 1e3)
+    cpu = [r.get("server_cpu_us_per_op", 0) for r in rs]
+    above = [r.get("server_cpu_us_per_op", 0) - idle * 1e6 / max(r.get("ops_per_sec", 1), 1) for r in rs]
+    ratio = [r.get("ops_per_sec", 0) / put[r["round"]] for r in rs if put.get(r["round"])]
+    print(f"| {name} | {rng(ops)} | {rng(ratio, '{:.2f}')} | {lat} | {rng(cpu)} | {rng(above)} | {sum(r.get('errors', 0) for r in rs)} |")
+PY

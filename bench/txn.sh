@@ -101,13 +101,15 @@ def rng(xs, f="{:,.0f}"):
     return f.format(statistics.median(xs)) + " (" + f.format(xs[0]) + "-" + f.format(xs[-1]) + ")"
 print(f"\nnodes idle: {idle:.3f} cores; load average {min(r['load1'] for r in rows)}-{max(r['load1'] for r in rows)}, "
       f"the rest of the machine {rng([r['others_cores'] for r in rows], '{:.2f}')} cores, the nodes {rng([r['nodes_cores'] for r in rows], '{:.2f}')} cores")
-print("\n| measurement | ops/s | x Put (same round) | p50 / p99 ms | server CPU/op (µs) | above idle (µs) | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("\n| measurement | ops/s | x Put (same round) | p50 / p99 ms | server CPU/op (µs) | above idle (µs) | client CPU/op (µs) | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, rs in by.items():
     ops = [r.get("ops_per_sec", 0) for r in rs]
     lat = "%.2f / %.2f" % (statistics.median(r.get("p50_us", 0) for r in rs) / 1e3, statistics.median(r.get("p99_us", 0) for r in rs) / 1e3)
     cpu = [r.get("server_cpu_us_per_op", 0) for r in rs]
     above = [r.get("server_cpu_us_per_op", 0) - idle * 1e6 / max(r.get("ops_per_sec", 1), 1) for r in rs]
     ratio = [r.get("ops_per_sec", 0) / put[r["round"]] for r in rs if put.get(r["round"])]
-    print(f"| {name} | {rng(ops)} | {rng(ratio, '{:.2f}')} | {lat} | {rng(cpu)} | {rng(above)} | {sum(r.get('errors', 0) for r in rs)} |")
+    # The client's CPU over its whole process (dial included) per operation.
+    client = [r["client_cores"] * r["wall"] * 1e6 / max(r.get("ops", 1), 1) for r in rs]
+    print(f"| {name} | {rng(ops)} | {rng(ratio, '{:.2f}')} | {lat} | {rng(cpu)} | {rng(above)} | {rng(client)} | {sum(r.get('errors', 0) for r in rs)} |")
 PY

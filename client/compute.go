@@ -24,8 +24,8 @@ var _ invoke.Executor = (*Client)(nil)
 // start with "\x00", grid.ReservedPrefix): they write the grid's own
 // state (inbox watermarks, processors' positions).
 func checkFunction(name string) error {
-	if strings.HasPrefix(name, TxnStepPrefix) {
-		return nil
+	if strings.HasPrefix(name, TxnStepPrefix) && name != TxnStepPrefix+"held" && name != TxnStepPrefix+"forget" {
+		return nil // the members' recovery alone runs held and forget
 	}
 	if strings.HasPrefix(name, "\x00") {
 		return fmt.Errorf("%w: function %q: names starting with \\x00 are the grid's own", ErrBadRequest, name)

@@ -159,6 +159,9 @@ func (n *Node) PartitionTag(part int) string {
 	return n.tags[part]
 }
 
+// Partitions is the cluster's partition count.
+func (v *StepView) Partitions() int { return len(v.n.parts) }
+
 // PartitionTag is the tag of the step's partition (Node.PartitionTag).
 func (v *StepView) PartitionTag() string { return v.n.PartitionTag(v.p.id) }
 

@@ -81,6 +81,10 @@ type stepCall struct {
 	filter       Filter // limits Range(mapName); nil: none
 	sess         wire.Session
 	budget       time.Duration // the function's time budget (see budget)
+	// inline: the grid's own step or an internal one (SetInternalStep):
+	// trusted code that neither blocks nor outlives its budget, run on
+	// the caller's goroutine (no function goroutine, no budget timer).
+	inline bool
 }
 
 // budget returns a function's time budget given the requested one
@@ -104,8 +108,12 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 	}
 	// The budget starts once the step holds its partition.
 	end := time.Now().Add(c.budget)
-	fctx, cancel := context.WithDeadline(ctx, end)
-	defer cancel()
+	fctx := ctx
+	if !c.inline {
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithDeadline(ctx, end)
+		defer cancel()
+	}
 	released := false
 	release := func() {
 		if !released {
@@ -141,6 +149,11 @@ func (n *Node) runStep(ctx context.Context, p *partition, c stepCall) ([]byte, u
 // acquireStep takes p's step semaphore, waiting at most budget (then
 // ErrBusy: nothing ran) or until ctx ends.
 func (n *Node) acquireStep(ctx context.Context, p *partition, budget time.Duration) error {
+	select {
+	case p.stepSem <- struct{}{}:
+		return nil
+	default:
+	}
 	wctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	select {
@@ -191,7 +204,13 @@ func (n *Node) stepAttempt(ctx context.Context, end time.Time, p *partition, c s
 	p.mu.Unlock()
 	v := newStepView(n, p, epoch, c.mapName, c.key)
 	v.filter = c.filter
-	res, err := n.guarded(ctx, end, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
+	var res []byte
+	var err error
+	if c.inline {
+		res, err = runInline(ctx, v, c.fn)
+	} else {
+		res, err = n.guarded(ctx, end, p.id, func(ctx context.Context) ([]byte, error) { return c.fn(ctx, v) })
+	}
 	v.close()
 	if ab := (abandonedError{}); errors.As(err, &ab) || errors.Is(err, api.ErrFunctionBudget) {
 		// The function may still be running and using v: never touch
@@ -306,6 +325,21 @@ func (n *Node) guarded(ctx context.Context, end time.Time, part int, fn func(ctx
 	case <-ctx.Done():
 		return nil, abandonedError{n.budgetErr(ctx, end, part)}
 	}
+}
+
+// runInline runs a trusted step on the caller's goroutine; a panic fails
+// the step (ErrFunctionPanic), and its errors keep their codes.
+func runInline(ctx context.Context, v *StepView, fn StepFunc) (res []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			res, err = nil, fmt.Errorf("%w: %v", api.ErrFunctionPanic, r)
+		}
+	}()
+	res, err = fn(ctx, v)
+	if err != nil {
+		err = functionErr(err)
+	}
+	return res, err
 }
 
 // abandonedError wraps the error of a function its caller stopped waiting

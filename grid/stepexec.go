@@ -45,9 +45,19 @@ func (n *Node) stepAt(ctx context.Context, req *wire.StepRequest, fn StepFunc) (
 	if err != nil {
 		return wire.StepResponse{}, err
 	}
-	c := stepCall{name: req.Name, mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, budget: n.budget(req.Budget)}
+	c := stepCall{name: req.Name, mapName: req.Map, key: req.Key, fn: fn, sess: req.Session, budget: n.budget(req.Budget), inline: n.trusted(req.Name)}
 	res, epoch, err := n.runStep(ctx, p, c)
 	return wire.StepResponse{Result: res, Epoch: epoch}, err
+}
+
+// trusted reports whether name is the grid's own step or an internal one
+// (run inline, see stepCall.inline).
+func (n *Node) trusted(name string) bool {
+	if name == deliverStep {
+		return true
+	}
+	_, ok := n.internalStep(name)
+	return ok
 }
 
 func (n *Node) resolveStep(name string, args []byte) (StepFunc, error) {

@@ -129,7 +129,7 @@ func lockedErr(part int, m, k string, cause error) error {
 
 // LockOf returns the lock on key of map m, this step's own Lock and Unlock
 // included. A step that calls it manages locks itself: its commit does not
-// refuse locked keys (see checkLocks).
+// refuse locked keys (see checkLocks), unless it is a function callers name.
 func (v *StepView) LockOf(m, key string) (KeyLock, bool) {
 	v.managesLocks = true
 	if !v.usable(key, true) {
@@ -172,9 +172,10 @@ func (v *StepView) Unlock(m, key string) {
 
 // checkLocks refuses a step that writes a locked key or read a
 // write-locked one (ErrBusy: nothing applied, the router retries), unless
-// the step manages locks. Caller holds p.mu.
+// the step manages locks (a function callers name never does, even if it
+// called LockOf). Caller holds p.mu.
 func (v *StepView) checkLocks() error {
-	if v.managesLocks || len(v.p.maps[lockMap]) == 0 {
+	if (v.managesLocks && !v.callers) || len(v.p.maps[lockMap]) == 0 {
 		return nil
 	}
 	for mk := range v.reads {

@@ -34,7 +34,17 @@ type cmdSpec struct {
 	blocking bool
 	// write: a mutation (the "write" flag); see errReply.
 	write bool
-	run   func(c *conn, cmd *command, out []byte) []byte
+	// notQueued: runs at once inside MULTI (EXEC, DISCARD, MULTI, WATCH,
+	// QUIT, RESET), as in Redis; every other command is queued.
+	notQueued bool
+	run       func(c *conn, cmd *command, out []byte) []byte
+	// tx runs the command inside a transaction (EXEC); nil: refused in
+	// MULTI. txCheck, if set, refuses some of its forms when queued.
+	tx      txFunc
+	txCheck func(a [][]byte) string
+	// txReads: tx reads every key (firstKey, lastKey, step), so EXEC
+	// reads them ahead, in parallel (Tx.Prefetch).
+	txReads bool
 }
 
 func (s *cmdSpec) arityOK(n int) bool {
@@ -48,41 +58,41 @@ var commandTable map[string]*cmdSpec
 
 func init() {
 	specs := []*cmdSpec{
-		{name: "ping", arity: -1, flags: []string{"fast"}, run: cmdPing},
-		{name: "echo", arity: 2, flags: []string{"fast"}, run: cmdEcho},
+		{name: "ping", arity: -1, flags: []string{"fast"}, run: cmdPing, tx: txPlain(cmdPing)},
+		{name: "echo", arity: 2, flags: []string{"fast"}, run: cmdEcho, tx: txPlain(cmdEcho)},
 		{name: "hello", arity: -1, flags: []string{"noscript", "loading", "stale", "fast", "no_auth"}, run: cmdHello},
 		{name: "auth", arity: -2, flags: []string{"noscript", "loading", "stale", "fast", "no_auth"}, run: cmdAuth},
-		{name: "quit", arity: -1, flags: []string{"fast", "no_auth"}, run: cmdQuit},
-		{name: "reset", arity: 1, flags: []string{"fast", "no_auth"}, run: cmdReset},
-		{name: "select", arity: 2, flags: []string{"loading", "stale", "fast"}, run: cmdSelect},
-		{name: "get", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdGet},
-		{name: "set", arity: -3, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSet},
-		{name: "setnx", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSetNX},
-		{name: "setex", arity: 4, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSetEX},
-		{name: "psetex", arity: 4, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSetEX},
-		{name: "getset", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdGetSet},
-		{name: "getdel", arity: 2, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdGetDel},
-		{name: "del", arity: -2, flags: []string{"write"}, firstKey: 1, lastKey: -1, step: 1, keyed: true, singleKeyOnly: true, run: cmdDel},
-		{name: "unlink", arity: -2, flags: []string{"write", "fast"}, firstKey: 1, lastKey: -1, step: 1, keyed: true, singleKeyOnly: true, run: cmdDel},
-		{name: "exists", arity: -2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: -1, step: 1, keyed: true, singleKeyOnly: true, run: cmdExists},
-		{name: "mget", arity: -2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: -1, step: 1, run: cmdMGet},
-		{name: "mset", arity: -3, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: -1, step: 2, run: cmdMSet},
-		{name: "incr", arity: 2, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr},
-		{name: "decr", arity: 2, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr},
-		{name: "incrby", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr},
-		{name: "decrby", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr},
-		{name: "append", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdAppend},
-		{name: "strlen", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdStrlen},
-		{name: "expire", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire},
-		{name: "pexpire", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire},
-		{name: "expireat", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire},
-		{name: "pexpireat", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire},
+		{name: "quit", arity: -1, flags: []string{"fast", "no_auth"}, notQueued: true, run: cmdQuit},
+		{name: "reset", arity: 1, flags: []string{"fast", "no_auth"}, notQueued: true, run: cmdReset},
+		{name: "select", arity: 2, flags: []string{"loading", "stale", "fast"}, run: cmdSelect, tx: txSelect},
+		{name: "get", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdGet, tx: txGet, txReads: true},
+		{name: "set", arity: -3, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSet, tx: txSet},
+		{name: "setnx", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSetNX, tx: txSetNX, txReads: true},
+		{name: "setex", arity: 4, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSetEX, tx: txSetEX},
+		{name: "psetex", arity: 4, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdSetEX, tx: txSetEX},
+		{name: "getset", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdGetSet, tx: txGetSet, txReads: true},
+		{name: "getdel", arity: 2, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdGetDel, tx: txGetDel, txReads: true},
+		{name: "del", arity: -2, flags: []string{"write"}, firstKey: 1, lastKey: -1, step: 1, keyed: true, singleKeyOnly: true, run: cmdDel, tx: txDel, txReads: true},
+		{name: "unlink", arity: -2, flags: []string{"write", "fast"}, firstKey: 1, lastKey: -1, step: 1, keyed: true, singleKeyOnly: true, run: cmdDel, tx: txDel, txReads: true},
+		{name: "exists", arity: -2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: -1, step: 1, keyed: true, singleKeyOnly: true, run: cmdExists, tx: txExists, txReads: true},
+		{name: "mget", arity: -2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: -1, step: 1, run: cmdMGet, tx: txMGet, txReads: true},
+		{name: "mset", arity: -3, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: -1, step: 2, run: cmdMSet, tx: txMSet},
+		{name: "incr", arity: 2, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr, tx: txIncr, txReads: true},
+		{name: "decr", arity: 2, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr, tx: txIncr, txReads: true},
+		{name: "incrby", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr, tx: txIncr, txReads: true},
+		{name: "decrby", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdIncr, tx: txIncr, txReads: true},
+		{name: "append", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdAppend, tx: txAppend, txReads: true},
+		{name: "strlen", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdStrlen, tx: txStrlen, txReads: true},
+		{name: "expire", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire, tx: txExpire, txCheck: txCheckExpire, txReads: true},
+		{name: "pexpire", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire, tx: txExpire, txCheck: txCheckExpire, txReads: true},
+		{name: "expireat", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire, tx: txExpire, txCheck: txCheckExpire, txReads: true},
+		{name: "pexpireat", arity: -3, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdExpire, tx: txExpire, txCheck: txCheckExpire, txReads: true},
 		{name: "ttl", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdTTL},
 		{name: "pttl", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdTTL},
 		{name: "expiretime", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdTTL},
 		{name: "pexpiretime", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdTTL},
 		{name: "persist", arity: 2, flags: []string{"write", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdPersist},
-		{name: "type", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdType},
+		{name: "type", arity: 2, flags: []string{"readonly", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdType, tx: txType, txReads: true},
 		{name: "dbsize", arity: 1, flags: []string{"readonly", "fast"}, wholeMap: true, run: cmdDBSize},
 		{name: "scan", arity: -2, flags: []string{"readonly"}, run: cmdScan},
 		{name: "keys", arity: 2, flags: []string{"readonly"}, wholeMap: true, run: cmdKeys},
@@ -91,10 +101,17 @@ func init() {
 		{name: "command", arity: -1, flags: []string{"loading", "stale"}, run: cmdCommand},
 		{name: "client", arity: -2, flags: []string{"loading", "stale"}, run: cmdClient},
 		{name: "config", arity: -2, flags: []string{"loading", "stale"}, run: cmdConfig},
-		{name: "time", arity: 1, flags: []string{"loading", "stale", "fast"}, run: cmdTime},
+		{name: "time", arity: 1, flags: []string{"loading", "stale", "fast"}, run: cmdTime, tx: txPlain(cmdTime)},
 		{name: "xadd", arity: -5, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdXAdd},
 		{name: "xrange", arity: -4, flags: []string{"readonly"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: cmdXRange},
 		{name: "xread", arity: -4, flags: []string{"readonly", "blocking", "movablekeys"}, blocking: true, run: cmdXRead},
+		{name: "multi", arity: 1, flags: []string{"noscript", "loading", "stale", "fast", "allow_busy"}, notQueued: true, run: cmdMulti},
+		{name: "exec", arity: 1, flags: []string{"noscript", "loading", "stale", "skip_slowlog"}, notQueued: true, run: cmdExec},
+		{name: "discard", arity: 1, flags: []string{"noscript", "loading", "stale", "fast", "allow_busy"}, notQueued: true, run: cmdDiscard},
+		{name: "watch", arity: -2, flags: []string{"noscript", "loading", "stale", "fast", "allow_busy"}, firstKey: 1, lastKey: -1, step: 1, notQueued: true, run: cmdWatch},
+		{name: "unwatch", arity: 1, flags: []string{"noscript", "loading", "stale", "fast", "allow_busy"}, run: cmdUnwatch, tx: txUnwatch},
+		{name: "msetnx", arity: -3, flags: []string{"write", "denyoom"}, firstKey: 1, lastKey: -1, step: 2, run: runAlone, tx: txMSetNX, txReads: true},
+		{name: "incrbyfloat", arity: 3, flags: []string{"write", "denyoom", "fast"}, firstKey: 1, lastKey: 1, step: 1, keyed: true, run: runAlone, tx: txIncrByFloat, txReads: true},
 		{name: "fcall", arity: -3, flags: []string{"write", "noscript", "stale", "skip_monitor", "may_replicate", "no_mandatory_keys"}, run: cmdFCall},
 	}
 	commandTable = make(map[string]*cmdSpec, len(specs))
@@ -165,6 +182,7 @@ func cmdQuit(c *conn, cmd *command, out []byte) []byte {
 }
 
 func cmdReset(c *conn, cmd *command, out []byte) []byte {
+	c.endMulti()
 	c.setProto(2)
 	c.selectMap(c.s.cfg.DefaultMap, "0")
 	c.metaMu.Lock()
@@ -439,23 +457,32 @@ func cmdMSet(c *conn, cmd *command, out []byte) []byte {
 	return appendSimple(out, "OK")
 }
 
-func cmdIncr(c *conn, cmd *command, out []byte) []byte {
-	var delta int64 = 1
-	switch cmd.spec.name {
+// incrDelta is the delta of INCR, INCRBY, DECR or DECRBY (name), or
+// Redis's error.
+func incrDelta(name string, a [][]byte) (int64, string) {
+	switch name {
 	case "decr":
-		delta = -1
+		return -1, ""
 	case "incrby", "decrby":
-		v, ok := api.ParseInt(cmd.args[2])
+		v, ok := api.ParseInt(a[2])
 		if !ok {
-			return appendError(out, errNotInteger)
+			return 0, errNotInteger
 		}
-		delta = v
-		if cmd.spec.name == "decrby" {
-			if v == math.MinInt64 {
-				return appendError(out, "ERR decrement would overflow")
-			}
-			delta = -v
+		if name == "incrby" {
+			return v, ""
 		}
+		if v == math.MinInt64 {
+			return 0, "ERR decrement would overflow"
+		}
+		return -v, ""
+	}
+	return 1, ""
+}
+
+func cmdIncr(c *conn, cmd *command, out []byte) []byte {
+	delta, msg := incrDelta(cmd.spec.name, cmd.args)
+	if msg != "" {
+		return appendError(out, msg)
 	}
 	v, err := cmd.m.Increment(cmd.ctx, string(cmd.args[1]), delta)
 	if err != nil {

@@ -39,8 +39,12 @@ type conn struct {
 	cmds    []command
 	replies [][]byte // replies of the commands running in parallel
 
-	qbufBytes atomic.Int64 // read buffer size
-	outBytes  atomic.Int64 // replies held, written or not
+	multi   *multiState // an open MULTI, nil outside one
+	watches []watch     // WATCHed keys, in order, until EXEC, DISCARD, UNWATCH or RESET
+
+	qbufBytes  atomic.Int64 // read buffer size
+	outBytes   atomic.Int64 // replies held, written or not
+	multiBytes atomic.Int64 // commands queued by MULTI
 
 	metaMu  sync.Mutex
 	name    string
@@ -95,7 +99,9 @@ func (c *conn) setProto(p int) {
 
 // memory is the bytes this connection holds in buffers (CLIENT LIST's
 // tot-mem, INFO's mem_clients_normal).
-func (c *conn) memory() int64 { return c.qbufBytes.Load() + c.outBytes.Load() }
+func (c *conn) memory() int64 {
+	return c.qbufBytes.Load() + c.outBytes.Load() + c.multiBytes.Load()
+}
 
 // serve reads batches of commands, runs them and writes their replies.
 func (c *conn) serve() {
@@ -252,7 +258,7 @@ func (c *conn) runBatch(cmds []command) error {
 // in parallel with others, and sets its spec, map and partition.
 func (c *conn) prepareParallel(cmd *command) bool {
 	cmd.spec, cmd.part = lookup(cmd.args), -1
-	if cmd.spec == nil || !cmd.spec.keyed || !cmd.spec.arityOK(len(cmd.args)) ||
+	if c.multi != nil || cmd.spec == nil || !cmd.spec.keyed || !cmd.spec.arityOK(len(cmd.args)) ||
 		(cmd.spec.singleKeyOnly && len(cmd.args) != 2) {
 		return false
 	}
@@ -274,11 +280,15 @@ func (c *conn) commandContext(spec *cmdSpec) (context.Context, context.CancelFun
 func (c *conn) runBarrier(cmd *command) {
 	spec := lookup(cmd.args)
 	if spec == nil {
-		c.out = appendError(c.out, unknownCommand(cmd.args))
+		c.refuse(nil, unknownCommand(cmd.args))
 		return
 	}
 	if !spec.arityOK(len(cmd.args)) {
-		c.out = appendError(c.out, wrongArity(spec.name))
+		c.refuse(spec, wrongArity(spec.name))
+		return
+	}
+	if c.multi != nil && !spec.notQueued {
+		c.queue(spec, cmd.args)
 		return
 	}
 	ctx, cancel := c.commandContext(spec)

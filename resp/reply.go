@@ -53,6 +53,14 @@ func appendNull(b []byte, proto int) []byte {
 	return append(b, '$', '-', '1', '\r', '\n')
 }
 
+// appendNullArray writes Redis's null array (EXEC aborted by WATCH).
+func appendNullArray(b []byte, proto int) []byte {
+	if proto >= 3 {
+		return append(b, '_', '\r', '\n')
+	}
+	return append(b, '*', '-', '1', '\r', '\n')
+}
+
 func appendArray(b []byte, n int) []byte {
 	b = append(b, '*')
 	b = strconv.AppendInt(b, int64(n), 10)

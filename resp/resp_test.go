@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/resp"
+	"github.com/collocate/grid/txn/txnnode"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -48,7 +50,8 @@ func newCluster(t *testing.T, n int) *cluster {
 // RESP endpoint's config.
 func newClusterWith(t *testing.T, n int, configure func(*resp.Config)) *cluster {
 	t.Helper()
-	c := &cluster{Cluster: gridtest.New(t, n, nil)}
+	// The transaction steps, for MULTI/EXEC (gridnode installs them the same way).
+	c := &cluster{Cluster: gridtest.New(t, n, func(_ int, cfg *grid.Config) { cfg.InternalSteps = txnnode.Steps() })}
 	c.WaitStable(30 * time.Second)
 	for _, nd := range c.Nodes {
 		cfg := resp.DefaultConfig()

@@ -18,6 +18,9 @@
 // barriers: everything before them finishes first. Replies always come back
 // in request order.
 //
+// MULTI/EXEC run the queued commands as one grid transaction (package txn),
+// across partitions; WATCH compares key versions (multi.go).
+//
 // See docs/redis.md for the command list and the differences from Redis.
 package resp
 
@@ -33,6 +36,8 @@ import (
 
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/internal/workpool"
+	"github.com/collocate/grid/txn"
+	"github.com/collocate/grid/txn/txnnode"
 )
 
 // Config configures a RESP endpoint. Every limit has a default
@@ -157,6 +162,7 @@ func (c Config) readerLimits() readerLimits {
 type Server struct {
 	cfg     Config
 	node    *grid.Node
+	txg     txn.Grid // MULTI/EXEC's transactions (the txn steps must run on every member)
 	log     *slog.Logger
 	ln      net.Listener
 	ctx     context.Context
@@ -179,7 +185,10 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-// Listen starts a RESP endpoint for node. Close stops it.
+// Listen starts a RESP endpoint for node. Close stops it. MULTI/EXEC run
+// as grid transactions: every member must run the transaction steps
+// (txnnode.Start, or grid.Config.InternalSteps = txnnode.Steps(); gridnode
+// does).
 func Listen(node *grid.Node, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -194,7 +203,7 @@ func Listen(node *grid.Node, cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg: cfg, node: node, log: log.With("component", "resp"), ln: ln,
+		cfg: cfg, node: node, txg: txnnode.Local(node), log: log.With("component", "resp"), ln: ln,
 		ctx: ctx, cancel: cancel, started: time.Now(),
 		runID: fmt.Sprintf("%040x", time.Now().UnixNano()),
 		conns: map[*conn]struct{}{},

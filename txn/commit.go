@@ -7,8 +7,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn/internal/proto"
 )
+
+// settleWait bounds how long past its deadline Commit keeps asking an
+// unreachable coordinator for a lost commit step's outcome.
+const settleWait = 30 * time.Second
 
 // finishTimeout bounds telling the participants the outcome.
 const finishTimeout = 5 * time.Second
@@ -69,6 +74,8 @@ func outcome(res proto.Result) error {
 		return nil
 	case proto.Conflict:
 		return fmt.Errorf("%w: %s", ErrConflict, res.Detail)
+	case proto.Condition:
+		return fmt.Errorf("%w: %s", ErrCondition, res.Detail)
 	case proto.Expired, proto.Aborted, proto.Finished:
 		return fmt.Errorf("%w (%s)", ErrExpired, res.Status)
 	}
@@ -82,7 +89,22 @@ func (t *Tx) commitOne(ctx context.Context, part int, w *proto.Work) error {
 	if err != nil {
 		return err
 	}
+	if res.Status == proto.Conflict || res.Status == proto.Condition {
+		// Nothing applied. A copy of the step still on its way could
+		// apply once the state allows it: leave a tombstone it finds.
+		if err := t.finishOne(ctx, part); err != nil {
+			return fmt.Errorf("%w: the transaction answered %s, but a copy of its step could still apply: %w", ErrUnknown, res.Status, err)
+		}
+	}
 	return outcome(res)
+}
+
+// finishOne leaves the tombstone of an aborted transaction at part.
+func (t *Tx) finishOne(ctx context.Context, part int) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	_, err := t.call(ctx, part, proto.StepFinish, proto.Finish{ID: t.id, Deadline: t.deadline.UnixNano()})
+	return err
 }
 
 // commitTwoPhase commits across partitions: prepare every participant
@@ -111,14 +133,34 @@ func (t *Tx) commitTwoPhase(ctx context.Context, parts map[int]*proto.Work) erro
 	cw := parts[coord]
 	cw.Parts = others
 	res, err := t.waitDie(ctx, coord, proto.StepCommit, cw)
-	if err != nil {
+	if err != nil || !recorded(res.Status) {
+		// No decision is known to exist: decide abort, so that a copy of
+		// the commit step still on its way finds it (it would commit the
+		// coordinator's share after the others dropped theirs), or learn
+		// the commit that a copy made.
+		why := err
+		if why == nil {
+			why = outcome(res)
+		}
 		res, err = t.decideAbort(ctx, coord)
 		if err != nil {
 			return fmt.Errorf("%w: the commit's outcome is not known yet (it is decided at the latest by the transaction's deadline): %w", ErrUnknown, err)
 		}
+		if res.Status != proto.Done && !errors.Is(why, ErrUnknown) {
+			// Aborted: the answer is why (a conflict, a condition, a
+			// value too large), not the abort it recorded.
+			t.finishAll(ctx, others, false)
+			return why
+		}
 	}
 	t.finishAll(ctx, others, res.Status == proto.Done)
 	return outcome(res)
+}
+
+// recorded reports whether a commit step's answer is a decision it
+// recorded (or found): commit, or abort (past the deadline).
+func recorded(st proto.Status) bool {
+	return st == proto.Done || st == proto.Aborted || st == proto.Expired
 }
 
 // coordinator picks the coordinator partition: one with writes, chosen by
@@ -171,12 +213,22 @@ func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work
 	if first != nil {
 		t.finishAll(ctx, held, false)
 	}
+	if errors.Is(first, ErrUnknown) {
+		// A prepare's outcome is unknown, the transaction's is not: no
+		// commit step was sent, so it aborted.
+		first = fmt.Errorf("%w: a participant's prepare: %v; no commit was sent, nothing applied", api.ErrUnavailable, first)
+	}
 	return first
 }
 
 // decideAbort learns the outcome of a commit step whose answer was lost:
 // the coordinator answers the decision, or decides abort now.
 func (t *Tx) decideAbort(ctx context.Context, coord int) (proto.Result, error) {
+	// Without a deadline of its own the caller is not kept waiting for
+	// an unreachable coordinator forever (ErrUnknown after settleWait
+	// past the transaction's deadline).
+	ctx, cancel := context.WithDeadline(ctx, t.deadline.Add(settleWait))
+	defer cancel()
 	for {
 		res, err := t.call(ctx, coord, proto.StepResolve, proto.IDs{IDs: []string{t.id}, Deadline: t.deadline.UnixNano(), Abort: true})
 		if err == nil {

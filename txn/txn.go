@@ -6,7 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/collocate/grid/affinity"
@@ -35,6 +38,10 @@ var (
 	// ErrExpired: the transaction reached its Timeout before it could
 	// commit; aborted, nothing applied. Run retries it.
 	ErrExpired = errors.New("txn: the transaction's timeout passed; aborted, nothing applied")
+	// ErrCondition: an Add would take a value below its floor, or its key
+	// does not hold an integer; the transaction aborted, nothing applied.
+	// It is the data's answer: Run does not retry it.
+	ErrCondition = errors.New("txn: a condition of the transaction failed; aborted, nothing applied")
 	// ErrDone: the transaction already committed or rolled back.
 	ErrDone = errors.New("txn: the transaction is already finished")
 	// ErrTooLarge: too many keys for one transaction (Options.MaxKeys).
@@ -51,7 +58,8 @@ var (
 type Options struct {
 	// Timeout bounds the transaction from Begin to its commit decision:
 	// past it the transaction can only abort, and locks a dead caller
-	// left are released about Timeout+2s after Begin. Default 5s.
+	// left are released about Timeout+2s after Begin. Default 5s, at
+	// most 5m.
 	Timeout time.Duration
 	// LockWait bounds how long an older transaction waits for a younger
 	// one's lock at commit before it gives up with ErrConflict. Default
@@ -86,11 +94,13 @@ type Tx struct {
 	prio     int64
 	deadline time.Time
 
-	reads  map[key]proto.Read
-	rvals  map[key][]byte // read values (nil: absent)
-	writes map[key]proto.Write
-	order  []key // writes in first-write order
-	done   bool
+	reads map[key]proto.Read
+	rvals map[key][]byte // read values (nil: absent)
+	// watched: reads recorded by Watch whose value Get has not read yet
+	watched map[key]struct{}
+	writes  map[key]proto.Write
+	order   []key // writes in first-write order
+	done    bool
 }
 
 // Begin starts a transaction on g. Nothing crosses the network until the
@@ -103,6 +113,9 @@ func Begin(ctx context.Context, g Grid, opts Options) (*Tx, error) {
 		return nil, fmt.Errorf("%w: txn.Begin needs a Grid", api.ErrBadRequest)
 	}
 	opts = opts.withDefaults()
+	if opts.Timeout > 5*time.Minute {
+		return nil, fmt.Errorf("%w: Timeout %v is above 5m", api.ErrBadRequest, opts.Timeout)
+	}
 	now := time.Now()
 	prio := opts.prio
 	if prio == 0 {
@@ -148,13 +161,14 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 		return nil, err
 	}
 	kk := key{m, k}
-	if w, ok := t.writes[kk]; ok {
+	if w, ok := t.writes[kk]; ok && !w.Add {
 		if w.Delete {
 			return nil, ErrNotFound
 		}
 		return w.Value, nil
 	}
-	if _, ok := t.reads[kk]; ok {
+	_, watched := t.watched[kk]
+	if _, ok := t.reads[kk]; ok && !watched {
 		if v := t.rvals[kk]; v != nil {
 			return v, nil
 		}
@@ -164,16 +178,98 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	t.reads[kk] = proto.Read{Map: m, Key: k, Version: e.Version}
+	if err := t.record(kk, e, err == nil); err != nil {
+		return nil, err
+	}
+	if w, ok := t.writes[kk]; ok && w.Add {
+		// A deferred Add becomes a write of the value now known.
+		if err := t.addTo(kk, w); err != nil {
+			return nil, err
+		}
+		return t.writes[kk].Value, nil
+	}
 	if err != nil {
 		return nil, ErrNotFound
 	}
-	v := e.Value
-	if v == nil {
-		v = []byte{}
+	return t.rvals[kk], nil
+}
+
+// record remembers what a read of kk found (found false: absent, e's
+// Version 0). A watched key must still be at its watched version.
+func (t *Tx) record(kk key, e api.Entry, found bool) error {
+	if _, watched := t.watched[kk]; watched {
+		delete(t.watched, kk)
+		if want := t.reads[kk].Version; e.Version != want {
+			return fmt.Errorf("%w: key %q of map %q changed since it was watched (version %d, now %d)", ErrConflict, kk.k, kk.m, want, e.Version)
+		}
 	}
-	t.rvals[kk] = v
-	return v, nil
+	t.reads[kk] = proto.Read{Map: kk.m, Key: kk.k, Version: e.Version}
+	if found {
+		v := e.Value
+		if v == nil {
+			v = []byte{}
+		}
+		t.rvals[kk] = v
+	}
+	return nil
+}
+
+// prefetchParallel bounds the reads one Prefetch runs at once.
+const prefetchParallel = 32
+
+// Prefetch reads, in parallel, the keys of map m that a Get would read
+// (not yet read or written by the transaction, or only watched), so that
+// the Gets of them that follow answer without a round trip each. What it
+// reads is validated at Commit like any Get; a watched key found changed
+// fails it with ErrConflict, as Get would.
+func (t *Tx) Prefetch(ctx context.Context, m string, keys []string) error {
+	var todo []string
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if _, dup := seen[k]; dup {
+			continue
+		}
+		seen[k] = struct{}{}
+		if err := t.usable(m, k); err != nil {
+			return err
+		}
+		kk := key{m, k}
+		_, written := t.writes[kk]
+		_, read := t.reads[kk]
+		_, watched := t.watched[kk]
+		if !written && (!read || watched) {
+			todo = append(todo, k)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	ents := make([]api.Entry, len(todo))
+	errs := make([]error, len(todo))
+	sem := make(chan struct{}, prefetchParallel)
+	var wg sync.WaitGroup
+	for i, k := range todo {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ents[i], errs[i] = t.g.Read(ctx, m, k)
+		}()
+	}
+	wg.Wait()
+	for i, k := range todo {
+		if errs[i] != nil && !errors.Is(errs[i], ErrNotFound) {
+			return errs[i]
+		}
+		if err := t.usable(m, k); err != nil {
+			return err
+		}
+		if err := t.record(key{m, k}, ents[i], errs[i] == nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Put buffers a write of value to key of map m; it applies at Commit.
@@ -183,6 +279,73 @@ func (t *Tx) Put(m, k string, value []byte) error {
 	}
 	v := append([]byte{}, value...)
 	t.write(proto.Write{Map: m, Key: k, Value: v})
+	return nil
+}
+
+// PutTTL is Put with an expiry: the key expires ttl after the write
+// applies (at its participant's finish), at most 100 years. A ttl of 0
+// is Put.
+func (t *Tx) PutTTL(m, k string, value []byte, ttl time.Duration) error {
+	if ttl < 0 || ttl > proto.MaxTTL {
+		return fmt.Errorf("%w: TTL %v out of range [0, %v]", api.ErrBadRequest, ttl, proto.MaxTTL)
+	}
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	t.write(proto.Write{Map: m, Key: k, Value: append([]byte{}, value...), TTL: int64(ttl)})
+	return nil
+}
+
+// PutKeepTTL is Put keeping the key's expiry, as Redis's INCR, APPEND and
+// SET KEEPTTL do: the one this transaction gave it (none after its Put or
+// Delete, PutTTL's after a PutTTL), else the expiry of the key it reads
+// (a Get, if the transaction has not read the key yet); none if absent.
+// Should the key expire between Commit's validation and the write's
+// application at its participant, the write expires with it.
+func (t *Tx) PutKeepTTL(ctx context.Context, m, k string, value []byte) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	kk := key{m, k}
+	w := proto.Write{Map: m, Key: k, Value: append([]byte{}, value...)}
+	if prev, ok := t.writes[kk]; !ok || prev.Add {
+		_, err := t.Get(ctx, m, k) // also turns a deferred Add into a write
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		w.KeepTTL = err == nil
+	}
+	if prev, ok := t.writes[kk]; ok {
+		w.KeepTTL, w.TTL = prev.KeepTTL, prev.TTL
+	}
+	t.write(w)
+	return nil
+}
+
+// Watch makes the transaction depend on key of map m being at version
+// (0: absent) when it commits, as if a Get had read that version, without
+// a network call: Redis's WATCH, whose caller learned the version earlier
+// (Map.GetEntry). A later Get of the key reads it, and fails with
+// ErrConflict if its version is no longer version. Watch a key before
+// any Get or Put of it; watching a key already read compares the two
+// versions at once. Under Run, a changed watched key fails every
+// attempt: fn should check (Get) its watched keys on a retry and stop.
+func (t *Tx) Watch(m, k string, version uint64) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	kk := key{m, k}
+	if r, ok := t.reads[kk]; ok {
+		if r.Version != version {
+			return fmt.Errorf("%w: key %q of map %q changed since it was watched (version %d, read %d)", ErrConflict, k, m, version, r.Version)
+		}
+		return nil
+	}
+	t.reads[kk] = proto.Read{Map: m, Key: k, Version: version}
+	if t.watched == nil {
+		t.watched = map[key]struct{}{}
+	}
+	t.watched[kk] = struct{}{}
 	return nil
 }
 
@@ -201,6 +364,99 @@ func (t *Tx) write(w proto.Write) {
 		t.order = append(t.order, kk)
 	}
 	t.writes[kk] = w
+}
+
+// Add buffers adding delta to the integer held by key of map m (absent:
+// 0). Unless the transaction read or wrote the key, nothing is read now:
+// the key's partition applies it at commit, so a transfer with Add costs
+// no read round trip.
+func (t *Tx) Add(m, k string, delta int64) error {
+	return t.add(m, k, proto.Write{Map: m, Key: k, Add: true, Delta: delta})
+}
+
+// AddAtLeast is Add, and the commit fails with ErrCondition (nothing
+// applied) if the result would be below min: a transfer's debit that
+// must not overdraw.
+func (t *Tx) AddAtLeast(m, k string, delta, min int64) error {
+	return t.add(m, k, proto.Write{Map: m, Key: k, Add: true, Delta: delta, HasMin: true, Min: min})
+}
+
+func (t *Tx) add(m, k string, w proto.Write) error {
+	if err := t.usable(m, k); err != nil {
+		return err
+	}
+	kk := key{m, k}
+	if prev, ok := t.writes[kk]; ok && prev.Add {
+		// Two deferred Adds: one, with the floor both imply.
+		sum := prev.Delta + w.Delta
+		if (w.Delta > 0 && sum < prev.Delta) || (w.Delta < 0 && sum > prev.Delta) {
+			return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, k, m)
+		}
+		merged := proto.Write{Map: m, Key: k, Add: true, Delta: sum, HasMin: prev.HasMin || w.HasMin, Min: w.Min}
+		if prev.HasMin {
+			floor, ok := shiftFloor(prev.Min, w.Delta)
+			if !ok {
+				return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, k, m)
+			}
+			if !w.HasMin || floor > w.Min {
+				merged.Min = floor
+			}
+		}
+		t.writes[kk] = merged
+		return nil
+	}
+	_, written := t.writes[kk]
+	_, read := t.reads[kk]
+	if !written && !read {
+		t.write(w)
+		return nil
+	}
+	return t.addTo(kk, w)
+}
+
+// shiftFloor is the floor min of a first Add seen after a second Add of
+// delta: min+delta, saturated below (a floor under MinInt64 is none);
+// false if it is above MaxInt64 (the first Add's floor implies the result
+// overflows).
+func shiftFloor(min, delta int64) (int64, bool) {
+	floor := min + delta
+	switch {
+	case delta > 0 && floor < min:
+		return 0, false
+	case delta < 0 && floor > min:
+		return math.MinInt64, true
+	}
+	return floor, true
+}
+
+// addTo applies the Add w to the value the transaction knows for kk (its
+// own write, or what it read) and buffers the result as a write.
+func (t *Tx) addTo(kk key, w proto.Write) error {
+	var cur []byte
+	if prev, ok := t.writes[kk]; ok && !prev.Add {
+		if !prev.Delete {
+			cur = prev.Value
+		}
+	} else {
+		cur = t.rvals[kk]
+	}
+	var n int64
+	if cur != nil {
+		v, err := strconv.ParseInt(string(cur), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: key %q of map %q does not hold an integer", ErrCondition, kk.k, kk.m)
+		}
+		n = v
+	}
+	next := n + w.Delta
+	if (w.Delta > 0 && next < n) || (w.Delta < 0 && next > n) {
+		return fmt.Errorf("%w: key %q of map %q would overflow", ErrCondition, kk.k, kk.m)
+	}
+	if w.HasMin && next < w.Min {
+		return fmt.Errorf("%w: key %q of map %q would go below %d", ErrCondition, kk.k, kk.m, w.Min)
+	}
+	t.write(proto.Write{Map: kk.m, Key: kk.k, Value: strconv.AppendInt(nil, next, 10)})
+	return nil
 }
 
 // Rollback abandons the transaction: nothing was applied or locked

@@ -1,7 +1,6 @@
 package txnnode
 
 import (
-	"strings"
 	"time"
 
 	"github.com/collocate/grid/grid"
@@ -82,25 +81,26 @@ func partitionReport(n *grid.Node, part int, now int64) (PartitionReport, bool) 
 		return pr, false
 	}
 	pr.Locks = len(locks)
-	prefix := "{" + n.PartitionTag(part) + "}"
-	recs, err := n.LocalEntries(part, proto.Map, prefix, 0)
+	prepared, err := n.LocalEntries(part, proto.MapPrepared, "", 0)
 	if err != nil {
 		return pr, false
 	}
-	for _, e := range recs {
-		switch rest := strings.TrimPrefix(e.Key, prefix); {
-		case strings.HasPrefix(rest, proto.KindPrepared):
-			pr.Prepared++
-			var rec proto.Prepared
-			if len(pr.Held) < reportHeld && proto.Decode(e.Value, &rec) == nil {
-				pr.Held = append(pr.Held, HeldReport{ID: rec.H.ID, Coordinator: rec.H.Coord, Keys: len(rec.Locked),
-					PastMs: float64((now-rec.H.Deadline)/1e5) / 10})
-			}
-		case strings.HasPrefix(rest, proto.KindDecision):
-			pr.Decisions++
-		case strings.HasPrefix(rest, proto.KindTomb):
-			pr.Tombstones++
+	pr.Prepared = len(prepared)
+	for _, e := range prepared {
+		var rec proto.Prepared
+		if len(pr.Held) < reportHeld && proto.Decode(e.Value, &rec) == nil {
+			pr.Held = append(pr.Held, HeldReport{ID: rec.H.ID, Coordinator: rec.H.Coord, Keys: len(rec.Locked),
+				PastMs: float64((now-rec.H.Deadline)/1e5) / 10})
 		}
 	}
+	decisions, err := n.LocalEntries(part, proto.MapDecision, "", 0)
+	if err != nil {
+		return pr, false
+	}
+	tombs, err := n.LocalEntries(part, proto.MapTomb, "", 0)
+	if err != nil {
+		return pr, false
+	}
+	pr.Decisions, pr.Tombstones = len(decisions), len(tombs)
 	return pr, true
 }

@@ -127,132 +127,124 @@ func (s *Service) Read(ctx context.Context, m, key string) (api.Entry, error) {
 // Partitions is the partition count (txn.Grid).
 func (s *Service) Partitions() int { return s.n.Partitions() }
 
-// recover runs a round every Interval until ctx ends.
+// recover runs a round every Interval until ctx ends: prepared
+// participants past their deadline every round, decisions to collect
+// every Keep/4.
 func (s *Service) recover(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
+	var lastCollect time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		collect := time.Since(lastCollect) >= s.cfg.Keep/4
+		if collect {
+			lastCollect = time.Now()
+		}
 		for part := range s.n.Partitions() {
 			if ctx.Err() != nil {
 				return
 			}
-			if s.n.Leads(part) {
-				s.round(ctx, part)
+			if !s.n.Leads(part) {
+				continue
+			}
+			s.resolveRound(ctx, part)
+			if collect {
+				s.collectRound(ctx, part)
 			}
 		}
 	}
 }
 
-// round handles partition part's records past their deadline.
-func (s *Service) round(ctx context.Context, part int) {
-	prefix := "{" + s.n.PartitionTag(part) + "}"
-	ents, err := s.n.LocalEntries(part, proto.Map, prefix, 0)
+// resolveRound finishes partition part's participants left prepared past
+// their deadline and grace.
+func (s *Service) resolveRound(ctx context.Context, part int) {
+	ents, err := s.n.LocalEntries(part, proto.MapPrepared, "", 0)
 	if err != nil || len(ents) == 0 {
 		return
 	}
 	now := time.Now().UnixNano()
-	var old []string
 	handled := 0
+	// A coordinator that did not answer is not asked again this round:
+	// one unreachable partition must not hold up the others' records.
+	unreachable := map[int]bool{}
 	for _, e := range ents {
-		if handled >= s.cfg.MaxPerRound {
-			break
+		var rec proto.Prepared
+		if proto.Decode(e.Value, &rec) != nil || now < rec.H.Deadline+int64(s.cfg.Grace) || unreachable[rec.H.Coord] {
+			continue
 		}
-		rest := strings.TrimPrefix(e.Key, prefix)
-		switch {
-		case strings.HasPrefix(rest, proto.KindPrepared):
-			var rec proto.Prepared
-			if proto.Decode(e.Value, &rec) != nil || now < rec.H.Deadline+int64(s.cfg.Grace) {
-				continue
-			}
-			handled++
-			s.resolvePrepared(ctx, part, &rec)
-		case strings.HasPrefix(rest, proto.KindDecision):
-			var d proto.Decision
-			if proto.Decode(e.Value, &d) != nil || now < d.Deadline+int64(s.cfg.Keep) {
-				continue
-			}
-			handled++
-			old = append(old, strings.TrimPrefix(rest, proto.KindDecision))
-			_ = d
+		if handled++; handled > s.cfg.MaxPerRound {
+			return
 		}
-	}
-	if len(old) > 0 {
-		s.collect(ctx, part, old, ents, prefix)
+		if !s.resolvePrepared(ctx, part, &rec) {
+			unreachable[rec.H.Coord] = true
+		}
 	}
 }
 
 // resolvePrepared asks the coordinator for the outcome of a transaction
 // left prepared here (deciding abort if there is none) and finishes it.
-func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prepared) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// It reports whether the coordinator answered.
+func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prepared) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	args, err := proto.Encode(proto.IDs{IDs: []string{rec.H.ID}, Deadline: rec.H.Deadline})
-	if err != nil {
-		return
-	}
-	res, err := s.call(ctx, rec.H.Coord, proto.StepResolve, args)
+	res, err := s.call(ctx, rec.H.Coord, proto.StepResolve, proto.IDs{IDs: []string{rec.H.ID}, Deadline: rec.H.Deadline})
 	if err != nil {
 		s.log.Debug("resolving a prepared transaction", "id", rec.H.ID, "coordinator", rec.H.Coord, "err", err)
-		return
+		return false
 	}
 	if res.Status != proto.Done && res.Status != proto.Aborted {
-		return
+		return true
 	}
-	fargs, err := proto.Encode(proto.Finish{ID: rec.H.ID, Commit: res.Status == proto.Done, Deadline: rec.H.Deadline})
-	if err != nil {
-		return
-	}
-	if _, err := s.call(ctx, part, proto.StepFinish, fargs); err != nil {
+	commit := res.Status == proto.Done
+	if _, err := s.call(ctx, part, proto.StepFinish, proto.Finish{ID: rec.H.ID, Commit: commit, Deadline: rec.H.Deadline}); err != nil {
 		s.log.Debug("finishing a prepared transaction", "id", rec.H.ID, "err", err)
-		return
+		return true
 	}
-	s.log.Info("finished a transaction its caller left prepared", "id", rec.H.ID, "partition", part, "commit", res.Status == proto.Done)
+	s.log.Info("finished a transaction its caller left prepared", "id", rec.H.ID, "partition", part, "commit", commit)
 	s.mu.Lock()
 	s.stats.Resolved++
 	s.mu.Unlock()
+	return true
 }
 
-// collect drops the decisions among ids that no participant holds
-// prepared any more.
-func (s *Service) collect(ctx context.Context, part int, ids []string, ents []grid.LocalEntry, prefix string) {
+// collectRound drops partition part's decisions kept Keep past their
+// deadline that no participant holds prepared any more.
+func (s *Service) collectRound(ctx context.Context, part int) {
+	ents, err := s.n.LocalEntries(part, proto.MapDecision, "", 0)
+	if err != nil || len(ents) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	prefix := "{" + s.n.PartitionTag(part) + "}"
+	now := time.Now().UnixNano()
 	byPart := map[int][]string{}
-	parts := map[string][]int{}
-	want := map[string]bool{}
-	for _, id := range ids {
-		want[id] = true
-	}
+	var old []string
 	for _, e := range ents {
-		id, ok := strings.CutPrefix(e.Key, prefix+proto.KindDecision)
-		if !ok || !want[id] {
-			continue
-		}
 		var d proto.Decision
-		if proto.Decode(e.Value, &d) != nil {
+		if proto.Decode(e.Value, &d) != nil || now < d.Deadline+int64(s.cfg.Keep) {
 			continue
 		}
-		parts[id] = d.Parts
+		if len(old) >= s.cfg.MaxPerRound {
+			break
+		}
+		id := strings.TrimPrefix(e.Key, prefix)
+		old = append(old, id)
 		for _, p := range d.Parts {
 			byPart[p] = append(byPart[p], id)
 		}
 	}
 	keep := map[string]bool{}
-	for p, pids := range byPart {
-		args, err := proto.Encode(proto.IDs{IDs: pids})
+	for p, ids := range byPart {
+		res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: ids})
 		if err != nil {
-			return
-		}
-		res, err := s.call(ctx, p, proto.StepHeld, args)
-		if err != nil {
-			for _, id := range pids {
-				keep[id] = true // unknown: ask again next round
+			for _, id := range ids {
+				keep[id] = true // not known: ask again next time
 			}
 			continue
 		}
@@ -261,7 +253,7 @@ func (s *Service) collect(ctx context.Context, part int, ids []string, ents []gr
 		}
 	}
 	var drop []string
-	for id := range parts {
+	for _, id := range old {
 		if !keep[id] {
 			drop = append(drop, id)
 		}
@@ -269,20 +261,20 @@ func (s *Service) collect(ctx context.Context, part int, ids []string, ents []gr
 	if len(drop) == 0 {
 		return
 	}
-	args, err := proto.Encode(proto.IDs{IDs: drop})
-	if err != nil {
-		return
-	}
-	if _, err := s.call(ctx, part, proto.StepForget, args); err == nil {
+	if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop}); err == nil {
 		s.mu.Lock()
 		s.stats.Collected += uint64(len(drop))
 		s.mu.Unlock()
 	}
 }
 
-// call runs a step and decodes its result.
-func (s *Service) call(ctx context.Context, part int, name string, args []byte) (proto.Result, error) {
+// call runs a step with v as its arguments and decodes its result.
+func (s *Service) call(ctx context.Context, part int, name string, v any) (proto.Result, error) {
 	var res proto.Result
+	args, err := proto.Encode(v)
+	if err != nil {
+		return res, err
+	}
 	raw, err := s.n.Execute(ctx, grid.StepCall{Partition: part, Name: name, Args: args})
 	if err != nil {
 		return res, err

@@ -3,6 +3,7 @@ package txnnode
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/collocate/grid/grid"
@@ -14,10 +15,15 @@ import (
 // (prepared records, locks, decisions, tombstones) commit as one
 // replicated record, so a promoted backup holds all of it or none of it.
 
+// maxTimeout bounds a transaction's deadline from now (plus tombMargin for
+// a caller's clock ahead of the member's): a caller that dies cannot leave
+// locks held longer than this (plus recovery's grace).
+const maxTimeout = 5 * time.Minute
+
 // tombMargin is how long past a transaction's deadline a participant
-// remembers that it finished it: a prepare arriving later (a delayed
-// retry) is refused, since no prepare is accepted past the deadline.
-const tombMargin = time.Minute
+// remembers that it finished it: no prepare is accepted past the deadline,
+// so the margin only covers the members' clock differences.
+const tombMargin = 10 * time.Second
 
 // steps are the members' transaction steps.
 type steps struct{}
@@ -51,7 +57,8 @@ func answer(st proto.Status, detail string) ([]byte, error) {
 	return proto.Encode(proto.Result{Status: st, Detail: detail})
 }
 
-// checkWork refuses what no step may do: keys of internal maps, or none.
+// checkWork refuses what no step may do: keys of internal maps, no id, or
+// a TTL out of range.
 func checkWork(w *proto.Work) error {
 	for _, r := range w.Reads {
 		if len(r.Map) > 0 && r.Map[0] == 0 {
@@ -61,6 +68,10 @@ func checkWork(w *proto.Work) error {
 	for _, wr := range w.Writes {
 		if len(wr.Map) > 0 && wr.Map[0] == 0 {
 			return fmt.Errorf("%w: map %q is the grid's own", grid.ErrBadArgs, wr.Map)
+		}
+		if wr.TTL < 0 || wr.TTL > int64(proto.MaxTTL) {
+			// A finish could never apply it: refused before anything is prepared.
+			return fmt.Errorf("%w: TTL %d out of range [0, %v]", grid.ErrBadArgs, wr.TTL, proto.MaxTTL)
 		}
 	}
 	if w.H.ID == "" {
@@ -77,7 +88,22 @@ func (s steps) bindWork(args []byte, run func(context.Context, *grid.StepView, *
 	if err := checkWork(&w); err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context, v *grid.StepView) ([]byte, error) { return run(ctx, v, &w) }, nil
+	return func(ctx context.Context, v *grid.StepView) ([]byte, error) {
+		if w.H.Coord < 0 || w.H.Coord >= v.Partitions() {
+			return nil, fmt.Errorf("%w: coordinator partition %d out of range", grid.ErrBadArgs, w.H.Coord)
+		}
+		for _, p := range w.Parts {
+			if p < 0 || p >= v.Partitions() {
+				// A decision naming it could never be collected.
+				return nil, fmt.Errorf("%w: participant partition %d out of range", grid.ErrBadArgs, p)
+			}
+		}
+		if w.H.Deadline > time.Now().Add(maxTimeout+tombMargin).UnixNano() {
+			// tombMargin: the caller's clock may run ahead of this member's.
+			return nil, fmt.Errorf("%w: a transaction's deadline is at most %v away", grid.ErrBadArgs, maxTimeout)
+		}
+		return run(ctx, v, &w)
+	}, nil
 }
 
 func (s steps) bindOne(args []byte) (grid.StepFunc, error)     { return s.bindWork(args, s.one) }
@@ -85,19 +111,40 @@ func (s steps) bindPrepare(args []byte) (grid.StepFunc, error) { return s.bindWo
 func (s steps) bindCommit(args []byte) (grid.StepFunc, error)  { return s.bindWork(args, s.commit) }
 
 // one runs a transaction whose keys all live in this partition: one
-// record, no coordinator, no lock held past the step.
+// record, no coordinator, no lock held past the step. A tombstone (the
+// caller aborted it after a conflict) refuses it.
 func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	if _, ok := v.Get(proto.MapTomb, proto.Key(s.tag(v), w.H.ID)); ok {
+		// Its caller gave up on it (a copy of the step arriving late).
+		return answer(proto.Finished, "")
+	}
 	if time.Now().UnixNano() > w.H.Deadline {
 		return answer(proto.Expired, "")
 	}
-	if st, why := lockConflict(v, w); st != 0 {
+	writes, st, why := validate(v, w)
+	if st != 0 {
 		return answer(st, why)
 	}
-	if why := changedRead(v, w.Reads); why != "" {
-		return answer(proto.Conflict, why)
-	}
-	apply(v, w.Writes)
+	apply(v, writes)
 	return answer(proto.Done, "")
+}
+
+// validate is what every step that may commit a transaction's share
+// checks, in this order: no other transaction's lock on its keys
+// (wait-die), every read unchanged, every Add's condition. It returns the
+// writes with the Adds evaluated, or the status that refuses them.
+func validate(v *grid.StepView, w *proto.Work) ([]proto.Write, proto.Status, string) {
+	if st, why := lockConflict(v, w); st != 0 {
+		return nil, st, why
+	}
+	if why := changedRead(v, w.Reads); why != "" {
+		return nil, proto.Conflict, why
+	}
+	writes, why := evaluate(v, w.Writes)
+	if why != "" {
+		return nil, proto.Condition, why
+	}
+	return writes, 0, ""
 }
 
 // prepare makes this partition a participant: it checks the reads, locks
@@ -105,30 +152,28 @@ func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, 
 // A second prepare of the same transaction answers Done again.
 func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
 	tag := s.tag(v)
-	if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindPrepared, w.H.ID)); ok {
+	if _, ok := v.Get(proto.MapPrepared, proto.Key(tag, w.H.ID)); ok {
 		return answer(proto.Done, "")
 	}
-	if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindTomb, w.H.ID)); ok {
+	if _, ok := v.Get(proto.MapTomb, proto.Key(tag, w.H.ID)); ok {
 		return answer(proto.Finished, "")
 	}
 	if time.Now().UnixNano() > w.H.Deadline {
 		return answer(proto.Expired, "")
 	}
-	if st, why := lockConflict(v, w); st != 0 {
+	writes, st, why := validate(v, w)
+	if st != 0 {
 		return answer(st, why)
-	}
-	if why := changedRead(v, w.Reads); why != "" {
-		return answer(proto.Conflict, why)
 	}
 	locked := keysOf(w)
 	for _, k := range locked {
 		v.Lock(k.Map, k.Key, grid.KeyLock{Owner: w.H.ID, Write: k.Version == 1, Prio: w.H.Prio})
 	}
-	rec, err := proto.Encode(proto.Prepared{H: w.H, Writes: w.Writes, Locked: locked})
+	rec, err := proto.Encode(proto.Prepared{H: w.H, Writes: writes, Locked: locked})
 	if err != nil {
 		return nil, err
 	}
-	v.Set(proto.Map, proto.Key(tag, proto.KindPrepared, w.H.ID), rec, 0)
+	v.Set(proto.MapPrepared, proto.Key(tag, w.H.ID), rec, 0)
 	return answer(proto.Done, "")
 }
 
@@ -137,7 +182,7 @@ func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]by
 // with the decision record, in one record. The decision is the
 // transaction's commit point; once it exists it never changes.
 func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
-	key := proto.Key(s.tag(v), proto.KindDecision, w.H.ID)
+	key := proto.Key(s.tag(v), w.H.ID)
 	if d, ok := decision(v, key); ok {
 		return decided(d)
 	}
@@ -147,13 +192,11 @@ func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byt
 		}
 		return answer(proto.Expired, "")
 	}
-	if st, why := lockConflict(v, w); st != 0 {
+	writes, st, why := validate(v, w)
+	if st != 0 {
 		return answer(st, why)
 	}
-	if why := changedRead(v, w.Reads); why != "" {
-		return answer(proto.Conflict, why)
-	}
-	apply(v, w.Writes)
+	apply(v, writes)
 	if err := setDecision(v, key, proto.Decision{Commit: true, Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {
 		return nil, err
 	}
@@ -169,16 +212,17 @@ func (s steps) bindFinish(args []byte) (grid.StepFunc, error) {
 }
 
 // finish applies (commit) or drops (abort) what this participant
-// prepared, releases its locks and leaves a tombstone; without a prepared
-// record an abort still leaves the tombstone, so a prepare still on its
-// way is refused.
+// prepared, releases its locks and leaves a tombstone until shortly past
+// the deadline: a prepare arriving later (one whose answer the caller
+// never got, still on its way; or any duplicate) is refused, and no
+// prepare is accepted past the deadline. Without a prepared record an
+// abort leaves the tombstone too.
 func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
-	tag := s.tag(v)
-	pkey, tkey := proto.Key(tag, proto.KindPrepared, f.ID), proto.Key(tag, proto.KindTomb, f.ID)
-	raw, ok := v.Get(proto.Map, pkey)
+	key := proto.Key(s.tag(v), f.ID)
+	raw, ok := v.Get(proto.MapPrepared, key)
 	if !ok {
-		if _, done := v.Get(proto.Map, tkey); !done && !f.Commit {
-			v.Set(proto.Map, tkey, nil, tombTTL(f.Deadline))
+		if _, done := v.Get(proto.MapTomb, key); !done && !f.Commit {
+			v.Set(proto.MapTomb, key, nil, tombTTL(f.Deadline))
 		}
 		return answer(proto.Done, "")
 	}
@@ -194,8 +238,8 @@ func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
 			v.Unlock(k.Map, k.Key)
 		}
 	}
-	v.Delete(proto.Map, pkey)
-	v.Set(proto.Map, tkey, nil, tombTTL(rec.H.Deadline))
+	v.Delete(proto.MapPrepared, key)
+	v.Set(proto.MapTomb, key, nil, tombTTL(rec.H.Deadline))
 	return answer(proto.Done, "")
 }
 
@@ -222,7 +266,7 @@ func (s steps) bindResolve(args []byte) (grid.StepFunc, error) {
 // that gave up on its commit decides abort at once unless the commit
 // already happened.
 func (s steps) resolve(v *grid.StepView, id string, deadline int64, abort bool) ([]byte, error) {
-	key := proto.Key(s.tag(v), proto.KindDecision, id)
+	key := proto.Key(s.tag(v), id)
 	if d, ok := decision(v, key); ok {
 		return decided(d)
 	}
@@ -244,7 +288,7 @@ func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
 		tag := s.tag(v)
 		var held []string
 		for _, id := range ids.IDs {
-			if _, ok := v.Get(proto.Map, proto.Key(tag, proto.KindPrepared, id)); ok {
+			if _, ok := v.Get(proto.MapPrepared, proto.Key(tag, id)); ok {
 				held = append(held, id)
 			}
 		}
@@ -260,9 +304,9 @@ func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
 		tag := s.tag(v)
 		for _, id := range ids.IDs {
-			key := proto.Key(tag, proto.KindDecision, id)
-			if _, ok := v.Get(proto.Map, key); ok {
-				v.Delete(proto.Map, key)
+			key := proto.Key(tag, id)
+			if _, ok := v.Get(proto.MapDecision, key); ok {
+				v.Delete(proto.MapDecision, key)
 			}
 		}
 		return answer(proto.Done, "")
@@ -270,7 +314,7 @@ func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 }
 
 func decision(v *grid.StepView, key string) (proto.Decision, bool) {
-	raw, ok := v.Get(proto.Map, key)
+	raw, ok := v.Get(proto.MapDecision, key)
 	if !ok {
 		return proto.Decision{}, false
 	}
@@ -293,7 +337,7 @@ func setDecision(v *grid.StepView, key string, d proto.Decision) error {
 	if err != nil {
 		return err
 	}
-	v.Set(proto.Map, key, raw, 0)
+	v.Set(proto.MapDecision, key, raw, 0)
 	return nil
 }
 
@@ -362,6 +406,41 @@ func changedRead(v *grid.StepView, reads []proto.Read) string {
 	return ""
 }
 
+// evaluate turns every Add of writes into the value it sets, from the
+// key's current value; why names a failed condition (nothing applies).
+// The key is read through v, so the step commits only on that value, and
+// a prepared participant keeps it locked until it finishes.
+func evaluate(v *grid.StepView, writes []proto.Write) ([]proto.Write, string) {
+	out := writes
+	copied := false
+	for i, w := range writes {
+		if !w.Add {
+			continue
+		}
+		if !copied {
+			out = append([]proto.Write(nil), writes...)
+			copied = true
+		}
+		var cur int64
+		if raw, ok := v.Get(w.Map, w.Key); ok {
+			n, err := strconv.ParseInt(string(raw), 10, 64)
+			if err != nil {
+				return nil, fmt.Sprintf("key %q of map %q does not hold an integer", w.Key, w.Map)
+			}
+			cur = n
+		}
+		next := cur + w.Delta
+		if (w.Delta > 0 && next < cur) || (w.Delta < 0 && next > cur) {
+			return nil, fmt.Sprintf("key %q of map %q would overflow", w.Key, w.Map)
+		}
+		if w.HasMin && next < w.Min {
+			return nil, fmt.Sprintf("key %q of map %q would go below %d (%d%+d)", w.Key, w.Map, w.Min, cur, w.Delta)
+		}
+		out[i] = proto.Write{Map: w.Map, Key: w.Key, Value: strconv.AppendInt(nil, next, 10)}
+	}
+	return out, ""
+}
+
 func apply(v *grid.StepView, writes []proto.Write) {
 	for _, w := range writes {
 		if w.Delete {
@@ -370,6 +449,23 @@ func apply(v *grid.StepView, writes []proto.Write) {
 			}
 			continue
 		}
-		v.Set(w.Map, w.Key, w.Value, 0)
+		v.Set(w.Map, w.Key, w.Value, ttlOf(v, w))
 	}
+}
+
+// ttlOf is the expiry a write of a value sets: its own TTL, or with
+// KeepTTL (the transaction read the key present) the time the key has
+// left now; a key that expired since it was read expires the write too.
+func ttlOf(v *grid.StepView, w proto.Write) time.Duration {
+	if !w.KeepTTL {
+		return time.Duration(w.TTL)
+	}
+	e, ok := v.Entry(w.Map, w.Key)
+	switch {
+	case !ok:
+		return time.Nanosecond
+	case e.ExpireAt == 0:
+		return 0
+	}
+	return max(time.Until(time.Unix(0, e.ExpireAt)), time.Nanosecond)
 }

@@ -37,7 +37,9 @@ type tgrid struct {
 	cfg  txnnode.Config
 }
 
-func newTGrid(t *testing.T, n int) *tgrid {
+func newTGrid(t *testing.T, n int) *tgrid { return newTGridB(t, n) }
+
+func newTGridB(t testing.TB, n int) *tgrid {
 	g := &tgrid{Cluster: gridtest.New(t, n, nil), cfg: txnnode.DefaultConfig()}
 	g.cfg.Interval = 100 * time.Millisecond
 	g.cfg.Grace = 200 * time.Millisecond
@@ -57,7 +59,7 @@ func newTGrid(t *testing.T, n int) *tgrid {
 	return g
 }
 
-func (g *tgrid) start(t *testing.T, i int) *txnnode.Service {
+func (g *tgrid) start(t testing.TB, i int) *txnnode.Service {
 	s, err := txnnode.Start(g.Nodes[i], g.cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -182,12 +184,14 @@ func (g *tgrid) txnState(decisions bool) string {
 			if len(locks) > 0 {
 				return fmt.Sprintf("partition %d: lock %q", part, locks[0].Key)
 			}
-			recs, _ := n.LocalEntries(part, "\x00txn", "", 0)
-			for _, r := range recs {
-				kind := r.Key[len(n.PartitionTag(part))+2:][:2]
-				if kind == "p/" || (decisions && kind == "d/") {
-					return fmt.Sprintf("partition %d: record %q", part, r.Key)
-				}
+			if recs, _ := n.LocalEntries(part, "\x00txn.p", "", 1); len(recs) > 0 {
+				return fmt.Sprintf("partition %d: prepared %q", part, recs[0].Key)
+			}
+			if !decisions {
+				continue
+			}
+			if recs, _ := n.LocalEntries(part, "\x00txn.d", "", 1); len(recs) > 0 {
+				return fmt.Sprintf("partition %d: decision %q", part, recs[0].Key)
 			}
 		}
 	}

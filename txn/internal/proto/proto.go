@@ -6,6 +6,7 @@ package proto
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -22,23 +23,17 @@ const (
 	StepForget  = "\x00txn.forget"  // the coordinator: drop decisions nobody needs any more
 )
 
-// Map is the internal map of transaction records. Keys start with the
-// partition's tag ("{tag}"), so each lives in its partition:
-//
-//	{tag}p/<id>  a prepared participant's Prepared record
-//	{tag}d/<id>  the coordinator's Decision
-//	{tag}t/<id>  a finished participant's tombstone (a late prepare is refused), with a TTL
-const Map = "\x00txn"
-
-// Record kinds, the letter after the tag.
+// The internal maps of transaction records, one per kind so that a scan
+// of one kind reads only its own. Keys are "{tag}<id>" (Key), so each
+// record lives in its partition.
 const (
-	KindPrepared = "p/"
-	KindDecision = "d/"
-	KindTomb     = "t/"
+	MapPrepared = "\x00txn.p" // a prepared participant's Prepared record
+	MapDecision = "\x00txn.d" // the coordinator's Decision
+	MapTomb     = "\x00txn.t" // an aborted participant's tombstone (a late prepare is refused), with a TTL
 )
 
-// Key is a record's key in partition tag's Map.
-func Key(tag, kind, id string) string { return "{" + tag + "}" + kind + id }
+// Key is transaction id's record key in partition tag.
+func Key(tag, id string) string { return "{" + tag + "}" + id }
 
 // Read is a key the transaction read, with the version it saw (0: absent).
 type Read struct {
@@ -48,14 +43,31 @@ type Read struct {
 	Version  uint64
 }
 
-// Write is a key the transaction writes: a value, or a deletion.
+// Write is a key the transaction writes: a value, a deletion, or (Add)
+// an integer delta the participant applies to the key's current value
+// (absent: 0), refusing (Condition) a result below Min when HasMin.
 type Write struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	Map      string
 	Key      string
 	Value    []byte
 	Delete   bool
+	Add      bool
+	Delta    int64
+	HasMin   bool
+	Min      int64
+	TTL      int64 // nanoseconds from when the write applies; 0: none; at most MaxTTL
+	// KeepTTL: keep the expiry the key has when the write applies; the
+	// transaction read it present, so absent then means it expired
+	// meanwhile and the write expires at once. TTL is unused.
+	KeepTTL bool
 }
+
+// MaxTTL bounds a write's TTL: its expiry is counted from when the write
+// applies (a participant's finish, possibly minutes after the prepare
+// accepted it) and must never overflow there, or the finish could never
+// apply.
+const MaxTTL = 100 * 365 * 24 * time.Hour
 
 // Header names a transaction and its limits.
 type Header struct {
@@ -117,13 +129,14 @@ type IDs struct {
 type Status uint8
 
 const (
-	Done     Status = iota + 1 // prepared, committed, finished, or resolved as committed
-	Aborted                    // resolved as aborted
-	Pending                    // no decision yet, before the deadline (StepResolve)
-	Wait                       // a younger transaction holds a key: retry shortly (wait-die)
-	Conflict                   // a read changed, or an older transaction holds a key (die)
-	Expired                    // past the deadline: nothing applied
-	Finished                   // StepPrepare: the transaction was already finished here
+	Done      Status = iota + 1 // prepared, committed, finished, or resolved as committed
+	Aborted                     // resolved as aborted
+	Pending                     // no decision yet, before the deadline (StepResolve)
+	Wait                        // a younger transaction holds a key: retry shortly (wait-die)
+	Conflict                    // a read changed, or an older transaction holds a key (die)
+	Expired                     // past the deadline: nothing applied
+	Finished                    // StepPrepare: the transaction was already finished here
+	Condition                   // an Add's condition failed, or its value is not an integer: nothing applied
 )
 
 func (s Status) String() string {
@@ -142,6 +155,8 @@ func (s Status) String() string {
 		return "expired"
 	case Finished:
 		return "finished"
+	case Condition:
+		return "condition"
 	}
 	return fmt.Sprintf("status(%d)", uint8(s))
 }
@@ -154,8 +169,20 @@ type Result struct {
 	IDs      []string // StepHeld: the ones still prepared
 }
 
-// Encode marshals v.
-func Encode(v any) ([]byte, error) { return msgpack.Marshal(v) }
+// Encode marshals v. A Result with only a status is its one status byte
+// (most steps answer that; a msgpack array never starts with 1-8).
+func Encode(v any) ([]byte, error) {
+	if r, ok := v.(Result); ok && r.Detail == "" && r.IDs == nil {
+		return []byte{byte(r.Status)}, nil
+	}
+	return msgpack.Marshal(v)
+}
 
 // Decode unmarshals b into v.
-func Decode(b []byte, v any) error { return msgpack.Unmarshal(b, v) }
+func Decode(b []byte, v any) error {
+	if r, ok := v.(*Result); ok && len(b) == 1 {
+		*r = Result{Status: Status(b[0])}
+		return nil
+	}
+	return msgpack.Unmarshal(b, v)
+}

@@ -87,27 +87,29 @@ func joinInts(xs []int) string {
 // nothing may apply) or as it sends its commit step (mid: unknown), then
 // files it. onPrepared, if set, runs before the kill. A transfer that ends
 // before its commit (declined) is filed as such and another is tried, up
-// to 10. It returns the transfer killed.
-func (l *bankLoad) killClient(ctx context.Context, rng *rand.Rand, id string, mid bool) (*transferPlan, error) {
+// to 10. It returns the transfer killed and the participants it said it
+// prepared.
+func (l *bankLoad) killClient(ctx context.Context, rng *rand.Rand, id string, mid bool) (*transferPlan, []int, error) {
 	for try := range 10 {
 		p := l.book.plan(rng, fmt.Sprintf("%s.%d", id, try), false)
 		for p.single {
 			p = l.book.plan(rng, p.id, false)
 		}
-		killed, err := l.runClientProcess(ctx, rng, p, mid)
+		prepared, killed, err := l.runClientProcess(ctx, rng, p, mid)
 		if err != nil || killed {
-			return p, err
+			return p, prepared, err
 		}
 	}
-	return nil, fmt.Errorf("10 client transfers ended before their commit")
+	return nil, nil, fmt.Errorf("10 client transfers ended before their commit")
 }
 
 // runClientProcess runs p in a client process and kills it at its
 // commit; killed false: it ended before (filed with its outcome).
-func (l *bankLoad) runClientProcess(ctx context.Context, rng *rand.Rand, p *transferPlan, mid bool) (killed bool, err error) {
+// prepared: the participants it said it prepared.
+func (l *bankLoad) runClientProcess(ctx context.Context, rng *rand.Rand, p *transferPlan, mid bool) (prepared []int, killed bool, err error) {
 	self, err := os.Executable()
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	args := []string{"-addrs", strings.Join(l.addrs, ","), "-id", p.id, "-from", p.from, "-to", p.to,
 		"-amount", strconv.Itoa(p.amount), "-txn-timeout", l.cfg.TxnTimeout.String()}
@@ -120,10 +122,10 @@ func (l *bankLoad) runClientProcess(ctx context.Context, rng *rand.Rand, p *tran
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	if err := cmd.Start(); err != nil {
-		return false, err
+		return nil, false, err
 	}
 	lines := make(chan string)
 	go func() {
@@ -146,31 +148,49 @@ func (l *bankLoad) runClientProcess(ctx context.Context, rng *rand.Rand, p *tran
 			switch f := strings.Fields(line); {
 			case !ok:
 				_ = cmd.Wait()
-				return false, errors.New("the client process ended without a word")
-			case len(f) > 0 && f[0] == "prepared" && !mid:
+				return nil, false, errors.New("the client process ended without a word")
+			case len(f) > 0 && f[0] == "prepared":
+				prepared = parseInts(f[2:])
+				if mid {
+					continue
+				}
 				kill()
 				p.outcome = tAbandonedBefore
 				l.filePlan(p)
-				return true, nil
+				return prepared, true, nil
 			case len(f) > 0 && f[0] == "committing":
 				time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
 				kill()
 				p.outcome = tAbandonedMid
 				l.filePlan(p)
-				return true, nil
+				return prepared, true, nil
 			case len(f) >= 2 && f[0] == "done":
 				for range lines {
 				}
 				_ = cmd.Wait()
 				p.outcome, p.kind = parseOutcome(f[1]), strings.Join(f[2:], " ")
 				l.file(p)
-				return false, nil
+				return prepared, false, nil
 			}
 		case <-timeout:
 			kill()
-			return false, errors.New("the client process did not reach its commit in time")
+			return nil, false, errors.New("the client process did not reach its commit in time")
 		}
 	}
+}
+
+// parseInts reads "1,2,3" (the first field of fs; none: nil).
+func parseInts(fs []string) []int {
+	if len(fs) == 0 || fs[0] == "" {
+		return nil
+	}
+	var out []int
+	for _, x := range strings.Split(fs[0], ",") {
+		if n, err := strconv.Atoi(x); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // filePlan files an abandoned transfer.

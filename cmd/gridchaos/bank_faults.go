@@ -51,7 +51,10 @@ type bankFault struct {
 	// became of it.
 	Transfer string `json:"transfer,omitempty"`
 	Outcome  string `json:"transfer_outcome,omitempty"`
-	Kills    int    `json:"kills"`
+	// Prepared: the held transfer's other participants, prepared when it
+	// was hit (a transfer across partitions has at least one).
+	Prepared []int `json:"prepared,omitempty"`
+	Kills    int   `json:"kills"`
 	// ClientKills: client processes SIGKILLed in their commit.
 	ClientKills int `json:"client_kills,omitempty"`
 	Pauses      int `json:"pauses"`
@@ -129,7 +132,7 @@ func (n *bankNemesis) inject(ctx context.Context, kind string) (bankFault, error
 	case "kill-client", "kill-client-mid":
 		hit(kind + ": a client process SIGKILLed in its commit")
 		var p *transferPlan
-		p, err = n.load.killClient(ctx, h.rng, fmt.Sprintf("k%d", len(n.faults)+1), kind == "kill-client-mid")
+		p, rec.Prepared, err = n.load.killClient(ctx, h.rng, fmt.Sprintf("k%d", len(n.faults)+1), kind == "kill-client-mid")
 		if p != nil {
 			rec.Transfer = p.id
 			rec.ClientKills++
@@ -274,7 +277,7 @@ func (n *bankNemesis) trapped(ctx context.Context, kind string, hit func(string)
 		return ctx.Err()
 	}
 	n.held = &th
-	rec.Transfer = th.id
+	rec.Transfer, rec.Prepared = th.id, th.prepared
 	cv, err := h.latest(ctx)
 	if err != nil {
 		return err
@@ -337,6 +340,7 @@ func (n *bankNemesis) abandonKill(ctx context.Context, hit func(string), rec *ba
 	for try := 0; victim == nil && kerr == nil; try++ {
 		id := fmt.Sprintf("n%d.%d", len(n.faults)+1, try)
 		p := n.load.abandon(ctx, h.rng, id, false, func(coord int, prepared []int) {
+			rec.Prepared = prepared
 			victim, kerr = n.killParticipant(ctx, id, coord, prepared, hit, rec)
 		})
 		rec.Transfer = p.id

@@ -24,9 +24,13 @@ const (
 )
 
 // stepDone reports whether a txn step's result says Done: the result
-// (txn/internal/proto.Result) is a msgpack array whose first element is
-// the status, 1 for Done (a map with the field Status is read too).
+// (txn/internal/proto.Result) is its status byte alone when it carries
+// nothing else, else a msgpack array whose first element is the status;
+// 1 is Done (a map with the field Status is read too).
 func stepDone(raw []byte) bool {
+	if len(raw) == 1 {
+		return raw[0] == 1
+	}
 	var res any
 	if msgpack.Unmarshal(raw, &res) != nil {
 		return false

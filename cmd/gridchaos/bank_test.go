@@ -126,8 +126,8 @@ func bankRoundExercised(r *bankRound, cfg bankConfig) string {
 		case f.Kills != kills || f.Pauses != pauses || f.Partitions != parts || f.ClientKills != clients:
 			return fmt.Sprintf("fault %d (%s): %d kills, %d pauses, %d partitions, %d client kills", i+1, f.Kind, f.Kills, f.Pauses, f.Partitions, f.ClientKills)
 		case f.Kind != "kill" && f.Kind != "restart-now" && f.Kind != "pause" && f.Kind != "partition":
-			if f.Transfer == "" || f.Outcome == "" || f.Outcome == "not recorded" {
-				return fmt.Sprintf("fault %d (%s) held no transfer (%q, %q)", i+1, f.Kind, f.Transfer, f.Outcome)
+			if f.Transfer == "" || f.Outcome == "" || f.Outcome == "not recorded" || len(f.Prepared) == 0 {
+				return fmt.Sprintf("fault %d (%s) held no transfer with prepared participants (%q, %q, %v)", i+1, f.Kind, f.Transfer, f.Outcome, f.Prepared)
 			}
 		}
 	}
@@ -146,9 +146,9 @@ func TestBankExercisedFails(t *testing.T) {
 			bankTotals:         bankTotals{Committed: 10, SinglePartition: 3, CrossPartition: 7, Audits: 3, AbandonedBefore: 1},
 			CommittedAfterHeal: 2, ReplicasEqual: true,
 			Faults: []bankFault{
-				{Kind: "kill-coordinator", Kills: 1, Transfer: "w1.2", Outcome: "committed"},
+				{Kind: "kill-coordinator", Kills: 1, Transfer: "w1.2", Outcome: "committed", Prepared: []int{7}},
 				{Kind: "pause", Pauses: 1},
-				{Kind: "kill-client", ClientKills: 1, Transfer: "k3.0", Outcome: "abandoned before its commit"},
+				{Kind: "kill-client", ClientKills: 1, Transfer: "k3.0", Outcome: "abandoned before its commit", Prepared: []int{9}},
 			},
 		}}}
 	}
@@ -165,6 +165,7 @@ func TestBankExercisedFails(t *testing.T) {
 		"client kill unrecorded":   func(s *bankSummary) { s.Runs[0].Faults[2].Outcome = "" },
 		"no held transfer":         func(s *bankSummary) { s.Runs[0].Faults[0].Transfer = "" },
 		"held transfer unrecorded": func(s *bankSummary) { s.Runs[0].Faults[0].Outcome = "not recorded" },
+		"nothing prepared":         func(s *bankSummary) { s.Runs[0].Faults[0].Prepared = nil },
 		"no single-partition":      func(s *bankSummary) { s.Runs[0].SinglePartition = 0 },
 		"no cross-partition":       func(s *bankSummary) { s.Runs[0].CrossPartition = 0 },
 		"nothing after the heal":   func(s *bankSummary) { s.Runs[0].CommittedAfterHeal = 0 },
@@ -249,8 +250,9 @@ func TestCheckBank(t *testing.T) {
 	}
 }
 
-// TestStepDone reads a txn step's status from its msgpack answer: an array
-// whose first element is the status (1: Done), or a map with Status.
+// TestStepDone reads a txn step's status from its answer: the status byte
+// alone, a msgpack array whose first element is the status (1: Done), or
+// a map with Status.
 func TestStepDone(t *testing.T) {
 	enc := func(v any) []byte {
 		b, err := msgpack.Marshal(v)
@@ -263,6 +265,8 @@ func TestStepDone(t *testing.T) {
 		raw  []byte
 		done bool
 	}{
+		{[]byte{1}, true}, // a status alone
+		{[]byte{5}, false},
 		{enc([]any{uint8(1), "", nil}), true},
 		{enc([]any{uint8(5), "conflict", nil}), false},
 		{enc(map[string]any{"Status": uint8(1)}), true},

@@ -5,6 +5,7 @@
 package proto
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -29,7 +30,7 @@ const (
 const (
 	MapPrepared = "\x00txn.p" // a prepared participant's Prepared record
 	MapDecision = "\x00txn.d" // the coordinator's Decision
-	MapTomb     = "\x00txn.t" // an aborted participant's tombstone (a late prepare is refused), with a TTL
+	MapTomb     = "\x00txn.t" // a finished participant's tombstone (a late prepare is refused): its deadline (TombValue), swept by the members' recovery
 )
 
 // Key is transaction id's record key in partition tag.
@@ -123,6 +124,20 @@ type IDs struct {
 	// Abort (StepResolve): decide abort now if there is no decision yet
 	// (the caller gives up on its commit).
 	Abort bool
+	// Tombs (StepForget): transactions whose tombstones to drop.
+	Tombs []string
+}
+
+// TombValue is a tombstone's value: the transaction's deadline, after
+// which (with a margin for the clocks) no step of it applies any more.
+func TombValue(deadline int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(deadline)) }
+
+// TombDeadline reads a tombstone's value; ok is false for a malformed one.
+func TombDeadline(v []byte) (int64, bool) {
+	if len(v) != 8 {
+		return 0, false
+	}
+	return int64(binary.BigEndian.Uint64(v)), true
 }
 
 // Status is a step's outcome.

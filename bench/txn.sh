@@ -7,7 +7,9 @@
 # txn-single (the two accounts share an affinity key: one step), with
 # BLIND=1 also the same two as blind 2-key puts (-txn-reads=false,
 # 100-byte values: a transactional putAll), all with the same clients;
-# every other round in the reverse order.
+# with ADDS=1 also the same two as transfers by AddAtLeast(from, -1, 0)
+# and Add(to, 1) (-txn-adds: the balances checked where they live, no
+# reads); every other round in the reverse order.
 #
 # A transaction leaves records behind for a while (its decision 30 s past
 # its deadline, its participants' tombstones a minute), which the members'
@@ -72,6 +74,7 @@ warmed() {
 
 names=(put cross single)
 [ -n "${BLIND:-}" ] && names+=(cross-blind single-blind)
+[ -n "${ADDS:-}" ] && names+=(cross-add single-add)
 run() {
   case $1 in
   put) drained; measure put "$2" -workload kv -get-ratio 0 -preload=false -keys "$keys" -duration "${secs}s" ;;
@@ -79,6 +82,8 @@ run() {
   single) warmed -workload txn-single; measure single "$2" -workload txn-single -preload=false -keys "$keys" -duration "${secs}s" ;;
   cross-blind) warmed -workload txn-cross -txn-reads=false; measure cross-blind "$2" -workload txn-cross -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
   single-blind) warmed -workload txn-single -txn-reads=false; measure single-blind "$2" -workload txn-single -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
+  cross-add) warmed -workload txn-cross -txn-adds; measure cross-add "$2" -workload txn-cross -txn-adds -preload=false -keys "$keys" -duration "${secs}s" ;;
+  single-add) warmed -workload txn-single -txn-adds; measure single-add "$2" -workload txn-single -txn-adds -preload=false -keys "$keys" -duration "${secs}s" ;;
   esac
 }
 for r in $(seq "$rounds"); do

@@ -187,15 +187,21 @@ func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work
 		err error
 	}
 	answers := make([]answer, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			answers[i].res, answers[i].err = t.waitDie(ctx, p, proto.StepPrepare, parts[p])
-		}()
+	if len(ps) == 1 {
+		// One participant (the usual two-partition transaction): no
+		// goroutine.
+		answers[0].res, answers[0].err = t.waitDie(ctx, ps[0], proto.StepPrepare, parts[ps[0]])
+	} else {
+		var wg sync.WaitGroup
+		for i, p := range ps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answers[i].res, answers[i].err = t.waitDie(ctx, p, proto.StepPrepare, parts[p])
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	var first error
 	var held []int // prepared, or not known: told to abort
 	for i, a := range answers {
@@ -255,6 +261,10 @@ func (t *Tx) finishAll(ctx context.Context, ps []int, commit bool) {
 	// gets them released now rather than by recovery after the deadline.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
+	if len(ps) == 1 {
+		_, _ = t.call(ctx, ps[0], proto.StepFinish, f)
+		return
+	}
 	var wg sync.WaitGroup
 	for _, p := range ps {
 		wg.Add(1)

@@ -187,8 +187,21 @@ type Result struct {
 // Encode marshals v. A Result with only a status is its one status byte
 // (most steps answer that; a msgpack array never starts with 1-8).
 func Encode(v any) ([]byte, error) {
-	if r, ok := v.(Result); ok && r.Detail == "" && r.IDs == nil {
-		return []byte{byte(r.Status)}, nil
+	switch v := v.(type) {
+	case Result:
+		if v.Detail == "" && v.IDs == nil {
+			return []byte{byte(v.Status)}, nil
+		}
+	case Work:
+		return appendWork(make([]byte, 0, 64+sizeOfWrites(v.Writes)+32*len(v.Reads)), &v), nil
+	case *Work:
+		return appendWork(make([]byte, 0, 64+sizeOfWrites(v.Writes)+32*len(v.Reads)), v), nil
+	case Prepared:
+		return appendPrepared(make([]byte, 0, 64+sizeOfWrites(v.Writes)+32*len(v.Locked)), &v), nil
+	case Decision:
+		return appendDecision(make([]byte, 0, 16+4*len(v.Parts)), &v), nil
+	case Finish:
+		return appendFinish(make([]byte, 0, 24+len(v.ID)), &v), nil
 	}
 	return msgpack.Marshal(v)
 }

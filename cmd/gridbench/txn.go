@@ -14,7 +14,7 @@ import (
 
 // Transaction workloads (package txn through the client SDK): each
 // operation is one transfer of 1 between two of -keys accounts, txn.Run
-// reading both and writing both (-txn-reads=false: writing both without
+// reading both (one Prefetch) and writing both (-txn-reads=false: writing both without
 // reading, a transactional 2-key put; -txn-adds: AddAtLeast(from, -1, 0)
 // and Add(to, 1), the balances checked and changed where they live).
 const (
@@ -86,6 +86,10 @@ func (w *workload) transfer(ctx context.Context, c *client.Client, rng *rand.Ran
 		}
 		if !w.txnReads {
 			return errors.Join(tx.Put(w.mapName, from, w.value), tx.Put(w.mapName, to, w.value))
+		}
+		// Both reads in one request per member.
+		if err := tx.Prefetch(ctx, w.mapName, []string{from, to}); err != nil {
+			return err
 		}
 		a, err := balance(ctx, tx, w.mapName, from)
 		if err != nil {

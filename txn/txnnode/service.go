@@ -128,6 +128,11 @@ func (s *Service) Read(ctx context.Context, m, key string) (api.Entry, error) {
 // Partitions is the partition count (txn.Grid).
 func (s *Service) Partitions() int { return s.n.Partitions() }
 
+// ReadAll implements txn.BatchReader.
+func (s *Service) ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error) {
+	return s.n.Map(m).GetEntries(ctx, keys)
+}
+
 // recover runs a round every Interval until ctx ends: prepared
 // participants past their deadline every round; decisions and tombstones
 // to collect every Keep/4.
@@ -351,3 +356,7 @@ func (l local) Read(ctx context.Context, m, key string) (api.Entry, error) {
 }
 
 func (l local) Partitions() int { return l.n.Partitions() }
+
+func (l local) ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error) {
+	return l.n.Map(m).GetEntries(ctx, keys)
+}

@@ -203,21 +203,21 @@ func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work
 		wg.Wait()
 	}
 	var first error
-	var held []int // prepared, or not known: told to abort
-	for i, a := range answers {
+	for _, a := range answers {
 		err := a.err
 		if err == nil && a.res.Status != proto.Done {
 			err = outcome(a.res)
-		}
-		if err == nil || a.err != nil {
-			held = append(held, ps[i])
 		}
 		if err != nil && (first == nil || errors.Is(first, ErrExpired)) {
 			first = err
 		}
 	}
 	if first != nil {
-		t.finishAll(ctx, held, false)
+		// Every participant is told to abort: the prepared ones release
+		// their locks, the others (a conflict, a lock wait run out, an
+		// answer lost) keep a tombstone that refuses a copy of the
+		// prepare still on its way.
+		t.finishAll(ctx, ps, false)
 	}
 	if errors.Is(first, ErrUnknown) {
 		// A prepare's outcome is unknown, the transaction's is not: no

@@ -3,6 +3,7 @@ package txnnode_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -379,21 +380,25 @@ func TestUnpreparedParticipantGetsATombstone(t *testing.T) {
 	// x, the older transaction, must have keys[1]'s partition as a
 	// participant, not as its coordinator (writers[id[0] % 2], sorted).
 	var x *txn.Tx
-	for x == nil || coordOf(x.ID(), keys[0], keys[1], parts) == locked {
+	for x == nil || coordOf(x.ID(), parts, keys[0], keys[1]) == locked {
 		var err error
 		if x, err = txn.Begin(ctx, g.svcs[0], txn.Options{LockWait: 100 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// y, younger, prepares keys[1] (and keys[2]) and is abandoned.
+	// y, younger, prepares keys[1] (and keys[2]) and is abandoned; keys[1]'s
+	// partition must be one of its participants, not its coordinator.
 	yctx, cancel := context.WithCancel(ctx)
-	y, err := txn.Begin(yctx, abandoning{g.svcs[0], cancel}, txn.Options{Timeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
+	defer cancel()
+	var y *txn.Tx
+	for y == nil || coordOf(y.ID(), parts, keys[1], keys[2]) == locked {
+		var err error
+		if y, err = txn.Begin(yctx, abandoning{g.svcs[0], cancel}, txn.Options{Timeout: 3 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_ = y.Put("acct", keys[1], itob(1))
 	_ = y.Put("acct", keys[2], itob(1))
-	_ = y.Put("acct", keys[0]+"-y", itob(1))
 	if err := y.Commit(yctx); !errors.Is(err, txn.ErrUnknown) {
 		t.Fatalf("abandoned commit: %v", err)
 	}
@@ -416,9 +421,12 @@ func TestUnpreparedParticipantGetsATombstone(t *testing.T) {
 }
 
 // coordOf is the coordinator partition Commit picks for a transaction id
-// writing keys a and b (in different partitions).
-func coordOf(id, a, b string, parts int) int {
-	pa, pb := affinity.Partition(a, parts), affinity.Partition(b, parts)
-	writers := []int{min(pa, pb), max(pa, pb)}
+// writing keys (each in its own partition).
+func coordOf(id string, parts int, keys ...string) int {
+	var writers []int
+	for _, k := range keys {
+		writers = append(writers, affinity.Partition(k, parts))
+	}
+	slices.Sort(writers)
 	return writers[int(id[0])%len(writers)]
 }

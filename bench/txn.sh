@@ -6,8 +6,10 @@
 # different partitions: read both, write both; two-phase commit) and
 # txn-single (the two accounts share an affinity key: one step), with
 # BLIND=1 also the same two as blind 2-key puts (-txn-reads=false,
-# 100-byte values: a transactional putAll), all with the same clients;
-# every other round in the reverse order.
+# 100-byte values: a transactional putAll), with LOCKING=1 also the
+# transfers with txn.Options.Locking (-txn-locking: each Get locks its key
+# at once), all with the same clients; every other round in the reverse
+# order.
 #
 # A transaction leaves records behind for a while (its decision 30 s past
 # its deadline, its participants' tombstones a minute), which the members'
@@ -72,12 +74,15 @@ warmed() {
 
 names=(put cross single)
 [ -n "${BLIND:-}" ] && names+=(cross-blind single-blind)
+[ -n "${LOCKING:-}" ] && names+=(cross-locking single-locking)
 run() {
   case $1 in
   put) drained; measure put "$2" -workload kv -get-ratio 0 -preload=false -keys "$keys" -duration "${secs}s" ;;
   cross) warmed -workload txn-cross; measure cross "$2" -workload txn-cross -preload=false -keys "$keys" -duration "${secs}s" ;;
   single) warmed -workload txn-single; measure single "$2" -workload txn-single -preload=false -keys "$keys" -duration "${secs}s" ;;
   cross-blind) warmed -workload txn-cross -txn-reads=false; measure cross-blind "$2" -workload txn-cross -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
+  cross-locking) warmed -workload txn-cross -txn-locking; measure cross-locking "$2" -workload txn-cross -txn-locking -preload=false -keys "$keys" -duration "${secs}s" ;;
+  single-locking) warmed -workload txn-single -txn-locking; measure single-locking "$2" -workload txn-single -txn-locking -preload=false -keys "$keys" -duration "${secs}s" ;;
   single-blind) warmed -workload txn-single -txn-reads=false; measure single-blind "$2" -workload txn-single -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
   esac
 }

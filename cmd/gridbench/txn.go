@@ -15,7 +15,8 @@ import (
 // Transaction workloads (package txn through the client SDK): each
 // operation is one transfer of 1 between two of -keys accounts, txn.Run
 // reading both and writing both (-txn-reads=false: writing both without
-// reading, a transactional 2-key put).
+// reading, a transactional 2-key put); -txn-locking: with
+// txn.Options.Locking.
 const (
 	workloadTxnCross  = "txn-cross"  // the two accounts in different partitions: two-phase commit
 	workloadTxnSingle = "txn-single" // the two accounts share an affinity key: one step
@@ -78,7 +79,7 @@ func (w *workload) pair(rng *rand.Rand, parts int) (string, string) {
 // transfer moves 1 from one account to the other in a transaction.
 func (w *workload) transfer(ctx context.Context, c *client.Client, rng *rand.Rand) error {
 	from, to := w.pair(rng, c.Partitions())
-	return txn.Run(ctx, txn.Client(c), txn.Options{}, func(ctx context.Context, tx *txn.Tx) error {
+	return txn.Run(ctx, txn.Client(c), txn.Options{Locking: w.txnLocking}, func(ctx context.Context, tx *txn.Tx) error {
 		if !w.txnReads {
 			return errors.Join(tx.Put(w.mapName, from, w.value), tx.Put(w.mapName, to, w.value))
 		}

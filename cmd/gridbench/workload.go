@@ -31,6 +31,8 @@ type workload struct {
 	value    []byte
 	lineKeys [][]string // order-fetched: each customer's line keys
 	txnReads bool       // txn-*: read both accounts before writing them
+	// txnLocking: txn-* with txn.Options.Locking
+	txnLocking bool
 }
 
 // linesMap holds the order lines of the order-* workloads, one map per

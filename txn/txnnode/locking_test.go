@@ -14,6 +14,7 @@ import (
 	"github.com/collocate/grid/client"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn"
+	"github.com/collocate/grid/txn/internal/proto"
 )
 
 var locking = txn.Options{Locking: true}
@@ -510,4 +511,110 @@ func TestLockingConcurrentTransfersConserveTheTotal(t *testing.T) {
 	}
 	g.noTxnState(t, 10*time.Second, false)
 	t.Logf("%d transfers", done.Load())
+}
+
+// A lock step whose answer was lost may have locked: Run's rollback
+// releases it at once (not recovery, after the deadline).
+func TestLockingLostLockAnswerIsReleased(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	l := &lostAnswer{Grid: g.svcs[0], name: proto.StepLock}
+	err := txn.Run(ctx, l, txn.Options{Locking: true, Timeout: 30 * time.Second}, func(ctx context.Context, tx *txn.Tx) error {
+		_, err := tx.Get(ctx, "acct", keys[0])
+		return err
+	})
+	if !l.lost.Load() || !errors.Is(err, api.ErrTimeout) {
+		t.Fatalf("a Get whose lock answer was lost: %v (lost %v), want ErrTimeout", err, l.lost.Load())
+	}
+	if s := g.txnState(false); s != "" {
+		t.Fatalf("right after Run returned: %s", s)
+	}
+}
+
+// replayer is a Grid that keeps the arguments of every step named name,
+// and runs each of them a second time right after the first (dup), as a
+// copy of the step would.
+type replayer struct {
+	txn.Grid
+	name string
+	dup  bool
+	mu   sync.Mutex
+	sent []sentStep
+}
+
+type sentStep struct {
+	part int
+	args []byte
+	res  proto.Result
+}
+
+func (r *replayer) Step(ctx context.Context, part int, name string, args []byte) ([]byte, error) {
+	raw, err := r.Grid.Step(ctx, part, name, args)
+	if err != nil || name != r.name {
+		return raw, err
+	}
+	s := sentStep{part: part, args: append([]byte(nil), args...)}
+	if r.dup {
+		again, err := r.Grid.Step(ctx, part, name, args)
+		if err != nil {
+			return nil, err
+		}
+		_ = proto.Decode(again, &s.res)
+	}
+	r.mu.Lock()
+	r.sent = append(r.sent, s)
+	r.mu.Unlock()
+	return raw, nil
+}
+
+// Copies of a Locking transaction's lock steps that arrive after it
+// committed are refused (a decision at the coordinator, a tombstone at
+// the participant) and lock nothing.
+func TestLockingLateLockStepIsRefused(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	r := &replayer{Grid: g.svcs[0], name: proto.StepLock}
+	if err := lockedTransfer(ctx, r, keys[0], keys[1], 10, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.sent) != 2 {
+		t.Fatalf("%d lock steps, want 2", len(r.sent))
+	}
+	for _, s := range r.sent {
+		raw, err := g.svcs[1].Step(ctx, s.part, proto.StepLock, s.args)
+		var res proto.Result
+		if err == nil {
+			err = proto.Decode(raw, &res)
+		}
+		if err != nil || res.Status != proto.Finished {
+			t.Fatalf("a late lock step at partition %d: %s, %v; want finished", s.part, res.Status, err)
+		}
+	}
+	if s := g.txnState(false); s != "" {
+		t.Fatalf("after the late lock steps: %s", s)
+	}
+}
+
+// A prepare that adds to the record of a participant's locks, run twice
+// (a copy), answers Done both times and prepares the same writes once:
+// the transfer applies once, and nothing stays locked.
+func TestLockingDuplicatePrepare(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	r := &replayer{Grid: g.svcs[0], name: proto.StepPrepare, dup: true}
+	if err := lockedTransfer(ctx, r, keys[0], keys[1], 10, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.sent) != 1 || r.sent[0].res.Status != proto.Done {
+		t.Fatalf("prepares %+v, want one, its copy answered done", r.sent)
+	}
+	if a, b := g.balances(t, ctx, keys); a != 90 || b != 110 {
+		t.Fatalf("balances %d %d, want 90 110", a, b)
+	}
+	if s := g.txnState(false); s != "" {
+		t.Fatalf("right after the commit: %s", s)
+	}
 }

@@ -50,28 +50,4 @@ for r in $(seq "$rounds"); do
   measure chain-drain "$r" -workload process-chain -drain -keys "${N_CHAIN_DRAIN:-40000}" -duration 180s -http "$H"
 done
 
-python3 - "$out" <<'EOF'
-import json, sys, statistics
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-idle = statistics.median(r["nodes_cores"] for r in rows if r["name"] == "idle")
-rows = [r for r in rows if r["name"] != "idle"]
-by = {}
-for r in rows:
-    by.setdefault(r["name"], []).append(r)
-put = {r["round"]: r.get("ops_per_sec", 0) for r in by.get("put", [])}
-def rng(xs, f="{:,.0f}"):
-    xs = sorted(xs)
-    return f.format(statistics.median(xs)) + " (" + f.format(xs[0]) + "-" + f.format(xs[-1]) + ")"
-print(f"\nnodes idle: {idle:.3f} cores; load average {min(r['load1'] for r in rows)}-{max(r['load1'] for r in rows)}, "
-      f"the rest of the machine {rng([r['others_cores'] for r in rows], '{:.2f}')} cores")
-print("\n| measurement | ops or events/s | x Put (same round) | server CPU/op (µs) | above idle (µs) | records/event | events/processor record | p50 / p99 ms | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for name, rs in by.items():
-    ops = [r.get("ops_per_sec", 0) for r in rs]
-    lat = "%.1f / %.1f" % (statistics.median(r.get("p50_us", 0) for r in rs) / 1e3, statistics.median(r.get("p99_us", 0) for r in rs) / 1e3)
-    epr = rng([r.get("events_per_record", 0) for r in rs], "{:.1f}") if rs[0].get("events_per_record") else "-"
-    cpu = [r.get('server_cpu_us_per_op', 0) for r in rs]
-    above = [r.get('server_cpu_us_per_op', 0) - idle * 1e6 / max(r.get('ops_per_sec', 1), 1) for r in rs]
-    recs = rng([r["records"] / r["ops"] for r in rs], "{:.2f}") if rs[0].get("records") else "-"
-    print(f"| {name} | {rng(ops)} | {rng([r.get('ops_per_sec', 0) / put[r['round']] for r in rs if put.get(r['round'])], '{:.2f}')} | {rng(cpu)} | {rng(above)} | {recs} | {epr} | {lat} | {sum(r.get('errors', 0) for r in rs)} |")
-EOF
+bench/summary.py "$out" ops,ratio,cpu,above,recs,epr,lat,errors

@@ -6,10 +6,12 @@
 # different partitions: read both, write both; two-phase commit) and
 # txn-single (the two accounts share an affinity key: one step), with
 # BLIND=1 also the same two as blind 2-key puts (-txn-reads=false,
-# 100-byte values: a transactional putAll), with LOCKING=1 also the
-# transfers with txn.Options.Locking (-txn-locking: each Get locks its key
-# at once), all with the same clients; every other round in the reverse
-# order.
+# 100-byte values: a transactional putAll), all with the same clients;
+# with ADDS=1 also the same two as transfers by AddAtLeast(from, -1, 0)
+# and Add(to, 1) (-txn-adds: the balances checked where they live, no
+# reads); with LOCKING=1 also the transfers with txn.Options.Locking
+# (-txn-locking: each Get locks its key at once); every other round in the
+# reverse order.
 #
 # A transaction leaves records behind for a while (its decision 30 s past
 # its deadline, its participants' tombstones a minute), which the members'
@@ -75,6 +77,7 @@ warmed() {
 names=(put cross single)
 [ -n "${BLIND:-}" ] && names+=(cross-blind single-blind)
 [ -n "${LOCKING:-}" ] && names+=(cross-locking single-locking)
+[ -n "${ADDS:-}" ] && names+=(cross-add single-add)
 run() {
   case $1 in
   put) drained; measure put "$2" -workload kv -get-ratio 0 -preload=false -keys "$keys" -duration "${secs}s" ;;
@@ -84,6 +87,8 @@ run() {
   cross-locking) warmed -workload txn-cross -txn-locking; measure cross-locking "$2" -workload txn-cross -txn-locking -preload=false -keys "$keys" -duration "${secs}s" ;;
   single-locking) warmed -workload txn-single -txn-locking; measure single-locking "$2" -workload txn-single -txn-locking -preload=false -keys "$keys" -duration "${secs}s" ;;
   single-blind) warmed -workload txn-single -txn-reads=false; measure single-blind "$2" -workload txn-single -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
+  cross-add) warmed -workload txn-cross -txn-adds; measure cross-add "$2" -workload txn-cross -txn-adds -preload=false -keys "$keys" -duration "${secs}s" ;;
+  single-add) warmed -workload txn-single -txn-adds; measure single-add "$2" -workload txn-single -txn-adds -preload=false -keys "$keys" -duration "${secs}s" ;;
   esac
 }
 for r in $(seq "$rounds"); do
@@ -92,29 +97,4 @@ for r in $(seq "$rounds"); do
   for n in "${order[@]}"; do run "$n" "$r"; done
 done
 
-python3 - "$out" <<'PY'
-import json, sys, statistics
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-idle = statistics.median(r["nodes_cores"] for r in rows if r["name"] == "idle")
-rows = [r for r in rows if r["name"] != "idle"]
-by = {}
-for r in rows:
-    by.setdefault(r["name"], []).append(r)
-put = {r["round"]: r.get("ops_per_sec", 0) for r in by.get("put", [])}
-def rng(xs, f="{:,.0f}"):
-    xs = sorted(xs)
-    return f.format(statistics.median(xs)) + " (" + f.format(xs[0]) + "-" + f.format(xs[-1]) + ")"
-print(f"\nnodes idle: {idle:.3f} cores; load average {min(r['load1'] for r in rows)}-{max(r['load1'] for r in rows)}, "
-      f"the rest of the machine {rng([r['others_cores'] for r in rows], '{:.2f}')} cores, the nodes {rng([r['nodes_cores'] for r in rows], '{:.2f}')} cores")
-print("\n| measurement | ops/s | x Put (same round) | p50 / p99 ms | server CPU/op (µs) | above idle (µs) | client CPU/op (µs) | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for name, rs in by.items():
-    ops = [r.get("ops_per_sec", 0) for r in rs]
-    lat = "%.2f / %.2f" % (statistics.median(r.get("p50_us", 0) for r in rs) / 1e3, statistics.median(r.get("p99_us", 0) for r in rs) / 1e3)
-    cpu = [r.get("server_cpu_us_per_op", 0) for r in rs]
-    above = [r.get("server_cpu_us_per_op", 0) - idle * 1e6 / max(r.get("ops_per_sec", 1), 1) for r in rs]
-    ratio = [r.get("ops_per_sec", 0) / put[r["round"]] for r in rs if put.get(r["round"])]
-    # The client's CPU over its whole process (dial included) per operation.
-    client = [r["client_cores"] * r["wall"] * 1e6 / max(r.get("ops", 1), 1) for r in rs]
-    print(f"| {name} | {rng(ops)} | {rng(ratio, '{:.2f}')} | {lat} | {rng(cpu)} | {rng(above)} | {rng(client)} | {sum(r.get('errors', 0) for r in rs)} |")
-PY
+bench/summary.py "$out" ops,ratio,lat,cpu,above,client,errors

@@ -578,12 +578,18 @@ func (n *Node) execGetAll1(ctx context.Context, req *wire.GetAllRequest) (*wire.
 		now := nowNano()
 		out.Found = make([]bool, len(req.Keys[i]))
 		out.Values = make([][]byte, len(req.Keys[i]))
+		if req.WithVersions {
+			out.Versions = make([]uint64, len(req.Keys[i]))
+		}
 		for j, k := range req.Keys[i] {
 			if affinity.Partition(k, len(n.parts)) != int(pid) {
 				continue
 			}
 			if e := p.get(req.Map, k, now); e != nil {
 				out.Found[j], out.Values[j] = true, e.value
+				if req.WithVersions {
+					out.Versions[j] = e.version
+				}
 			}
 		}
 		p.mu.Unlock()

@@ -96,55 +96,33 @@ func parseLongDouble(b []byte) (*big.Float, bool) {
 	return f, true
 }
 
-// decFloat: digits, an optional fraction, an optional exponent; at least
-// one digit before the exponent.
-func decFloat(s string) bool {
-	digits := 0
-	i := 0
-	for ; i < len(s) && isDigit(s[i]); i++ {
-		digits++
-	}
-	if i < len(s) && s[i] == '.' {
-		for i++; i < len(s) && isDigit(s[i]); i++ {
-			digits++
-		}
-	}
-	if digits == 0 {
-		return false
-	}
-	if i < len(s) && s[i] == 'e' {
-		i++
-		if i < len(s) && (s[i] == '+' || s[i] == '-') {
-			i++
-		}
-		start := i
-		for ; i < len(s) && isDigit(s[i]); i++ {
-		}
-		if i == start {
-			return false
-		}
-	}
-	return i == len(s)
-}
+// decFloat: digits, an optional fraction, an optional exponent (e); at
+// least one digit before the exponent.
+func decFloat(s string) bool { return floatSyntax(s, isDigit, 'e') }
 
 // hexFloat: hex digits, an optional fraction, an optional binary exponent
 // (p).
 func hexFloat(s string) bool {
-	isHex := func(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'f' }
+	return floatSyntax(s, func(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'f' }, 'p')
+}
+
+// floatSyntax reports whether s is mantissa digits (digit), an optional
+// fraction, and an optional exponent: exp, a sign, decimal digits.
+func floatSyntax(s string, digit func(byte) bool, exp byte) bool {
 	digits := 0
 	i := 0
-	for ; i < len(s) && isHex(s[i]); i++ {
+	for ; i < len(s) && digit(s[i]); i++ {
 		digits++
 	}
 	if i < len(s) && s[i] == '.' {
-		for i++; i < len(s) && isHex(s[i]); i++ {
+		for i++; i < len(s) && digit(s[i]); i++ {
 			digits++
 		}
 	}
 	if digits == 0 {
 		return false
 	}
-	if i < len(s) && s[i] == 'p' {
+	if i < len(s) && s[i] == exp {
 		i++
 		if i < len(s) && (s[i] == '+' || s[i] == '-') {
 			i++

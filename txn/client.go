@@ -21,3 +21,7 @@ func (g clientGrid) Read(ctx context.Context, m, key string) (api.Entry, error) 
 }
 
 func (g clientGrid) Partitions() int { return g.c.Partitions() }
+
+func (g clientGrid) ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error) {
+	return g.c.Map(m).GetEntries(ctx, keys)
+}

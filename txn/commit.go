@@ -204,45 +204,51 @@ func (t *Tx) coordinator(order []int, parts map[int]*proto.Work) (coord int, rea
 // prepareAll prepares parts in parallel. If any does not prepare, every
 // one is told to abort and the error says why.
 func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work) error {
-	held, err := t.prepareEach(ctx, ps, parts)
-	if err != nil {
-		t.finishAll(ctx, held, false)
+	if err := t.prepareEach(ctx, ps, parts); err != nil {
+		// Every participant is told to abort: the prepared ones release
+		// their locks, the others (a conflict, a lock wait run out, an
+		// answer lost) keep a tombstone that refuses a copy of the
+		// prepare still on its way.
+		t.finishAll(ctx, ps, false)
 		return prepareFailed(err)
 	}
 	return nil
 }
 
-// prepareEach prepares parts in parallel. On failure, held are the ones
-// prepared or not known to be (to be told to abort) and the error says
-// why.
-func (t *Tx) prepareEach(ctx context.Context, ps []int, parts map[int]*proto.Work) (held []int, first error) {
+// prepareEach prepares parts in parallel; the error says why one did not
+// prepare.
+func (t *Tx) prepareEach(ctx context.Context, ps []int, parts map[int]*proto.Work) error {
 	type answer struct {
 		res proto.Result
 		err error
 	}
 	answers := make([]answer, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			answers[i].res, answers[i].err = t.waitDie(ctx, p, proto.StepPrepare, parts[p])
-		}()
+	if len(ps) == 1 {
+		// One participant (the usual two-partition transaction): no
+		// goroutine.
+		answers[0].res, answers[0].err = t.waitDie(ctx, ps[0], proto.StepPrepare, parts[ps[0]])
+	} else {
+		var wg sync.WaitGroup
+		for i, p := range ps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answers[i].res, answers[i].err = t.waitDie(ctx, p, proto.StepPrepare, parts[p])
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-	for i, a := range answers {
+	var first error
+	for _, a := range answers {
 		err := a.err
 		if err == nil && a.res.Status != proto.Done {
 			err = outcome(a.res)
-		}
-		if err == nil || a.err != nil {
-			held = append(held, ps[i])
 		}
 		if err != nil && (first == nil || errors.Is(first, ErrExpired)) {
 			first = err
 		}
 	}
-	return held, first
+	return first
 }
 
 // prepareFailed is Commit's error when a prepare failed: no commit step
@@ -289,6 +295,10 @@ func (t *Tx) finishAll(ctx context.Context, ps []int, commit bool) {
 	// gets them released now rather than by recovery after the deadline.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
+	if len(ps) == 1 {
+		_, _ = t.call(ctx, ps[0], proto.StepFinish, f)
+		return
+	}
 	var wg sync.WaitGroup
 	for _, p := range ps {
 		wg.Add(1)

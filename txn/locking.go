@@ -163,7 +163,7 @@ func (t *Tx) commitLocked(ctx context.Context) error {
 			prep = append(prep, p)
 		}
 	}
-	if _, err := t.prepareEach(ctx, prep, parts); err != nil {
+	if err := t.prepareEach(ctx, prep, parts); err != nil {
 		t.finishAll(ctx, order, false)
 		return prepareFailed(err)
 	}

@@ -30,6 +30,13 @@ type Grid interface {
 	Partitions() int
 }
 
+// BatchReader is a Grid that also reads many keys of a map at once, one
+// round trip per member (Prefetch uses it): like Read for each key, the
+// present ones in the map.
+type BatchReader interface {
+	ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error)
+}
+
 var (
 	// ErrConflict: the transaction was aborted, nothing applied; a key it
 	// read changed, or an older transaction held a key it needs. Run
@@ -269,20 +276,7 @@ func (t *Tx) Prefetch(ctx context.Context, m string, keys []string) error {
 	if t.opts.Locking {
 		return t.prefetchLocked(ctx, m, todo)
 	}
-	ents := make([]api.Entry, len(todo))
-	errs := make([]error, len(todo))
-	sem := make(chan struct{}, prefetchParallel)
-	var wg sync.WaitGroup
-	for i, k := range todo {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			ents[i], errs[i] = t.g.Read(ctx, m, k)
-		}()
-	}
-	wg.Wait()
+	ents, errs := t.readAll(ctx, m, todo)
 	for i, k := range todo {
 		if errs[i] != nil && !errors.Is(errs[i], ErrNotFound) {
 			return errs[i]
@@ -295,6 +289,42 @@ func (t *Tx) Prefetch(ctx context.Context, m string, keys []string) error {
 		}
 	}
 	return nil
+}
+
+// readAll reads keys of map m: with one request per member if the grid
+// is a BatchReader, else prefetchParallel reads at a time. errs[i] is
+// ErrNotFound for an absent key.
+func (t *Tx) readAll(ctx context.Context, m string, keys []string) ([]api.Entry, []error) {
+	ents := make([]api.Entry, len(keys))
+	errs := make([]error, len(keys))
+	if br, ok := t.g.(BatchReader); ok {
+		got, err := br.ReadAll(ctx, m, keys)
+		for i, k := range keys {
+			e, found := got[k]
+			switch {
+			case err != nil:
+				errs[i] = err
+			case found:
+				ents[i] = e
+			default:
+				errs[i] = ErrNotFound
+			}
+		}
+		return ents, errs
+	}
+	sem := make(chan struct{}, prefetchParallel)
+	var wg sync.WaitGroup
+	for i, k := range keys {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ents[i], errs[i] = t.g.Read(ctx, m, k)
+		}()
+	}
+	wg.Wait()
+	return ents, errs
 }
 
 // Put buffers a write of value to key of map m; it applies at Commit.

@@ -45,6 +45,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,16 +64,17 @@ type result struct {
 	ValueSize int     `json:"value_size"`
 	Keys      int     `json:"keys"`
 	Lines     int     `json:"lines,omitempty"`
+	Ops       int64   `json:"ops"`
+	Errors    int64   `json:"errors"`
+	Seconds   float64 `json:"seconds"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
+	P999us    float64 `json:"p999_us"`
+	MaxUs     float64 `json:"max_us"`
+
 	// TxnLocking: txn-* ran with txn.Options.Locking.
-	TxnLocking bool    `json:"txn_locking,omitempty"`
-	Ops        int64   `json:"ops"`
-	Errors     int64   `json:"errors"`
-	Seconds    float64 `json:"seconds"`
-	OpsPerSec  float64 `json:"ops_per_sec"`
-	P50us      float64 `json:"p50_us"`
-	P99us      float64 `json:"p99_us"`
-	P999us     float64 `json:"p999_us"`
-	MaxUs      float64 `json:"max_us"`
+	TxnLocking bool `json:"txn_locking,omitempty"`
 	// ServerCPUusPerOp is the servers' CPU time (user+system, all
 	// -server-pids) per operation, in µs; 0 without -server-pids.
 	ServerCPUusPerOp float64 `json:"server_cpu_us_per_op,omitempty"`
@@ -113,6 +115,8 @@ type options struct {
 	pids     []int
 	w        workload
 
+	cpuProfile string // a file for the client's CPU profile of the measured run
+
 	httpAddrs []string      // process-*: every member's HTTP address
 	drain     bool          // process-*: time the drain of a paused backlog
 	poll      time.Duration // process-*: status poll interval
@@ -127,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.IntVar(&o.depth, "depth", 1, "requests in flight per client (pipelining)")
 	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map), consume (-keys events published first, then read by one consumer group over the clients), process-single or process-chain (-keys events through gridnode's built-in processors), txn-cross or txn-single (transfers between two of -keys accounts in different partitions, or sharing an affinity key)")
 	fs.BoolVar(&o.w.txnReads, "txn-reads", true, "txn-*: read both accounts before writing them (false: a transactional 2-key put of -value bytes)")
+	fs.BoolVar(&o.w.txnAdds, "txn-adds", false, "txn-*: transfer with AddAtLeast(from, -1, 0) and Add(to, 1): no reads, the balance checked where it lives (overrides -txn-reads)")
 	fs.BoolVar(&o.w.txnLocking, "txn-locking", false, "txn-*: pessimistic transactions (txn.Options.Locking: each Get locks its key at once) instead of optimistic ones")
 	fs.Float64Var(&o.w.ratio, "get-ratio", 0.5, "kv: fraction of operations that are gets; the rest are puts")
 	valueSize := fs.Int("value", 100, "kv: value size in bytes")
@@ -140,6 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	httpList := fs.String("http", "", "process-*: comma-separated HTTP addresses of every member (GET /v1/processors, pause and resume)")
 	fs.BoolVar(&o.drain, "drain", false, "process-*: publish with the first stage paused, then time the drain alone")
 	fs.DurationVar(&o.poll, "poll", 100*time.Millisecond, "process-*: how often to poll the members' processor status (the latency's resolution)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile of the measured run (not the preload) to the file")
 	pids := fs.String("server-pids", "", "comma-separated pids of the servers (on this machine) whose CPU time per operation to report")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -212,7 +218,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case o.w.processes():
 		measureFn = measureProcess
 	}
+	stopProfile, err := startProfile(o.cpuProfile)
+	if err != nil {
+		fmt.Fprintln(stderr, "gridbench:", err)
+		return 1
+	}
 	r, err := measureFn(ctx, o, cls)
+	stopProfile()
 	if err != nil {
 		fmt.Fprintln(stderr, "gridbench:", err)
 		return 1
@@ -222,6 +234,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// startProfile starts a CPU profile into path (none if empty); the
+// returned function stops it.
+func startProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // measure runs the workload and returns its figures.

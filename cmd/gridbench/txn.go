@@ -14,9 +14,10 @@ import (
 
 // Transaction workloads (package txn through the client SDK): each
 // operation is one transfer of 1 between two of -keys accounts, txn.Run
-// reading both and writing both (-txn-reads=false: writing both without
-// reading, a transactional 2-key put); -txn-locking: with
-// txn.Options.Locking.
+// reading both (one Prefetch) and writing both (-txn-reads=false: writing both without
+// reading, a transactional 2-key put; -txn-adds: AddAtLeast(from, -1, 0)
+// and Add(to, 1), the balances checked and changed where they live;
+// -txn-locking: with txn.Options.Locking, the Prefetch locking both).
 const (
 	workloadTxnCross  = "txn-cross"  // the two accounts in different partitions: two-phase commit
 	workloadTxnSingle = "txn-single" // the two accounts share an affinity key: one step
@@ -80,8 +81,16 @@ func (w *workload) pair(rng *rand.Rand, parts int) (string, string) {
 func (w *workload) transfer(ctx context.Context, c *client.Client, rng *rand.Rand) error {
 	from, to := w.pair(rng, c.Partitions())
 	return txn.Run(ctx, txn.Client(c), txn.Options{Locking: w.txnLocking}, func(ctx context.Context, tx *txn.Tx) error {
+		if w.txnAdds {
+			// The balance check where the key lives, at commit: no reads.
+			return errors.Join(tx.AddAtLeast(w.mapName, from, -1, 0), tx.Add(w.mapName, to, 1))
+		}
 		if !w.txnReads {
 			return errors.Join(tx.Put(w.mapName, from, w.value), tx.Put(w.mapName, to, w.value))
+		}
+		// Both reads in one request per member.
+		if err := tx.Prefetch(ctx, w.mapName, []string{from, to}); err != nil {
+			return err
 		}
 		a, err := balance(ctx, tx, w.mapName, from)
 		if err != nil {

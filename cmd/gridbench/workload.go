@@ -31,6 +31,7 @@ type workload struct {
 	value    []byte
 	lineKeys [][]string // order-fetched: each customer's line keys
 	txnReads bool       // txn-*: read both accounts before writing them
+	txnAdds  bool       // txn-*: AddAtLeast and Add instead of reads and writes
 	// txnLocking: txn-* with txn.Options.Locking
 	txnLocking bool
 }

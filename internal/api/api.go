@@ -237,6 +237,8 @@ type Map interface {
 	Delete(ctx context.Context, key string) (bool, error)
 	// GetAll returns the present keys among keys. One round trip per node.
 	GetAll(ctx context.Context, keys []string) (map[string][]byte, error)
+	// GetEntries is GetAll with each present key's version (as GetEntry).
+	GetEntries(ctx context.Context, keys []string) (map[string]Entry, error)
 	// PutAll stores every entry; the entries of one partition are applied
 	// atomically. One round trip per node.
 	PutAll(ctx context.Context, entries map[string][]byte, opts ...Option) error

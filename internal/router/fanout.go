@@ -178,13 +178,33 @@ func (r *Router) session() (s wire.Session, end func()) {
 }
 
 func (m *nodeMap) GetAll(ctx context.Context, keys []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(keys))
+	err := m.getAll(ctx, keys, false, func(k string, v []byte, _ uint64) { out[k] = v })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (m *nodeMap) GetEntries(ctx context.Context, keys []string) (map[string]api.Entry, error) {
+	out := make(map[string]api.Entry, len(keys))
+	err := m.getAll(ctx, keys, true, func(k string, v []byte, version uint64) { out[k] = api.Entry{Value: v, Version: version} })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// getAll reads keys with one request per node, calling found (one call
+// at a time) with a copy of each present key's value and, with
+// versions, its version.
+func (m *nodeMap) getAll(ctx context.Context, keys []string, versions bool, found func(k string, v []byte, version uint64)) error {
 	r := m.r
 	ctx, cancel := r.withTimeout(ctx)
 	defer cancel()
-	out := make(map[string][]byte, len(keys))
 	var mu sync.Mutex
-	err := r.fanout(ctx, false, r.splitKeys(keys), func(ctx context.Context, t *wire.Table, g *nodeGroup) ([]error, error) {
-		req := &wire.GetAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys}
+	return r.fanout(ctx, false, r.splitKeys(keys), func(ctx context.Context, t *wire.Table, g *nodeGroup) ([]error, error) {
+		req := &wire.GetAllRequest{Version: t.Version, Map: m.name, Partitions: g.parts, Keys: g.keys, WithVersions: versions}
 		resp, err := callGroup(ctx, r, g, wire.MsgGetAll, req, func() (*wire.GetAllResponse, error) { return r.cfg.Local.ExecGetAll(ctx, req) })
 		if err != nil {
 			return nil, err
@@ -196,18 +216,22 @@ func (m *nodeMap) GetAll(ctx context.Context, keys []string) (map[string][]byte,
 			if errs[i] = part.Err.Err(); errs[i] != nil || i >= len(g.keys) {
 				continue
 			}
+			if versions && len(part.Versions) != len(g.keys[i]) {
+				errs[i] = fmt.Errorf("%w: %d versions for %d keys", api.ErrInternal, len(part.Versions), len(g.keys[i]))
+				continue
+			}
 			for j, k := range g.keys[i] {
 				if j < len(part.Found) && j < len(part.Values) && part.Found[j] {
-					out[k] = bytes.Clone(part.Values[j])
+					var ver uint64
+					if versions {
+						ver = part.Versions[j]
+					}
+					found(k, bytes.Clone(part.Values[j]), ver)
 				}
 			}
 		}
 		return errs, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 func (m *nodeMap) PutAll(ctx context.Context, entries map[string][]byte, opts ...api.Option) error {

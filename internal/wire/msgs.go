@@ -183,6 +183,8 @@ type GetAllRequest struct {
 	Map        string
 	Partitions []int32
 	Keys       [][]string
+	// WithVersions asks for every found entry's version (GetAllPart.Versions).
+	WithVersions bool
 }
 
 // GetAllPart is the answer for one partition of a GetAllRequest.
@@ -191,6 +193,7 @@ type GetAllPart struct {
 	Err      ErrorBody
 	Found    []bool
 	Values   [][]byte
+	Versions []uint64 // with GetAllRequest.WithVersions
 }
 
 // GetAllResponse answers a GetAllRequest, one part per requested partition.

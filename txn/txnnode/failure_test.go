@@ -3,6 +3,7 @@ package txnnode_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -363,4 +364,61 @@ func TestOpposedTransfersDoNotDeadlock(t *testing.T) {
 		t.Fatalf("balances %d %d after as many transfers each way, want 100 100", a, b)
 	}
 	g.noTxnState(t, 10*time.Second, false)
+}
+
+// A participant that did not prepare (it answered Wait until LockWait ran
+// out: a younger transaction holds its key) is told to abort too, so it
+// keeps a tombstone: a copy of the prepare still on its way is refused
+// instead of locking the key until recovery.
+func TestUnpreparedParticipantGetsATombstone(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := keysInDistinctPartitions(3, g.Nodes[0].Partitions())
+	parts := g.Nodes[0].Partitions()
+	locked := affinity.Partition(keys[1], parts)
+	// x, the older transaction, must have keys[1]'s partition as a
+	// participant, not as its coordinator (writers[id[0] % 2], sorted).
+	var x *txn.Tx
+	for x == nil || coordOf(x.ID(), keys[0], keys[1], parts) == locked {
+		var err error
+		if x, err = txn.Begin(ctx, g.svcs[0], txn.Options{LockWait: 100 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// y, younger, prepares keys[1] (and keys[2]) and is abandoned.
+	yctx, cancel := context.WithCancel(ctx)
+	y, err := txn.Begin(yctx, abandoning{g.svcs[0], cancel}, txn.Options{Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = y.Put("acct", keys[1], itob(1))
+	_ = y.Put("acct", keys[2], itob(1))
+	_ = y.Put("acct", keys[0]+"-y", itob(1))
+	if err := y.Commit(yctx); !errors.Is(err, txn.ErrUnknown) {
+		t.Fatalf("abandoned commit: %v", err)
+	}
+	_ = x.Put("acct", keys[0], itob(2))
+	_ = x.Put("acct", keys[1], itob(2))
+	if err := x.Commit(ctx); !errors.Is(err, txn.ErrConflict) {
+		t.Fatalf("older transaction against a younger one's lock past LockWait: %v, want ErrConflict", err)
+	}
+	leader := g.Nodes[g.leader(t, locked)]
+	tombs, err := leader.LocalEntries(locked, proto.MapTomb, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range tombs {
+		if strings.HasSuffix(e.Key, x.ID()) {
+			return
+		}
+	}
+	t.Fatalf("no tombstone of %s at partition %d, which did not prepare it (%d tombstones there)", x.ID(), locked, len(tombs))
+}
+
+// coordOf is the coordinator partition Commit picks for a transaction id
+// writing keys a and b (in different partitions).
+func coordOf(id, a, b string, parts int) int {
+	pa, pb := affinity.Partition(a, parts), affinity.Partition(b, parts)
+	writers := []int{min(pa, pb), max(pa, pb)}
+	return writers[int(id[0])%len(writers)]
 }

@@ -14,7 +14,8 @@ const reportHeld = 8
 // from its own state (gridnode serves it as GET /v1/transactions). After
 // every transaction ended and recovery ran, Locks and Prepared are 0;
 // Decisions stay until collected (Config.Keep past their deadline), and
-// Tombstones until their TTL.
+// Tombstones until swept (10 s past their deadline, by the next collection
+// round: every Keep/4).
 type Report struct {
 	Led        int `json:"led"` // partitions this member leads
 	Locks      int `json:"locks"`

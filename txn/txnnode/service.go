@@ -74,6 +74,7 @@ type Service struct {
 type Stats struct {
 	Resolved  uint64 `json:"resolved"`  // prepared participants finished by recovery
 	Collected uint64 `json:"collected"` // decisions collected
+	Swept     uint64 `json:"swept"`     // tombstones dropped
 }
 
 var _ txn.Grid = (*Service)(nil)
@@ -127,9 +128,14 @@ func (s *Service) Read(ctx context.Context, m, key string) (api.Entry, error) {
 // Partitions is the partition count (txn.Grid).
 func (s *Service) Partitions() int { return s.n.Partitions() }
 
+// ReadAll implements txn.BatchReader.
+func (s *Service) ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error) {
+	return s.n.Map(m).GetEntries(ctx, keys)
+}
+
 // recover runs a round every Interval until ctx ends: prepared
-// participants past their deadline every round, decisions to collect
-// every Keep/4.
+// participants past their deadline every round; decisions and tombstones
+// to collect every Keep/4.
 func (s *Service) recover(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.Interval)
@@ -141,21 +147,19 @@ func (s *Service) recover(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		collect := time.Since(lastCollect) >= s.cfg.Keep/4
-		if collect {
-			lastCollect = time.Now()
-		}
+		var led []int
 		for part := range s.n.Partitions() {
 			if ctx.Err() != nil {
 				return
 			}
-			if !s.n.Leads(part) {
-				continue
+			if s.n.Leads(part) {
+				led = append(led, part)
+				s.resolveRound(ctx, part)
 			}
-			s.resolveRound(ctx, part)
-			if collect {
-				s.collectRound(ctx, part)
-			}
+		}
+		if time.Since(lastCollect) >= s.cfg.Keep/4 {
+			lastCollect = time.Now()
+			s.collect(ctx, led)
 		}
 	}
 }
@@ -212,60 +216,111 @@ func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prep
 	return true
 }
 
-// collectRound drops partition part's decisions kept Keep past their
-// deadline that no participant holds prepared any more.
-func (s *Service) collectRound(ctx context.Context, part int) {
-	ents, err := s.n.LocalEntries(part, proto.MapDecision, "", 0)
-	if err != nil || len(ents) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// heldChunk bounds the transactions one StepHeld names.
+const heldChunk = 1024
+
+// garbage is what one led partition can drop: decisions kept Keep past
+// their deadline (old, before asking the participants), and tombstones
+// past their deadline and margin.
+type garbage struct {
+	old   []string
+	tombs []string
+}
+
+// collect drops, at the partitions this member leads, the decisions kept
+// Keep past their deadline that no participant holds prepared any more,
+// and the tombstones past their deadline and margin: one StepHeld per
+// participant partition for the whole member, one StepForget per led
+// partition (a record), however many transactions ended meanwhile.
+func (s *Service) collect(ctx context.Context, led []int) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	prefix := "{" + s.n.PartitionTag(part) + "}"
 	now := time.Now().UnixNano()
-	byPart := map[int][]string{}
-	var old []string
-	for _, e := range ents {
-		var d proto.Decision
-		if proto.Decode(e.Value, &d) != nil || now < d.Deadline+int64(s.cfg.Keep) {
+	g := make(map[int]*garbage, len(led))
+	byPart := map[int][]string{} // participant -> decisions naming it
+	for _, part := range led {
+		gp := s.garbageOf(part, now, byPart)
+		if len(gp.old) > 0 || len(gp.tombs) > 0 {
+			g[part] = gp
+		}
+	}
+	keep := s.stillHeld(ctx, byPart)
+	for part, gp := range g {
+		var drop []string
+		for _, id := range gp.old {
+			if !keep[id] {
+				drop = append(drop, id)
+			}
+		}
+		if len(drop) == 0 && len(gp.tombs) == 0 {
 			continue
 		}
-		if len(old) >= s.cfg.MaxPerRound {
-			break
-		}
-		id := strings.TrimPrefix(e.Key, prefix)
-		old = append(old, id)
-		for _, p := range d.Parts {
-			byPart[p] = append(byPart[p], id)
+		if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop, Tombs: gp.tombs}); err == nil {
+			s.mu.Lock()
+			s.stats.Collected += uint64(len(drop))
+			s.stats.Swept += uint64(len(gp.tombs))
+			s.mu.Unlock()
 		}
 	}
+}
+
+// garbageOf lists partition part's decisions kept Keep past their
+// deadline (adding each to byPart under its participants) and its
+// tombstones past their deadline and margin, MaxPerRound of each.
+func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garbage {
+	gp := &garbage{}
+	prefix := "{" + s.n.PartitionTag(part) + "}"
+	if ents, err := s.n.LocalEntries(part, proto.MapDecision, "", 0); err == nil {
+		for _, e := range ents {
+			var d proto.Decision
+			if proto.Decode(e.Value, &d) != nil || now < d.Deadline+int64(s.cfg.Keep) {
+				continue
+			}
+			if len(gp.old) >= s.cfg.MaxPerRound {
+				break
+			}
+			id := strings.TrimPrefix(e.Key, prefix)
+			gp.old = append(gp.old, id)
+			for _, p := range d.Parts {
+				byPart[p] = append(byPart[p], id)
+			}
+		}
+	}
+	if ents, err := s.n.LocalEntries(part, proto.MapTomb, "", 0); err == nil {
+		for _, e := range ents {
+			if len(gp.tombs) >= s.cfg.MaxPerRound {
+				break
+			}
+			if tombExpired(e.Value, now) {
+				gp.tombs = append(gp.tombs, strings.TrimPrefix(e.Key, prefix))
+			}
+		}
+	}
+	return gp
+}
+
+// stillHeld asks every participant partition which of its transactions
+// it still holds prepared; a transaction whose participant did not
+// answer counts as held (asked again next time).
+func (s *Service) stillHeld(ctx context.Context, byPart map[int][]string) map[string]bool {
 	keep := map[string]bool{}
 	for p, ids := range byPart {
-		res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: ids})
-		if err != nil {
-			for _, id := range ids {
-				keep[id] = true // not known: ask again next time
+		for len(ids) > 0 {
+			chunk := ids[:min(len(ids), heldChunk)]
+			ids = ids[len(chunk):]
+			res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: chunk})
+			if err != nil {
+				for _, id := range chunk {
+					keep[id] = true
+				}
+				continue
 			}
-			continue
-		}
-		for _, id := range res.IDs {
-			keep[id] = true
-		}
-	}
-	var drop []string
-	for _, id := range old {
-		if !keep[id] {
-			drop = append(drop, id)
+			for _, id := range res.IDs {
+				keep[id] = true
+			}
 		}
 	}
-	if len(drop) == 0 {
-		return
-	}
-	if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop}); err == nil {
-		s.mu.Lock()
-		s.stats.Collected += uint64(len(drop))
-		s.mu.Unlock()
-	}
+	return keep
 }
 
 // call runs a step with v as its arguments and decodes its result.
@@ -301,3 +356,7 @@ func (l local) Read(ctx context.Context, m, key string) (api.Entry, error) {
 }
 
 func (l local) Partitions() int { return l.n.Partitions() }
+
+func (l local) ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error) {
+	return l.n.Map(m).GetEntries(ctx, keys)
+}

@@ -228,6 +228,10 @@ func (s steps) bindFinish(args []byte) (grid.StepFunc, error) {
 	if err := decodeArgs(args, &f); err != nil {
 		return nil, err
 	}
+	if f.Deadline > time.Now().Add(maxTimeout+tombMargin).UnixNano() {
+		// Its tombstone would stay that long.
+		return nil, fmt.Errorf("%w: a transaction's deadline is at most %v away", grid.ErrBadArgs, maxTimeout)
+	}
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) { return s.finish(v, &f) }, nil
 }
 
@@ -242,7 +246,7 @@ func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
 	raw, ok := v.Get(proto.MapPrepared, key)
 	if !ok {
 		if _, done := v.Get(proto.MapTomb, key); !done && !f.Commit {
-			v.Set(proto.MapTomb, key, nil, tombTTL(f.Deadline))
+			v.Set(proto.MapTomb, key, proto.TombValue(f.Deadline), 0)
 		}
 		return answer(proto.Done, "")
 	}
@@ -259,12 +263,17 @@ func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
 		}
 	}
 	v.Delete(proto.MapPrepared, key)
-	v.Set(proto.MapTomb, key, nil, tombTTL(rec.H.Deadline))
+	v.Set(proto.MapTomb, key, proto.TombValue(rec.H.Deadline), 0)
 	return answer(proto.Done, "")
 }
 
-func tombTTL(deadline int64) time.Duration {
-	return max(time.Duration(deadline-time.Now().UnixNano()), 0) + tombMargin
+// tombExpired reports whether a tombstone of value raw can go: its
+// transaction's deadline is tombMargin past (a malformed one can too).
+// No step of the transaction applies past its deadline, and tombMargin
+// covers the members' clock difference.
+func tombExpired(raw []byte, now int64) bool {
+	d, ok := proto.TombDeadline(raw)
+	return !ok || now > d+int64(tombMargin)
 }
 
 func (s steps) bindResolve(args []byte) (grid.StepFunc, error) {
@@ -327,6 +336,13 @@ func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 			key := proto.Key(tag, id)
 			if _, ok := v.Get(proto.MapDecision, key); ok {
 				v.Delete(proto.MapDecision, key)
+			}
+		}
+		now := time.Now().UnixNano()
+		for _, id := range ids.Tombs {
+			key := proto.Key(tag, id)
+			if raw, ok := v.Get(proto.MapTomb, key); ok && tombExpired(raw, now) {
+				v.Delete(proto.MapTomb, key)
 			}
 		}
 		return answer(proto.Done, "")

@@ -432,3 +432,64 @@ func TestReportShowsAnAbandonedTransactionUntilRecovery(t *testing.T) {
 		}
 	}
 }
+
+// tombstones counts the tombstones at every partition's primary.
+func (g *tgrid) tombstones() int {
+	n := 0
+	for _, node := range g.Live() {
+		for part := range node.Partitions() {
+			if node.Leads(part) {
+				recs, _ := node.LocalEntries(part, proto.MapTomb, "", 0)
+				n += len(recs)
+			}
+		}
+	}
+	return n
+}
+
+// Tombstones have no TTL: the members' collection rounds drop them (and
+// the decisions) in one record per partition, 10 s past their deadline,
+// and not before.
+func TestTombstonesAndDecisionsAreSwept(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 90*time.Second)
+	keys := keysInDistinctPartitions(6, g.Nodes[0].Partitions())
+	m := g.Nodes[1].Map("acct")
+	for _, k := range keys {
+		if err := m.Put(ctx, k, itob(100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i+1 < len(keys); i += 2 {
+		err := txn.Run(ctx, g.svcs[0], txn.Options{Timeout: time.Second}, func(ctx context.Context, tx *txn.Tx) error {
+			return errors.Join(tx.Add("acct", keys[i], -1), tx.Add("acct", keys[i+1], 1))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	ended := time.Now()
+	if n := g.tombstones(); n < 3 {
+		t.Fatalf("%d tombstones after 3 transfers across partitions, want a tombstone per finished participant", n)
+	}
+	time.Sleep(3 * time.Second) // several collection rounds (Keep/4 = 250ms), before deadline + 10 s
+	if n := g.tombstones(); n < 3 {
+		t.Fatalf("%d tombstones %v after the transfers: swept before 10 s past the deadline", n, time.Since(ended))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for g.tombstones() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tombstones left %v after the transfers", g.tombstones(), time.Since(ended))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.noTxnState(t, 10*time.Second, true)
+	var swept, collected uint64
+	for _, s := range g.svcs {
+		st := s.Stats()
+		swept, collected = swept+st.Swept, collected+st.Collected
+	}
+	if swept < 3 || collected < 3 {
+		t.Fatalf("recovery swept %d tombstones and collected %d decisions, want at least 3 of each", swept, collected)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/collocate/grid/client"
 	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn"
@@ -178,5 +179,83 @@ func TestPrefetch(t *testing.T) {
 	_ = tx.Watch("acct", keys[0], old.Version)
 	if err := tx.Prefetch(ctx, "acct", keys[:1]); !errors.Is(err, txn.ErrConflict) {
 		t.Fatalf("Prefetch of a changed watched key: %v, want ErrConflict", err)
+	}
+}
+
+// batchCounting counts a BatchReader's calls and the single reads.
+type batchCounting struct {
+	txn.Grid
+	br           txn.BatchReader
+	batches, one atomic.Int64
+}
+
+func (g *batchCounting) Read(ctx context.Context, m, key string) (api.Entry, error) {
+	g.one.Add(1)
+	return g.Grid.Read(ctx, m, key)
+}
+
+func (g *batchCounting) ReadAll(ctx context.Context, m string, keys []string) (map[string]api.Entry, error) {
+	g.batches.Add(1)
+	return g.br.ReadAll(ctx, m, keys)
+}
+
+// Through a BatchReader (the member's service, the client SDK) Prefetch
+// reads every key in one call (one request per member), with the
+// versions that Commit validates: unchanged keys commit, a changed one
+// conflicts.
+func TestPrefetchInOneBatch(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 30*time.Second)
+	c, err := client.Dial(ctx, client.Config{Addrs: []string{g.Nodes[1].RPCAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	keys := keysInDistinctPartitions(4, g.Nodes[0].Partitions())
+	m := g.Nodes[1].Map("acct")
+	for _, k := range keys[:3] {
+		if err := m.Put(ctx, k, itob(10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, base := range map[string]txn.Grid{"member": g.svcs[0], "client": txn.Client(c)} {
+		bg := &batchCounting{Grid: base, br: base.(txn.BatchReader)}
+		for _, change := range []bool{false, true} {
+			tx, err := txn.Begin(ctx, bg, txn.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Prefetch(ctx, "acct", keys); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			sum := 0
+			for _, k := range keys[:3] {
+				v, err := tx.Get(ctx, "acct", k)
+				if err != nil {
+					t.Fatalf("%s: Get %s after Prefetch: %v", name, k, err)
+				}
+				sum += btoi(t, v)
+				_ = tx.Put("acct", k, itob(btoi(t, v)))
+			}
+			if _, err := tx.Get(ctx, "acct", keys[3]); !errors.Is(err, txn.ErrNotFound) {
+				t.Fatalf("%s: Get of an absent prefetched key: %v", name, err)
+			}
+			if sum != 30 || bg.batches.Load() != 1 || bg.one.Load() != 0 {
+				t.Fatalf("%s: sum %d, %d batches and %d single reads; want 30, 1 and 0", name, sum, bg.batches.Load(), bg.one.Load())
+			}
+			if change {
+				if err := m.Put(ctx, keys[1], itob(10)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err = tx.Commit(ctx)
+			if change && !errors.Is(err, txn.ErrConflict) {
+				t.Fatalf("%s: commit after a prefetched key changed: %v, want ErrConflict", name, err)
+			}
+			if !change && err != nil {
+				t.Fatalf("%s: commit of unchanged prefetched keys: %v", name, err)
+			}
+			bg.batches.Store(0)
+		}
 	}
 }

@@ -5,6 +5,7 @@
 package proto
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -30,7 +31,7 @@ const (
 const (
 	MapPrepared = "\x00txn.p" // a prepared participant's Prepared record
 	MapDecision = "\x00txn.d" // the coordinator's Decision
-	MapTomb     = "\x00txn.t" // an aborted participant's tombstone (a late prepare is refused), with a TTL
+	MapTomb     = "\x00txn.t" // a finished participant's tombstone (a late prepare is refused): its deadline (TombValue), swept by the members' recovery
 )
 
 // Key is transaction id's record key in partition tag.
@@ -130,6 +131,20 @@ type IDs struct {
 	// Abort (StepResolve): decide abort now if there is no decision yet
 	// (the caller gives up on its commit).
 	Abort bool
+	// Tombs (StepForget): transactions whose tombstones to drop.
+	Tombs []string
+}
+
+// TombValue is a tombstone's value: the transaction's deadline, after
+// which (with a margin for the clocks) no step of it applies any more.
+func TombValue(deadline int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(deadline)) }
+
+// TombDeadline reads a tombstone's value; ok is false for a malformed one.
+func TombDeadline(v []byte) (int64, bool) {
+	if len(v) != 8 {
+		return 0, false
+	}
+	return int64(binary.BigEndian.Uint64(v)), true
 }
 
 // Status is a step's outcome.
@@ -188,8 +203,21 @@ type Entry struct {
 // Encode marshals v. A Result with only a status is its one status byte
 // (most steps answer that; a msgpack array never starts with 1-8).
 func Encode(v any) ([]byte, error) {
-	if r, ok := v.(Result); ok && r.Detail == "" && r.IDs == nil && r.Entries == nil {
-		return []byte{byte(r.Status)}, nil
+	switch v := v.(type) {
+	case Result:
+		if v.Detail == "" && v.IDs == nil && v.Entries == nil {
+			return []byte{byte(v.Status)}, nil
+		}
+	case Work:
+		return appendWork(make([]byte, 0, 64+sizeOfWrites(v.Writes)+32*len(v.Reads)), &v), nil
+	case *Work:
+		return appendWork(make([]byte, 0, 64+sizeOfWrites(v.Writes)+32*len(v.Reads)), v), nil
+	case Prepared:
+		return appendPrepared(make([]byte, 0, 64+sizeOfWrites(v.Writes)+32*len(v.Locked)), &v), nil
+	case Decision:
+		return appendDecision(make([]byte, 0, 16+4*len(v.Parts)), &v), nil
+	case Finish:
+		return appendFinish(make([]byte, 0, 24+len(v.ID)), &v), nil
 	}
 	return msgpack.Marshal(v)
 }

@@ -25,6 +25,17 @@ const maxTimeout = 5 * time.Minute
 // so the margin only covers the members' clock differences.
 const tombMargin = 10 * time.Second
 
+// tombFallback is how long past tombMargin a tombstone expires by itself
+// if no member's Service swept it (a member that does not run
+// txnnode.Start); the sweep, every Keep/4, normally comes first.
+const tombFallback = 5 * time.Minute
+
+// setTomb leaves the tombstone of transaction key with its deadline.
+func setTomb(v *grid.StepView, key string, deadline int64) {
+	ttl := max(time.Duration(deadline-time.Now().UnixNano()), 0) + tombMargin + tombFallback
+	v.Set(proto.MapTomb, key, proto.TombValue(deadline), ttl)
+}
+
 // steps are the members' transaction steps.
 type steps struct{}
 
@@ -246,7 +257,7 @@ func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
 	raw, ok := v.Get(proto.MapPrepared, key)
 	if !ok {
 		if _, done := v.Get(proto.MapTomb, key); !done && !f.Commit {
-			v.Set(proto.MapTomb, key, proto.TombValue(f.Deadline), 0)
+			setTomb(v, key, f.Deadline)
 		}
 		return answer(proto.Done, "")
 	}
@@ -263,7 +274,7 @@ func (s steps) finish(v *grid.StepView, f *proto.Finish) ([]byte, error) {
 		}
 	}
 	v.Delete(proto.MapPrepared, key)
-	v.Set(proto.MapTomb, key, proto.TombValue(rec.H.Deadline), 0)
+	setTomb(v, key, rec.H.Deadline)
 	return answer(proto.Done, "")
 }
 

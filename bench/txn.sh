@@ -9,7 +9,9 @@
 # 100-byte values: a transactional putAll), all with the same clients;
 # with ADDS=1 also the same two as transfers by AddAtLeast(from, -1, 0)
 # and Add(to, 1) (-txn-adds: the balances checked where they live, no
-# reads); every other round in the reverse order.
+# reads); with LOCKING=1 also the transfers with txn.Options.Locking
+# (-txn-locking: each Get locks its key at once); every other round in the
+# reverse order.
 #
 # A transaction leaves records behind for a while (its decision 30 s past
 # its deadline, its participants' tombstones a minute), which the members'
@@ -74,6 +76,7 @@ warmed() {
 
 names=(put cross single)
 [ -n "${BLIND:-}" ] && names+=(cross-blind single-blind)
+[ -n "${LOCKING:-}" ] && names+=(cross-locking single-locking)
 [ -n "${ADDS:-}" ] && names+=(cross-add single-add)
 run() {
   case $1 in
@@ -81,6 +84,8 @@ run() {
   cross) warmed -workload txn-cross; measure cross "$2" -workload txn-cross -preload=false -keys "$keys" -duration "${secs}s" ;;
   single) warmed -workload txn-single; measure single "$2" -workload txn-single -preload=false -keys "$keys" -duration "${secs}s" ;;
   cross-blind) warmed -workload txn-cross -txn-reads=false; measure cross-blind "$2" -workload txn-cross -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
+  cross-locking) warmed -workload txn-cross -txn-locking; measure cross-locking "$2" -workload txn-cross -txn-locking -preload=false -keys "$keys" -duration "${secs}s" ;;
+  single-locking) warmed -workload txn-single -txn-locking; measure single-locking "$2" -workload txn-single -txn-locking -preload=false -keys "$keys" -duration "${secs}s" ;;
   single-blind) warmed -workload txn-single -txn-reads=false; measure single-blind "$2" -workload txn-single -txn-reads=false -keys "$keys" -duration "${secs}s" ;;
   cross-add) warmed -workload txn-cross -txn-adds; measure cross-add "$2" -workload txn-cross -txn-adds -preload=false -keys "$keys" -duration "${secs}s" ;;
   single-add) warmed -workload txn-single -txn-adds; measure single-add "$2" -workload txn-single -txn-adds -preload=false -keys "$keys" -duration "${secs}s" ;;

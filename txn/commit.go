@@ -87,7 +87,20 @@ func (t *Tx) commitOne(ctx context.Context, part int, w *proto.Work) error {
 	w.H = t.header(part)
 	res, err := t.waitDie(ctx, part, proto.StepOne, w)
 	if err != nil {
+		if w.Held {
+			// The step may have applied or may still: a tombstone
+			// settles it, and releases the locks if it did not.
+			_ = t.finishOne(ctx, part)
+		}
 		return err
+	}
+	if w.Held && res.Status != proto.Done {
+		// Not committed: release the locks the Gets took (the step
+		// releases them when it commits).
+		if err := t.finishOne(ctx, part); err != nil {
+			return fmt.Errorf("%w: the transaction answered %s; releasing its locks: %w", ErrUnknown, res.Status, err)
+		}
+		return outcome(res)
 	}
 	if res.Status == proto.Conflict || res.Status == proto.Condition {
 		// Nothing applied. A copy of the step still on its way could
@@ -132,6 +145,17 @@ func (t *Tx) commitTwoPhase(ctx context.Context, parts map[int]*proto.Work) erro
 	}
 	cw := parts[coord]
 	cw.Parts = others
+	commit, known, err := t.decide(ctx, coord, cw)
+	if known {
+		t.finishAll(ctx, others, commit)
+	}
+	return err
+}
+
+// decide runs the commit step at coord and learns the transaction's
+// decision: known false when it could not be learned (err is ErrUnknown);
+// else commit is the decision and err is Commit's answer.
+func (t *Tx) decide(ctx context.Context, coord int, cw *proto.Work) (commit, known bool, err error) {
 	res, err := t.waitDie(ctx, coord, proto.StepCommit, cw)
 	if err != nil || !recorded(res.Status) {
 		// No decision is known to exist: decide abort, so that a copy of
@@ -144,17 +168,15 @@ func (t *Tx) commitTwoPhase(ctx context.Context, parts map[int]*proto.Work) erro
 		}
 		res, err = t.decideAbort(ctx, coord)
 		if err != nil {
-			return fmt.Errorf("%w: the commit's outcome is not known yet (it is decided at the latest by the transaction's deadline): %w", ErrUnknown, err)
+			return false, false, fmt.Errorf("%w: the commit's outcome is not known yet (it is decided at the latest by the transaction's deadline): %w", ErrUnknown, err)
 		}
 		if res.Status != proto.Done && !errors.Is(why, ErrUnknown) {
 			// Aborted: the answer is why (a conflict, a condition, a
 			// value too large), not the abort it recorded.
-			t.finishAll(ctx, others, false)
-			return why
+			return false, true, why
 		}
 	}
-	t.finishAll(ctx, others, res.Status == proto.Done)
-	return outcome(res)
+	return res.Status == proto.Done, true, outcome(res)
 }
 
 // recorded reports whether a commit step's answer is a decision it
@@ -182,6 +204,20 @@ func (t *Tx) coordinator(order []int, parts map[int]*proto.Work) (coord int, rea
 // prepareAll prepares parts in parallel. If any does not prepare, every
 // one is told to abort and the error says why.
 func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work) error {
+	if err := t.prepareEach(ctx, ps, parts); err != nil {
+		// Every participant is told to abort: the prepared ones release
+		// their locks, the others (a conflict, a lock wait run out, an
+		// answer lost) keep a tombstone that refuses a copy of the
+		// prepare still on its way.
+		t.finishAll(ctx, ps, false)
+		return prepareFailed(err)
+	}
+	return nil
+}
+
+// prepareEach prepares parts in parallel; the error says why one did not
+// prepare.
+func (t *Tx) prepareEach(ctx context.Context, ps []int, parts map[int]*proto.Work) error {
 	type answer struct {
 		res proto.Result
 		err error
@@ -212,19 +248,17 @@ func (t *Tx) prepareAll(ctx context.Context, ps []int, parts map[int]*proto.Work
 			first = err
 		}
 	}
-	if first != nil {
-		// Every participant is told to abort: the prepared ones release
-		// their locks, the others (a conflict, a lock wait run out, an
-		// answer lost) keep a tombstone that refuses a copy of the
-		// prepare still on its way.
-		t.finishAll(ctx, ps, false)
-	}
-	if errors.Is(first, ErrUnknown) {
-		// A prepare's outcome is unknown, the transaction's is not: no
-		// commit step was sent, so it aborted.
-		first = fmt.Errorf("%w: a participant's prepare: %v; no commit was sent, nothing applied", api.ErrUnavailable, first)
-	}
 	return first
+}
+
+// prepareFailed is Commit's error when a prepare failed: no commit step
+// was sent, so the transaction aborted, even if a prepare's outcome is
+// not known.
+func prepareFailed(err error) error {
+	if errors.Is(err, ErrUnknown) {
+		return fmt.Errorf("%w: a participant's prepare: %v; no commit was sent, nothing applied", api.ErrUnavailable, err)
+	}
+	return err
 }
 
 // decideAbort learns the outcome of a commit step whose answer was lost:

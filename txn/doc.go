@@ -22,6 +22,18 @@
 // state it read. Values read before Commit may come from different points
 // in time; a transaction that saw an inconsistent state never commits.
 //
+// Options.Locking chooses strict two-phase locking instead: every Get
+// locks its key at once (a replicated lock step at its partition; Prefetch
+// locks one partition's keys in one step) and the locks are held until the
+// transaction ends, so its reads never conflict at commit. It suits
+// transactions that read many keys others write (an audit of every
+// account), which optimistic validation fails again and again; it costs a
+// replicated step per partition read, and holds plain writers of the keys
+// read (not plain readers) back from the Get on. The partition of the
+// first lock is the transaction's coordinator. Rollback (and Run, when fn
+// fails) releases the locks; a caller that dies leaves them to recovery,
+// like a prepared participant's.
+//
 // # Commit
 //
 // One partition (every key shares an affinity key): one replicated step
@@ -48,8 +60,8 @@
 //
 // # Deadlocks
 //
-// Wait-die: a prepare that finds a key locked by a younger transaction
-// waits (retries for up to Options.LockWait); an older holder makes it
-// die with ErrConflict. Run restarts a transaction that died, keeping its
+// Wait-die: a prepare (or a Locking Get) that finds a key locked by a
+// younger transaction waits (retries for up to Options.LockWait); an older
+// holder makes it die with ErrConflict. Run restarts a transaction that died, keeping its
 // age, so it grows older than its rivals and eventually wins.
 package txn

@@ -74,6 +74,12 @@ type Options struct {
 	LockWait time.Duration
 	// MaxKeys bounds the keys a transaction reads and writes. Default 4096.
 	MaxKeys int
+	// Locking: strict two-phase locking: every Get locks its key at once
+	// (wait-die), so reads never conflict at commit; costs one replicated
+	// step per partition read. Prefetch locks a partition's keys in one
+	// step. The default (false) is optimistic: Get reads without a lock
+	// and Commit validates what it read.
+	Locking bool
 	// prio keeps a retried transaction's age (Run).
 	prio int64
 }
@@ -108,6 +114,13 @@ type Tx struct {
 	writes  map[key]proto.Write
 	order   []key // writes in first-write order
 	done    bool
+
+	// Locking: the coordinator partition, fixed by the first lock step
+	// (-1 before), the partitions a lock step was sent to (it may have
+	// applied) and the keys locked.
+	coord  int
+	held   map[int]bool
+	locked map[key]bool
 }
 
 // Begin starts a transaction on g. Nothing crosses the network until the
@@ -129,7 +142,7 @@ func Begin(ctx context.Context, g Grid, opts Options) (*Tx, error) {
 		prio = now.UnixNano()
 	}
 	return &Tx{g: g, opts: opts, id: newID(), prio: prio, deadline: now.Add(opts.Timeout),
-		reads: map[key]proto.Read{}, rvals: map[key][]byte{}, writes: map[key]proto.Write{}}, nil
+		reads: map[key]proto.Read{}, rvals: map[key][]byte{}, writes: map[key]proto.Write{}, coord: -1}, nil
 }
 
 func newID() string {
@@ -162,7 +175,10 @@ func (t *Tx) usable(m, k string) error {
 // Get returns key's value in map m as the transaction sees it: its own
 // write if any, else the committed value (ErrNotFound if absent), which
 // Commit checks is still current. A second Get of a key answers the
-// first one's value.
+// first one's value. With Options.Locking it first locks the key (waiting
+// for a younger transaction's lock, up to LockWait; ErrConflict if an
+// older one holds it), and the key stays locked until the transaction
+// ends.
 func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 	if err := t.usable(m, k); err != nil {
 		return nil, err
@@ -181,7 +197,13 @@ func (t *Tx) Get(ctx context.Context, m, k string) ([]byte, error) {
 		}
 		return nil, ErrNotFound
 	}
-	e, err := t.g.Read(ctx, m, k)
+	var e api.Entry
+	var err error
+	if t.opts.Locking {
+		e, err = t.lockOne(ctx, kk)
+	} else {
+		e, err = t.g.Read(ctx, m, k)
+	}
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
@@ -250,6 +272,9 @@ func (t *Tx) Prefetch(ctx context.Context, m string, keys []string) error {
 	}
 	if len(todo) == 0 {
 		return nil
+	}
+	if t.opts.Locking {
+		return t.prefetchLocked(ctx, m, todo)
 	}
 	ents, errs := t.readAll(ctx, m, todo)
 	for i, k := range todo {
@@ -489,13 +514,17 @@ func (t *Tx) addTo(kk key, w proto.Write) error {
 	return nil
 }
 
-// Rollback abandons the transaction: nothing was applied or locked
-// before Commit, so nothing crosses the network.
-func (t *Tx) Rollback(context.Context) error {
+// Rollback abandons the transaction: nothing was applied before Commit.
+// Without Locking nothing was locked either, so nothing crosses the
+// network; with it, the partitions its Gets locked release their locks.
+func (t *Tx) Rollback(ctx context.Context) error {
 	if t.done {
 		return ErrDone
 	}
 	t.done = true
+	if len(t.held) > 0 {
+		t.finishAll(ctx, t.heldParts(), false)
+	}
 	return nil
 }
 
@@ -508,6 +537,9 @@ func (t *Tx) Commit(ctx context.Context) error {
 		return ErrDone
 	}
 	t.done = true
+	if len(t.held) > 0 {
+		return t.commitLocked(ctx)
+	}
 	if len(t.writes) == 0 && len(t.reads) == 0 {
 		return nil
 	}

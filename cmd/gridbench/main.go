@@ -31,7 +31,8 @@
 // moves 1 between two of -keys accounts with txn.Run, reading both and
 // writing both, the two in different partitions (two-phase commit) or
 // sharing an affinity key (one step); -txn-reads=false writes both without
-// reading them (txn.go).
+// reading them; -txn-locking runs them with txn.Options.Locking (each Get
+// locks its key at once) (txn.go).
 package main
 
 import (
@@ -71,6 +72,9 @@ type result struct {
 	P99us     float64 `json:"p99_us"`
 	P999us    float64 `json:"p999_us"`
 	MaxUs     float64 `json:"max_us"`
+
+	// TxnLocking: txn-* ran with txn.Options.Locking.
+	TxnLocking bool `json:"txn_locking,omitempty"`
 	// ServerCPUusPerOp is the servers' CPU time (user+system, all
 	// -server-pids) per operation, in µs; 0 without -server-pids.
 	ServerCPUusPerOp float64 `json:"server_cpu_us_per_op,omitempty"`
@@ -128,6 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.StringVar(&o.w.name, "workload", workloadKV, "kv, order-collocated, order-fetched, publish (to stream -map), consume (-keys events published first, then read by one consumer group over the clients), process-single or process-chain (-keys events through gridnode's built-in processors), txn-cross or txn-single (transfers between two of -keys accounts in different partitions, or sharing an affinity key)")
 	fs.BoolVar(&o.w.txnReads, "txn-reads", true, "txn-*: read both accounts before writing them (false: a transactional 2-key put of -value bytes)")
 	fs.BoolVar(&o.w.txnAdds, "txn-adds", false, "txn-*: transfer with AddAtLeast(from, -1, 0) and Add(to, 1): no reads, the balance checked where it lives (overrides -txn-reads)")
+	fs.BoolVar(&o.w.txnLocking, "txn-locking", false, "txn-*: pessimistic transactions (txn.Options.Locking: each Get locks its key at once) instead of optimistic ones")
 	fs.Float64Var(&o.w.ratio, "get-ratio", 0.5, "kv: fraction of operations that are gets; the rest are puts")
 	valueSize := fs.Int("value", 100, "kv: value size in bytes")
 	fs.IntVar(&o.w.keys, "keys", 100000, "key space (kv, publish), customers (order-*) or events (consume)")
@@ -336,8 +341,11 @@ func summarize(o *options, samples []int64, elapsed float64) result {
 		r.Lines = o.w.lines
 	case workloadConsume:
 		r.GetRatio = 0
-	case workloadPublish, workloadProcSingle, workloadProcChain, workloadTxnCross, workloadTxnSingle:
+	case workloadPublish, workloadProcSingle, workloadProcChain:
 		r.GetRatio = 0
+	case workloadTxnCross, workloadTxnSingle:
+		r.GetRatio = 0
+		r.TxnLocking = o.w.txnLocking
 	}
 	if len(samples) > 0 {
 		r.MaxUs = float64(samples[len(samples)-1]) / 1e3
@@ -351,6 +359,9 @@ func report(stdout io.Writer, o *options, r result) {
 		return
 	}
 	fmt.Fprintf(stdout, "workload=%s clients=%d depth=%d get-ratio=%.2f value=%dB keys=%d lines=%d\n", r.Workload, r.Clients, r.Depth, r.GetRatio, r.ValueSize, r.Keys, r.Lines)
+	if o.w.transactions() {
+		fmt.Fprintf(stdout, "txn-reads=%v txn-locking=%v\n", o.w.txnReads, r.TxnLocking)
+	}
 	fmt.Fprintf(stdout, "ops=%d errors=%d time=%.1fs throughput=%.0f ops/s\n", r.Ops, r.Errors, r.Seconds, r.OpsPerSec)
 	if o.w.processes() {
 		reportProcess(stdout, o, r)

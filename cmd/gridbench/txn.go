@@ -16,7 +16,8 @@ import (
 // operation is one transfer of 1 between two of -keys accounts, txn.Run
 // reading both (one Prefetch) and writing both (-txn-reads=false: writing both without
 // reading, a transactional 2-key put; -txn-adds: AddAtLeast(from, -1, 0)
-// and Add(to, 1), the balances checked and changed where they live).
+// and Add(to, 1), the balances checked and changed where they live;
+// -txn-locking: with txn.Options.Locking, the Prefetch locking both).
 const (
 	workloadTxnCross  = "txn-cross"  // the two accounts in different partitions: two-phase commit
 	workloadTxnSingle = "txn-single" // the two accounts share an affinity key: one step
@@ -79,7 +80,7 @@ func (w *workload) pair(rng *rand.Rand, parts int) (string, string) {
 // transfer moves 1 from one account to the other in a transaction.
 func (w *workload) transfer(ctx context.Context, c *client.Client, rng *rand.Rand) error {
 	from, to := w.pair(rng, c.Partitions())
-	return txn.Run(ctx, txn.Client(c), txn.Options{}, func(ctx context.Context, tx *txn.Tx) error {
+	return txn.Run(ctx, txn.Client(c), txn.Options{Locking: w.txnLocking}, func(ctx context.Context, tx *txn.Tx) error {
 		if w.txnAdds {
 			// The balance check where the key lives, at commit: no reads.
 			return errors.Join(tx.AddAtLeast(w.mapName, from, -1, 0), tx.Add(w.mapName, to, 1))

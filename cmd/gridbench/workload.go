@@ -32,6 +32,8 @@ type workload struct {
 	lineKeys [][]string // order-fetched: each customer's line keys
 	txnReads bool       // txn-*: read both accounts before writing them
 	txnAdds  bool       // txn-*: AddAtLeast and Add instead of reads and writes
+	// txnLocking: txn-* with txn.Options.Locking
+	txnLocking bool
 }
 
 // linesMap holds the order lines of the order-* workloads, one map per

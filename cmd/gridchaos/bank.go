@@ -82,6 +82,10 @@ type bankConfig struct {
 	// attempts holds the writers (no new transfer) until it ends;
 	// default 10, negative: never.
 	AuditPatience int
+	// AuditLocking: audits run with txn.Options.Locking (each Get locks
+	// its account at once: an audit is not starved by the transfers, and
+	// rarely needs its patience).
+	AuditLocking bool
 	// Pace is a writer's pause between transfers (default 2ms), AuditPace
 	// an auditor's between audits (default 50ms).
 	Pace, AuditPace time.Duration
@@ -366,6 +370,7 @@ func bankMain(args []string) int {
 	fs.IntVar(&cfg.Clients, "clients", 4, "client connections the writers share")
 	fs.IntVar(&cfg.Auditors, "auditors", 2, "concurrent auditors (read-only transactions over every account)")
 	fs.IntVar(&cfg.AuditPatience, "audit-patience", 10, "an audit that did not commit after this many attempts holds new transfers until it ends, 3 s at most (negative: never)")
+	fs.BoolVar(&cfg.AuditLocking, "audit-locking", false, "audits run with txn.Options.Locking (pessimistic: each Get locks its account at once)")
 	fs.DurationVar(&cfg.Pace, "pace", 2*time.Millisecond, "a writer's pause between transfers")
 	fs.DurationVar(&cfg.AuditPace, "audit-pace", 50*time.Millisecond, "an auditor's pause between audits")
 	fs.DurationVar(&cfg.AbandonEvery, "abandon-every", 5*time.Second, "one transfer abandoned in its commit per this period (negative: none)")

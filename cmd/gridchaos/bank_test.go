@@ -33,7 +33,8 @@ func TestBankSmoke(t *testing.T) {
 // failure") when GRID_BANK_LONG is set: 3 seeds (GRID_BANK_SEED, default
 // 1; GRID_BANK_RUNS), every fault kind (GRID_BANK_FAULTS, comma-
 // separated), decisions waited for until collected; GRID_BANK_NETNS=1
-// (root) adds the network partitions. The command line (go run
+// (root) adds the network partitions; GRID_BANK_AUDIT_LOCKING=1 runs the
+// audits with txn.Options.Locking (-audit-locking). The command line (go run
 // ./cmd/gridchaos bank -runs 3 -seed 1 -collect) does the same.
 func TestBankLong(t *testing.T) {
 	if os.Getenv("GRID_BANK_LONG") == "" {
@@ -50,6 +51,7 @@ func TestBankLong(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("GRID_BANK_RUNS")); err == nil {
 		cfg.Runs = n
 	}
+	cfg.AuditLocking = os.Getenv("GRID_BANK_AUDIT_LOCKING") != ""
 	if f := os.Getenv("GRID_BANK_FAULTS"); f != "" {
 		cfg.Faults = strings.Split(f, ",")
 	}

@@ -317,7 +317,9 @@ func (l *bankLoad) auditor(ctx context.Context, g txn.Grid) {
 // special audit in its violations. After AuditPatience attempts that did
 // not commit (a read changed before the audit locked it: optimistic reads
 // of every account rarely commit while transfers do), it holds the writers
-// (no new transfer starts) until it ends, for at most auditHold.
+// (no new transfer starts) until it ends, for at most auditHold. With
+// AuditLocking every Get locks its account, so an attempt fails only when
+// an older transfer holds one (wait-die).
 func (l *bankLoad) audit(ctx context.Context, g txn.Grid, what string) map[string][]byte {
 	var seen map[string][]byte
 	var id string
@@ -331,7 +333,9 @@ func (l *bankLoad) audit(ctx context.Context, g txn.Grid, what string) map[strin
 		}
 	}
 	defer release()
-	err := txn.Run(ctx, g, l.opts, func(ctx context.Context, tx *txn.Tx) error {
+	opts := l.opts
+	opts.Locking = l.cfg.AuditLocking
+	err := txn.Run(ctx, g, opts, func(ctx context.Context, tx *txn.Tx) error {
 		attempts++
 		switch {
 		case attempts > l.cfg.AuditPatience && !held:

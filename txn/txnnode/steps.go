@@ -54,6 +54,7 @@ func Steps() map[string]func(args []byte) (grid.StepFunc, error) {
 		proto.StepResolve: s.bindResolve,
 		proto.StepHeld:    s.bindHeld,
 		proto.StepForget:  s.bindForget,
+		proto.StepLock:    s.bindLock,
 	}
 }
 
@@ -137,6 +138,11 @@ func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, 
 		return answer(st, why)
 	}
 	apply(v, writes)
+	if w.Held {
+		if err := releaseHeld(v, proto.Key(s.tag(v), w.H.ID), w.H.ID); err != nil {
+			return nil, err
+		}
+	}
 	return answer(proto.Done, "")
 }
 
@@ -160,8 +166,13 @@ func validate(v *grid.StepView, w *proto.Work) ([]proto.Write, proto.Status, str
 
 // prepare makes this partition a participant: it checks the reads, locks
 // every key and keeps the writes in a prepared record, all in one record.
-// A second prepare of the same transaction answers Done again.
+// A second prepare of the same transaction answers Done again. With
+// w.Held (its Gets locked keys here) it adds to their record
+// (prepareHeld).
 func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
+	if w.Held {
+		return s.prepareHeld(v, w)
+	}
 	tag := s.tag(v)
 	if _, ok := v.Get(proto.MapPrepared, proto.Key(tag, w.H.ID)); ok {
 		return answer(proto.Done, "")
@@ -191,27 +202,36 @@ func (s steps) prepare(_ context.Context, v *grid.StepView, w *proto.Work) ([]by
 // commit is the coordinator's decision: with every other participant
 // prepared, it checks its own reads and applies its own writes together
 // with the decision record, in one record. The decision is the
-// transaction's commit point; once it exists it never changes.
+// transaction's commit point; once it exists it never changes. With
+// w.Held it also releases the locks the transaction's Gets took here.
 func (s steps) commit(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
 	key := proto.Key(s.tag(v), w.H.ID)
 	if d, ok := decision(v, key); ok {
 		return decided(d)
 	}
 	if time.Now().UnixNano() > w.H.Deadline {
-		if err := setDecision(v, key, proto.Decision{Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {
-			return nil, err
-		}
-		return answer(proto.Expired, "")
+		return s.decide(v, key, w, proto.Decision{Deadline: w.H.Deadline, Parts: w.Parts}, proto.Expired)
 	}
 	writes, st, why := validate(v, w)
 	if st != 0 {
 		return answer(st, why)
 	}
 	apply(v, writes)
-	if err := setDecision(v, key, proto.Decision{Commit: true, Deadline: w.H.Deadline, Parts: w.Parts}); err != nil {
+	return s.decide(v, key, w, proto.Decision{Commit: true, Deadline: w.H.Deadline, Parts: w.Parts}, proto.Done)
+}
+
+// decide records the coordinator's decision d (releasing what the
+// transaction's Gets held here, with w.Held) and answers st.
+func (s steps) decide(v *grid.StepView, key string, w *proto.Work, d proto.Decision, st proto.Status) ([]byte, error) {
+	if w.Held {
+		if err := releaseHeld(v, key, w.H.ID); err != nil {
+			return nil, err
+		}
+	}
+	if err := setDecision(v, key, d); err != nil {
 		return nil, err
 	}
-	return answer(proto.Done, "")
+	return answer(st, "")
 }
 
 func (s steps) bindFinish(args []byte) (grid.StepFunc, error) {

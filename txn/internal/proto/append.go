@@ -163,11 +163,12 @@ func sizeOfWrites(ws []Write) int {
 }
 
 func appendWork(b []byte, w *Work) []byte {
-	b = appendArrayLen(b, 4)
+	b = appendArrayLen(b, 5)
 	b = appendHeader(b, w.H)
 	b = appendReads(b, w.Reads)
 	b = appendWrites(b, w.Writes)
-	return appendInts(b, w.Parts)
+	b = appendInts(b, w.Parts)
+	return appendBool(b, w.Held)
 }
 
 func appendPrepared(b []byte, p *Prepared) []byte {

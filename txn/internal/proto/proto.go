@@ -22,6 +22,7 @@ const (
 	StepResolve = "\x00txn.resolve" // the coordinator: the decision; abort if none and past the deadline
 	StepHeld    = "\x00txn.held"    // a participant: which of these transactions it still holds prepared
 	StepForget  = "\x00txn.forget"  // the coordinator: drop decisions nobody needs any more
+	StepLock    = "\x00txn.lock"    // a Get with Options.Locking: lock keys, answer their entries
 )
 
 // The internal maps of transaction records, one per kind so that a scan
@@ -89,9 +90,15 @@ type Work struct {
 	// Parts are the other participants (StepCommit: the decision keeps
 	// them for its collection).
 	Parts []int
+	// Held: the transaction's Gets locked keys here (StepLock, so a
+	// Prepared record of it may exist): StepPrepare adds to that record,
+	// StepOne and StepCommit release those locks and drop the record.
+	Held bool
 }
 
-// Prepared is a participant's record of what it prepared.
+// Prepared is a participant's record of what it prepared. StepLock
+// creates it without writes (the keys a Locking transaction's Gets
+// locked); a StepPrepare then adds the writes and their keys.
 type Prepared struct {
 	_msgpack struct{} `msgpack:",as_array"`
 	H        Header
@@ -150,7 +157,7 @@ const (
 	Wait                        // a younger transaction holds a key: retry shortly (wait-die)
 	Conflict                    // a read changed, or an older transaction holds a key (die)
 	Expired                     // past the deadline: nothing applied
-	Finished                    // StepPrepare: the transaction was already finished here
+	Finished                    // StepPrepare, StepLock: the transaction was already finished here
 	Condition                   // an Add's condition failed, or its value is not an integer: nothing applied
 )
 
@@ -182,6 +189,15 @@ type Result struct {
 	Status   Status
 	Detail   string   // why (a conflict's key, the holder)
 	IDs      []string // StepHeld: the ones still prepared
+	Entries  []Entry  // StepLock: the locked keys' entries, in the order asked
+}
+
+// Entry is a key's committed entry as StepLock found it.
+type Entry struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Found    bool
+	Value    []byte
+	Version  uint64
 }
 
 // Encode marshals v. A Result with only a status is its one status byte
@@ -189,7 +205,7 @@ type Result struct {
 func Encode(v any) ([]byte, error) {
 	switch v := v.(type) {
 	case Result:
-		if v.Detail == "" && v.IDs == nil {
+		if v.Detail == "" && v.IDs == nil && v.Entries == nil {
 			return []byte{byte(v.Status)}, nil
 		}
 	case Work:

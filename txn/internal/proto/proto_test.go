@@ -11,7 +11,8 @@ import (
 )
 
 func TestResultRoundTrip(t *testing.T) {
-	for _, r := range []Result{{Status: Done}, {Status: Conflict, Detail: "why"}, {Status: Done, IDs: []string{"a"}}, {Status: Condition}} {
+	for _, r := range []Result{{Status: Done}, {Status: Conflict, Detail: "why"}, {Status: Done, IDs: []string{"a"}}, {Status: Condition},
+		{Status: Done, Entries: []Entry{{Found: true, Value: []byte("v"), Version: 7}, {}}}} {
 		b, err := Encode(r)
 		if err != nil {
 			t.Fatal(err)
@@ -34,7 +35,7 @@ func TestWorkRoundTrip(t *testing.T) {
 	w := Work{H: Header{ID: "id", Coord: 17, Deadline: 1 << 60, Prio: -3},
 		Reads:  []Read{{Map: "m", Key: "k", Version: 1 << 41}},
 		Writes: []Write{{Map: "m", Key: "a", Value: []byte("v"), TTL: 5}, {Map: "m", Key: "b", Delete: true}, {Map: "m", Key: "d", Value: []byte{}, KeepTTL: true}, {Map: "m", Key: "c", Add: true, Delta: -9, HasMin: true, Min: 2}},
-		Parts:  []int{3, 4}}
+		Parts:  []int{3, 4}, Held: true}
 	b, err := Encode(w)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +70,7 @@ func TestEncodedAsArrays(t *testing.T) {
 	for name, v := range map[string]any{
 		"Read": Read{Map: "m", Key: "k", Version: 2}, "Write": Write{Map: "m", Key: "k", Value: []byte("v")}, "Header": h,
 		"Work": Work{H: h}, "Prepared": Prepared{H: h}, "Decision": Decision{Commit: true}, "Finish": Finish{ID: "id"},
-		"IDs": IDs{IDs: []string{"id"}}, "Result": Result{Status: Done, Detail: "x"},
+		"IDs": IDs{IDs: []string{"id"}}, "Result": Result{Status: Done, Detail: "x"}, "Entry": Entry{Found: true},
 	} {
 		b, err := Encode(v)
 		if err != nil {
@@ -82,7 +83,7 @@ func TestEncodedAsArrays(t *testing.T) {
 	// A Result decodes as an array whose first element is its status.
 	b, _ := Encode(Result{Status: Done, Detail: "x"})
 	var arr []any
-	if err := msgpack.Unmarshal(b, &arr); err != nil || len(arr) != 3 {
+	if err := msgpack.Unmarshal(b, &arr); err != nil || len(arr) != 4 {
 		t.Fatalf("Result as an array: %v, %v", arr, err)
 	}
 }

@@ -120,37 +120,25 @@ func appendWrite(b []byte, w Write) []byte {
 	return appendBool(b, w.KeepTTL)
 }
 
-func appendReads(b []byte, rs []Read) []byte {
-	if rs == nil {
-		return append(b, 0xc0)
-	}
-	b = appendArrayLen(b, len(rs))
-	for _, r := range rs {
-		b = appendRead(b, r)
-	}
-	return b
-}
-
-func appendWrites(b []byte, ws []Write) []byte {
-	if ws == nil {
-		return append(b, 0xc0)
-	}
-	b = appendArrayLen(b, len(ws))
-	for _, w := range ws {
-		b = appendWrite(b, w)
-	}
-	return b
-}
-
-func appendInts(b []byte, xs []int) []byte {
+// appendArray appends xs as an array of its elements (nil: msgpack's
+// nil, as the encoder writes a nil slice).
+func appendArray[T any](b []byte, xs []T, elem func([]byte, T) []byte) []byte {
 	if xs == nil {
 		return append(b, 0xc0)
 	}
 	b = appendArrayLen(b, len(xs))
 	for _, x := range xs {
-		b = appendInt(b, int64(x))
+		b = elem(b, x)
 	}
 	return b
+}
+
+func appendReads(b []byte, rs []Read) []byte { return appendArray(b, rs, appendRead) }
+
+func appendWrites(b []byte, ws []Write) []byte { return appendArray(b, ws, appendWrite) }
+
+func appendInts(b []byte, xs []int) []byte {
+	return appendArray(b, xs, func(b []byte, x int) []byte { return appendInt(b, int64(x)) })
 }
 
 // sizeOfWrites estimates the bytes writes encode to, for one allocation.

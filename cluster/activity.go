@@ -201,7 +201,7 @@ func (c *Cluster) predecessorsLapse(ctx context.Context, leadingSince time.Time)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			at, ok := c.askActivity(ctx, string(s.Address))
+			at, ok := c.askActivity(ctx, rpcOf(s.Address))
 			answers <- answer{at, ok}
 		}()
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -227,12 +226,6 @@ func (c *Cluster) join(ctx context.Context) error {
 	}
 }
 
-type raftStream struct{ *transport.RaftLayer }
-
-func (s raftStream) Dial(a raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return s.RaftLayer.Dial(string(a), timeout)
-}
-
 // raftConfig is the raft configuration of incarnation id.
 func raftConfig(id string, log hclog.Logger, p Profile) *raft.Config {
 	rc := raft.DefaultConfig()
@@ -255,12 +248,12 @@ func (c *Cluster) startRaft(bootstrap bool) error {
 	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log.With("from", "raft")}})
 	rc := raftConfig(c.raftID, hl, c.cfg.Profile)
 	c.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: raftStream{c.cfg.RaftLayer}, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
+		Stream: newRaftStream(c.cfg.RaftLayer, c.cfg.RPCAddr, c.raftID), MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
 	})
 	logs, snaps := raftStores()
 	if bootstrap {
 		conf := raft.Configuration{Servers: []raft.Server{{
-			Suffrage: raft.Voter, ID: rc.LocalID, Address: raft.ServerAddress(c.cfg.RPCAddr),
+			Suffrage: raft.Voter, ID: rc.LocalID, Address: raftAddr(c.cfg.RPCAddr, c.raftID),
 		}}}
 		if err := raft.BootstrapCluster(rc, logs, logs, snaps, c.trans, conf); err != nil {
 			_ = c.trans.Close()
@@ -297,7 +290,7 @@ func (c *Cluster) IsLeader() bool { return c.raft.State() == raft.Leader }
 // Leader returns the leader's RPC address, or "".
 func (c *Cluster) Leader() string {
 	addr, _ := c.raft.LeaderWithID()
-	return string(addr)
+	return rpcOf(addr)
 }
 
 // Voters returns the raft server ids of the current voters.
@@ -324,7 +317,7 @@ func (c *Cluster) Report(ctx context.Context, r wire.SyncedReport) error {
 	if string(id) == c.raftID {
 		return c.HandleSynced(r)
 	}
-	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	conn, err := c.cfg.Pool.Get(ctx, rpcOf(addr))
 	if err != nil {
 		return err
 	}
@@ -396,7 +389,7 @@ func (c *Cluster) requestDrain(ctx context.Context) error {
 	if string(id) == c.raftID {
 		return c.HandleDrain(c.cfg.Name, c.raftID)
 	}
-	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	conn, err := c.cfg.Pool.Get(ctx, rpcOf(addr))
 	if err != nil {
 		return err
 	}
@@ -578,14 +571,14 @@ func (c *Cluster) reconcileVoters() {
 		switch {
 		case ok && suff == raft.Voter:
 		case voters < MaxVoters:
-			if err := c.raft.AddVoter(raft.ServerID(m.RaftID), raft.ServerAddress(m.RPC), 0, 5*time.Second).Error(); err != nil {
+			if err := c.raft.AddVoter(raft.ServerID(m.RaftID), raftAddr(m.RPC, m.RaftID), 0, 5*time.Second).Error(); err != nil {
 				c.log.Warn("add raft voter", "member", m.Name, "err", err)
 				return
 			}
 			voters++
 			c.log.Info("added raft voter", "member", m.Name, "id", m.RaftID)
 		case !ok:
-			if err := c.raft.AddNonvoter(raft.ServerID(m.RaftID), raft.ServerAddress(m.RPC), 0, 5*time.Second).Error(); err != nil {
+			if err := c.raft.AddNonvoter(raft.ServerID(m.RaftID), raftAddr(m.RPC, m.RaftID), 0, 5*time.Second).Error(); err != nil {
 				c.log.Warn("add raft nonvoter", "member", m.Name, "err", err)
 				return
 			}

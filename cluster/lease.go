@@ -357,7 +357,7 @@ func (c *Cluster) RenewLease(ctx context.Context) (uint64, time.Duration, error)
 	if string(id) == c.raftID {
 		return c.HandleLease(c.cfg.Name, c.raftID)
 	}
-	conn, err := c.cfg.Pool.Get(ctx, string(addr))
+	conn, err := c.cfg.Pool.Get(ctx, rpcOf(addr))
 	if err != nil {
 		return 0, 0, err
 	}

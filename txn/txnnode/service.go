@@ -33,7 +33,9 @@ type Config struct {
 	// prepared). It bounds the clock difference between members that the
 	// protocol tolerates.
 	Keep time.Duration
-	// MaxPerRound bounds the records one partition's round handles.
+	// MaxPerRound bounds the records one partition's round handles (at
+	// most 4096 decisions and 4096 tombstones are collected per round; a
+	// round that found more is followed by another at the next Interval).
 	MaxPerRound int
 	Logger      *slog.Logger
 }
@@ -135,12 +137,15 @@ func (s *Service) ReadAll(ctx context.Context, m string, keys []string) (map[str
 
 // recover runs a round every Interval until ctx ends: prepared
 // participants past their deadline every round; decisions and tombstones
-// to collect every Keep/4.
+// to collect every Keep/4, or at the next round while a collection leaves
+// a backlog (a partition ends more transactions in Keep/4 than a round
+// collects).
 func (s *Service) recover(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	var lastCollect time.Time
+	backlog := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,9 +162,9 @@ func (s *Service) recover(ctx context.Context) {
 				s.resolveRound(ctx, part)
 			}
 		}
-		if time.Since(lastCollect) >= s.cfg.Keep/4 {
+		if backlog || time.Since(lastCollect) >= s.cfg.Keep/4 {
 			lastCollect = time.Now()
-			s.collect(ctx, led)
+			backlog = s.collect(ctx, led)
 		}
 	}
 }
@@ -221,18 +226,26 @@ const heldChunk = 1024
 
 // garbage is what one led partition can drop: decisions kept Keep past
 // their deadline (old, before asking the participants), and tombstones
-// past their deadline and margin.
+// past their deadline and margin. full: a list reached the round's bound,
+// more may wait.
 type garbage struct {
 	old   []string
 	tombs []string
+	full  bool
 }
+
+// perRound is how many decisions, and how many tombstones, one
+// partition's collection round handles: MaxPerRound, at most what one
+// StepForget may name.
+func (s *Service) perRound() int { return min(s.cfg.MaxPerRound, maxIDs) }
 
 // collect drops, at the partitions this member leads, the decisions kept
 // Keep past their deadline that no participant holds prepared any more,
 // and the tombstones past their deadline and margin: one StepHeld per
 // participant partition for the whole member, one StepForget per led
-// partition (a record), however many transactions ended meanwhile.
-func (s *Service) collect(ctx context.Context, led []int) {
+// partition (a record), however many transactions ended meanwhile. It
+// reports a backlog: a partition had a full batch and some of it went.
+func (s *Service) collect(ctx context.Context, led []int) (backlog bool) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	now := time.Now().UnixNano()
@@ -256,19 +269,22 @@ func (s *Service) collect(ctx context.Context, led []int) {
 			continue
 		}
 		if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop, Tombs: gp.tombs}); err == nil {
+			backlog = backlog || gp.full
 			s.mu.Lock()
 			s.stats.Collected += uint64(len(drop))
 			s.stats.Swept += uint64(len(gp.tombs))
 			s.mu.Unlock()
 		}
 	}
+	return backlog
 }
 
 // garbageOf lists partition part's decisions kept Keep past their
 // deadline (adding each to byPart under its participants) and its
-// tombstones past their deadline and margin, MaxPerRound of each.
+// tombstones past their deadline and margin, perRound of each.
 func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garbage {
 	gp := &garbage{}
+	limit := s.perRound()
 	prefix := "{" + s.n.PartitionTag(part) + "}"
 	if ents, err := s.n.LocalEntries(part, proto.MapDecision, "", 0); err == nil {
 		for _, e := range ents {
@@ -276,7 +292,8 @@ func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garba
 			if proto.Decode(e.Value, &d) != nil || now < d.Deadline+int64(s.cfg.Keep) {
 				continue
 			}
-			if len(gp.old) >= s.cfg.MaxPerRound {
+			if len(gp.old) >= limit {
+				gp.full = true
 				break
 			}
 			id := strings.TrimPrefix(e.Key, prefix)
@@ -288,7 +305,8 @@ func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garba
 	}
 	if ents, err := s.n.LocalEntries(part, proto.MapTomb, "", 0); err == nil {
 		for _, e := range ents {
-			if len(gp.tombs) >= s.cfg.MaxPerRound {
+			if len(gp.tombs) >= limit {
+				gp.full = true
 				break
 			}
 			if tombExpired(e.Value, now) {

@@ -2,6 +2,7 @@ package txnnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -24,6 +25,11 @@ const maxTimeout = 5 * time.Minute
 // remembers that it finished it: no prepare is accepted past the deadline,
 // so the margin only covers the members' clock differences.
 const tombMargin = 10 * time.Second
+
+// maxIDs bounds the transactions one StepHeld or StepForget names (each
+// of StepForget's lists): an internal step runs inline, without a time
+// budget, so its work must be bounded by its arguments' checks.
+const maxIDs = 4096
 
 // steps are the members' transaction steps.
 type steps struct{}
@@ -288,9 +294,20 @@ func (s steps) resolve(v *grid.StepView, id string, deadline int64, abort bool) 
 	return answer(proto.Aborted, "")
 }
 
+// checkIDs refuses a list of more than maxIDs transactions.
+func checkIDs(what string, ids []string) error {
+	if len(ids) > maxIDs {
+		return fmt.Errorf("%w: %s names %d transactions, at most %d", grid.ErrBadArgs, what, len(ids), maxIDs)
+	}
+	return nil
+}
+
 func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
 	var ids proto.IDs
 	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	if err := checkIDs("held", ids.IDs); err != nil {
 		return nil, err
 	}
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
@@ -308,6 +325,9 @@ func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
 func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 	var ids proto.IDs
 	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(checkIDs("forget", ids.IDs), checkIDs("forget's tombstones", ids.Tombs)); err != nil {
 		return nil, err
 	}
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {

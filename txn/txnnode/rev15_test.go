@@ -1,0 +1,131 @@
+package txnnode_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/collocate/grid/grid/gridtest"
+	"github.com/collocate/grid/internal/api"
+	"github.com/collocate/grid/txn/internal/proto"
+	"github.com/collocate/grid/txn/txnnode"
+)
+
+// newTGridSvc is newTGrid with the services' config adjusted by tune.
+func newTGridSvc(t *testing.T, n int, tune func(*txnnode.Config)) *tgrid {
+	g := &tgrid{Cluster: gridtest.New(t, n, nil), cfg: txnnode.DefaultConfig()}
+	g.cfg.Interval = 100 * time.Millisecond
+	g.cfg.Grace = 200 * time.Millisecond
+	g.cfg.Keep = time.Second
+	g.cfg.Logger = g.Logger(slog.LevelWarn)
+	tune(&g.cfg)
+	g.WaitStable(30 * time.Second)
+	for i := range n {
+		g.svcs = append(g.svcs, g.start(t, i))
+	}
+	t.Cleanup(func() {
+		for _, s := range g.svcs {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	return g
+}
+
+func encodeT(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := proto.Encode(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// records counts partition part's records of internal map m at its primary.
+func (g *tgrid) records(t *testing.T, part int, m string) int {
+	for _, n := range g.Live() {
+		if n.Leads(part) {
+			recs, err := n.LocalEntries(part, m, "", 0)
+			if err != nil {
+				return -1
+			}
+			return len(recs)
+		}
+	}
+	return -1
+}
+
+// A partition that ends more transactions in a collection period than
+// MaxPerRound must not pile up tombstones and decisions for ever: a round
+// that found a full batch is followed by another at the next Interval,
+// not Keep/4 later (at MaxPerRound per Keep/4, 256 per 7.5 s by default,
+// one busy participant partition collected 34 tombstones a second
+// whatever its rate of transactions).
+func TestCollectionKeepsUpWithABacklog(t *testing.T) {
+	g := newTGridSvc(t, 3, func(c *txnnode.Config) {
+		c.Keep = 8 * time.Second // a collection round every 2 s
+		c.MaxPerRound = 4
+	})
+	ctx := ctxT(t, 60*time.Second)
+	const part, n = 5, 120
+	past := time.Now().Add(-time.Minute).UnixNano()
+	for i := range n {
+		id := fmt.Sprintf("backlog-%d", i)
+		// A tombstone (an aborted participant) and an abort decision
+		// (a coordinator), both long past their deadline.
+		if _, err := g.svcs[0].Step(ctx, part, proto.StepFinish, encodeT(t, proto.Finish{ID: id, Deadline: past})); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.svcs[0].Step(ctx, part, proto.StepResolve, encodeT(t, proto.IDs{IDs: []string{id}, Deadline: past, Abort: true})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	deadline := start.Add(15 * time.Second)
+	for {
+		tombs, decs := g.records(t, part, proto.MapTomb), g.records(t, part, proto.MapDecision)
+		if tombs == 0 && decs == 0 {
+			t.Logf("%d tombstones and decisions collected in %v", n, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tombstones and %d decisions of %d left after %v (MaxPerRound 4, Interval 100ms)", tombs, decs, n, time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// StepHeld and StepForget name at most a bounded batch of transactions: an
+// internal step runs inline, without a budget, so a forged list of
+// millions of ids held the partition for seconds.
+func TestHugeIDListsAreRefused(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 30*time.Second)
+	ids := make([]string, 100_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("id-%d", i)
+	}
+	for what, c := range map[string]struct {
+		step string
+		args proto.IDs
+	}{
+		"held":            {proto.StepHeld, proto.IDs{IDs: ids}},
+		"forget":          {proto.StepForget, proto.IDs{IDs: ids}},
+		"forget of tombs": {proto.StepForget, proto.IDs{Tombs: ids}},
+	} {
+		if _, err := g.svcs[0].Step(ctx, 3, c.step, encodeT(t, c.args)); !errors.Is(err, api.ErrBadArgs) {
+			t.Errorf("%s of %d ids: %v, want ErrBadArgs", what, len(ids), err)
+		}
+	}
+	// A batch the collection sends still runs.
+	if _, err := g.svcs[0].Step(ctx, 3, proto.StepHeld, encodeT(t, proto.IDs{IDs: ids[:1024]})); err != nil {
+		t.Fatalf("held of 1024 ids: %v", err)
+	}
+	if err := context.Cause(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -145,7 +146,7 @@ func (s *Service) recover(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	var lastCollect time.Time
-	backlog := false
+	var backlog []int // partitions whose last collection left more
 	for {
 		select {
 		case <-ctx.Done():
@@ -162,9 +163,12 @@ func (s *Service) recover(ctx context.Context) {
 				s.resolveRound(ctx, part)
 			}
 		}
-		if backlog || time.Since(lastCollect) >= s.cfg.Keep/4 {
+		switch {
+		case time.Since(lastCollect) >= s.cfg.Keep/4:
 			lastCollect = time.Now()
 			backlog = s.collect(ctx, led)
+		case len(backlog) > 0:
+			backlog = s.collect(ctx, stillLed(backlog, led))
 		}
 	}
 }
@@ -244,8 +248,9 @@ func (s *Service) perRound() int { return min(s.cfg.MaxPerRound, maxIDs) }
 // and the tombstones past their deadline and margin: one StepHeld per
 // participant partition for the whole member, one StepForget per led
 // partition (a record), however many transactions ended meanwhile. It
-// reports a backlog: a partition had a full batch and some of it went.
-func (s *Service) collect(ctx context.Context, led []int) (backlog bool) {
+// returns the backlog: the partitions that had a full batch, some of
+// which went.
+func (s *Service) collect(ctx context.Context, led []int) (backlog []int) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	now := time.Now().UnixNano()
@@ -269,7 +274,9 @@ func (s *Service) collect(ctx context.Context, led []int) (backlog bool) {
 			continue
 		}
 		if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop, Tombs: gp.tombs}); err == nil {
-			backlog = backlog || gp.full
+			if gp.full {
+				backlog = append(backlog, part)
+			}
 			s.mu.Lock()
 			s.stats.Collected += uint64(len(drop))
 			s.stats.Swept += uint64(len(gp.tombs))
@@ -277,6 +284,17 @@ func (s *Service) collect(ctx context.Context, led []int) (backlog bool) {
 		}
 	}
 	return backlog
+}
+
+// stillLed lists the partitions of parts that are in led.
+func stillLed(parts, led []int) []int {
+	var out []int
+	for _, p := range parts {
+		if slices.Contains(led, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // garbageOf lists partition part's decisions kept Keep past their

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/collocate/grid/affinity"
+	"github.com/collocate/grid/client"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn/internal/proto"
@@ -127,5 +129,67 @@ func TestHugeIDListsAreRefused(t *testing.T) {
 	}
 	if err := context.Cause(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Map.GetEntries (Prefetch's batch read) waits on a write-locked key like
+// GetEntry, through a member and through the client SDK, and answers the
+// versions GetEntry answers.
+func TestGetEntriesWaitsOnALockedKey(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := keysInDistinctPartitions(3, g.Nodes[0].Partitions())
+	a, b, c := keys[0], keys[1], keys[2]
+	m := g.Nodes[0].Map("acct")
+	for _, k := range keys {
+		if err := m.Put(ctx, k, itob(10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl, err := client.Dial(ctx, client.Config{Addrs: []string{g.Nodes[2].RPCAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	lockedByADeadCaller(t, ctx, g, a, c)
+	pa := affinity.Partition(a, g.Nodes[0].Partitions())
+	leader := g.Nodes[g.leader(t, pa)]
+	locked := func() bool {
+		ls, _ := leader.LocalEntries(pa, "\x00lock", "", 0)
+		return len(ls) > 0
+	}
+	if !locked() {
+		t.Fatal("the dead caller's participant holds no lock")
+	}
+	type answer struct {
+		ents       map[string]api.Entry
+		err        error
+		lockedThen bool
+	}
+	readers := map[string]api.Map{"member": g.Nodes[1].Map("acct"), "client": cl.Map("acct")}
+	out := make(chan answer, len(readers))
+	for _, r := range readers {
+		go func() {
+			ents, err := r.GetEntries(ctx, []string{a, b})
+			out <- answer{ents, err, locked()}
+		}()
+	}
+	for range readers {
+		ans := <-out
+		if ans.err != nil {
+			t.Fatal(ans.err)
+		}
+		if ans.lockedThen {
+			t.Fatal("GetEntries answered while the key was still write-locked")
+		}
+		for _, k := range []string{a, b} {
+			want, err := m.GetEntry(ctx, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ans.ents[k]; got.Version != want.Version || string(got.Value) != string(want.Value) || string(got.Value) != "10" {
+				t.Fatalf("GetEntries of %s: %q version %d; GetEntry: %q version %d", k, got.Value, got.Version, want.Value, want.Version)
+			}
+		}
 	}
 }

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/collocate/grid/affinity"
 	"github.com/collocate/grid/client"
+	"github.com/collocate/grid/grid"
 	"github.com/collocate/grid/grid/gridtest"
 	"github.com/collocate/grid/internal/api"
 	"github.com/collocate/grid/txn/internal/proto"
@@ -191,5 +194,85 @@ func TestGetEntriesWaitsOnALockedKey(t *testing.T) {
 				t.Fatalf("GetEntries of %s: %q version %d; GetEntry: %q version %d", k, got.Value, got.Version, want.Value, want.Version)
 			}
 		}
+	}
+}
+
+// blockPartition holds partition part's steps for d (a step that does not
+// return: the partition's primary paused, say) and returns when the
+// blocking step started.
+func (g *tgrid) blockPartition(t *testing.T, part int, d time.Duration) {
+	t.Helper()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	started := make(chan struct{})
+	var once atomic.Bool
+	for _, n := range g.Nodes {
+		err := n.SetInternalStep("\x00test.block", func([]byte) (grid.StepFunc, error) {
+			return func(context.Context, *grid.StepView) ([]byte, error) {
+				if once.CompareAndSwap(false, true) {
+					close(started)
+					select {
+					case <-release:
+					case <-time.After(d):
+					}
+				}
+				return nil, nil
+			}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d+10*time.Second)
+		defer cancel()
+		_, _ = g.Nodes[0].Execute(ctx, grid.StepCall{Partition: part, Name: "\x00test.block"})
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking step did not start")
+	}
+}
+
+// One participant partition that does not answer (its steps held: a
+// primary paused, a partition without one) must not stop a member's whole
+// collection: the StepHeld to it shared the round's 10 s with every other
+// call of the round, so it ran out and no StepForget of the member went
+// out, not even for tombstones, which need no participant's answer.
+func TestOneStuckParticipantDoesNotStopTheCollection(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	const coord, stuck, other = 5, 7, 9
+	past := time.Now().Add(-time.Minute).UnixNano()
+	// At coord: old decisions naming the stuck partition and another,
+	// and tombstones.
+	for i, parts := range [][]int{{stuck}, {other}} {
+		w := proto.Work{H: proto.Header{ID: fmt.Sprintf("dec-%d", i), Coord: coord, Deadline: past}, Parts: parts}
+		if _, err := g.svcs[0].Step(ctx, coord, proto.StepCommit, encodeT(t, w)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		if _, err := g.svcs[0].Step(ctx, coord, proto.StepFinish, encodeT(t, proto.Finish{ID: fmt.Sprintf("tomb-%d", i), Deadline: past})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.blockPartition(t, stuck, 20*time.Second)
+	start := time.Now()
+	for {
+		tombs, decs := g.records(t, coord, proto.MapTomb), g.records(t, coord, proto.MapDecision)
+		if tombs == 0 && decs == 1 {
+			t.Logf("collected in %v while partition %d was stuck", time.Since(start).Round(time.Millisecond), stuck)
+			recs, err := g.Nodes[g.leader(t, coord)].LocalEntries(coord, proto.MapDecision, "", 0)
+			if err != nil || len(recs) != 1 || !strings.HasSuffix(recs[0].Key, "dec-0") {
+				t.Fatalf("decisions left: %v (%v), want dec-0's, whose participant did not answer", recs, err)
+			}
+			return
+		}
+		if time.Since(start) > 8*time.Second {
+			t.Fatalf("%v after partition %d got stuck: %d tombstones and %d decisions left at partition %d, want 0 and 1 (the one naming it)", time.Since(start).Round(time.Millisecond), stuck, tombs, decs, coord)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -228,6 +228,13 @@ func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prep
 // heldChunk bounds the transactions one StepHeld names.
 const heldChunk = 1024
 
+// collectCallTimeout bounds each step a collection round sends, and
+// heldPhaseTimeout all of its StepHeld questions together.
+const (
+	collectCallTimeout = 2 * time.Second
+	heldPhaseTimeout   = 10 * time.Second
+)
+
 // garbage is what one led partition can drop: decisions kept Keep past
 // their deadline (old, before asking the participants), and tombstones
 // past their deadline and margin. full: a list reached the round's bound,
@@ -251,8 +258,6 @@ func (s *Service) perRound() int { return min(s.cfg.MaxPerRound, maxIDs) }
 // returns the backlog: the partitions that had a full batch, some of
 // which went.
 func (s *Service) collect(ctx context.Context, led []int) (backlog []int) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	now := time.Now().UnixNano()
 	g := make(map[int]*garbage, len(led))
 	byPart := map[int][]string{} // participant -> decisions naming it
@@ -273,7 +278,7 @@ func (s *Service) collect(ctx context.Context, led []int) (backlog []int) {
 		if len(drop) == 0 && len(gp.tombs) == 0 {
 			continue
 		}
-		if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop, Tombs: gp.tombs}); err == nil {
+		if err := s.forget(ctx, part, drop, gp.tombs); err == nil {
 			if gp.full {
 				backlog = append(backlog, part)
 			}
@@ -284,6 +289,16 @@ func (s *Service) collect(ctx context.Context, led []int) (backlog []int) {
 		}
 	}
 	return backlog
+}
+
+// forget drops decisions ids and tombstones tombs at partition part, with
+// a time bound of its own: however long asking the participants took,
+// the tombstones, which need no participant's answer, go.
+func (s *Service) forget(ctx context.Context, part int, ids, tombs []string) error {
+	ctx, cancel := context.WithTimeout(ctx, collectCallTimeout)
+	defer cancel()
+	_, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: ids, Tombs: tombs})
+	return err
 }
 
 // stillLed lists the partitions of parts that are in led.
@@ -338,25 +353,38 @@ func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garba
 // stillHeld asks every participant partition which of its transactions
 // it still holds prepared; a transaction whose participant did not
 // answer counts as held (asked again next time).
+//
+// Each question has collectCallTimeout, all of them heldPhaseTimeout: a
+// participant that does not answer (its primary paused, its partition
+// without one) costs one question's time, and the others are still asked.
 func (s *Service) stillHeld(ctx context.Context, byPart map[int][]string) map[string]bool {
+	ctx, cancel := context.WithTimeout(ctx, heldPhaseTimeout)
+	defer cancel()
 	keep := map[string]bool{}
 	for p, ids := range byPart {
-		for len(ids) > 0 {
-			chunk := ids[:min(len(ids), heldChunk)]
-			ids = ids[len(chunk):]
-			res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: chunk})
+		for i := 0; i < len(ids); i += heldChunk {
+			chunk := ids[i:min(len(ids), i+heldChunk)]
+			held, err := s.held(ctx, p, chunk)
 			if err != nil {
-				for _, id := range chunk {
-					keep[id] = true
+				for _, id := range ids[i:] {
+					keep[id] = true // not known: asked again next time
 				}
-				continue
+				break
 			}
-			for _, id := range res.IDs {
+			for _, id := range held {
 				keep[id] = true
 			}
 		}
 	}
 	return keep
+}
+
+// held asks participant partition p which of ids it holds prepared.
+func (s *Service) held(ctx context.Context, p int, ids []string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, collectCallTimeout)
+	defer cancel()
+	res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: ids})
+	return res.IDs, err
 }
 
 // call runs a step with v as its arguments and decodes its result.

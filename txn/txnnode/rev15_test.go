@@ -276,3 +276,22 @@ func TestOneStuckParticipantDoesNotStopTheCollection(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// StepForget drops only tombstones past their deadline and margin by the
+// primary's clock, whatever the sender listed (a collector with a stale
+// scan, or one whose clock runs ahead).
+func TestForgetKeepsALiveTombstone(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 30*time.Second)
+	const part = 4
+	deadline := time.Now().Add(-5 * time.Second).UnixNano() // past, but within the margin
+	if _, err := g.svcs[0].Step(ctx, part, proto.StepFinish, encodeT(t, proto.Finish{ID: "live", Deadline: deadline})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.svcs[1].Step(ctx, part, proto.StepForget, encodeT(t, proto.IDs{Tombs: []string{"live"}})); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.records(t, part, proto.MapTomb); n != 1 {
+		t.Fatalf("%d tombstones after a forget of one 5 s past its deadline, want 1", n)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,7 +34,9 @@ type Config struct {
 	// prepared). It bounds the clock difference between members that the
 	// protocol tolerates.
 	Keep time.Duration
-	// MaxPerRound bounds the records one partition's round handles.
+	// MaxPerRound bounds the records one partition's round handles (at
+	// most 4096 decisions and 4096 tombstones are collected per round; a
+	// round that found more is followed by another at the next Interval).
 	MaxPerRound int
 	Logger      *slog.Logger
 }
@@ -135,12 +138,15 @@ func (s *Service) ReadAll(ctx context.Context, m string, keys []string) (map[str
 
 // recover runs a round every Interval until ctx ends: prepared
 // participants past their deadline every round; decisions and tombstones
-// to collect every Keep/4.
+// to collect every Keep/4, or at the next round while a collection leaves
+// a backlog (a partition ends more transactions in Keep/4 than a round
+// collects).
 func (s *Service) recover(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	var lastCollect time.Time
+	var backlog []int // partitions whose last collection left more
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,9 +163,12 @@ func (s *Service) recover(ctx context.Context) {
 				s.resolveRound(ctx, part)
 			}
 		}
-		if time.Since(lastCollect) >= s.cfg.Keep/4 {
+		switch {
+		case time.Since(lastCollect) >= s.cfg.Keep/4:
 			lastCollect = time.Now()
-			s.collect(ctx, led)
+			backlog = s.collect(ctx, led)
+		case len(backlog) > 0:
+			backlog = s.collect(ctx, stillLed(backlog, led))
 		}
 	}
 }
@@ -219,22 +228,36 @@ func (s *Service) resolvePrepared(ctx context.Context, part int, rec *proto.Prep
 // heldChunk bounds the transactions one StepHeld names.
 const heldChunk = 1024
 
+// collectCallTimeout bounds each step a collection round sends, and
+// heldPhaseTimeout all of its StepHeld questions together.
+const (
+	collectCallTimeout = 2 * time.Second
+	heldPhaseTimeout   = 10 * time.Second
+)
+
 // garbage is what one led partition can drop: decisions kept Keep past
 // their deadline (old, before asking the participants), and tombstones
-// past their deadline and margin.
+// past their deadline and margin. full: a list reached the round's bound,
+// more may wait.
 type garbage struct {
 	old   []string
 	tombs []string
+	full  bool
 }
+
+// perRound is how many decisions, and how many tombstones, one
+// partition's collection round handles: MaxPerRound, at most what one
+// StepForget may name.
+func (s *Service) perRound() int { return min(s.cfg.MaxPerRound, maxIDs) }
 
 // collect drops, at the partitions this member leads, the decisions kept
 // Keep past their deadline that no participant holds prepared any more,
 // and the tombstones past their deadline and margin: one StepHeld per
 // participant partition for the whole member, one StepForget per led
-// partition (a record), however many transactions ended meanwhile.
-func (s *Service) collect(ctx context.Context, led []int) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+// partition (a record), however many transactions ended meanwhile. It
+// returns the backlog: the partitions that had a full batch, some of
+// which went.
+func (s *Service) collect(ctx context.Context, led []int) (backlog []int) {
 	now := time.Now().UnixNano()
 	g := make(map[int]*garbage, len(led))
 	byPart := map[int][]string{} // participant -> decisions naming it
@@ -255,20 +278,46 @@ func (s *Service) collect(ctx context.Context, led []int) {
 		if len(drop) == 0 && len(gp.tombs) == 0 {
 			continue
 		}
-		if _, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: drop, Tombs: gp.tombs}); err == nil {
+		if err := s.forget(ctx, part, drop, gp.tombs); err == nil {
+			if gp.full {
+				backlog = append(backlog, part)
+			}
 			s.mu.Lock()
 			s.stats.Collected += uint64(len(drop))
 			s.stats.Swept += uint64(len(gp.tombs))
 			s.mu.Unlock()
 		}
 	}
+	return backlog
+}
+
+// forget drops decisions ids and tombstones tombs at partition part, with
+// a time bound of its own: however long asking the participants took,
+// the tombstones, which need no participant's answer, go.
+func (s *Service) forget(ctx context.Context, part int, ids, tombs []string) error {
+	ctx, cancel := context.WithTimeout(ctx, collectCallTimeout)
+	defer cancel()
+	_, err := s.call(ctx, part, proto.StepForget, proto.IDs{IDs: ids, Tombs: tombs})
+	return err
+}
+
+// stillLed lists the partitions of parts that are in led.
+func stillLed(parts, led []int) []int {
+	var out []int
+	for _, p := range parts {
+		if slices.Contains(led, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // garbageOf lists partition part's decisions kept Keep past their
 // deadline (adding each to byPart under its participants) and its
-// tombstones past their deadline and margin, MaxPerRound of each.
+// tombstones past their deadline and margin, perRound of each.
 func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garbage {
 	gp := &garbage{}
+	limit := s.perRound()
 	prefix := "{" + s.n.PartitionTag(part) + "}"
 	if ents, err := s.n.LocalEntries(part, proto.MapDecision, "", 0); err == nil {
 		for _, e := range ents {
@@ -276,7 +325,8 @@ func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garba
 			if proto.Decode(e.Value, &d) != nil || now < d.Deadline+int64(s.cfg.Keep) {
 				continue
 			}
-			if len(gp.old) >= s.cfg.MaxPerRound {
+			if len(gp.old) >= limit {
+				gp.full = true
 				break
 			}
 			id := strings.TrimPrefix(e.Key, prefix)
@@ -288,7 +338,8 @@ func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garba
 	}
 	if ents, err := s.n.LocalEntries(part, proto.MapTomb, "", 0); err == nil {
 		for _, e := range ents {
-			if len(gp.tombs) >= s.cfg.MaxPerRound {
+			if len(gp.tombs) >= limit {
+				gp.full = true
 				break
 			}
 			if tombExpired(e.Value, now) {
@@ -302,25 +353,38 @@ func (s *Service) garbageOf(part int, now int64, byPart map[int][]string) *garba
 // stillHeld asks every participant partition which of its transactions
 // it still holds prepared; a transaction whose participant did not
 // answer counts as held (asked again next time).
+//
+// Each question has collectCallTimeout, all of them heldPhaseTimeout: a
+// participant that does not answer (its primary paused, its partition
+// without one) costs one question's time, and the others are still asked.
 func (s *Service) stillHeld(ctx context.Context, byPart map[int][]string) map[string]bool {
+	ctx, cancel := context.WithTimeout(ctx, heldPhaseTimeout)
+	defer cancel()
 	keep := map[string]bool{}
 	for p, ids := range byPart {
-		for len(ids) > 0 {
-			chunk := ids[:min(len(ids), heldChunk)]
-			ids = ids[len(chunk):]
-			res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: chunk})
+		for i := 0; i < len(ids); i += heldChunk {
+			chunk := ids[i:min(len(ids), i+heldChunk)]
+			held, err := s.held(ctx, p, chunk)
 			if err != nil {
-				for _, id := range chunk {
-					keep[id] = true
+				for _, id := range ids[i:] {
+					keep[id] = true // not known: asked again next time
 				}
-				continue
+				break
 			}
-			for _, id := range res.IDs {
+			for _, id := range held {
 				keep[id] = true
 			}
 		}
 	}
 	return keep
+}
+
+// held asks participant partition p which of ids it holds prepared.
+func (s *Service) held(ctx context.Context, p int, ids []string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, collectCallTimeout)
+	defer cancel()
+	res, err := s.call(ctx, p, proto.StepHeld, proto.IDs{IDs: ids})
+	return res.IDs, err
 }
 
 // call runs a step with v as its arguments and decodes its result.

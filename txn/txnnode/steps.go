@@ -2,6 +2,7 @@ package txnnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -35,6 +36,11 @@ func setTomb(v *grid.StepView, key string, deadline int64) {
 	ttl := max(time.Duration(deadline-time.Now().UnixNano()), 0) + tombMargin + tombFallback
 	v.Set(proto.MapTomb, key, proto.TombValue(deadline), ttl)
 }
+
+// maxIDs bounds the transactions one StepHeld or StepForget names (each
+// of StepForget's lists): an internal step runs inline, without a time
+// budget, so its work must be bounded by its arguments' checks.
+const maxIDs = 4096
 
 // steps are the members' transaction steps.
 type steps struct{}
@@ -319,9 +325,20 @@ func (s steps) resolve(v *grid.StepView, id string, deadline int64, abort bool) 
 	return answer(proto.Aborted, "")
 }
 
+// checkIDs refuses a list of more than maxIDs transactions.
+func checkIDs(what string, ids []string) error {
+	if len(ids) > maxIDs {
+		return fmt.Errorf("%w: %s names %d transactions, at most %d", grid.ErrBadArgs, what, len(ids), maxIDs)
+	}
+	return nil
+}
+
 func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
 	var ids proto.IDs
 	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	if err := checkIDs("held", ids.IDs); err != nil {
 		return nil, err
 	}
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {
@@ -339,6 +356,9 @@ func (s steps) bindHeld(args []byte) (grid.StepFunc, error) {
 func (s steps) bindForget(args []byte) (grid.StepFunc, error) {
 	var ids proto.IDs
 	if err := decodeArgs(args, &ids); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(checkIDs("forget", ids.IDs), checkIDs("forget's tombstones", ids.Tombs)); err != nil {
 		return nil, err
 	}
 	return func(_ context.Context, v *grid.StepView) ([]byte, error) {

@@ -618,3 +618,85 @@ func TestLockingDuplicatePrepare(t *testing.T) {
 		t.Fatalf("right after the commit: %s", s)
 	}
 }
+
+// replayLocks runs every lock step r recorded again, as a late copy would
+// arrive, and wants each refused (Finished) with nothing left locked.
+func replayLocks(t *testing.T, ctx context.Context, g *tgrid, r *replayer, want int) {
+	t.Helper()
+	if len(r.sent) != want {
+		t.Fatalf("%d lock steps, want %d", len(r.sent), want)
+	}
+	for _, s := range r.sent {
+		raw, err := g.svcs[1].Step(ctx, s.part, proto.StepLock, s.args)
+		var res proto.Result
+		if err == nil {
+			err = proto.Decode(raw, &res)
+		}
+		if err != nil || res.Status != proto.Finished {
+			t.Errorf("a late lock step at partition %d: %s, %v; want finished", s.part, res.Status, err)
+		}
+	}
+	if s := g.txnState(false); s != "" {
+		t.Fatalf("after the late lock steps: %s", s)
+	}
+}
+
+// A late copy of a lock step of a Locking transaction that committed in
+// one partition (StepOne, which drops the lock record) is refused.
+func TestLockingLateLockStepAfterOneIsRefused(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	a, b := "{u7}a", "{u7}b"
+	m := g.Nodes[0].Map("acct")
+	for _, k := range []string{a, b} {
+		if err := m.Put(ctx, k, itob(10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &replayer{Grid: g.svcs[0], name: proto.StepLock}
+	if err := lockedTransfer(ctx, r, a, b, 4, nil); err != nil {
+		t.Fatal(err)
+	}
+	replayLocks(t, ctx, g, r, 2)
+}
+
+// A late copy of the lock step at a participant that only read (it never
+// prepares; the finish that releases its locks commits) is refused.
+func TestLockingLateLockStepAtReadOnlyParticipantIsRefused(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	r := &replayer{Grid: g.svcs[0], name: proto.StepLock}
+	err := txn.Run(ctx, r, locking, func(ctx context.Context, tx *txn.Tx) error {
+		av, err := tx.Get(ctx, "acct", keys[0])
+		if err != nil {
+			return err
+		}
+		bv, err := tx.Get(ctx, "acct", keys[1])
+		if err != nil {
+			return err
+		}
+		return tx.Put("acct", keys[0], itob(atoi(av)+atoi(bv)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayLocks(t, ctx, g, r, 2)
+}
+
+// A late copy of the lock step of a Locking transaction that only read,
+// in one partition, is refused.
+func TestLockingLateLockStepOfReadOnlyIsRefused(t *testing.T) {
+	g := newTGrid(t, 3)
+	ctx := ctxT(t, 60*time.Second)
+	keys := setup(t, g, ctx)
+	r := &replayer{Grid: g.svcs[0], name: proto.StepLock}
+	err := txn.Run(ctx, r, locking, func(ctx context.Context, tx *txn.Tx) error {
+		_, err := tx.Get(ctx, "acct", keys[0])
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayLocks(t, ctx, g, r, 1)
+}

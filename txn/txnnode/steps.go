@@ -130,7 +130,8 @@ func (s steps) bindCommit(args []byte) (grid.StepFunc, error)  { return s.bindWo
 
 // one runs a transaction whose keys all live in this partition: one
 // record, no coordinator, no lock held past the step. A tombstone (the
-// caller aborted it after a conflict) refuses it.
+// caller aborted it after a conflict) refuses it. With w.Held (Locking)
+// it leaves one when it commits, against a late copy of a lock step.
 func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, error) {
 	if _, ok := v.Get(proto.MapTomb, proto.Key(s.tag(v), w.H.ID)); ok {
 		// Its caller gave up on it (a copy of the step arriving late).
@@ -145,9 +146,13 @@ func (s steps) one(_ context.Context, v *grid.StepView, w *proto.Work) ([]byte, 
 	}
 	apply(v, writes)
 	if w.Held {
-		if err := releaseHeld(v, proto.Key(s.tag(v), w.H.ID), w.H.ID); err != nil {
+		// The lock steps' record goes; a tombstone refuses a copy of a
+		// lock step still on its way, which would lock again.
+		key := proto.Key(s.tag(v), w.H.ID)
+		if err := releaseHeld(v, key, w.H.ID); err != nil {
 			return nil, err
 		}
+		setTomb(v, key, w.H.Deadline)
 	}
 	return answer(proto.Done, "")
 }

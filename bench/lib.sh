@@ -1,5 +1,22 @@
 # Shared by the bench scripts (source it).
 #
+# bench_setup sets what a bench script shares (source this file from the
+# repository's root): tmp (a scratch directory removed at exit, with the
+# cluster stopped), out (OUT, or a file in tmp for the JSON lines), the
+# arrays pids, rpc and http (start_cluster fills them) and bin (BIN, or tmp
+# with gridnode and gridbench built from the tree).
+bench_setup() {
+  tmp=$(mktemp -d)
+  out=${OUT:-$tmp/results.jsonl}
+  pids=() rpc=() http=()
+  trap 'stop_cluster; rm -rf "$tmp"' EXIT
+  bin=${BIN:-$tmp}
+  if [ -z "${BIN:-}" ]; then
+    go build -o "$tmp/gridnode" ./cmd/gridnode
+    go build -o "$tmp/gridbench" ./cmd/gridbench
+  fi
+}
+
 # start_cluster N DIR [FLAGS...] starts N gridnode processes from
 # DIR/gridnode on HOST (127.0.0.1), each with FLAGS and 1 backup, logs in
 # DIR/n<i>.log, and waits until the table is converged (full backups,

@@ -22,15 +22,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 rounds=${1:-3}
 clients=${CLIENTS:-16} depth=${DEPTH:-4}
-tmp=$(mktemp -d)
-out=${OUT:-$tmp/results.jsonl}
-pids=() rpc=() http=()
-trap 'stop_cluster; rm -rf "$tmp"' EXIT
-bin=${BIN:-$tmp}
-if [ -z "${BIN:-}" ]; then
-  go build -o "$tmp/gridnode" ./cmd/gridnode
-  go build -o "$tmp/gridbench" ./cmd/gridbench
-fi
+bench_setup
 start_cluster 3 "$bin" -processors chain,single ${NODE_FLAGS:-}
 A=$(IFS=,; echo "${rpc[*]}") H=$(IFS=,; echo "${http[*]}")
 

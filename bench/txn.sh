@@ -39,15 +39,7 @@ rounds=${1:-5}
 clients=${CLIENTS:-16} depth=${DEPTH:-4}
 keys=${KEYS:-100000} secs=${SECS:-20} warm=${WARM:-60}
 export PORT=${PORT:-18000}
-tmp=$(mktemp -d)
-out=${OUT:-$tmp/results.jsonl}
-pids=() rpc=() http=()
-trap 'stop_cluster; rm -rf "$tmp"' EXIT
-bin=${BIN:-$tmp}
-if [ -z "${BIN:-}" ]; then
-  go build -o "$tmp/gridnode" ./cmd/gridnode
-  go build -o "$tmp/gridbench" ./cmd/gridbench
-fi
+bench_setup
 start_cluster 3 "$bin" ${NODE_FLAGS:-}
 
 A=$(IFS=,; echo "${rpc[*]}")
